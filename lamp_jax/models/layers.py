@@ -1,0 +1,206 @@
+"""Shared building blocks: parameter helpers with logical axis names, norms, positions, attention core.
+
+Axis letters in einsum strings:
+  b batch · t query positions · s key/value positions · n query heads · k kv heads · g query heads per kv head
+  h head dim · d model width (embed) · f MLP width
+
+Logical axis names (every parameter carries them; configs map them to mesh axes, see training/sharding.py):
+  'embed'     model width                       'mlp'        MLP hidden width
+  'q_heads'   query heads                        'kv_heads'   key/value heads
+  'head_dim'  per-head width                     'vocab'      token vocabulary
+  'layers'    stacked (scanned) layer axis       'norm'       norm scales / biases (never sharded)
+  'patch_in'  flattened patch inputs (conv / patchify fan-in)
+  'cond'      conditioning width (adaLN / time embedding inputs)
+
+Precision: parameters are float32; activations run in the module's ``dtype`` (bfloat16 or float32);
+softmax, norms and RoPE are always computed in float32 and cast back.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+Initializer = Any
+
+LAYERS_AXIS = "layers"
+
+
+def param_with_axes(init: Initializer, names: Sequence[str | None]) -> Initializer:
+  """Wraps an initializer so that the created parameter carries logical axis ``names``."""
+  return nn.with_logical_partitioning(init, tuple(names))
+
+
+class DenseGeneral(nn.Module):
+  """``nn.DenseGeneral`` whose kernel and bias carry logical axis names.
+
+  ``features`` may be a tuple (e.g. (heads, head_dim)); ``kernel_axes`` names the kernel's axes
+  (inputs first, then outputs); the bias takes the output axes.
+  """
+
+  features: int | Sequence[int]
+  kernel_axes: Sequence[str | None]
+  axis: int | Sequence[int] = -1
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  bias_init: Initializer = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x):
+    features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+    axis = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
+    return nn.DenseGeneral(
+        features=features,
+        axis=axis,
+        use_bias=self.use_bias,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=param_with_axes(self.kernel_init, self.kernel_axes),
+        bias_init=param_with_axes(self.bias_init, self.kernel_axes[-len(features):]),
+        name="dense",
+    )(x)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm computed in float32, result cast to ``dtype``; scale/bias carry the 'norm' axis."""
+
+  epsilon: float = 1e-6
+  use_scale: bool = True
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.LayerNorm(
+        epsilon=self.epsilon,
+        use_scale=self.use_scale,
+        use_bias=self.use_bias,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        scale_init=param_with_axes(nn.initializers.ones_init(), ("norm",)),
+        bias_init=param_with_axes(nn.initializers.zeros_init(), ("norm",)),
+        name="ln",
+    )(x.astype(jnp.float32))
+    return y.astype(self.dtype)
+
+
+class RMSNorm(nn.Module):
+  """Gemma RMSNorm: ``x / rms(x) * (1 + scale)``, scale initialised at zero, computed in float32."""
+
+  epsilon: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", param_with_axes(nn.initializers.zeros_init(), ("norm",)), (x.shape[-1],),
+                       jnp.float32)
+    x32 = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    y = x32 * jax.lax.rsqrt(var + self.epsilon) * (1.0 + scale)
+    return y.astype(self.dtype)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, max_wavelength: float = 10_000.0) -> jax.Array:
+  """Rotary position embedding (half-split layout, as Gemma / big_vision) computed in float32.
+
+  Args:
+    x: float[B, T, N, H] queries or keys (H even).
+    positions: int/float[B, T] absolute positions.
+  Returns:
+    float[B, T, N, H] in x's dtype.
+  """
+  head_dim = x.shape[-1]
+  if head_dim % 2:
+    raise ValueError(f"RoPE needs an even head dim, got {head_dim}")
+  fraction = 2.0 * jnp.arange(head_dim // 2, dtype=jnp.float32) / head_dim
+  timescale = max_wavelength**fraction
+  angles = positions.astype(jnp.float32)[..., None, None] / timescale  # [B, T, 1, H/2]
+  sin, cos = jnp.sin(angles), jnp.cos(angles)
+  x32 = x.astype(jnp.float32)
+  first, second = jnp.split(x32, 2, axis=-1)
+  out = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+                          *, scale: float | None = None) -> jax.Array:
+  """Multi-head / grouped-query attention with a float32 softmax.
+
+  Args:
+    q: float[B, T, N, H] queries (N = K * G query heads).
+    k, v: float[B, S, K, H] keys / values (K kv heads, K divides N).
+    mask: bool[B, T, S] or bool[B, 1, T, S] (True = may attend), or None for full attention.
+    scale: logit scale, default 1/sqrt(H).
+  Returns:
+    float[B, T, N, H] in q's dtype. Fully masked query rows return zeros, not NaN.
+  """
+  b, t, n, h = q.shape
+  kv_heads = k.shape[2]
+  if n % kv_heads:
+    raise ValueError(f"{n} query heads are not a multiple of {kv_heads} kv heads")
+  g = n // kv_heads
+  scale = h**-0.5 if scale is None else scale
+  q = q.reshape(b, t, kv_heads, g, h)
+  logits = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+  if mask is not None:
+    if mask.ndim == 3:
+      mask = mask[:, None, None, :, :]
+    elif mask.ndim == 4:
+      mask = mask[:, :, None, :, :]
+    big_neg = jnp.finfo(jnp.float32).min
+    logits = jnp.where(mask, logits, big_neg)
+  probs = jax.nn.softmax(logits, axis=-1)
+  if mask is not None:
+    probs = jnp.where(mask, probs, 0.0)
+  out = jnp.einsum("bkgts,bskh->btkgh", probs.astype(v.dtype), v)
+  return out.reshape(b, t, n, h)
+
+
+def sincos_1d(positions: np.ndarray | jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+  """Sin-cos embedding of (possibly fractional) positions. Returns float32[..., dim] as [sin | cos]."""
+  if dim % 2:
+    raise ValueError(f"sin-cos embedding needs an even dim, got {dim}")
+  half = dim // 2
+  freqs = jnp.exp(-np.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  angles = jnp.asarray(positions, jnp.float32)[..., None] * freqs
+  return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+def sincos_2d(height: int, width: int, dim: int, max_period: float = 10_000.0) -> jax.Array:
+  """2-D sin-cos grid embedding (MoCo v3 / big_vision layout). Returns float32[height * width, dim]."""
+  if dim % 4:
+    raise ValueError(f"2-D sin-cos embedding needs dim divisible by 4, got {dim}")
+  yy, xx = np.mgrid[:height, :width]
+  emb_x = sincos_1d(xx.reshape(-1), dim // 2, max_period)
+  emb_y = sincos_1d(yy.reshape(-1), dim // 2, max_period)
+  return jnp.concatenate([emb_x, emb_y], axis=-1)
+
+
+def sincos_3d(frames: int, height: int, width: int, dim: int, temporal_fraction: float = 0.25,
+              max_period: float = 10_000.0) -> jax.Array:
+  """3-D (time, height, width) sin-cos embedding as CogVideoX: [temporal | spatial(x, y)] channels.
+
+  CogVideoX gives 1/4 of the channels to time and 3/4 to space (split evenly between x and y).
+
+  Returns float32[frames * height * width, dim] in (time, height, width) row-major order.
+  """
+  if dim % 2:
+    raise ValueError(f"3-D sin-cos embedding needs an even dim, got {dim}")
+  dim_s = int(dim * (1.0 - temporal_fraction)) // 4 * 4  # spatial channels (multiple of 4)
+  dim_t = dim - dim_s  # temporal channels (even), 1/4 of the width for widths divisible by 16
+  spatial = sincos_2d(height, width, dim_s, max_period)  # [h*w, dim_s]
+  temporal = sincos_1d(np.arange(frames), dim_t, max_period)  # [f, dim_t]
+  spatial = jnp.broadcast_to(spatial[None], (frames, height * width, dim_s))
+  temporal = jnp.broadcast_to(temporal[:, None], (frames, height * width, dim_t))
+  return jnp.concatenate([temporal, spatial], axis=-1).reshape(frames * height * width, dim)
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0, scale: float = 1000.0) -> jax.Array:
+  """DiT-style sinusoidal embedding of flow times t in [0, 1] (scaled by ``scale``). float32[B] -> [B, dim]."""
+  return sincos_1d(t * scale, dim, max_period)
