@@ -1,0 +1,170 @@
+"""Text tokenizers and the PaliGemma prompt format.
+
+Two implementations of one small interface (:class:`Tokenizer`):
+  * :class:`SentencePieceTokenizer` - a SentencePiece model file (PaliGemma's ``paligemma_tokenizer.model``,
+    vocabulary 257152, pad 0 / eos 1 / bos 2).
+  * :class:`ByteTokenizer` - self-contained, no file: UTF-8 bytes shifted past three specials
+    (pad 0, eos 1, bos 2, byte b -> 3 + b; vocabulary 259). The offline default.
+
+:func:`tokenize_prompts` builds PaliGemma prefixes: ``[bos] + encode(text) + encode("\\n")``, right padded.
+Both are pure functions of their inputs (deterministic, no randomness, no global state).
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from typing import Sequence
+
+import ml_collections
+import numpy as np
+
+SEPARATOR = "\n"  # PaliGemma ends the prefix (prompt) with a newline.
+
+
+class Tokenizer(abc.ABC):
+  """Text <-> token ids."""
+
+  @property
+  @abc.abstractmethod
+  def vocab_size(self) -> int:
+    """Number of ids (the model's embedding must have at least this many rows)."""
+
+  @property
+  @abc.abstractmethod
+  def bos_id(self) -> int:
+    ...
+
+  @property
+  @abc.abstractmethod
+  def eos_id(self) -> int:
+    ...
+
+  @property
+  @abc.abstractmethod
+  def pad_id(self) -> int:
+    ...
+
+  @abc.abstractmethod
+  def encode(self, text: str) -> list[int]:
+    """Token ids of ``text`` without bos / eos."""
+
+  @abc.abstractmethod
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text of ``ids``; special ids (pad / bos / eos) are dropped."""
+
+
+class ByteTokenizer(Tokenizer):
+  """UTF-8 bytes as tokens: pad 0, eos 1, bos 2, byte b -> 3 + b."""
+
+  NUM_SPECIAL = 3
+
+  @property
+  def vocab_size(self) -> int:
+    return self.NUM_SPECIAL + 256
+
+  @property
+  def bos_id(self) -> int:
+    return 2
+
+  @property
+  def eos_id(self) -> int:
+    return 1
+
+  @property
+  def pad_id(self) -> int:
+    return 0
+
+  def encode(self, text: str) -> list[int]:
+    return [self.NUM_SPECIAL + b for b in text.encode("utf-8")]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    data = bytes(int(i) - self.NUM_SPECIAL for i in ids if self.NUM_SPECIAL <= int(i) < self.vocab_size)
+    return data.decode("utf-8", errors="replace")
+
+
+class SentencePieceTokenizer(Tokenizer):
+  """A SentencePiece model file. If the model defines no pad piece, padding uses id 0 (always masked out)."""
+
+  def __init__(self, model_path: str | os.PathLike):
+    import sentencepiece  # pylint: disable=import-outside-toplevel
+
+    model_path = os.fspath(model_path)
+    if not os.path.isfile(model_path):
+      raise FileNotFoundError(f"SentencePiece model file not found: {model_path} (tokenizer.path)")
+    self._sp = sentencepiece.SentencePieceProcessor(model_file=model_path)
+    self.model_path = model_path
+    if self._sp.bos_id() < 0:
+      raise ValueError(f"SentencePiece model {model_path} has no bos piece; PaliGemma prompts need one")
+
+  @property
+  def vocab_size(self) -> int:
+    return int(self._sp.get_piece_size())
+
+  @property
+  def bos_id(self) -> int:
+    return int(self._sp.bos_id())
+
+  @property
+  def eos_id(self) -> int:
+    return int(self._sp.eos_id())
+
+  @property
+  def pad_id(self) -> int:
+    return max(int(self._sp.pad_id()), 0)
+
+  def encode(self, text: str) -> list[int]:
+    return list(self._sp.encode(text))
+
+  def decode(self, ids: Sequence[int]) -> str:
+    special = {self.bos_id, self.eos_id, int(self._sp.pad_id())}
+    return self._sp.decode([int(i) for i in ids if int(i) not in special])
+
+
+def tokenize_prompts(tokenizer: Tokenizer, texts: Sequence[str | bytes], max_len: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """PaliGemma prefix tokens for a batch of prompts.
+
+  Each prompt (bytes are decoded as UTF-8; surrounding whitespace stripped) becomes
+  ``[bos] + encode(text) + encode("\\n")``, right padded with ``pad_id`` to ``max_len``. Too long prompts are
+  truncated deterministically by dropping text tokens from the end, so that bos and the separator are always
+  kept: ``[bos] + encode(text)[:max_len - 1 - len(encode("\\n"))] + encode("\\n")``.
+
+  Returns:
+    (tokens int32[B, max_len], mask bool[B, max_len]) with mask True on real tokens.
+  """
+  separator = tokenizer.encode(SEPARATOR)
+  budget = max_len - 1 - len(separator)
+  if budget < 0:
+    raise ValueError(f"max_len={max_len} leaves no room for bos and the separator ({len(separator)} tokens)")
+  tokens = np.full((len(texts), max_len), tokenizer.pad_id, np.int32)
+  mask = np.zeros((len(texts), max_len), bool)
+  for row, text in enumerate(texts):
+    if isinstance(text, (bytes, np.bytes_)):
+      text = bytes(text).decode("utf-8")
+    ids = [tokenizer.bos_id] + tokenizer.encode(str(text).strip())[:budget] + separator
+    tokens[row, :len(ids)] = ids
+    mask[row, :len(ids)] = True
+  return tokens, mask
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Tokenizer config section: kind 'bytes' (no file) or 'sentencepiece' (with path), and max_len."""
+  cfg = ml_collections.ConfigDict()
+  cfg.kind = "bytes"
+  cfg.path = ""
+  cfg.max_len = 48
+  return cfg
+
+
+def from_config(cfg: ml_collections.ConfigDict) -> Tokenizer:
+  """The tokenizer of a config section (``cfg.kind`` in {'bytes', 'sentencepiece'}, ``cfg.path``)."""
+  kind = cfg.get("kind", None)
+  if kind == "bytes":
+    return ByteTokenizer()
+  if kind == "sentencepiece":
+    path = cfg.get("path", "")
+    if not path:
+      raise ValueError("tokenizer.kind='sentencepiece' needs tokenizer.path (a .model file)")
+    return SentencePieceTokenizer(path)
+  raise ValueError(f"tokenizer.kind must be 'bytes' or 'sentencepiece', got {kind!r}")
