@@ -14,11 +14,3 @@ import jax  # noqa: E402
 jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_default_matmul_precision", "highest")
 
-
-def pytest_configure(config):
-  try:  # TensorFlow must not grab accelerators either.
-    import tensorflow as tf
-
-    tf.config.set_visible_devices([], "GPU")
-  except Exception:  # pragma: no cover - TF absent or already initialised.
-    pass
