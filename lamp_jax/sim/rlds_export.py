@@ -1,0 +1,130 @@
+"""Demonstration episodes -> RLDS examples in the ``specs`` layout of ``lamp_sim_<suite>`` datasets.
+
+An episode of M control steps is stored as M RLDS steps: step t holds observation o_t (before the action),
+action a_t, and scene flow of the query grid of o_t tracked through o_{t+1} .. o_{t+T}, where o_M is the state
+after the last action and is held past the end. ``is_last`` is set on step M - 1, ``is_terminal`` and
+``reward`` = 1 there when the episode succeeded. ``camera_extrinsics_2`` (the wrist camera moves) is its pose at
+step 0.
+
+Optional extra field (only with ``optical_flow_steps > 0``): ``steps/observation/optical_flow`` Image
+uint8[H, W, 3], the HSV-encoded dense flow of image_0 from step t to t + k.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lamp_jax import specs
+from lamp_jax.sim import cameras as cameras_lib
+from lamp_jax.sim import env as env_lib
+from lamp_jax.sim import experts as experts_lib
+from lamp_jax.sim import optical_flow as optical_flow_lib
+from lamp_jax.sim import scene_flow as scene_flow_lib
+from lamp_jax.sim import tasks as tasks_lib
+
+VERSION = "1.0.0"
+
+
+def dataset_name(suite: str) -> str:
+  return f"{specs.SIM_DATASET_PREFIX}{suite}"
+
+
+def features(image_size: int, num_points: int, flow_steps: int, optical_flow: bool = False):
+  """The tfds FeaturesDict of one episode (see ``lamp_jax.specs``)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  f = tfds.features
+  image = lambda: f.Image(shape=(image_size, image_size, 3), dtype=np.uint8, encoding_format="jpeg")  # noqa: E731
+  observation = {
+      "image_0": image(),
+      "image_1": image(),
+      "image_2": image(),
+      "state": f.Tensor(shape=(specs.SIM_STATE_DIM,), dtype=np.float32),
+  }
+  if optical_flow:
+    observation["optical_flow"] = image()
+  metadata = {
+      "file_path": f.Text(),
+      "task_family": f.Text(),
+      "seed": f.Scalar(dtype=np.int64),
+      "success": f.Scalar(dtype=np.bool_),
+      "has_image_0": f.Scalar(dtype=np.bool_),
+      "has_image_1": f.Scalar(dtype=np.bool_),
+      "has_image_2": f.Scalar(dtype=np.bool_),
+      "has_language": f.Scalar(dtype=np.bool_),
+  }
+  for k in range(3):
+    metadata[f"camera_intrinsics_{k}"] = f.Tensor(shape=(3, 3), dtype=np.float32)
+    metadata[f"camera_extrinsics_{k}"] = f.Tensor(shape=(4, 4), dtype=np.float32)
+  return f.FeaturesDict({
+      "steps": f.Dataset({
+          "observation": f.FeaturesDict(observation),
+          "action": f.Tensor(shape=(specs.ACTION_DIM,), dtype=np.float32),
+          "language_instruction": f.Text(),
+          "scene_flow": f.Tensor(shape=(num_points, flow_steps, 3), dtype=np.float32),
+          "scene_flow_query": f.Tensor(shape=(num_points, 3), dtype=np.float32),
+          "scene_flow_mask": f.Tensor(shape=(num_points, flow_steps), dtype=np.bool_),
+          "scene_flow_query_mask": f.Tensor(shape=(num_points,), dtype=np.bool_),
+          "is_first": f.Scalar(dtype=np.bool_),
+          "is_last": f.Scalar(dtype=np.bool_),
+          "is_terminal": f.Scalar(dtype=np.bool_),
+          "reward": f.Scalar(dtype=np.float32),
+          "discount": f.Scalar(dtype=np.float32),
+      }),
+      "episode_metadata": f.FeaturesDict(metadata),
+  })
+
+
+def record_episode(env: env_lib.TabletopEnv, suite: str, family: str, seed: int, num_points: int,
+                   flow_steps: int, noise: float = 0.0, optical_flow_steps: int = 0) -> dict[str, Any]:
+  """Run the scripted expert on ``(family, seed)`` and build the RLDS example (numpy; images uint8)."""
+  task = tasks_lib.sample_task(family, seed)
+  out = experts_lib.run_expert_episode(env, task, noise=noise, seed=seed, record=True)
+  frames, observations, actions = out["frames"], out["observations"], out["actions"]
+  m = len(actions)
+  size = env.image_size
+  flow = scene_flow_lib.compute_scene_flow(env.model, frames, num_points, flow_steps,
+                                           camera=env_lib.REFERENCE_CAMERA, image_size=(size, size))
+  flow_rgb = (optical_flow_lib.flow_images(env.model, frames, optical_flow_steps, env_lib.REFERENCE_CAMERA, size,
+                                           size) if optical_flow_steps > 0 else None)
+  steps = []
+  for t in range(m):
+    obs = observations[t]
+    observation = {"image_0": obs["image_0"], "image_1": obs["image_1"], "image_2": obs["image_2"],
+                   "state": obs["state"]}
+    if flow_rgb is not None:
+      observation["optical_flow"] = flow_rgb[t]
+    last = t == m - 1
+    steps.append({
+        "observation": observation,
+        "action": np.asarray(actions[t], np.float32),
+        "language_instruction": task.instruction,
+        "scene_flow": flow["scene_flow"][t],
+        "scene_flow_query": flow["scene_flow_query"][t],
+        "scene_flow_mask": flow["scene_flow_mask"][t],
+        "scene_flow_query_mask": flow["scene_flow_query_mask"][t],
+        "is_first": t == 0,
+        "is_last": last,
+        "is_terminal": bool(last and out["success"]),
+        "reward": np.float32(1.0 if (last and out["success"]) else 0.0),
+        "discount": np.float32(1.0),
+    })
+  # Camera poses at step 0 (front and side are fixed; the wrist camera moves with the hand).
+  data0 = scene_flow_lib.FrameReplayer(env.model).set(frames[0])
+  metadata = {
+      "file_path": f"lamp_sim/{suite}/{family}/{seed}",
+      "task_family": family,
+      "seed": np.int64(seed),
+      "success": bool(out["success"]),
+      "has_image_0": "front" in env.cameras and env.render_images,
+      "has_image_1": "side" in env.cameras and env.render_images,
+      "has_image_2": "wrist" in env.cameras and env.render_images,
+      "has_language": True,
+  }
+  for k, name in enumerate(env_lib.CAMERA_NAMES):
+    cam = cameras_lib.camera_from_data(env.model, data0, name, size, size)
+    metadata[f"camera_intrinsics_{k}"] = cam.intrinsics.astype(np.float32)
+    metadata[f"camera_extrinsics_{k}"] = cam.world_from_camera.astype(np.float32)
+  return {"steps": steps, "episode_metadata": metadata}
