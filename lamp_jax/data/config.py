@@ -1,0 +1,99 @@
+"""The data config (``config.data`` in every training config): one documented ConfigDict.
+
+Example::
+
+    from lamp_jax.data import config as data_config
+    cfg = data_config.default_data_config()
+    cfg.datasets = [data_config.dataset_entry("bridge_dataset", data_dir="gs://.../bridge_dataset/1.0.0")]
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def dataset_entry(name: str, *, data_dir: str = "", standardize: str = "", weight: float = 1.0,
+                  **overrides) -> ml_collections.ConfigDict:
+  """One dataset of a mixture.
+
+  Args:
+    name: tfds builder name (e.g. ``bridge_dataset``, ``bridge``, ``lamp_sim_pick``).
+    data_dir: the builder's version directory (``.../<name>/<version>``, opened with
+      ``tfds.builder_from_directory``) or a tfds ``data_dir`` that contains ``<name>/``.
+    standardize: registry key of the standardisation (``lamp_jax.data.datasets``); empty = look up ``name``.
+    weight: sampling weight in the mixture (normalised; multiplied by the size when ``balance_weights``).
+    overrides: per-dataset fields below (``image_keys``, ``standardize_kwargs``, ``stats_path``, ...).
+  """
+  entry = ml_collections.ConfigDict({
+      "name": name,
+      "data_dir": data_dir,
+      "standardize": standardize,
+      "weight": float(weight),
+      # Camera mapping spec key -> dataset observation key ('' = this dataset has no such camera: zeros + mask).
+      # Empty dict = the registry's default for this dataset.
+      "image_keys": ml_collections.ConfigDict({}),
+      # Keyword arguments of the standardisation function (e.g. relabel_actions for Bridge).
+      "standardize_kwargs": ml_collections.ConfigDict({}),
+      # Per-dimension normalisation masks: True = normalise. Empty = registry default (gripper left raw).
+      "action_normalization_mask": (),
+      "proprio_normalization_mask": (),
+      # Explicit statistics JSON to use instead of the cache (checked against the dataset hash).
+      "stats_path": "",
+      # Split names; '' for val_split = the dataset's own 'val' split if present, else the last val_fraction.
+      "train_split": "train",
+      "val_split": "",
+  })
+  entry.update(overrides)
+  return entry
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """All fields of the data pipeline, with defaults that follow Octo's released Bridge recipe."""
+  cfg = ml_collections.ConfigDict()
+  # --- which data -------------------------------------------------------------------------------------
+  cfg.datasets = []  # list of dataset_entry(...) ConfigDicts; a mixture when longer than one
+  cfg.balance_weights = False  # multiply each weight by the dataset's number of transitions
+  cfg.val_fraction = 0.05  # used when a dataset has no 'val' split: train = first 95 %, val = last 5 %
+  # --- batch shape (see lamp_jax/specs.py) -------------------------------------------------------------
+  cfg.batch_size = 32  # GLOBAL batch; each process gets batch_size // process_count
+  cfg.window_size = 1  # W: observation history, the current frame is the last
+  cfg.action_horizon = 10  # H: future action chunk starting at the current step
+  cfg.max_action_dim = 7  # A: actions are zero-padded to this many dimensions (pad mask False there)
+  cfg.max_proprio_dim = 8  # S: proprio is zero-padded to this many dimensions
+  cfg.image_size = (224, 224)  # (height, width) of every camera image in the batch
+  cfg.cameras = ("image_primary", "image_wrist")  # spec image keys emitted (subset of specs.IMAGE_KEYS)
+  # --- motion labels ------------------------------------------------------------------------------------
+  cfg.scene_flow_num_points = 400  # K (must match the dataset's scene_flow labels when it has them)
+  cfg.scene_flow_horizon = 32  # T
+  # --- normalisation --------------------------------------------------------------------------------------
+  cfg.action_normalization = "bounds"  # 'normal' (z-score) | 'bounds' (p01-p99 -> [-1,1]) | 'bounds_minmax' | 'none'
+  cfg.proprio_normalization = "normal"
+  cfg.stats_cache_dir = ""  # '' = $LAMP_JAX_CACHE or ~/.cache/lamp_jax/dataset_statistics
+  # --- trajectory transforms -------------------------------------------------------------------------------
+  cfg.subsample_length = 0  # >0: keep a random (seeded) subset of this many steps of longer episodes (Octo)
+  cfg.empty_instruction = "keep"  # 'keep' | 'skip' episodes whose instruction is empty (counted)
+  cfg.max_abs_action = 0.0  # >0: drop episodes with any raw |action| above this (counted)
+  # --- frame transforms --------------------------------------------------------------------------------------
+  cfg.augment = True  # train-time augmentation; never at validation / inference
+  cfg.augment_cameras = ("image_primary", "image_secondary")  # wrist cameras are usually not cropped
+  cfg.crop_scale = (0.8, 1.0)  # random resized crop: area fraction
+  cfg.crop_ratio = (0.9, 1.1)  # random resized crop: aspect ratio (width / height)
+  cfg.brightness = 0.1  # max additive delta (images in [0, 1])
+  cfg.contrast = (0.9, 1.1)
+  cfg.saturation = (0.9, 1.1)
+  cfg.hue = 0.05
+  # --- throughput -----------------------------------------------------------------------------------------
+  cfg.shuffle_buffer_size = 10_000  # frames (encoded images: cheap), before decode
+  cfg.file_cycle_length = 4  # files read round-robin per dataset
+  cfg.num_parallel_reads = 8  # threads for episode parsing, split across datasets by weight
+  cfg.num_parallel_calls = 8  # threads for trajectory transforms (split by weight) and frame decode
+  cfg.prefetch = 2  # batches
+  cfg.ram_budget_gb = 0  # >0: tf.data autotune RAM budget
+  cfg.validate_episodes = True  # check every episode's keys/shapes/finite values on the host (names the file)
+  # --- robustness / reproducibility ---------------------------------------------------------------------------
+  cfg.skip_bad = False  # True: bad episodes/files are counted and logged instead of raising DataError
+  cfg.deterministic = False  # fixed seed + deterministic tf.data ordering (slower: no out-of-order maps)
+  # Resuming in deterministic mode: 'skip' = produce and drop start_batch batches (the exact same stream);
+  # 'reseed' = fold start_batch into the seed (instant, reproducible, but a different stream than uninterrupted).
+  cfg.resume_mode = "skip"
+  return cfg

@@ -1,0 +1,53 @@
+"""The built-in simulator datasets ``lamp_sim_<suite>`` (layout in lamp_jax/specs.py, written by lamp_jax.sim).
+
+Actions already follow the specs convention; state float32[8] becomes proprio unchanged. Scene-flow labels are
+per step (t+1 .. t+T relative to the step) and pass through; their K and T must match the data config.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from lamp_jax import specs
+from lamp_jax.data import datasets
+
+FLOW_KEYS = (specs.SCENE_FLOW, specs.SCENE_FLOW_QUERY, specs.SCENE_FLOW_MASK, specs.SCENE_FLOW_QUERY_MASK)
+
+
+def standardize(steps, metadata):
+  del metadata
+  observation = dict(steps["observation"])
+  observation["proprio"] = tf.cast(observation.pop("state"), tf.float32)
+  trajectory = {"observation": observation, "action": tf.cast(steps["action"], tf.float32),
+                "language_instruction": steps["language_instruction"]}
+  for key in FLOW_KEYS:
+    trajectory[key] = steps[key]
+  return trajectory
+
+
+def requirements(data_cfg, image_keys):
+  k, t = int(data_cfg.scene_flow_num_points), int(data_cfg.scene_flow_horizon)
+  req = {"steps/observation/state": ((specs.SIM_STATE_DIM,), "float"),
+         "steps/action": ((specs.ACTION_DIM,), "float"), "steps/language_instruction": ((), "bytes"),
+         f"steps/{specs.SCENE_FLOW}": ((k, t, 3), "float"), f"steps/{specs.SCENE_FLOW_QUERY}": ((k, 3), "float"),
+         f"steps/{specs.SCENE_FLOW_MASK}": ((k, t), "int"), f"steps/{specs.SCENE_FLOW_QUERY_MASK}": ((k,), "int")}
+  for key in image_keys.values():
+    if key:
+      req[f"steps/observation/{key}"] = ((), "bytes")
+  return req
+
+
+datasets.register(datasets.Standardization(
+    name=specs.SIM_DATASET_PREFIX,
+    prefix=True,
+    fn=standardize,
+    requirements=requirements,
+    image_keys={"image_primary": "image_0", "image_secondary": "image_1", "image_wrist": "image_2"},
+    finite_keys=("steps/action", "steps/observation/state", f"steps/{specs.SCENE_FLOW}"),
+    action_keys=("steps/action",),
+    instruction_key="steps/language_instruction",
+    # proprio: xyz, rpy, finger opening normalised; gripper command left raw.
+    action_normalization_mask=(True,) * 6 + (False,),
+    proprio_normalization_mask=(True,) * 7 + (False,),
+    has_scene_flow=True,
+))

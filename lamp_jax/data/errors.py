@@ -1,0 +1,91 @@
+"""Bad data → a clear error or a counted, logged skip; never a silent drop.
+
+Every problem found in the data is described by a :class:`DataError` whose message names the dataset, the file
+(where known), the episode and the key. With ``skip_bad=True`` in the data config the same problem is recorded in
+a :class:`SkipCounter` (one counter per dataset and kind) and logged instead of raised.
+
+Schema problems (a key missing from the dataset's feature spec, a declared shape or dtype that does not match what
+the standardisation needs, an unknown dataset name, a statistics file that belongs to another dataset) are always
+raised: skipping cannot repair them.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+
+log = logging.getLogger("lamp_jax.data")
+
+# Marker used to recover our message from a TensorFlow error raised inside tf.data.
+MESSAGE_MARKER = "[lamp_jax.data] "
+
+# Kinds of skip (keys of SkipCounter.counts).
+CORRUPT_FILE = "corrupt_file"
+MISSING_KEY = "missing_key"
+BAD_SHAPE = "bad_shape"
+NON_FINITE = "non_finite"
+ZERO_LENGTH = "zero_length"
+EMPTY_INSTRUCTION = "empty_instruction"  # not an error: a configured filter, counted like the others
+ACTION_BOUNDS = "action_out_of_bounds"  # not an error: a configured filter
+
+
+class DataError(ValueError):
+  """A problem in a dataset, its files or its statistics. The message names dataset/file/episode/key."""
+
+  def __init__(self, message: str, *, dataset: str = "", file: str = "", episode: str = "", key: str = "",
+               kind: str = ""):
+    parts = []
+    if dataset:
+      parts.append(f"dataset '{dataset}'")
+    if file:
+      parts.append(f"file '{file}'")
+    if episode != "":
+      parts.append(f"episode {episode}")
+    if key:
+      parts.append(f"key '{key}'")
+    where = ", ".join(parts)
+    super().__init__(MESSAGE_MARKER + (f"{where}: {message}" if where else message))
+    self.dataset, self.file, self.episode, self.key, self.kind = dataset, file, episode, key, kind
+
+
+class SkipCounter:
+  """Thread-safe counts of skipped episodes / files, per (dataset, kind). Every skip is logged once."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self.counts: collections.Counter = collections.Counter()
+
+  def record(self, error: DataError) -> None:
+    with self._lock:
+      self.counts[(error.dataset, error.kind)] += 1
+    log.warning("skipping bad data (%s): %s", error.kind, error)
+
+  def total(self, kind: str | None = None) -> int:
+    with self._lock:
+      return sum(v for (_, k), v in self.counts.items() if kind is None or k == kind)
+
+  def as_dict(self) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    with self._lock:
+      for (ds, kind), v in sorted(self.counts.items()):
+        out.setdefault(ds, {})[kind] = v
+    return out
+
+
+def handle(error: DataError, skip_bad: bool, counter: SkipCounter) -> None:
+  """Raise ``error`` or, when ``skip_bad``, count and log it."""
+  if not skip_bad:
+    raise error
+  counter.record(error)
+
+
+def reraise_from_tf(exc: Exception, context: str) -> None:
+  """Turn a TensorFlow error that carries one of our messages back into a DataError; else add context."""
+  text = str(exc)
+  if MESSAGE_MARKER in text:
+    msg = text[text.index(MESSAGE_MARKER) + len(MESSAGE_MARKER):].strip()
+    msg = msg.split("\n")[0].split("\t")[0]
+    raise DataError(msg) from exc
+  raise DataError(f"{context}: TensorFlow error while reading data: {text.splitlines()[0] if text else exc!r}") \
+      from exc

@@ -1,0 +1,150 @@
+"""Frame transforms (TF graph, one training example at a time): decode, resize, augment, scene-flow crop.
+
+Axis letters: W observation window · h, w output image size · K scene-flow points · T future flow steps.
+
+Resizing follows the specs UVD convention (pixel i covers [i, i + 1) in normalised units i / size): at eval time
+``tf.image.resize`` (bilinear, half-pixel centres). The train-time random resized crop samples a box
+(x0, y0, bw, bh) in normalised units and resamples it with ``tf.image.crop_and_resize`` using box corners
+converted so that output pixel centre j samples the source at y0 + (j + 0.5) / h * bh — the same convention, so a
+full-image box equals the eval resize exactly. Scene-flow UV of the primary camera move with its crop:
+u -> (u - x0) / bw, v -> (v - y0) / bh; points that leave [0, 1) are masked.
+The crop and the colour jitter are sampled once per example and camera (stateless, from the example's seed) and
+applied identically to all W window frames. Missing cameras stay zero images.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from lamp_jax import specs
+
+
+def decode_image(encoded: tf.Tensor, size, present=True) -> tf.Tensor:
+  """string scalar (JPEG/PNG) -> uint8[h0, w0, 3] at its stored size; zeros of ``size`` when the string is empty
+  or the camera is not ``present`` (missing cameras are not decoded at all)."""
+  def decode():
+    return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+
+  use = tf.logical_and(tf.strings.length(encoded) > 0, tf.cast(present, tf.bool))
+  return tf.cond(use, decode, lambda: tf.zeros(list(size) + [3], tf.uint8))
+
+
+def to_uint8(images: tf.Tensor) -> tf.Tensor:
+  """float images in [0, 255] -> uint8 with rounding (the same rounding at train, eval and inference)."""
+  return tf.cast(tf.clip_by_value(tf.round(images), 0.0, 255.0), tf.uint8)
+
+
+def resize(images: tf.Tensor, size) -> tf.Tensor:
+  """uint8[..., h0, w0, 3] -> uint8[..., h, w, 3], bilinear with half-pixel centres (eval / inference resize)."""
+  images = tf.convert_to_tensor(images)
+  if images.shape[-3] == size[0] and images.shape[-2] == size[1]:
+    return images
+  return to_uint8(tf.image.resize(tf.cast(images, tf.float32), size, method="bilinear", antialias=False))
+
+
+def sample_crop(seed: tf.Tensor, scale, ratio) -> tf.Tensor:
+  """float32[4] crop box (x0, y0, bw, bh) in normalised units: area fraction ~ U(scale), aspect ~ logU(ratio)."""
+  seeds = tf.random.experimental.stateless_split(seed, 4)
+  area = tf.random.stateless_uniform([], seeds[0], scale[0], scale[1])
+  log_ratio = tf.random.stateless_uniform([], seeds[1], math.log(ratio[0]), math.log(ratio[1]))
+  aspect = tf.exp(log_ratio)
+  bw = tf.minimum(tf.sqrt(area * aspect), 1.0)
+  bh = tf.minimum(tf.sqrt(area / aspect), 1.0)
+  x0 = tf.random.stateless_uniform([], seeds[2]) * (1.0 - bw)
+  y0 = tf.random.stateless_uniform([], seeds[3]) * (1.0 - bh)
+  return tf.stack([x0, y0, bw, bh])
+
+
+def crop_and_resize(images: tf.Tensor, box: tf.Tensor, size) -> tf.Tensor:
+  """uint8[W, h0, w0, 3] -> float32[W, h, w, 3]: the normalised box resampled with half-pixel centres.
+
+  Output pixel centre j samples source pixel-centre coordinate p(j) = (start + (j + 0.5) / out * extent) * src
+  - 0.5. The source is padded by one replicated pixel on every side so that samples beyond the outer pixel
+  centres (when upsampling) take the edge value, exactly like ``tf.image.resize``.
+  """
+  shape = tf.shape(images)
+  padded = tf.pad(tf.cast(images, tf.float32), [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+  src_h, src_w = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+  x0, y0, bw, bh = box[0], box[1], box[2], box[3]
+
+  def corners(start, extent, src, out):
+    # crop_and_resize samples c1 * (n - 1) + j * (c2 - c1) * (n - 1) / (out - 1) on the padded axis (n = src + 2).
+    first = (start + 0.5 / out * extent) * src - 0.5 + 1.0
+    last = (start + (out - 0.5) / out * extent) * src - 0.5 + 1.0
+    return first / (src + 1.0), last / (src + 1.0)
+
+  y1, y2 = corners(y0, bh, src_h, float(size[0]))
+  x1, x2 = corners(x0, bw, src_w, float(size[1]))
+  boxes = tf.tile(tf.stack([y1, x1, y2, x2])[None], [shape[0], 1])
+  return tf.image.crop_and_resize(padded, boxes, tf.range(shape[0]), size, method="bilinear")
+
+
+def color_jitter(images: tf.Tensor, seed: tf.Tensor, data_cfg) -> tf.Tensor:
+  """float32[W, h, w, 3] in [0, 255] -> jittered, same factors for every window frame (Octo's order)."""
+  seeds = tf.random.experimental.stateless_split(seed, 4)
+  x = images / 255.0
+  if data_cfg.brightness > 0:
+    x = tf.image.stateless_random_brightness(x, data_cfg.brightness, seeds[0])
+  if tuple(data_cfg.contrast) != (1.0, 1.0):
+    x = tf.image.stateless_random_contrast(x, data_cfg.contrast[0], data_cfg.contrast[1], seeds[1])
+  if tuple(data_cfg.saturation) != (1.0, 1.0):
+    x = tf.image.stateless_random_saturation(x, data_cfg.saturation[0], data_cfg.saturation[1], seeds[2])
+  if data_cfg.hue > 0:
+    x = tf.image.stateless_random_hue(x, data_cfg.hue, seeds[3])
+  return tf.clip_by_value(x, 0.0, 1.0) * 255.0
+
+
+def crop_scene_flow(frame: dict, box: tf.Tensor) -> dict:
+  """Move scene-flow UV into the crop (x0, y0, bw, bh); mask points that leave it. UV -> (UV - origin) / size."""
+  origin = tf.stack([box[0], box[1]])
+  extent = tf.stack([box[2], box[3]])
+
+  def transform(uvd):
+    uv = (uvd[..., :2] - origin) / extent
+    inside = tf.reduce_all(tf.logical_and(uv >= 0.0, uv < 1.0), axis=-1)
+    return tf.concat([uv, uvd[..., 2:]], axis=-1), inside
+
+  frame = dict(frame)
+  flow, inside = transform(frame[specs.SCENE_FLOW])
+  frame[specs.SCENE_FLOW] = flow
+  frame[specs.SCENE_FLOW_MASK] = tf.logical_and(frame[specs.SCENE_FLOW_MASK], inside)
+  query, inside_q = transform(frame[specs.SCENE_FLOW_QUERY])
+  frame[specs.SCENE_FLOW_QUERY] = query
+  frame[specs.SCENE_FLOW_QUERY_MASK] = tf.logical_and(frame[specs.SCENE_FLOW_QUERY_MASK], inside_q)
+  return frame
+
+
+def decode_and_augment(frame: dict, seed: tf.Tensor, data_cfg, train: bool) -> dict:
+  """Decode every camera's W encoded frames to uint8[W, h, w, 3]; augment when ``train and data_cfg.augment``."""
+  size = tuple(int(s) for s in data_cfg.image_size)
+  observation = dict(frame["observation"])
+  augment = train and bool(data_cfg.augment)
+  camera_seeds = tf.random.experimental.stateless_split(seed, len(data_cfg.cameras) * 2)
+  for i, camera in enumerate(data_cfg.cameras):
+    encoded = observation[camera]  # string[W]
+    window = int(data_cfg.window_size)
+    present = observation[specs.IMAGE_MASK][camera]
+    if augment:  # decode at the stored size: the crop samples the original pixels
+      images = tf.stack([decode_image(encoded[w], size, present[w]) for w in range(window)])
+    else:
+      images = tf.stack([resize(decode_image(encoded[w], size, present[w]), size) for w in range(window)])
+    if augment and camera in tuple(data_cfg.augment_cameras):
+      box = sample_crop(camera_seeds[2 * i], data_cfg.crop_scale, data_cfg.crop_ratio)
+      floats = crop_and_resize(images, box, size)
+      if camera == specs.IMAGE_PRIMARY:
+        frame = crop_scene_flow(frame, box)
+    else:
+      floats = tf.cast(resize(images, size), tf.float32)
+    mask = observation[specs.IMAGE_MASK][camera]
+    if augment:  # (not on missing cameras: they stay zeros anyway)
+      floats = tf.cond(tf.reduce_any(mask), lambda: color_jitter(floats, camera_seeds[2 * i + 1], data_cfg),
+                       lambda: floats)
+    images = tf.where(mask[:, None, None, None], to_uint8(floats), tf.zeros_like(to_uint8(floats)))
+    images.set_shape([None, size[0], size[1], 3])
+    observation[camera] = images
+  frame = dict(frame)
+  frame["observation"] = observation
+  return frame
+

@@ -1,0 +1,169 @@
+"""Inspect a data config: dataset sizes, statistics, one batch's shapes and dtypes, throughput — as JSON.
+
+    python -m lamp_jax.data.inspect --config=configs/<name>.py[:variant] [--num_batches=20] [--plot=batch.png]
+
+The config file exposes ``get_config(arg)`` returning a ConfigDict whose ``data`` field (or ``data.pipeline``,
+as in the training configs) is the data config (``lamp_jax.data.config.default_data_config()`` layout). Throughput is measured after ``--warmup`` batches:
+frames/s (examples per second of this process) and CPU-seconds per 1000 frames (process CPU time, all threads).
+``--plot`` writes a PNG grid of the batch's images (current frame, every camera) with the scene-flow tracks drawn
+on the primary camera.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def load_config(spec: str):
+  """'path/to/config.py[:arg]' -> the ConfigDict returned by get_config(arg)."""
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"--config file not found: {path}")
+  module_spec = importlib.util.spec_from_file_location("_lamp_inspect_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise AttributeError(f"{path} defines no get_config(arg)")
+  config = module.get_config(arg) if arg else module.get_config()
+  if "data" not in config:
+    raise KeyError(f"{path}: get_config() returned a config without a 'data' field")
+  return config
+
+
+def data_config_of(config):
+  """The data config inside a run config: ``config.data`` or, in the training configs, ``config.data.pipeline``."""
+  data = config.data
+  if "datasets" not in data and "pipeline" in data and "datasets" in data.pipeline:
+    data = data.pipeline
+    if "global_batch_size" in config.data:
+      data.batch_size = int(config.data.global_batch_size)
+  if "datasets" not in data:
+    raise KeyError("the config has no data config (config.data or config.data.pipeline with a 'datasets' field)")
+  return data
+
+
+def describe(tree, prefix=""):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(describe(value, f"{prefix}{key}/"))
+    else:
+      out[f"{prefix}{key}"] = {"shape": list(np.shape(value)), "dtype": str(np.asarray(value).dtype)}
+  return out
+
+
+def plot_batch(batch, path: str, cameras, max_rows: int = 6) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  from lamp_jax import specs
+
+  obs = batch[specs.OBSERVATION]
+  rows = min(max_rows, obs[cameras[0]].shape[0])
+  fig, axes = plt.subplots(rows, len(cameras), figsize=(2.6 * len(cameras), 2.6 * rows), squeeze=False)
+  texts = batch[specs.TASK][specs.LANGUAGE_INSTRUCTION]
+  for r in range(rows):
+    for c, camera in enumerate(cameras):
+      ax = axes[r][c]
+      image = obs[camera][r, -1]
+      h, w = image.shape[:2]
+      ax.imshow(image, extent=(0, w, h, 0))  # pixel i covers [i, i + 1): the UV convention
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if r == 0:
+        ax.set_title(camera, fontsize=8)
+      if c == 0:
+        text = texts[r].decode("utf-8", "replace") if isinstance(texts[r], bytes) else str(texts[r])
+        ax.set_ylabel(text[:28], fontsize=7)
+      if camera == specs.IMAGE_PRIMARY and batch[specs.HAS_SCENE_FLOW][r]:
+        flow = batch[specs.SCENE_FLOW][r]  # [K, T, 3]
+        mask = batch[specs.SCENE_FLOW_MASK][r]
+        query = batch[specs.SCENE_FLOW_QUERY][r]
+        colors = plt.cm.hsv(np.linspace(0, 1, flow.shape[0], endpoint=False))
+        for k in range(flow.shape[0]):
+          if batch[specs.SCENE_FLOW_QUERY_MASK][r, k]:
+            ax.plot(query[k, 0] * w, query[k, 1] * h, ".", color=colors[k], markersize=2)
+          uv = np.where(mask[k][:, None], flow[k, :, :2], np.nan)
+          ax.plot(uv[:, 0] * w, uv[:, 1] * h, "-", color=colors[k], linewidth=0.6)
+        ax.set_xlim(0, w)
+        ax.set_ylim(h, 0)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True, help="configs/<name>.py[:variant] with config.data")
+  parser.add_argument("--split", default="train", choices=["train", "val"])
+  parser.add_argument("--num_batches", type=int, default=20, help="batches timed after warm-up")
+  parser.add_argument("--warmup", type=int, default=3, help="batches before timing starts")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--batch_size", type=int, default=0, help="override data.batch_size")
+  parser.add_argument("--plot", default="", help="write a PNG grid of one batch here")
+  parser.add_argument("--output", default="", help="also write the JSON here")
+  args = parser.parse_args(argv)
+
+  from tqdm import tqdm
+
+  from lamp_jax.data import pipeline
+
+  config = load_config(args.config)
+  data_cfg = data_config_of(config)
+  if args.batch_size:
+    data_cfg.batch_size = args.batch_size
+  opened = pipeline.open_datasets(data_cfg)
+  make = pipeline.make_train_iterator if args.split == "train" else pipeline.make_val_iterator
+  iterator = make(data_cfg, seed=args.seed, process_index=0, process_count=1)
+  report = {"config": args.config, "split": args.split, "datasets": {}}
+  for o, weight in zip(opened, iterator.weights):
+    stats = iterator.statistics[o.name]
+    report["datasets"][o.name] = {
+        "directory": o.directory, "standardization": o.standardization.name, "weight": float(weight),
+        "splits": {name: int(split.num_examples) for name, split in o.builder.info.splits.items()},
+        "num_trajectories": stats.num_trajectories, "num_transitions": stats.num_transitions,
+        "statistics_source": stats.source, "statistics_hash": stats.hash,
+        "action": {k: np.round(v, 5).tolist() for k, v in stats.action.to_dict().items()},
+        "proprio": {k: np.round(v, 5).tolist() for k, v in stats.proprio.to_dict().items()},
+    }
+  batch = None
+  for _ in tqdm(range(args.warmup), desc="warm-up", disable=not sys.stderr.isatty()):
+    batch = next(iterator)
+  wall, cpu = time.perf_counter(), time.process_time()
+  for _ in tqdm(range(args.num_batches), desc="timing", disable=not sys.stderr.isatty()):
+    batch = next(iterator)
+  wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+  if batch is None:
+    batch = next(iterator)
+  frames = args.num_batches * iterator.per_process_batch
+  report["batch"] = describe(batch)
+  report["throughput"] = {
+      "batches": args.num_batches, "batch_size": iterator.per_process_batch, "seconds": round(wall, 3),
+      "frames_per_s": round(frames / wall, 2) if wall > 0 else None,
+      "cpu_s_per_1000_frames": round(1000 * cpu / frames, 3) if frames else None,
+      "image_size": list(data_cfg.image_size), "augment": bool(data_cfg.augment and args.split == "train"),
+      "action_horizon": int(data_cfg.action_horizon), "cpu_count": os.cpu_count(),
+  }
+  report["skipped"] = iterator.skip_counts()
+  if args.plot:
+    plot_batch(batch, args.plot, tuple(data_cfg.cameras))
+    report["plot"] = args.plot
+  text = json.dumps(report, indent=1)
+  print(text)
+  if args.output:
+    with open(args.output, "w") as f:
+      f.write(text)
+  return report
+
+
+if __name__ == "__main__":
+  main()

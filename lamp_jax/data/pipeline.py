@@ -1,0 +1,268 @@
+"""The training / validation input pipeline: datasets -> mixture -> shuffled frames -> decoded batches.
+
+Per dataset (episode level, threads allocated by mixture weight):
+  host-validated episode records (rlds.episode_dataset: this process's files, seeded file order, round-robin)
+  -> decode + standardise + normalise + pad (traj_transforms.standard_trajectory)
+  -> optional subsample -> chunk (windows, action chunks, pad masks) -> unbatch to frames
+Mixture (frame level, images still encoded):
+  sample_from_datasets(weights) -> shuffle(shuffle_buffer_size) -> decode/resize/augment (frame_transforms)
+  -> batch(global batch / process_count, drop_remainder) -> prefetch
+The iterator yields numpy batches in the layout of lamp_jax/specs.py (language as bytes, host only);
+:func:`to_global_batch` turns one into global ``jax.Array``s on the mesh's data axes.
+
+Determinism (``data_cfg.deterministic``): all randomness is seeded (file order per epoch, frame shuffle, mixture
+sampling, augmentation via per-example stateless seeds) and tf.data keeps element order, so the same config, seed
+and process layout give the same stream. Resuming at batch n: ``make_train_iterator(..., start_batch=n)`` with
+``data_cfg.resume_mode`` 'skip' (the exact same stream; the first n batches are produced and dropped) or
+'reseed' (instant: the seed becomes hash(seed, n); reproducible, but not the uninterrupted stream).
+Per-process seeds: every process folds its ``process_index`` into the seed and reads disjoint files.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import tensorflow as tf
+
+from lamp_jax import specs
+from lamp_jax.data import errors, frame_transforms, normalization, rlds, traj_transforms
+
+log = logging.getLogger("lamp_jax.data")
+
+
+# Our map functions are plain graph code (tf.cond where data-dependent): skip AutoGraph's slow source conversion.
+_graph_fn = tf.autograph.experimental.do_not_convert
+
+
+def _derive_seed(*parts: int) -> int:
+  return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
+
+
+def open_datasets(data_cfg) -> list:
+  if not data_cfg.datasets:
+    raise errors.DataError("data.datasets is empty: add at least one dataset_entry(...)")
+  return [rlds.open_dataset(entry, data_cfg) for entry in data_cfg.datasets]
+
+
+def _stats_pass(opened, data_cfg, counter):
+  """One pass over all train files of a dataset: standardised actions / proprio (no images decoded)."""
+  files = rlds.file_instructions(opened, "train", data_cfg.val_fraction)
+  ds = rlds.episode_dataset(opened, files, data_cfg=data_cfg, seed=0, shuffle=False, repeat=False, counter=counter)
+
+  @_graph_fn
+  def standardize(file_index, episode_index, serialized):
+    del file_index, episode_index
+    steps, metadata = rlds.decode_episode(opened, serialized)
+    traj = opened.standardize(steps, metadata)
+    return traj["action"], traj["observation"]["proprio"]
+
+  ds = ds.map(standardize, num_parallel_calls=max(1, int(data_cfg.num_parallel_reads)))
+  actions, proprio, count = [], [], 0
+  try:
+    for action, state in ds.as_numpy_iterator():
+      actions.append(action)
+      proprio.append(state)
+      count += 1
+  except tf.errors.OpError as exc:
+    errors.reraise_from_tf(exc, f"computing statistics of dataset '{opened.name}'")
+  if not count:
+    raise errors.DataError("no usable episodes to compute statistics from", dataset=opened.name)
+  return np.concatenate(actions), np.concatenate(proprio), count
+
+
+def dataset_statistics(data_cfg, opened_list=None, counter=None) -> dict:
+  """{dataset name: DatasetStatistics} — from stats_path, the cache, or one pass (then cached)."""
+  opened_list = opened_list if opened_list is not None else open_datasets(data_cfg)
+  counter = counter if counter is not None else errors.SkipCounter()
+  out = {}
+  for opened in opened_list:
+    out[opened.name] = normalization.compute_or_load_stats(
+        opened, data_cfg, compute_fn=lambda o=opened: _stats_pass(o, data_cfg, counter))
+  return out
+
+
+def mixture_weights(data_cfg, stats: dict) -> np.ndarray:
+  """Normalised sampling weights (times the number of transitions when ``balance_weights``)."""
+  weights = np.array([float(e.weight) for e in data_cfg.datasets], np.float64)
+  if (weights < 0).any() or weights.sum() <= 0:
+    raise errors.DataError(f"data.datasets weights must be >= 0 with a positive sum, got {weights.tolist()}")
+  if data_cfg.balance_weights:
+    weights = weights * np.array([stats[e.name].num_transitions for e in data_cfg.datasets], np.float64)
+  return weights / weights.sum()
+
+
+def _frames(opened, stats, data_cfg, *, which, seed, process_index, process_count, threads, counter, train,
+            repeat):
+  files = rlds.file_instructions(opened, which, data_cfg.val_fraction)
+  files, record_shard = rlds.shard_for_process(files, process_index, process_count)
+  ds = rlds.episode_dataset(opened, files, data_cfg=data_cfg, seed=seed, shuffle=True, repeat=repeat,
+                            counter=counter, record_shard=record_shard)
+
+  @_graph_fn
+  def episode(file_index, episode_index, serialized):
+    del file_index, episode_index
+    steps, metadata = rlds.decode_episode(opened, serialized)
+    return traj_transforms.standard_trajectory(opened, steps, metadata, data_cfg, stats)
+
+  ds = ds.map(episode, num_parallel_calls=threads[0])
+  if int(data_cfg.subsample_length) > 0 and train:
+    ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=_derive_seed(seed, 1)).batch(2))
+    ds = ds.map(_graph_fn(lambda traj, s: traj_transforms.subsample(traj, int(data_cfg.subsample_length), s)),
+                num_parallel_calls=threads[1])
+  ds = ds.map(_graph_fn(lambda traj: traj_transforms.chunk(traj, int(data_cfg.window_size),
+                                                           int(data_cfg.action_horizon))),
+              num_parallel_calls=threads[1])
+  return ds.unbatch()
+
+
+class DataIterator:
+  """Iterator of numpy batches (specs layout). Attributes: ``statistics``, ``weights``, ``skips``."""
+
+  def __init__(self, dataset: tf.data.Dataset, *, statistics, weights, skips, names, per_process_batch):
+    self.dataset = dataset
+    self.statistics = statistics
+    self.weights = weights
+    self.skips = skips
+    self.names = names
+    self.per_process_batch = per_process_batch
+    self._iterator = dataset.as_numpy_iterator()
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    try:
+      return next(self._iterator)
+    except tf.errors.OpError as exc:
+      errors.reraise_from_tf(exc, f"reading datasets {self.names}")
+
+  def skip_counts(self) -> dict:
+    return self.skips.as_dict()
+
+
+def make_dataset(data_cfg, *, seed: int, process_index=None, process_count=None, train=True, repeat=True,
+                 start_batch: int = 0):
+  """Build the tf.data pipeline. Returns (dataset, statistics, weights, skip counter, per-process batch)."""
+  if process_index is None or process_count is None:
+    import jax
+
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if data_cfg.batch_size % process_count:
+    raise errors.DataError(f"data.batch_size={data_cfg.batch_size} is not divisible by process_count="
+                           f"{process_count}")
+  unknown = set(data_cfg.cameras) - set(specs.IMAGE_KEYS)
+  if unknown:
+    raise errors.DataError(f"data.cameras has unknown keys {sorted(unknown)} (allowed: {specs.IMAGE_KEYS})")
+  for field in ("action_normalization", "proprio_normalization"):
+    if data_cfg[field] not in normalization.MODES:
+      raise errors.DataError(f"data.{field}='{data_cfg[field]}' is not one of {normalization.MODES}")
+  if start_batch and data_cfg.resume_mode == "reseed":
+    seed = _derive_seed(seed, start_batch, 7)
+  per_process_batch = data_cfg.batch_size // process_count
+  counter = errors.SkipCounter()
+  opened_list = open_datasets(data_cfg)
+  statistics = dataset_statistics(data_cfg, opened_list, counter)
+  weights = mixture_weights(data_cfg, statistics)
+  base = _derive_seed(seed, process_index, 0 if train else 1)
+  # Threads by mixture weight: (episode parsing, trajectory transforms) per dataset.
+  threads = [(max(1, round(int(data_cfg.num_parallel_reads) * w)),
+              max(1, round(int(data_cfg.num_parallel_calls) * w))) for w in weights]
+  frames = [
+      _frames(opened, statistics[opened.name], data_cfg, which="train" if train else "val",
+              seed=_derive_seed(base, i), process_index=process_index, process_count=process_count,
+              threads=threads[i], counter=counter, train=train, repeat=repeat)
+      for i, opened in enumerate(opened_list)
+  ]
+  if len(frames) == 1:
+    ds = frames[0]
+  else:
+    keep = [i for i, w in enumerate(weights) if w > 0]
+    ds = tf.data.Dataset.sample_from_datasets([frames[i] for i in keep], [float(weights[i]) for i in keep],
+                                              seed=_derive_seed(base, 2), stop_on_empty_dataset=False)
+  if train and data_cfg.shuffle_buffer_size > 1:
+    ds = ds.shuffle(int(data_cfg.shuffle_buffer_size), seed=_derive_seed(base, 3),
+                    reshuffle_each_iteration=True)
+  ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=_derive_seed(base, 4)).batch(2))
+  ds = ds.map(_graph_fn(lambda frame, s: frame_transforms.decode_and_augment(frame, s, data_cfg, train)),
+              num_parallel_calls=max(1, int(data_cfg.num_parallel_calls)))
+  ds = ds.batch(per_process_batch, drop_remainder=True)
+  if start_batch and data_cfg.resume_mode == "skip":
+    ds = ds.skip(int(start_batch))
+  elif data_cfg.resume_mode not in ("skip", "reseed"):
+    raise errors.DataError(f"data.resume_mode='{data_cfg.resume_mode}' is not 'skip' or 'reseed'")
+  ds = ds.prefetch(int(data_cfg.prefetch) if data_cfg.prefetch > 0 else tf.data.AUTOTUNE)
+  options = tf.data.Options()
+  options.deterministic = bool(data_cfg.deterministic)
+  if data_cfg.ram_budget_gb > 0:
+    options.autotune.ram_budget = int(data_cfg.ram_budget_gb * 2**30)
+  ds = ds.with_options(options)
+  return ds, statistics, weights, counter, per_process_batch
+
+
+def make_train_iterator(data_cfg, *, seed: int, process_index=None, process_count=None,
+                        start_batch: int = 0) -> DataIterator:
+  """Endless iterator of this process's training batches (global batch / process_count examples each).
+
+  ``start_batch``: batches this process already consumed (the training step when one batch is used per step);
+  how the stream continues is ``data_cfg.resume_mode`` (module docstring).
+  """
+  ds, stats, weights, counter, per_process = make_dataset(
+      data_cfg, seed=seed, process_index=process_index, process_count=process_count, train=True, repeat=True,
+      start_batch=start_batch)
+  return DataIterator(ds, statistics=stats, weights=weights, skips=counter,
+                      names=[e.name for e in data_cfg.datasets], per_process_batch=per_process)
+
+
+def make_val_iterator(data_cfg, *, seed: int = 0, process_index=None, process_count=None,
+                      repeat: bool = True) -> DataIterator:
+  """Validation batches: the 'val' split (or the last val_fraction), no augmentation, no frame shuffle.
+
+  ``repeat=True`` (default) is endless so every process can take the same number of batches; with
+  ``repeat=False`` one pass (the last partial batch is dropped).
+  """
+  ds, stats, weights, counter, per_process = make_dataset(
+      data_cfg, seed=seed, process_index=process_index, process_count=process_count, train=False, repeat=repeat)
+  return DataIterator(ds, statistics=stats, weights=weights, skips=counter,
+                      names=[e.name for e in data_cfg.datasets], per_process_batch=per_process)
+
+
+def host_only(batch: dict) -> dict:
+  """The entries that stay on the host (text): task/language_instruction."""
+  return {specs.TASK: {specs.LANGUAGE_INSTRUCTION: batch[specs.TASK][specs.LANGUAGE_INSTRUCTION]}}
+
+
+def to_global_batch(batch: dict, mesh, data_axes=("data",)) -> dict:
+  """Host batch (numpy, per-process slice) -> global jax.Arrays sharded on the mesh's ``data_axes`` (batch dim).
+
+  String / object arrays (the instruction text) are dropped: tokenise them on the host first (the trainer adds
+  task/tokens and task/token_mask as int/bool arrays, which are converted here like everything else).
+  """
+  import jax
+  from jax.sharding import NamedSharding, PartitionSpec
+
+  axes = tuple(data_axes) if isinstance(data_axes, (tuple, list)) else (data_axes,)
+  sharding = NamedSharding(mesh, PartitionSpec(axes))
+
+  def convert(tree):
+    out = {}
+    for key, value in tree.items():
+      if isinstance(value, dict):
+        out[key] = convert(value)
+      elif isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
+        continue
+      else:
+        out[key] = jax.make_array_from_process_local_data(sharding, np.asarray(value))
+    return out
+
+  return convert(batch)
+
+
+def num_batches_per_epoch(stats: dict, data_cfg) -> float:
+  """Approximate train batches per epoch (all datasets, all processes)."""
+  return sum(s.num_transitions for s in stats.values()) / max(1, data_cfg.batch_size)
+
+
+__all__ = ["make_train_iterator", "make_val_iterator", "make_dataset", "to_global_batch", "dataset_statistics",
+           "open_datasets", "mixture_weights", "host_only", "DataIterator", "num_batches_per_epoch"]
