@@ -1,0 +1,15 @@
+"""LaMP model configs: ``--config=configs/lamp.py:<variant>`` with variant 'tiny', 'sim' (default) or 'paper'.
+
+``config.model`` is the model section (lamp_jax.models.lamp.model_config); ``config.seed`` the PRNG seed.
+"""
+
+import ml_collections
+
+from lamp_jax.models import lamp
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.model = lamp.model_config(arg or "sim")
+  config.seed = 0
+  return config

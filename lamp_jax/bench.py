@@ -1,0 +1,179 @@
+"""Benchmarks of the LaMP policy; prints JSON.
+
+  python -m lamp_jax.bench --config=configs/lamp.py:sim --what=inference
+  python -m lamp_jax.bench --config=configs/lamp.py:sim --what=train_step --batch_size=8
+
+inference: median latency (ms) of the jitted ``sample_actions`` at --batch_size (default 1) after compilation,
+  with motion (one-step partial denoising), without motion (use_motion=False, same parameters) and with the full
+  ``motion_reconstruction_steps`` reconstruction; the motion representation alone (partial vs full, from given
+  VLM features); compile times; analytic FLOPs. Calls are interleaved round-robin so that load on a shared
+  host affects all variants alike; ratios are from the same run.
+train_step: median time of a jitted AdamW step on compute_loss and its fraction of the host's matmul roof
+  (lamp_jax.roofline) using analytic FLOPs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import time
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import optax
+import tqdm
+
+from lamp_jax import roofline, specs
+from lamp_jax.models import lamp
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with a `model` section (configs/lamp.py).")
+_WHAT = flags.DEFINE_enum("what", "inference", ["inference", "train_step"], "What to benchmark.")
+_BATCH = flags.DEFINE_integer("batch_size", None, "Batch size (default: 1 for inference, 8 for train_step).")
+_REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per variant.")
+_SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
+
+
+def _compile(fn, *args):
+  start = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  return compiled, time.perf_counter() - start
+
+
+def _time_round_robin(calls: dict, repeats: int) -> dict:
+  """calls: name -> zero-arg callable returning arrays. Returns name -> median seconds."""
+  for fn in calls.values():  # warm-up
+    jax.block_until_ready(fn())
+  times = {name: [] for name in calls}
+  for _ in tqdm.trange(repeats, desc="timing", leave=False):
+    for name, fn in calls.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _inference_batch(model_cfg, batch_size, seed):
+  batch = lamp.dummy_batch(model_cfg, batch_size, seed)
+  for key in (specs.ACTION, specs.ACTION_PAD_MASK, specs.SCENE_FLOW, specs.SCENE_FLOW_MASK,
+              specs.SCENE_FLOW_QUERY, specs.SCENE_FLOW_QUERY_MASK, specs.HAS_SCENE_FLOW):
+    batch.pop(key)
+  return batch
+
+
+def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int) -> dict:
+  model_cfg = copy.deepcopy(model_cfg)
+  model_cfg.use_motion = True
+  batch = _inference_batch(model_cfg, batch_size, seed)
+  params = lamp.init_params(model_cfg, jax.random.key(seed), lamp.dummy_batch(model_cfg, batch_size, seed))
+  no_motion_cfg = copy.deepcopy(model_cfg)
+  no_motion_cfg.use_motion = False
+  no_motion_params = {k: v for k, v in params.items() if k in ("vlm", "action_expert")}
+  model, model_nm = lamp.build(model_cfg), lamp.build(no_motion_cfg)
+  full_steps = model_cfg.motion_reconstruction_steps
+  rng = jax.random.key(seed + 1)
+
+  def with_motion(p, b, r):
+    return model.apply({"params": p}, b, r, method="sample_actions")
+
+  def without_motion(p, b, r):
+    return model_nm.apply({"params": p}, b, r, method="sample_actions")
+
+  def full_motion(p, b, r):
+    return model.apply({"params": p}, b, r, motion_steps=full_steps, method="sample_actions")
+
+  features, mask = jax.jit(lambda p, b: model.apply({"params": p}, b, method="encode"))(params, batch)
+
+  def motion_partial(p, f, m, r):
+    return model.apply({"params": p}, f, m, r, method="motion_representation")
+
+  def motion_full(p, f, m, r):
+    return model.apply({"params": p}, f, m, r, method=lambda mdl, f, m, r: mdl._reconstruct(f, m, r, full_steps))
+
+  compiled, compile_s = {}, {}
+  for name, fn, args in (("sample_actions_with_motion", with_motion, (params, batch, rng)),
+                         ("sample_actions_without_motion", without_motion, (no_motion_params, batch, rng)),
+                         ("sample_actions_full_motion", full_motion, (params, batch, rng)),
+                         ("motion_partial", motion_partial, (params, features, mask, rng)),
+                         ("motion_full", motion_full, (params, features, mask, rng))):
+    exe, seconds = _compile(fn, *args)
+    compiled[name] = (exe, args)
+    compile_s[name] = round(seconds, 3)
+  latency = _time_round_robin({n: (lambda e=e, a=a: e(*a)) for n, (e, a) in compiled.items()}, repeats)
+  flops = {
+      "sample_actions_with_motion": lamp.analytic_flops(model_cfg, batch_size, "sample_actions"),
+      "sample_actions_without_motion": lamp.analytic_flops(no_motion_cfg, batch_size, "sample_actions"),
+      "sample_actions_full_motion": lamp.analytic_flops(model_cfg, batch_size, "sample_actions_full_motion"),
+      "motion_partial": lamp.analytic_flops(model_cfg, batch_size, "motion_partial"),
+      "motion_full": lamp.analytic_flops(model_cfg, batch_size, "motion_full"),
+  }
+  return {
+      "what": "inference", "variant": model_cfg.variant, "batch_size": batch_size, "repeats": repeats,
+      "partial_steps": model_cfg.partial_steps, "tau_infer": model_cfg.tau_infer,
+      "motion_reconstruction_steps": full_steps, "num_inference_steps": model_cfg.num_inference_steps,
+      "latency_ms": {k: round(v * 1e3, 3) for k, v in latency.items()},
+      "compile_s": compile_s,
+      "analytic_gflops": {k: round(v / 1e9, 4) for k, v in flops.items()},
+      "ratios": {
+          "with_over_without_motion": latency["sample_actions_with_motion"] / latency["sample_actions_without_motion"],
+          "one_step_over_full_motion": latency["motion_partial"] / latency["motion_full"],
+          "sample_actions_one_step_over_full": (latency["sample_actions_with_motion"]
+                                                / latency["sample_actions_full_motion"]),
+      },
+  }
+
+
+def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int) -> dict:
+  batch = lamp.dummy_batch(model_cfg, batch_size, seed)
+  params = lamp.init_params(model_cfg, jax.random.key(seed), batch)
+  model = lamp.build(model_cfg)
+  optimizer = optax.adamw(1e-4, b1=0.9, b2=0.95, weight_decay=1e-4)
+  opt_state = optimizer.init(params)
+
+  def step(params, opt_state, batch, rng):
+    def loss_fn(p):
+      return model.apply({"params": p}, batch, rng, method="compute_loss")
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, metrics
+
+  start = time.perf_counter()
+  compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt_state, batch, jax.random.key(0)).compile()
+  compile_s = time.perf_counter() - start
+  params, opt_state, _ = compiled(params, opt_state, batch, jax.random.key(0))  # warm-up
+  jax.block_until_ready(params)
+  times = []
+  for i in tqdm.trange(repeats, desc="train steps", leave=False):
+    start = time.perf_counter()
+    params, opt_state, metrics = compiled(params, opt_state, batch, jax.random.key(i + 1))
+    jax.block_until_ready((params, metrics))
+    times.append(time.perf_counter() - start)
+  median = statistics.median(times)
+  flops = lamp.analytic_flops(model_cfg, batch_size, "train_step")
+  roof = roofline.measure_matmul_roof(jnp.dtype(model_cfg.dtype))
+  return {
+      "what": "train_step", "variant": model_cfg.variant, "batch_size": batch_size, "repeats": repeats,
+      "median_step_s": round(median, 4), "compile_s": round(compile_s, 3),
+      "analytic_gflops_per_step": round(flops / 1e9, 3), "achieved_gflops_per_s": round(flops / median / 1e9, 3),
+      "matmul_roof_gflops_per_s": round(roof / 1e9, 3), "fraction_of_roof": flops / median / roof,
+      "final_loss": float(metrics["loss"]),
+  }
+
+
+def main(argv):
+  del argv
+  if _CONFIG.value is None:
+    raise app.UsageError("--config is required, e.g. --config=configs/lamp.py:sim")
+  model_cfg = _CONFIG.value.model
+  if _WHAT.value == "inference":
+    result = bench_inference(model_cfg, _BATCH.value or 1, _REPEATS.value, _SEED.value)
+  else:
+    result = bench_train_step(model_cfg, _BATCH.value or 8, _REPEATS.value, _SEED.value)
+  print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,112 @@
+"""LaMP Action Expert: a flow-matching transformer over the action chunk, conditioned on guided VLM features.
+
+Axis letters: B batch · H action horizon · A action dim (padded) · S proprio dim · P context (VLM prefix)
+tokens · D width.
+
+``action.kind`` selects the design (``build_action_expert``):
+  * 'dit' (default, released LaMP): a DiT over [state token; H action tokens] with adaLN-zero time
+    conditioning; layers alternate cross-attention to the guided VLM features (even layers) and
+    self-attention over the chunk (odd layers); each layer has a gated MLP. ``depth`` counts both kinds
+    (released: 24 = 12 cross + 12 self, width 1024, 16 heads).
+A π0-style expert (shared attention over the VLM prefix K/V cache) would be another ``kind`` with the same
+call signature: ``(x_tau, tau, proprio, context, context_mask) -> velocity``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from lamp_jax.models import dit, layers
+
+Dtype = Any
+
+
+class DiTLayer(nn.Module):
+  """adaLN-zero transformer layer: (cross- or self-) attention + MLP, both with gated residuals."""
+
+  num_heads: int
+  head_dim: int
+  mlp_dim: int
+  cross: bool
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, temb, context, context_mask):
+    width = x.shape[-1]
+    shift, scale, gate, m_shift, m_scale, m_gate = dit.Modulation(6, width, self.dtype, name="mod")(temb)
+    h = dit.modulate(layers.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype, name="norm1")(x),
+                     shift, scale)
+    attention = dit.Attention(self.num_heads, self.head_dim, qk_norm=True, dtype=self.dtype, name="attn")
+    if self.cross:
+      mask = jnp.broadcast_to(context_mask[:, None, :], (x.shape[0], x.shape[1], context.shape[1]))
+      h = attention(h, context.astype(self.dtype), mask)
+    else:
+      h = attention(h)
+    x = x + gate.astype(self.dtype) * h
+    h = dit.modulate(layers.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype, name="norm2")(x),
+                     m_shift, m_scale)
+    return x + m_gate.astype(self.dtype) * dit.Mlp(self.mlp_dim, self.dtype, name="mlp")(h)
+
+
+class CrossSelfPair(nn.Module):
+  """One cross-attention layer followed by one self-attention layer (the scanned unit)."""
+
+  num_heads: int
+  head_dim: int
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, temb, context, context_mask):
+    kw = dict(num_heads=self.num_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim, dtype=self.dtype)
+    x = DiTLayer(cross=True, name="cross", **kw)(x, temb, context, context_mask)
+    x = DiTLayer(cross=False, name="self", **kw)(x, temb, context, context_mask)
+    return x, None
+
+
+class DiTActionExpert(nn.Module):
+  """``__call__(x_tau float[B, H, A], tau float[B], proprio float[B, S], context float[B, P, Dc],
+  context_mask bool[B, P]) -> velocity float32[B, H, A]``."""
+
+  config: ml_collections.ConfigDict
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_tau, tau, proprio, context, context_mask):
+    cfg = self.config
+    b, horizon, _ = x_tau.shape
+    width = cfg.width
+    if cfg.depth % 2:
+      raise ValueError(f"action.depth={cfg.depth} must be even (alternating cross/self-attention layers)")
+    if width % cfg.num_heads:
+      raise ValueError(f"action.num_heads={cfg.num_heads} does not divide action.width={width}")
+    actions = layers.DenseGeneral(width, (None, "embed"), dtype=self.dtype, name="action_in")(x_tau.astype(self.dtype))
+    actions = actions + layers.sincos_1d(jnp.arange(horizon), width)[None].astype(self.dtype)
+    state = layers.DenseGeneral(width, (None, "embed"), dtype=self.dtype, name="state_in")(proprio.astype(self.dtype))
+    x = jnp.concatenate([state[:, None], actions], axis=1)
+    temb = dit.TimestepEmbedder(width, cfg.time_frequency_dim, self.dtype, name="time_embed")(
+        jnp.broadcast_to(jnp.asarray(tau, jnp.float32), (b,)))
+    blocks = dit.stack(CrossSelfPair, cfg.depth // 2, scan=cfg.scan_layers, remat=cfg.remat, num_broadcast_args=3,
+                       name="blocks", num_heads=cfg.num_heads, head_dim=width // cfg.num_heads,
+                       mlp_dim=cfg.mlp_ratio * width, dtype=self.dtype)
+    x = blocks(x, temb, context, context_mask)
+    shift, scale = dit.Modulation(2, width, self.dtype, name="out_mod")(temb)
+    out = dit.modulate(layers.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype, name="norm_out")(x[:, 1:]),
+                       shift, scale)
+    return layers.DenseGeneral(x_tau.shape[-1], ("embed", None), dtype=self.dtype, name="action_out")(out).astype(
+        jnp.float32)
+
+
+ACTION_EXPERTS = {"dit": DiTActionExpert}
+
+
+def build_action_expert(config: ml_collections.ConfigDict, dtype: Dtype, **kwargs) -> nn.Module:
+  """The action expert selected by ``config.kind`` (see module docstring); kwargs go to the module (e.g. name)."""
+  if config.kind not in ACTION_EXPERTS:
+    raise ValueError(f"action.kind={config.kind!r} is unknown; choose one of {sorted(ACTION_EXPERTS)}")
+  return ACTION_EXPERTS[config.kind](config, dtype=dtype, **kwargs)

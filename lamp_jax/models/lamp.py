@@ -1,0 +1,512 @@
+"""The LaMP policy: PaliGemma VLM + Motion Expert + gated motion guidance + Action Expert.
+
+Data flow (shapes for one batch; letters as specs.py, P = VLM prefix length, N = motion tokens):
+
+  images uint8[B, W, Hi, Wi, 3] per camera ─► current frame, [-1, 1], stacked cameras float32[B, C, Hi, Wi, 3]
+  tokens int32[B, L] ─┐
+                      ├─► vlm (PaliGemma prefix) ─► features float[B, P, Dv], feature_mask bool[B, P]
+  noise float[B, K, T, 3] ─► motion_expert, ``partial_steps`` Euler steps 0 -> tau_infer, one more evaluation
+                             at tau_infer ─► motion hidden float[B, N, Dm]       (2 expert calls by default)
+  features, motion hidden ─► guidance ─► guided features float[B, P, Dv]
+  noise float[B, H, A] ─► action_expert, Euler 0 -> 1 in ``num_inference_steps`` ─► actions float32[B, H, A]
+
+Flow-matching time convention: flow_matching.py (tau = 0 noise, tau = 1 data). Motion target normalisation:
+motion_expert.py. ``use_motion=False`` is the w/o-motion ablation: the guided features are the VLM features
+(same code path, no motion expert / guidance parameters are used).
+
+Parameter tree top level: 'vlm', 'motion_expert', 'guidance', 'action_expert' (nothing else).
+
+Public module-level helpers: ``model_config(variant)``, ``build(model_cfg)``, ``init_params``,
+``abstract_params``, ``logical_axes``, ``dummy_batch``, ``analytic_flops``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lamp_jax import specs
+from lamp_jax.models import action_expert as action_lib
+from lamp_jax.models import flow_matching as fm
+from lamp_jax.models import guidance as guidance_lib
+from lamp_jax.models import motion_expert as motion_lib
+from lamp_jax.models import paligemma
+
+VARIANTS = ("tiny", "sim", "paper")
+TOP_LEVEL = ("vlm", "motion_expert", "guidance", "action_expert")
+
+
+# ------------------------------------------------------------------------------------------ configs
+def _motion(**kw) -> ml_collections.ConfigDict:
+  cfg = ml_collections.ConfigDict(dict(
+      num_keypoints=400, num_steps=32, patch_size=2, frames_per_token=2, width=1024, depth=12, num_heads=16,
+      mlp_ratio=4, cond_len=256, use_rope=False, delta_scale=(0.05, 0.05, 0.04), time_frequency_dim=256,
+      # Training time distribution of the motion flow loss: 'uniform' (TraceGen-style stage 1) or 'pi0_beta'.
+      time_dist="uniform", scan_layers=True, remat=False))
+  cfg.update(kw)
+  return cfg
+
+
+def _action(**kw) -> ml_collections.ConfigDict:
+  cfg = ml_collections.ConfigDict(dict(
+      kind="dit", width=1024, depth=24, num_heads=16, mlp_ratio=4, time_frequency_dim=256,
+      time_dist="pi0_beta", scan_layers=True, remat=False))
+  cfg.update(kw)
+  return cfg
+
+
+def model_config(variant: str = "tiny") -> ml_collections.ConfigDict:
+  """The LaMP model section for 'tiny' (tests), 'sim' (CPU-trainable, 64x64 images) or 'paper'.
+
+  Fields: name, variant, dtype (expert activations), vlm (paligemma.config_from_dict), image_keys, image_size,
+  max_token_len, motion, guidance (num_heads, gate_init_logit), action (kind, ...), use_motion,
+  loss (motion_weight, action_weight), num_inference_steps, tau_infer, partial_steps,
+  motion_reconstruction_steps, action_horizon, action_dim, proprio_dim.
+  """
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown LaMP variant {variant!r}; known: {VARIANTS}")
+  cfg = ml_collections.ConfigDict()
+  cfg.name = "lamp"
+  cfg.variant = variant
+  cfg.use_motion = True
+  cfg.loss = ml_collections.ConfigDict(dict(motion_weight=1.0, action_weight=1.0))
+  cfg.num_inference_steps = 10
+  cfg.tau_infer = 0.1
+  cfg.partial_steps = 1
+  cfg.motion_reconstruction_steps = 10
+  # Released LaMP: sigmoid(0.0) = 0.5. Paper wording ("initialised at zero"): use e.g. -6.0 (gate 0.0025).
+  cfg.guidance = ml_collections.ConfigDict(dict(num_heads=8, gate_init_logit=0.0))
+  if variant == "tiny":
+    cfg.dtype = "float32"
+    cfg.vlm = paligemma.default_config_dict("tiny")
+    cfg.image_keys = (specs.IMAGE_PRIMARY, specs.IMAGE_WRIST)
+    cfg.max_token_len = 7
+    cfg.motion = _motion(num_keypoints=16, num_steps=6, width=40, depth=2, num_heads=4, mlp_ratio=2,
+                         cond_len=29, time_frequency_dim=32)
+    cfg.guidance.num_heads = 3
+    cfg.action = _action(width=36, depth=2, num_heads=3, mlp_ratio=2, time_frequency_dim=32)
+    cfg.action_horizon, cfg.action_dim, cfg.proprio_dim = 5, 7, 5
+  elif variant == "sim":
+    cfg.dtype = "float32"
+    cfg.vlm = paligemma.default_config_dict("tiny")
+    cfg.vlm.vision_variant = "S/16"
+    cfg.vlm.llm_variant = "dummy"
+    cfg.vlm.image_size = 64
+    cfg.vlm.vocab_size = 1024  # the trainer sets the tokenizer's vocabulary size
+    cfg.vlm.vision_overrides = ml_collections.ConfigDict(dict(width=192, depth=3, mlp_dim=768, num_heads=3,
+                                                              patch_size=8))
+    cfg.vlm.llm_overrides = ml_collections.ConfigDict(dict(width=192, depth=4, mlp_dim=768, num_heads=3,
+                                                           num_kv_heads=1, head_dim=64))
+    cfg.image_keys = (specs.IMAGE_PRIMARY, specs.IMAGE_WRIST)
+    cfg.max_token_len = 16
+    cfg.motion = _motion(num_keypoints=64, num_steps=8, width=64, depth=2, num_heads=4, cond_len=144,
+                         time_frequency_dim=64)
+    cfg.guidance.num_heads = 4
+    cfg.action = _action(width=256, depth=4, num_heads=4, time_frequency_dim=128)
+    cfg.action_horizon, cfg.action_dim, cfg.proprio_dim = 8, specs.ACTION_DIM, specs.SIM_STATE_DIM
+  else:  # paper
+    cfg.dtype = "bfloat16"
+    cfg.vlm = paligemma.default_config_dict("paligemma_3b")
+    cfg.vlm.dtype = "bfloat16"
+    cfg.image_keys = (specs.IMAGE_PRIMARY,)
+    cfg.max_token_len = 48
+    # Released cond length 256; here the condition must hold the whole prefix (256 image + 48 text tokens).
+    cfg.motion = _motion(cond_len=304)
+    cfg.guidance.num_heads = 8
+    cfg.action = _action()
+    cfg.action_horizon, cfg.action_dim, cfg.proprio_dim = 10, specs.ACTION_DIM, specs.SIM_STATE_DIM
+  cfg.image_size = cfg.vlm.get_ref("image_size")  # follows vlm.image_size
+  return cfg
+
+
+# ------------------------------------------------------------------------------------------ the model
+class LaMP(nn.Module):
+  """The LaMP policy. All methods take the specs.py batch and an explicit PRNG key ``rng``.
+
+  * ``compute_loss(batch, rng, *, train=True) -> (loss float32[], metrics)``
+  * ``sample_actions(batch, rng, *, num_steps=None, motion_steps=None, gate_override=None) -> float32[B, H, A]``
+  * ``reconstruct_motion(batch, rng, *, num_steps=10) -> float32[B, K, T, 3]``
+  * ``__call__(batch, rng)``: runs every component once (used by ``init``).
+  """
+
+  config: ml_collections.ConfigDict
+
+  def setup(self):
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    self.vlm_config = paligemma.config_from_dict(cfg.vlm)
+    self.vlm = paligemma.PaliGemma(self.vlm_config)
+    self.motion_expert = motion_lib.MotionExpert(cfg.motion, dtype=dtype)
+    self.guidance = guidance_lib.GatedMotionGuidance(cfg.guidance, width=self.vlm_config.llm.width, dtype=dtype)
+    self.action_expert = action_lib.build_action_expert(cfg.action, dtype)
+
+  # ---------------------------------------------------------------------------------------- inputs
+  def _images(self, batch):
+    """Current frame of each configured camera -> (float32[B, C, Hi, Wi, 3] in [-1, 1], bool[B, C])."""
+    obs = batch[specs.OBSERVATION]
+    present = [k for k in self.config.image_keys if k in obs]
+    if not present:
+      raise ValueError(f"batch['observation'] has none of the configured cameras image_keys="
+                       f"{tuple(self.config.image_keys)}; it has {sorted(obs)}")
+    ref = obs[present[0]]
+    b, size = ref.shape[0], self.config.image_size
+    images, masks = [], []
+    for key in self.config.image_keys:
+      if key not in obs:  # optional camera: zeros, masked out.
+        images.append(jnp.zeros((b, size, size, 3), jnp.float32))
+        masks.append(jnp.zeros((b,), bool))
+        continue
+      img = obs[key]
+      if img.ndim != 5 or img.shape[2:] != (size, size, 3):
+        raise ValueError(f"batch['observation'][{key!r}] has shape {img.shape}; expected uint8[B, W, {size}, "
+                         f"{size}, 3] (config image_size={size})")
+      images.append(img[:, -1].astype(jnp.float32) / 127.5 - 1.0)
+      mask = obs.get(specs.IMAGE_MASK, {}).get(key)
+      masks.append(jnp.ones((b,), bool) if mask is None else mask[:, -1].astype(bool))
+    return jnp.stack(images, axis=1), jnp.stack(masks, axis=1)
+
+  def _proprio(self, batch):
+    proprio = batch[specs.OBSERVATION][specs.PROPRIO]
+    if proprio.shape[-1] != self.config.proprio_dim:
+      raise ValueError(f"batch['observation']['proprio'] has {proprio.shape[-1]} dims; config proprio_dim="
+                       f"{self.config.proprio_dim}")
+    return proprio[:, -1].astype(jnp.float32)
+
+  def encode(self, batch):
+    """VLM prefix features: (float[B, P, Dv], bool[B, P])."""
+    task = batch[specs.TASK]
+    if specs.TOKENS not in task:
+      raise ValueError("batch['task'] has no 'tokens': tokenise language_instruction with lamp_jax.tokenizer")
+    images, image_mask = self._images(batch)
+    out = self.vlm(images, image_mask, task[specs.TOKENS].astype(jnp.int32), task[specs.TOKEN_MASK].astype(bool))
+    return out["last_hidden"], out["prefix_mask"]
+
+  # ---------------------------------------------------------------------------------------- motion
+  def _motion_shape(self, batch_size):
+    m = self.config.motion
+    return (batch_size, m.num_keypoints, m.num_steps, 3)
+
+  def motion_representation(self, features, feature_mask, rng):
+    """One-step partial denoising: ``partial_steps`` Euler steps 0 -> tau_infer from noise, then one more
+    evaluation at tau_infer whose last-block hidden state float[B, N, Dm] is returned (partial_steps + 1
+    expert calls, unrolled so that it is differentiable)."""
+    cfg = self.config
+    b = features.shape[0]
+    x = jax.random.normal(rng, self._motion_shape(b), jnp.float32)
+    dt = cfg.tau_infer / cfg.partial_steps
+    for i in range(cfg.partial_steps):
+      velocity, _ = self.motion_expert(x, jnp.full((b,), i * dt, jnp.float32), features, feature_mask)
+      x = fm.euler_step(x, velocity, dt)
+    _, hidden = self.motion_expert(x, jnp.full((b,), cfg.tau_infer, jnp.float32), features, feature_mask)
+    return hidden
+
+  def _reconstruct(self, features, feature_mask, rng, num_steps):
+    """Full Euler reconstruction 0 -> 1: (normalised deltas float32[B, K, T, 3], hidden of the last call)."""
+    b = features.shape[0]
+    x0 = jax.random.normal(rng, self._motion_shape(b), jnp.float32)
+    hidden0 = jnp.zeros((b, motion_lib.num_motion_tokens(self.config.motion), self.config.motion.width),
+                        jnp.dtype(self.config.dtype))
+
+    def step(mdl, x, tau):
+      return mdl.motion_expert(x, jnp.full((b,), tau), features, feature_mask)
+
+    return fm.euler_integrate_module(self, step, x0, num_steps, hidden0)
+
+  def guide(self, features, feature_mask, rng, *, motion_steps=None, gate_override=None):
+    """Guided features float[B, P, Dv] and the gate (float32[]); identity when ``use_motion`` is False.
+
+    motion_steps=None: one-step partial denoising; an int n: hidden state of an n-step full reconstruction.
+    """
+    if not self.config.use_motion:
+      return features, jnp.zeros((), jnp.float32)
+    if motion_steps is None:
+      hidden = self.motion_representation(features, feature_mask, rng)
+    else:
+      _, hidden = self._reconstruct(features, feature_mask, rng, motion_steps)
+    return self.guidance(features, hidden, gate_override)
+
+  # ---------------------------------------------------------------------------------------- public methods
+  def __call__(self, batch, rng):
+    """Runs every component once (creates all parameters in ``init``). Returns the action velocity."""
+    features, mask = self.encode(batch)
+    b = features.shape[0]
+    guided = features
+    if self.config.use_motion:
+      _, hidden = self.motion_expert(jnp.zeros(self._motion_shape(b)), jnp.zeros((b,)), features, mask)
+      guided, _ = self.guidance(features, hidden)
+    actions = jnp.zeros((b, self.config.action_horizon, self.config.action_dim))
+    return self.action_expert(actions, jnp.zeros((b,)), self._proprio(batch), guided, mask)
+
+  def compute_loss(self, batch, rng, *, train: bool = True, gate_override=None):
+    """Weighted flow-matching losses.
+
+    Terms: 'loss/motion_fm' (needs scene_flow keys; off when loss.motion_weight == 0) and 'loss/action_fm'
+    (needs action keys; off when loss.action_weight == 0). ``train`` is accepted for API symmetry (no dropout).
+    Returns (loss float32[], metrics dict of float32[]: 'loss', 'loss/action_fm', 'loss/motion_fm',
+    'guidance/gate').
+    """
+    del train
+    cfg = self.config
+    w_motion, w_action = float(cfg.loss.motion_weight), float(cfg.loss.action_weight)
+    if w_motion <= 0 and w_action <= 0:
+      raise ValueError("config loss.motion_weight and loss.action_weight are both 0: nothing to train")
+    if w_motion > 0 and not cfg.use_motion:
+      raise ValueError("loss.motion_weight > 0 but use_motion=False (the w/o-motion ablation has no motion loss)")
+    features, mask = self.encode(batch)
+    b = features.shape[0]
+    rng_motion, rng_action, rng_guide = jax.random.split(rng, 3)
+    zero = jnp.zeros((), jnp.float32)
+    metrics = {"loss/motion_fm": zero, "loss/action_fm": zero,
+               "guidance/gate": self.guidance.gate() if cfg.use_motion else zero}
+    total = zero
+
+    if w_motion > 0:
+      for key in (specs.SCENE_FLOW, specs.SCENE_FLOW_QUERY, specs.SCENE_FLOW_MASK, specs.SCENE_FLOW_QUERY_MASK,
+                  specs.HAS_SCENE_FLOW):
+        if key not in batch:
+          raise ValueError(f"loss.motion_weight > 0 but the batch has no {key!r}")
+      target = motion_lib.tracks_to_target(batch[specs.SCENE_FLOW_QUERY], batch[specs.SCENE_FLOW],
+                                           cfg.motion.delta_scale)
+      valid = motion_lib.target_mask(batch[specs.SCENE_FLOW_QUERY_MASK].astype(bool),
+                                     batch[specs.SCENE_FLOW_MASK].astype(bool),
+                                     batch[specs.HAS_SCENE_FLOW].astype(bool))
+      # Masked deltas enter the expert as zeros, so unlabelled values cannot influence the loss.
+      target = jnp.where(valid[..., None], target, 0.0)
+      rng_t, rng_e = jax.random.split(rng_motion)
+      tau = _sample_tau(rng_t, b, cfg.motion.time_dist)
+      eps = jax.random.normal(rng_e, target.shape, jnp.float32)
+      velocity, _ = self.motion_expert(fm.interpolate(target, eps, tau), tau, features, mask)
+      motion_loss = motion_lib.masked_mse(velocity, fm.velocity_target(target, eps), valid[..., None])
+      metrics["loss/motion_fm"] = motion_loss
+      total = total + w_motion * motion_loss
+
+    if w_action > 0:
+      for key in (specs.ACTION, specs.ACTION_PAD_MASK):
+        if key not in batch:
+          raise ValueError(f"loss.action_weight > 0 but the batch has no {key!r}")
+      actions = batch[specs.ACTION].astype(jnp.float32)
+      expected = (b, cfg.action_horizon, cfg.action_dim)
+      if actions.shape != expected:
+        raise ValueError(f"batch['action'] has shape {actions.shape}; config expects {expected} "
+                         "(action_horizon, action_dim)")
+      pad_mask = batch[specs.ACTION_PAD_MASK].astype(bool)
+      # Padded action dimensions (False at every step) enter the expert as zeros, so their values cannot
+      # influence the loss; time padding (repeated last action) stays in the input and is only unweighted.
+      actions = jnp.where(jnp.any(pad_mask, axis=1, keepdims=True), actions, 0.0)
+      guided, gate = self.guide(features, mask, rng_guide, gate_override=gate_override)
+      rng_t, rng_e = jax.random.split(rng_action)
+      tau = _sample_tau(rng_t, b, cfg.action.time_dist)
+      eps = jax.random.normal(rng_e, actions.shape, jnp.float32)
+      velocity = self.action_expert(fm.interpolate(actions, eps, tau), tau, self._proprio(batch), guided, mask)
+      action_loss = motion_lib.masked_mse(velocity, fm.velocity_target(actions, eps), pad_mask)
+      metrics["loss/action_fm"] = action_loss
+      if cfg.use_motion:
+        metrics["guidance/gate"] = gate
+      total = total + w_action * action_loss
+
+    metrics["loss"] = total
+    return total, metrics
+
+  def sample_actions(self, batch, rng, *, num_steps: int | None = None, motion_steps: int | None = None,
+                     gate_override=None):
+    """Normalised action chunk float32[B, H, A]: VLM prefix once, motion partial denoising (or, with
+    ``motion_steps``, an n-step full reconstruction for cost comparison), guidance, Euler integration of the
+    Action Expert over ``num_steps`` (default config num_inference_steps). Jit the caller's
+    ``model.apply(..., method='sample_actions')``: one XLA computation, no Python-side state."""
+    cfg = self.config
+    num_steps = cfg.num_inference_steps if num_steps is None else num_steps
+    features, mask = self.encode(batch)
+    rng_motion, rng_action = jax.random.split(rng)
+    guided, _ = self.guide(features, mask, rng_motion, motion_steps=motion_steps, gate_override=gate_override)
+    proprio = self._proprio(batch)
+    b = features.shape[0]
+    x0 = jax.random.normal(rng_action, (b, cfg.action_horizon, cfg.action_dim), jnp.float32)
+
+    def step(mdl, x, tau):
+      return mdl.action_expert(x, jnp.full((b,), tau), proprio, guided, mask), ()
+
+    actions, _ = fm.euler_integrate_module(self, step, x0, num_steps, ())
+    return actions
+
+  def reconstruct_motion(self, batch, rng, *, num_steps: int = 10):
+    """UVD tracks float32[B, K, T, 3] from a full ``num_steps`` Euler reconstruction of the motion deltas.
+
+    Tracks start at batch['scene_flow_query'] when present; otherwise at the specs.py query grid (u, v) with
+    depth 0 (the depth channel is then relative to the query depth).
+    """
+    if not self.config.use_motion:
+      raise ValueError("reconstruct_motion needs use_motion=True")
+    features, mask = self.encode(batch)
+    deltas, _ = self._reconstruct(features, mask, rng, num_steps)
+    b = features.shape[0]
+    if specs.SCENE_FLOW_QUERY in batch:
+      query = batch[specs.SCENE_FLOW_QUERY].astype(jnp.float32)
+    else:
+      uv = jnp.asarray(specs.grid_query_uv(self.config.motion.num_keypoints))
+      query = jnp.broadcast_to(jnp.concatenate([uv, jnp.zeros_like(uv[:, :1])], -1)[None], (b,) + (uv.shape[0], 3))
+    return motion_lib.target_to_tracks(query, deltas, self.config.motion.delta_scale)
+
+
+def _sample_tau(rng, batch_size: int, kind: str) -> jax.Array:
+  if kind == "uniform":
+    return jax.random.uniform(rng, (batch_size,), jnp.float32)
+  if kind == "pi0_beta":
+    return fm.sample_time(rng, (batch_size,))
+  raise ValueError(f"unknown time_dist {kind!r} (motion.time_dist / action.time_dist): 'uniform' | 'pi0_beta'")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def build(model_cfg: ml_collections.ConfigDict) -> LaMP:
+  return LaMP(model_cfg)
+
+
+def init_variables(model_cfg: ml_collections.ConfigDict, rng: jax.Array, batch) -> dict:
+  """Boxed variables (parameters carry logical axis names; ``nn.unbox`` for plain arrays), jit-compiled."""
+  model = build(model_cfg)
+
+  def init(rng, batch):
+    rng_init, rng_call = jax.random.split(rng)
+    return model.init(rng_init, batch, rng_call)
+
+  return jax.jit(init)(rng, batch)
+
+
+def init_params(model_cfg: ml_collections.ConfigDict, rng: jax.Array, batch) -> dict:
+  """Random parameters (plain arrays): {'vlm', 'motion_expert', 'guidance', 'action_expert'}."""
+  return nn.unbox(init_variables(model_cfg, rng, batch))["params"]
+
+
+def _abstract_variables(model_cfg):
+  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), dummy_batch(model_cfg, 1))
+  return jax.eval_shape(lambda rng, b: init_variables(model_cfg, rng, b), jax.random.key(0), batch)
+
+
+def abstract_params(model_cfg: ml_collections.ConfigDict) -> dict:
+  """Parameter tree of jax.ShapeDtypeStruct via jax.eval_shape (no allocation)."""
+  return nn.unbox(_abstract_variables(model_cfg))["params"]
+
+
+def logical_axes(model_cfg: ml_collections.ConfigDict) -> dict:
+  """Parameter tree of PartitionSpec holding each parameter's logical axis names."""
+  return nn.get_partition_spec(_abstract_variables(model_cfg))["params"]
+
+
+def dummy_batch(model_cfg: ml_collections.ConfigDict, batch_size: int = 2, seed: int = 0, *,
+                window: int = 1) -> dict:
+  """A random numpy batch following specs.py (with tokens, without the raw language_instruction)."""
+  rs = np.random.RandomState(seed)
+  b, size = batch_size, model_cfg.image_size
+  vocab = paligemma.config_from_dict(model_cfg.vlm).llm.vocab_size
+  obs = {key: rs.randint(0, 256, (b, window, size, size, 3)).astype(np.uint8) for key in model_cfg.image_keys}
+  obs[specs.IMAGE_MASK] = {key: np.ones((b, window), bool) for key in model_cfg.image_keys}
+  obs[specs.PROPRIO] = rs.randn(b, window, model_cfg.proprio_dim).astype(np.float32)
+  obs[specs.TIMESTEP_PAD_MASK] = np.ones((b, window), bool)
+  length = model_cfg.max_token_len
+  lengths = rs.randint(1, length + 1, (b,))
+  token_mask = np.arange(length)[None] < lengths[:, None]
+  tokens = np.where(token_mask, rs.randint(1, vocab, (b, length)), 0).astype(np.int32)
+  m = model_cfg.motion
+  k, t = m.num_keypoints, m.num_steps
+  uv = specs.grid_query_uv(k)
+  query = np.concatenate([np.broadcast_to(uv, (b, k, 2)), rs.uniform(0.5, 1.5, (b, k, 1))], -1).astype(np.float32)
+  steps = rs.uniform(-0.8, 0.8, (b, k, t, 3)) * np.asarray(m.delta_scale)
+  flow = (query[:, :, None] + np.cumsum(steps, axis=2)).astype(np.float32)
+  return {
+      specs.OBSERVATION: obs,
+      specs.TASK: {specs.TOKENS: tokens, specs.TOKEN_MASK: token_mask},
+      specs.ACTION: rs.uniform(-1, 1, (b, model_cfg.action_horizon, model_cfg.action_dim)).astype(np.float32),
+      specs.ACTION_PAD_MASK: np.ones((b, model_cfg.action_horizon, model_cfg.action_dim), bool),
+      specs.SCENE_FLOW: flow,
+      specs.SCENE_FLOW_QUERY: query,
+      specs.SCENE_FLOW_MASK: rs.rand(b, k, t) > 0.1,
+      specs.SCENE_FLOW_QUERY_MASK: rs.rand(b, k) > 0.05,
+      specs.HAS_SCENE_FLOW: np.ones((b,), bool),
+  }
+
+
+# ------------------------------------------------------------------------------------------ analytic FLOPs
+def _transformer_layer_flops(tokens: int, width: int, mlp_dim: int, *, context: int | None = None,
+                             context_width: int | None = None, attn_width: int | None = None,
+                             gated_mlp: bool = False) -> float:
+  """Matmul FLOPs (2 per multiply-add) of one attention + MLP layer over ``tokens`` tokens (one example)."""
+  attn_width = attn_width or width
+  keys = tokens if context is None else context
+  kv_in = width if context_width is None else context_width
+  proj = 2 * tokens * width * attn_width * 2 + 2 * keys * kv_in * attn_width * 2  # q, out ; k, v
+  scores = 2 * 2 * tokens * keys * attn_width  # logits + weighted values
+  mlp = 2 * tokens * width * mlp_dim * (3 if gated_mlp else 2)
+  return float(proj + scores + mlp)
+
+
+def _component_flops(model_cfg: ml_collections.ConfigDict) -> dict[str, float]:
+  """Per-example forward matmul FLOPs of each component call."""
+  vlm = paligemma.config_from_dict(model_cfg.vlm)
+  v, g = vlm.vision, vlm.llm
+  cams = len(model_cfg.image_keys)
+  patches = (v.image_size // v.patch_size) ** 2
+  vision = cams * (2 * patches * v.patch_size**2 * 3 * v.width
+                   + v.depth * _transformer_layer_flops(patches, v.width, v.mlp_dim)
+                   + 2 * patches * v.width * g.width)
+  prefix = cams * patches + model_cfg.max_token_len
+  gemma_layer = (2 * prefix * g.width * g.num_heads * g.head_dim * 2  # q, out
+                 + 2 * prefix * g.width * g.num_kv_heads * g.head_dim * 2  # k, v
+                 + 2 * 2 * prefix * prefix * g.num_heads * g.head_dim
+                 + 2 * prefix * g.width * g.mlp_dim * 3)
+  m = model_cfg.motion
+  n_motion = motion_lib.num_motion_tokens(m)
+  n_all = n_motion + m.cond_len
+  fan_in = m.patch_size**2 * m.frames_per_token * 3
+  motion = (m.depth * (_transformer_layer_flops(n_all, m.width, m.mlp_ratio * m.width) + 2 * 12 * m.width**2)
+            + 2 * prefix * g.width * m.width + 2 * n_motion * fan_in * m.width * 2)
+  guidance = (2 * n_motion * m.width * g.width + 2 * n_motion * g.width * g.width * 2
+              + 2 * prefix * g.width * g.width * 2 + 2 * 2 * prefix * n_motion * g.width)
+  a = model_cfg.action
+  tokens = model_cfg.action_horizon + 1
+  pair = (_transformer_layer_flops(tokens, a.width, a.mlp_ratio * a.width, context=prefix, context_width=g.width)
+          + _transformer_layer_flops(tokens, a.width, a.mlp_ratio * a.width) + 2 * 2 * 6 * a.width**2)
+  action = (a.depth // 2) * pair + 2 * tokens * (model_cfg.action_dim + model_cfg.proprio_dim) * a.width
+  return {"vlm": float(vision + g.depth * gemma_layer), "motion_expert_call": float(motion),
+          "guidance": float(guidance), "action_expert_call": float(action)}
+
+
+def analytic_flops(model_cfg: ml_collections.ConfigDict, batch_size: int, mode: str) -> float:
+  """Model matmul FLOPs for one call (XLA's cost analysis counts a scanned layer once, so count here).
+
+  Modes: 'sample_actions' (VLM + partial_steps + 1 motion calls + guidance + num_inference_steps action calls;
+  without motion calls / guidance when use_motion=False), 'sample_actions_full_motion' (motion_reconstruction_steps
+  motion calls instead), 'motion_partial' / 'motion_full' (the motion calls alone), 'train_step'
+  (3 x forward of compute_loss: forward + backward ~ 2 x forward, all terms with non-zero weight; frozen parts
+  counted as trainable, i.e. an upper bound for stage 2). Element-wise ops, norms and softmax are not counted.
+  """
+  c = _component_flops(model_cfg)
+  use_motion = bool(model_cfg.use_motion)
+  partial_calls = model_cfg.partial_steps + 1
+  full_calls = model_cfg.motion_reconstruction_steps
+  steps = model_cfg.num_inference_steps
+  if mode == "sample_actions":
+    total = c["vlm"] + steps * c["action_expert_call"]
+    if use_motion:
+      total += partial_calls * c["motion_expert_call"] + c["guidance"]
+  elif mode == "sample_actions_full_motion":
+    total = c["vlm"] + steps * c["action_expert_call"] + full_calls * c["motion_expert_call"] + c["guidance"]
+  elif mode == "motion_partial":
+    total = partial_calls * c["motion_expert_call"]
+  elif mode == "motion_full":
+    total = full_calls * c["motion_expert_call"]
+  elif mode == "train_step":
+    forward = c["vlm"]
+    if model_cfg.loss.motion_weight > 0:
+      forward += c["motion_expert_call"]
+    if model_cfg.loss.action_weight > 0:
+      forward += c["action_expert_call"]
+      if use_motion:
+        forward += partial_calls * c["motion_expert_call"] + c["guidance"]
+    total = 3 * forward
+  else:
+    raise ValueError(f"unknown analytic_flops mode {mode!r}")
+  return float(batch_size * total)

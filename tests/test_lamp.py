@@ -1,0 +1,163 @@
+"""The LaMP policy: parameter tree, loss masking, stage configurations, compiled sampling, variants."""
+
+import copy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lamp_jax import specs
+from lamp_jax.models import lamp, motion_expert
+
+CFG = lamp.model_config("tiny")
+B = 2
+# XLA CPU compilation dominates these tests; the unoptimised backend compiles ~2x faster, same semantics.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+@pytest.fixture(scope="module")
+def setup():
+  """Random (non-zero-gated) parameters from the abstract tree: no init compilation needed."""
+  abstract = lamp.abstract_params(CFG)
+  rs = np.random.RandomState(0)
+  params = jax.tree.map(lambda s: jnp.asarray(rs.normal(0.0, 0.15, s.shape), s.dtype), abstract)
+  return lamp.build(CFG), params, lamp.dummy_batch(CFG, B, seed=1)
+
+
+def test_parameter_tree_top_level_and_axes(setup):
+  _, params, _ = setup
+  assert set(params) == set(lamp.TOP_LEVEL)
+  axes = lamp.logical_axes(CFG)
+  assert jax.tree.structure(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)) == \
+      jax.tree.structure(params)
+  assert axes["guidance"]["gate_logit"] == jax.sharding.PartitionSpec()
+  no_motion = copy.deepcopy(CFG)
+  no_motion.use_motion = False
+  assert set(lamp.abstract_params(no_motion)) == {"vlm", "action_expert"}
+
+
+def test_loss_ignores_masked_keypoints_and_padded_action_dims(setup):
+  model, params, batch = setup
+  batch = copy.deepcopy(batch)
+  batch[specs.ACTION_PAD_MASK][:, :, 5:] = False  # two padded action dims
+  batch[specs.HAS_SCENE_FLOW][1] = False
+  loss_fn = jax.jit(lambda p, b, r: model.apply({"params": p}, b, r, method="compute_loss"),
+                    compiler_options=FAST_COMPILE)
+  rng = jax.random.key(3)
+  loss, metrics = loss_fn(params, batch, rng)
+  assert set(metrics) >= {"loss", "loss/action_fm", "loss/motion_fm", "guidance/gate"}
+  assert np.isfinite(float(loss)) and float(metrics["loss/motion_fm"]) > 0 and float(metrics["loss/action_fm"]) > 0
+  np.testing.assert_allclose(loss, metrics["loss/action_fm"] + metrics["loss/motion_fm"], rtol=1e-6)
+
+  changed = copy.deepcopy(batch)
+  changed[specs.ACTION][:, :, 5:] = 123.0
+  invisible = ~batch[specs.SCENE_FLOW_MASK]
+  changed[specs.SCENE_FLOW][invisible] = -7.0
+  changed[specs.SCENE_FLOW][1] = 9.0  # sample without motion labels
+  changed[specs.SCENE_FLOW_QUERY][1] = 9.0
+  loss2, metrics2 = loss_fn(params, changed, rng)
+  for key in ("loss/action_fm", "loss/motion_fm"):
+    np.testing.assert_allclose(metrics2[key], metrics[key], rtol=1e-6, err_msg=key)
+  # A visible keypoint and a real action dim do change the loss.
+  changed[specs.ACTION][:, :, 0] += 1.0
+  visible = np.argwhere(batch[specs.SCENE_FLOW_MASK][0] & batch[specs.SCENE_FLOW_QUERY_MASK][0][:, None])[0]
+  changed[specs.SCENE_FLOW][0, visible[0], visible[1]] += 0.01
+  _, metrics3 = loss_fn(params, changed, rng)
+  for key in ("loss/action_fm", "loss/motion_fm"):
+    assert abs(float(metrics3[key]) - float(metrics[key])) > 1e-6, key
+
+
+def test_stage_configs_need_only_their_data(setup):
+  _, params, batch = setup
+  stage1 = copy.deepcopy(CFG)
+  stage1.loss.action_weight = 0.0  # motion only, action-free data
+  no_actions = {k: v for k, v in batch.items() if k not in (specs.ACTION, specs.ACTION_PAD_MASK)}
+  loss, metrics = jax.eval_shape(
+      lambda p, b: lamp.build(stage1).apply({"params": p}, b, jax.random.key(0), method="compute_loss"),
+      params, no_actions)
+  assert loss.shape == () and metrics["guidance/gate"].shape == ()
+  stage2 = copy.deepcopy(CFG)
+  stage2.loss.motion_weight = 0.0
+  no_flow = {k: v for k, v in batch.items() if not k.startswith("scene_flow") and k != specs.HAS_SCENE_FLOW}
+  jax.eval_shape(lambda p, b: lamp.build(stage2).apply({"params": p}, b, jax.random.key(0), method="compute_loss"),
+                 params, no_flow)
+  with pytest.raises(ValueError, match="no 'action'"):
+    jax.eval_shape(lambda p, b: lamp.build(CFG).apply({"params": p}, b, jax.random.key(0), method="compute_loss"),
+                   params, no_actions)
+  ablation = copy.deepcopy(CFG)
+  ablation.use_motion = False
+  with pytest.raises(ValueError, match="use_motion"):
+    jax.eval_shape(lambda p, b: lamp.build(ablation).apply({"params": p}, b, jax.random.key(0),
+                                                           method="compute_loss"), params, batch)
+
+
+def test_sample_actions_compiles_once_and_gate_zero_equals_no_motion(setup):
+  model, params, batch = setup
+  obs_only = {k: batch[k] for k in (specs.OBSERVATION, specs.TASK)}
+  traces = []
+
+  @jax.jit(compiler_options=FAST_COMPILE)
+  def sample(p, b, r, gate):
+    traces.append(1)
+    return model.apply({"params": p}, b, r, gate_override=gate, method="sample_actions")
+
+  outs = [sample(params, obs_only, jax.random.key(i), jnp.float32(g)) for i, g in ((0, 0.0), (1, 0.5), (0, 0.7))]
+  other = lamp.dummy_batch(CFG, B, seed=5)
+  outs.append(sample(params, {k: other[k] for k in obs_only}, jax.random.key(0), jnp.float32(0.0)))
+  assert len(traces) == 1
+  for out in outs:
+    assert out.shape == (B, CFG.action_horizon, CFG.action_dim) and out.dtype == jnp.float32
+    assert np.isfinite(out).all()
+  assert np.abs(outs[0] - outs[2]).max() > 1e-5  # the motion guidance changes the actions
+
+  ablation = copy.deepcopy(CFG)
+  ablation.use_motion = False
+  no_motion_params = {k: params[k] for k in ("vlm", "action_expert")}
+  no_motion = jax.jit(lambda p, b, r: lamp.build(ablation).apply({"params": p}, b, r, method="sample_actions"),
+                      compiler_options=FAST_COMPILE)
+  np.testing.assert_array_equal(no_motion(no_motion_params, obs_only, jax.random.key(0)), outs[0])
+
+
+def test_reconstruct_motion_and_full_sampling_shapes(setup):
+  model, params, batch = setup
+  tracks = jax.eval_shape(lambda p, b: model.apply({"params": p}, b, jax.random.key(0), num_steps=4,
+                                                   method="reconstruct_motion"), params, batch)
+  assert tracks.shape == (B, CFG.motion.num_keypoints, CFG.motion.num_steps, 3)
+  actions = jax.eval_shape(lambda p, b: model.apply({"params": p}, b, jax.random.key(0), motion_steps=10,
+                                                    method="sample_actions"), params, batch)
+  assert actions.shape == (B, CFG.action_horizon, CFG.action_dim)
+
+
+def test_bad_inputs_raise_clear_errors(setup):
+  model, params, batch = setup
+  bad = copy.deepcopy(batch)
+  bad[specs.OBSERVATION][specs.IMAGE_PRIMARY] = bad[specs.OBSERVATION][specs.IMAGE_PRIMARY][:, :, :-1]
+  with pytest.raises(ValueError, match="image_primary"):
+    jax.eval_shape(lambda p, b: model.apply({"params": p}, b, jax.random.key(0), method="sample_actions"),
+                   params, bad)
+  bad = copy.deepcopy(batch)
+  del bad[specs.TASK][specs.TOKENS]
+  with pytest.raises(ValueError, match="tokens"):
+    jax.eval_shape(lambda p, b: model.apply({"params": p}, b, jax.random.key(0), method="sample_actions"),
+                   params, bad)
+
+
+def test_all_variants_shapes_and_paper_size():
+  counts = {}
+  for variant in lamp.VARIANTS:
+    cfg = lamp.model_config(variant)
+    params = lamp.abstract_params(cfg)
+    assert set(params) == set(lamp.TOP_LEVEL), variant
+    counts[variant] = {k: _count(v) for k, v in params.items()}
+    assert lamp.analytic_flops(cfg, 1, "sample_actions") < lamp.analytic_flops(cfg, 1, "sample_actions_full_motion")
+  paper = counts["paper"]
+  assert 2.8e9 < paper["vlm"] < 3.0e9, paper  # PaliGemma-3B: SigLIP So400m + Gemma 2B
+  assert 1.5e8 < paper["motion_expert"] < 4.5e8, paper  # 12 layers x 1024 wide + expert adaLN
+  assert 3.0e8 < paper["action_expert"] < 9.0e8, paper  # 24 layers x 1024 wide DiT
+  assert motion_expert.num_motion_tokens(lamp.model_config("paper").motion) == 16 * 10 * 10
+  assert counts["tiny"]["vlm"] < 1e6 and sum(counts["sim"].values()) < 3e7
