@@ -1,0 +1,117 @@
+"""PNG plots of a run (matplotlib, Agg): loss curves from ``metrics.jsonl``, success per task from
+``eval_results.json``; and the side-by-side success plot of several runs (``python -m lamp_jax.compare``)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from lamp_jax.training import metrics as metrics_lib
+
+_LOSS_PREFIXES = ("loss",)
+
+
+def _pyplot():
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt
+
+
+def loss_curves(workdir: str, out_path: str) -> str | None:
+  """Every 'loss*' metric against the step (one line per term, stage boundaries dashed)."""
+  records = [r for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r.get("split") == "train"]
+  if not records:
+    return None
+  by_step = {}
+  for r in records:  # After a resume, later records of a step replace earlier ones.
+    by_step[r["step"]] = r
+  steps = sorted(by_step)
+  keys = sorted({k for r in by_step.values() for k in r if k.startswith(_LOSS_PREFIXES)})
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for key in keys:  # Terms switched off in a stage are logged as 0: not drawn there.
+    xs = [s for s in steps if isinstance(by_step[s].get(key), float) and by_step[s][key] > 0]
+    if xs:
+      axes[0].plot(xs, [by_step[s][key] for s in xs], label=key, lw=1, marker="." if len(xs) < 30 else None)
+  axes[0].set_yscale("log")
+  axes[0].set_xlabel("step")
+  axes[0].set_title("training losses")
+  axes[0].legend(fontsize=8)
+  for key in ("grad_norm", "lr"):
+    xs = [s for s in steps if isinstance(by_step[s].get(key), float)]
+    if xs:
+      axes[1].plot(xs, [by_step[s][key] for s in xs], label=key, lw=1)
+  axes[1].set_yscale("log")
+  axes[1].set_xlabel("step")
+  axes[1].set_title("gradient norm and learning rate")
+  axes[1].legend(fontsize=8)
+  stages = [by_step[s].get("stage") for s in steps]
+  for i in range(1, len(steps)):
+    if stages[i] != stages[i - 1]:
+      for ax in axes:
+        ax.axvline(steps[i - 1], color="gray", ls="--", lw=0.8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(out_path), exist_ok=True)
+  fig.savefig(out_path, dpi=110)
+  plt.close(fig)
+  return out_path
+
+
+def success_per_task(results: dict[str, dict], out_path: str, title: str = "closed-loop success") -> str:
+  """Grouped bars (one group per task, one bar per run) with 95 % CI whiskers; the mean as the last group."""
+  names = list(results)
+  tasks = []
+  for r in results.values():
+    for t in r["per_task"]:
+      if t not in tasks:
+        tasks.append(t)
+  groups = tasks + ["mean"]
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(1.6 * len(groups) + 2, 4))
+  width = 0.8 / max(len(names), 1)
+  x = np.arange(len(groups))
+  for i, name in enumerate(names):
+    r = results[name]
+    vals, lo, hi = [], [], []
+    for g in groups:
+      if g == "mean":
+        v, (l, h) = r["mean_success"], r["ci95"]
+      elif g in r["per_task"]:
+        v, (l, h) = r["per_task"][g]["success_rate"], r["per_task"][g]["ci95"]
+      else:
+        v, l, h = 0.0, 0.0, 0.0
+      vals.append(100 * v)
+      lo.append(100 * max(v - l, 0.0))
+      hi.append(100 * max(h - v, 0.0))
+    ax.bar(x + (i - (len(names) - 1) / 2) * width, vals, width, yerr=[lo, hi], capsize=3, label=name)
+  ax.set_xticks(x)
+  ax.set_xticklabels(groups)
+  ax.set_ylim(0, 105)
+  ax.set_ylabel("success %")
+  ax.set_title(title)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(out_path), exist_ok=True)
+  fig.savefig(out_path, dpi=110)
+  plt.close(fig)
+  return out_path
+
+
+def write_run_plots(workdir: str) -> list[str]:
+  """plots/loss_curves.png and (after an evaluation) plots/success_per_task.png; returns the paths written."""
+  out = []
+  path = loss_curves(workdir, os.path.join(workdir, "plots", "loss_curves.png"))
+  if path:
+    out.append(path)
+  results_path = os.path.join(workdir, "eval_results.json")
+  if os.path.exists(results_path):
+    with open(results_path) as fh:
+      result = json.load(fh)
+    out.append(success_per_task({os.path.basename(os.path.abspath(workdir)): result},
+                                os.path.join(workdir, "plots", "success_per_task.png")))
+  return out

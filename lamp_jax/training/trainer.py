@@ -1,0 +1,563 @@
+"""The training loop: stages, one jitted sharded train step with donated state, checkpoints, metrics, eval hook.
+
+Reproducibility contract (what makes "kill at any moment, rerun the same command" exact):
+  * the RNG of step s is ``fold_in(state.rng, s)``;
+  * the batch of step s is a function of (seed, stage, s): synthetic batches are drawn from that seed, the
+    data pipeline is deterministic for a seed and is fast-forwarded to the step's position on resume;
+  * the optimizer state, EMA and step are restored from the checkpoint into the same shardings.
+So a run resumed from step N reproduces an uninterrupted run bit for bit on CPU.
+
+Non-finite loss or gradient norm: the step leaves the state unchanged (guarded on device), the loop stops with
+``NonFiniteError`` before any further checkpoint is written, so the last good checkpoint stays the latest.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from lamp_jax import specs
+from lamp_jax.training import checkpoints as ckpt_lib
+from lamp_jax.training import defaults
+from lamp_jax.training import metrics as metrics_lib
+from lamp_jax.training import optim
+from lamp_jax.training import sharding as sharding_lib
+from lamp_jax.training import state as state_lib
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+  """Raised when a train step produced a non-finite loss or gradient norm."""
+
+
+# ------------------------------------------------------------------------------------------------ model --
+
+
+def import_model_library(config: ml_collections.ConfigDict):
+  try:
+    lib = importlib.import_module(config.model_module)
+  except ImportError as e:
+    raise ValueError(f"config field model_module={config.model_module!r} cannot be imported: {e}") from e
+  for fn in ("build", "init_params", "dummy_batch"):
+    if not hasattr(lib, fn):
+      raise ValueError(f"config field model_module={config.model_module!r} has no function {fn!r} "
+                       "(a model library exposes model_config, build, init_params, dummy_batch)")
+  return lib
+
+
+def apply_overrides(base: ml_collections.ConfigDict, overrides, field: str) -> None:
+  """Recursively writes ``overrides`` (dict / ConfigDict) into ``base``; unknown keys raise naming ``field``."""
+  for key, value in overrides.items():
+    if key not in base:
+      raise ValueError(f"config field {field}.{key} is not a field of the target config "
+                       f"(fields: {sorted(base.keys())})")
+    if isinstance(base[key], ml_collections.ConfigDict) and isinstance(value, (dict, ml_collections.ConfigDict)):
+      apply_overrides(base[key], value, f"{field}.{key}")
+    else:
+      base[key] = value
+
+
+def stage_model_config(config: ml_collections.ConfigDict, stage_name: str) -> ml_collections.ConfigDict:
+  """``config.model`` with the compute dtype and the stage's ``model_overrides`` applied."""
+  model_cfg = copy.deepcopy(config.model)
+  with model_cfg.unlocked():
+    if "dtype" in model_cfg:
+      model_cfg.dtype = config.compute_dtype
+    if "vlm" in model_cfg and isinstance(model_cfg.vlm, ml_collections.ConfigDict) and "dtype" in model_cfg.vlm:
+      model_cfg.vlm.dtype = config.compute_dtype
+    apply_overrides(model_cfg, config.stages[stage_name].model_overrides, f"stages.{stage_name}.model_overrides")
+  return model_cfg
+
+
+def unwrap_params(variables: Any) -> Any:
+  """``init_params`` may return the 'params' collection or ``{'params': ...}``."""
+  if isinstance(variables, dict) and set(variables.keys()) == {"params"}:
+    return variables["params"]
+  return variables
+
+
+# ------------------------------------------------------------------------------------------------- data --
+
+
+def _is_numeric(x) -> bool:
+  return np.asarray(x).dtype.kind in "biuf"
+
+
+def text_length(config: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict) -> int:
+  """Token length: the model's ``max_token_len`` when it has one, else ``tokenizer.max_len``."""
+  return int(model_cfg.get("max_token_len", config.tokenizer.max_len))
+
+
+def make_tokenizer(config: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict):
+  """The run's tokenizer; its vocabulary must fit the model's embedding (checked, naming the fields)."""
+  from lamp_jax import tokenizer as tokenizer_lib
+
+  tok = tokenizer_lib.from_config(config.tokenizer)
+  vlm = model_cfg.get("vlm", None)
+  vocab = vlm.get("vocab_size", None) if isinstance(vlm, ml_collections.ConfigDict) else None
+  if vocab is not None and tok.vocab_size > int(vocab):
+    raise ValueError(f"config field model.vlm.vocab_size={vocab} is smaller than the vocabulary of "
+                     f"tokenizer.kind={config.tokenizer.kind!r} ({tok.vocab_size})")
+  return tok
+
+
+class HostBatchPreparer:
+  """Host-side batch preparation: tokenises ``task/language_instruction`` (when the batch has no tokens yet)
+  and drops non-numeric leaves (raw strings never go to devices)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict):
+    self.config = config
+    self.model_cfg = model_cfg
+    self.max_len = text_length(config, model_cfg)
+    self._tokenizer = None
+
+  def __call__(self, batch: dict) -> dict:
+    task = batch.get(specs.TASK)
+    if isinstance(task, dict) and specs.LANGUAGE_INSTRUCTION in task and specs.TOKENS not in task:
+      from lamp_jax import tokenizer as tokenizer_lib
+
+      if self._tokenizer is None:
+        self._tokenizer = make_tokenizer(self.config, self.model_cfg)
+      texts = list(np.asarray(task[specs.LANGUAGE_INSTRUCTION]).reshape(-1))
+      tokens, mask = tokenizer_lib.tokenize_prompts(self._tokenizer, texts, self.max_len)
+      batch = dict(batch)
+      batch[specs.TASK] = {**task, specs.TOKENS: np.asarray(tokens, np.int32),
+                           specs.TOKEN_MASK: np.asarray(mask, bool)}
+    return _drop_non_numeric(batch)
+
+
+def _drop_non_numeric(tree):
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      v = _drop_non_numeric(v)
+      if v is not None:
+        out[k] = v
+    return out
+  return np.asarray(tree) if _is_numeric(tree) else None
+
+
+class SyntheticData:
+  """Batches from the model library's ``dummy_batch``, drawn from a seed that is a function of
+  (run seed, stage, step, process): reproducible from the step alone, different on every process."""
+
+  kind = "synthetic"
+
+  def __init__(self, lib, config: ml_collections.ConfigDict, local_batch_size: int, process_index: int):
+    self.lib = lib
+    self.config = config
+    self.local_batch_size = local_batch_size
+    self.process_index = process_index
+    self.norm_stats = None
+
+  def batches(self, stage_index: int, stage_name: str, offset: int) -> Iterator[dict]:
+    model_cfg = stage_model_config(self.config, stage_name)
+    step = offset
+    while True:
+      seed = int(np.random.SeedSequence([int(self.config.seed), stage_index, step, self.process_index])
+                 .generate_state(1)[0] & 0x7FFFFFFF)
+      yield jax.tree.map(np.asarray, self.lib.dummy_batch(model_cfg, self.local_batch_size, seed))
+      step += 1
+
+  def position(self, stage_index: int, offset: int) -> dict:
+    return {"kind": self.kind, "stage_index": stage_index, "offset": offset,
+            "rule": "batch = dummy_batch(seed=SeedSequence([seed, stage, offset, process]))"}
+
+
+class PipelineData:
+  """``lamp_jax.data.pipeline.make_train_iterator``: deterministic for a seed; resumed by fast-forwarding."""
+
+  kind = "pipeline"
+
+  def __init__(self, config: ml_collections.ConfigDict, local_batch_size: int, process_index: int,
+               process_count: int):
+    from lamp_jax.data import pipeline as pipeline_lib
+
+    self.pipeline_lib = pipeline_lib
+    self.config = config
+    self.local_batch_size = local_batch_size
+    self.process_index = process_index
+    self.process_count = process_count
+    self._norm_stats = None
+
+  def stage_data_config(self, stage_name: str) -> ml_collections.ConfigDict:
+    data_cfg = copy.deepcopy(self.config.data.pipeline)
+    with data_cfg.unlocked():
+      data_cfg.batch_size = int(self.config.data.global_batch_size)  # The pipeline splits it per process.
+      apply_overrides(data_cfg, self.config.stages[stage_name].data_overrides,
+                      f"stages.{stage_name}.data_overrides")
+    return data_cfg
+
+  def batches(self, stage_index: int, stage_name: str, offset: int) -> Iterator[dict]:
+    it = self.pipeline_lib.make_train_iterator(
+        self.stage_data_config(stage_name), seed=int(self.config.seed) + 7919 * stage_index,
+        process_index=self.process_index, process_count=self.process_count, start_batch=int(offset))
+    self._norm_stats = it.statistics
+    return it
+
+  @property
+  def norm_stats(self):
+    return self._norm_stats
+
+  def position(self, stage_index: int, offset: int) -> dict:
+    return {"kind": self.kind, "stage_index": stage_index, "offset": offset,
+            "resume_mode": str(self.config.data.pipeline.resume_mode),
+            "rule": "make_train_iterator(seed + 7919 * stage, start_batch=offset)"}
+
+
+def norm_stats_to_json(stats: Any) -> dict:
+  """{dataset name: statistics dict} (``DatasetStatistics.to_json``) or {} when the data has none."""
+  if not stats:
+    return {}
+  out = {}
+  for name, value in dict(stats).items():
+    if hasattr(value, "to_json"):
+      out[name] = json.loads(value.to_json())
+    elif isinstance(value, dict):
+      out[name] = jax.tree.map(lambda x: np.asarray(x).tolist() if hasattr(x, "shape") else x, value)
+    else:
+      raise TypeError(f"cannot serialise normalisation statistics of type {type(value).__name__}")
+  return out
+
+
+# ------------------------------------------------------------------------------------------------ stage --
+
+
+@dataclasses.dataclass
+class Stage:
+  index: int
+  name: str
+  start: int  # global step at which the stage starts
+  end: int  # global step after its last step
+  model_cfg: ml_collections.ConfigDict
+  model: nn.Module
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  frozen: tuple[str, ...]
+  grad_accum_steps: int
+
+
+def make_train_step(stage: Stage, ema_decay: float, ema_warmup: bool) -> Callable:
+  """The (un-jitted) train step: (state, batch) -> (state, scalar metrics)."""
+  frozen = stage.frozen
+  model = stage.model
+
+  def train_step(state: state_lib.TrainState, batch: dict):
+    rng = jax.random.fold_in(state.rng, state.step)
+    labels = optim.freeze_labels(state.params, frozen)
+
+    def loss_fn(params):
+      params = jax.tree.map(lambda p, lab: jax.lax.stop_gradient(p) if lab == optim.FROZEN else p, params, labels)
+      loss, aux = model.apply({"params": params}, batch, rng, train=True, method="compute_loss")
+      return loss, aux
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = stage.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema_params
+    if ema is not None:
+      ema = optim.ema_update(ema, params, state.step, ema_decay, ema_warmup)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+    metrics = {k: jnp.mean(v.astype(jnp.float32)) for k, v in aux.items()} if isinstance(aux, dict) else {}
+    metrics.update(loss=loss.astype(jnp.float32), grad_norm=grad_norm, finite=finite)
+    return new_state, metrics
+
+  return train_step
+
+
+# ---------------------------------------------------------------------------------------------- trainer --
+
+
+def enable_compilation_cache(directory: str) -> None:
+  """Turns on JAX's persistent compilation cache (every executable, however fast it compiled)."""
+  if not directory:
+    return
+  os.makedirs(directory, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+class Trainer:
+  """Runs the config's stages from scratch or from the latest checkpoint in ``<workdir>/checkpoints``.
+
+  Args:
+    config: a run config (``training/defaults.py``), validated here.
+    workdir: checkpoints, metrics.jsonl, TensorBoard events and plots go here.
+    data: optional data source (``SyntheticData`` / ``PipelineData`` interface) replacing the config's.
+    eval_fn: optional ``eval_fn(trainer, state, step) -> dict`` of scalars, run every ``eval.every_steps``.
+    mesh: optional mesh replacing the one built from ``config.mesh``.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, data=None,
+               eval_fn: Callable[["Trainer", state_lib.TrainState, int], dict] | None = None,
+               mesh: Mesh | None = None):
+    defaults.validate(config)
+    self.config = config
+    enable_compilation_cache(str(config.compilation_cache_dir))
+    self.workdir = os.path.abspath(workdir)
+    self.mesh = mesh if mesh is not None else sharding_lib.make_mesh(config.mesh)
+    self.rules = sharding_lib.rules_from_config(config.sharding.logical_axis_rules)
+    self.process_index = jax.process_index()
+    self.process_count = jax.process_count()
+    self.is_main = self.process_index == 0
+    batch_shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    gbs = int(config.data.global_batch_size)
+    if gbs % batch_shards:
+      raise ValueError(f"config field data.global_batch_size={gbs} is not divisible by the mesh's batch "
+                       f"shards (mesh.data x mesh.fsdp = {batch_shards})")
+    if gbs % self.process_count:
+      raise ValueError(f"config field data.global_batch_size={gbs} is not divisible by the number of "
+                       f"processes ({self.process_count})")
+    self.global_batch_size = gbs
+    self.local_batch_size = gbs // self.process_count
+    self.lib = import_model_library(config)
+    if data is None:
+      if config.data.kind == "synthetic":
+        data = SyntheticData(self.lib, config, self.local_batch_size, self.process_index)
+      else:
+        data = PipelineData(config, self.local_batch_size, self.process_index, self.process_count)
+    self.data = data
+    self.eval_fn = eval_fn
+    bounds = np.cumsum([0] + [int(config.stages[n].steps) for n in config.stage_order])
+    self.stage_bounds = [(int(bounds[i]), int(bounds[i + 1])) for i in range(len(config.stage_order))]
+    self.total_steps = int(bounds[-1])
+    self.checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(self.workdir),
+                                              max_to_keep=int(config.checkpoint.max_to_keep),
+                                              async_save=bool(config.checkpoint.async_save))
+    self.config_json = ckpt_lib.config_to_json(config)
+    self.metrics = metrics_lib.MetricsWriter(self.workdir, enabled=self.is_main,
+                                             tensorboard=bool(config.logging.tensorboard),
+                                             wandb_project=str(config.logging.wandb_project),
+                                             config_json=self.config_json)
+    self._roof = None
+    self._checkpoint_norm_stats = {}
+    self.state_shardings = None
+
+  # -- stages ------------------------------------------------------------------------------------------
+
+  def stage(self, index: int) -> Stage:
+    name = self.config.stage_order[index]
+    scfg = self.config.stages[name]
+    model_cfg = stage_model_config(self.config, name)
+    tx, schedule = optim.make_optimizer(scfg.optimizer, tuple(scfg.frozen), int(scfg.steps))
+    start, end = self.stage_bounds[index]
+    return Stage(index=index, name=name, start=start, end=end, model_cfg=model_cfg,
+                 model=self.lib.build(model_cfg), tx=tx, schedule=schedule, frozen=tuple(scfg.frozen),
+                 grad_accum_steps=int(scfg.optimizer.grad_accum_steps))
+
+  def stage_index_of_checkpoint(self, step: int) -> int:
+    """The stage whose optimizer a checkpoint at ``step`` holds (a stage's last step belongs to it)."""
+    for i, (start, end) in enumerate(self.stage_bounds):
+      if start < step <= end:
+        return i
+    return 0
+
+  def init_params_fn(self, stage: Stage) -> Callable[[jax.Array], Any]:
+    init_batch = jax.tree.map(np.asarray, self.lib.dummy_batch(stage.model_cfg, 1, 0))
+    init_batch = HostBatchPreparer(self.config, stage.model_cfg)(init_batch)
+    if hasattr(self.lib, "init_variables"):  # Boxed parameters: logical axis names -> sharding rules.
+      return lambda rng: unwrap_params(self.lib.init_variables(stage.model_cfg, rng, init_batch))
+    return lambda rng: unwrap_params(self.lib.init_params(stage.model_cfg, rng, init_batch))
+
+  def _abstract(self, stage: Stage):
+    return state_lib.abstract_train_state(self.init_params_fn(stage), stage.tx,
+                                          jax.random.PRNGKey(int(self.config.seed)), self.mesh, self.rules,
+                                          use_ema=float(self.config.ema.decay) > 0)
+
+  def initial_state(self, stage: Stage) -> state_lib.TrainState:
+    state, shardings = state_lib.create_train_state(self.init_params_fn(stage), stage.tx,
+                                                    jax.random.PRNGKey(int(self.config.seed)), self.mesh,
+                                                    self.rules, use_ema=float(self.config.ema.decay) > 0)
+    self.state_shardings = shardings
+    return state
+
+  def restore(self, step: int) -> tuple[state_lib.TrainState, int]:
+    meta, _, norm_stats = self.checkpointer.restore_json(step)
+    self._checkpoint_norm_stats = norm_stats
+    index = int(meta.get("stage_index", self.stage_index_of_checkpoint(step)))
+    stage = self.stage(index)
+    abstract, shardings = self._abstract(stage)
+    state = self.checkpointer.restore_state(step, state_lib.abstract_with_shardings(abstract, shardings))
+    self.state_shardings = shardings
+    return state, index
+
+  def check_stage(self, stage: Stage) -> None:
+    if stage.frozen:
+      abstract, _ = self._abstract(stage)
+      optim.check_frozen_patterns(abstract.params, stage.frozen, f"stages.{stage.name}.frozen")
+
+  # -- checkpoints / metrics ---------------------------------------------------------------------------
+
+  def norm_stats_json(self) -> dict:
+    """The data's normalisation statistics (JSON dict): from the live data source, else from the checkpoint
+    the run resumed from (a finished run that is only re-evaluated never opens its data)."""
+    live = norm_stats_to_json(self.data.norm_stats)
+    return live or dict(self._checkpoint_norm_stats)
+
+  def save(self, state: state_lib.TrainState, stage: Stage) -> None:
+    step = int(jax.device_get(state.step))
+    meta = {"step": step, "stage_index": stage.index, "stage_name": stage.name,
+            "data": self.data.position(stage.index, step - stage.start)}
+    self.checkpointer.save(step, state, meta, self.config_json, self.norm_stats_json())
+
+  def host_roof(self) -> float | None:
+    """Matmul FLOP/s roof of the whole job: one device's measured roof x devices (CPU: x processes, since
+    simulated CPU devices share the host's cores). None when ``logging.measure_roof`` is off."""
+    if self._roof is None and self.config.logging.get("measure_roof", False):
+      dtype = "bfloat16" if self.config.compute_dtype == "bfloat16" else "float32"
+      per_device = metrics_lib.host_matmul_roof(dtype) or 0.0
+      on_cpu = jax.devices()[0].platform == "cpu"
+      self._roof = per_device * (self.process_count if on_cpu else jax.device_count())
+    return self._roof or None
+
+  def flops_per_step(self, stage: Stage) -> float | None:
+    fn = getattr(self.lib, "analytic_flops", None)
+    if fn is None:
+      return None
+    try:
+      return float(fn(stage.model_cfg, self.global_batch_size, "train_step"))
+    except Exception as e:  # noqa: BLE001 - FLOP counts are informative only.
+      log.warning("analytic_flops failed: %s", e)
+      return None
+
+  # -- the loop ----------------------------------------------------------------------------------------
+
+  def train(self, until_step: int | None = None) -> state_lib.TrainState:
+    """Runs (or resumes) the stages; stops early, with a checkpoint, once ``until_step`` is reached."""
+    until = self.total_steps if until_step is None else min(int(until_step), self.total_steps)
+    self.host_roof()  # Timed once, before the step timings start.
+    latest = self.checkpointer.latest_step()
+    if latest is not None:
+      state, index = self.restore(latest)
+      step = latest
+      if self.is_main:
+        print(f"[train] resumed from {self.checkpointer.directory} at step {step} "
+              f"(stage {self.config.stage_order[index]!r})", flush=True)
+    else:
+      index, step = 0, 0
+      stage0 = self.stage(0)
+      self.check_stage(stage0)
+      state = self.initial_state(stage0)
+    try:
+      while index < len(self.config.stage_order) and step < until:
+        stage = self.stage(index)
+        if step >= stage.end:
+          index += 1
+          if index < len(self.config.stage_order):
+            nxt = self.stage(index)
+            self.check_stage(nxt)
+            state, self.state_shardings = state_lib.reinit_optimizer(state, nxt.tx, self.state_shardings,
+                                                                     self.mesh)
+          continue
+        state = self._run_stage(stage, state, step, until)
+        step = int(jax.device_get(state.step))
+    finally:
+      self.checkpointer.wait()
+      self.metrics.flush()
+    return state
+
+  def _run_stage(self, stage: Stage, state: state_lib.TrainState, step: int, until: int) -> state_lib.TrainState:
+    cfg = self.config
+    batches = self.data.batches(stage.index, stage.name, step - stage.start)
+    prepare = HostBatchPreparer(cfg, stage.model_cfg)
+    replicated = NamedSharding(self.mesh, PartitionSpec())
+    step_fn = make_train_step(stage, float(cfg.ema.decay), bool(cfg.ema.warmup))
+    jitted = None
+    flops = self.flops_per_step(stage)
+    bar = None
+    if self.is_main and cfg.logging.progress_bar:
+      from tqdm import tqdm
+
+      bar = tqdm(total=self.total_steps, initial=step, desc=f"train[{stage.name}]", unit="step",
+                 dynamic_ncols=True)
+    log_every = int(cfg.logging.every_steps)
+    ckpt_every = int(cfg.checkpoint.every_steps)
+    eval_every = int(cfg.eval.every_steps)
+    window_start, window_steps = time.perf_counter(), 0
+    pending = None  # Metrics of the previous step, checked one step late to keep dispatch asynchronous.
+    try:
+      stop = min(stage.end, until)
+      while step < stop:
+        batch = sharding_lib.global_batch_from_local(prepare(next(batches)), self.mesh)
+        if jitted is None:
+          batch_sh = jax.tree.map(lambda x: x.sharding, batch)
+          jitted = jax.jit(step_fn, in_shardings=(self.state_shardings, batch_sh),
+                           out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
+        state, metrics = jitted(state, batch)
+        if pending is not None:
+          self._check_finite(pending)
+        pending = (step, metrics)
+        step += 1
+        window_steps += 1
+        if bar is not None:
+          bar.update(1)
+        last = step == stop
+        if step % log_every == 0 or last:
+          self._check_finite(pending)
+          host = jax.device_get(metrics)
+          elapsed = time.perf_counter() - window_start
+          scalars = {k: v for k, v in host.items() if k != "finite"}
+          update = (step - 1 - stage.start) // stage.grad_accum_steps  # The update this step contributed to.
+          scalars["lr"] = float(stage.schedule(update))
+          scalars["examples_per_s"] = window_steps * self.global_batch_size / max(elapsed, 1e-9)
+          scalars["steps_per_s"] = window_steps / max(elapsed, 1e-9)
+          scalars["stage"] = stage.index
+          if flops:
+            scalars["flops_per_s"] = flops * window_steps / max(elapsed, 1e-9)
+            roof = self.host_roof()
+            if roof:
+              scalars["roof_fraction"] = scalars["flops_per_s"] / roof
+          self.metrics.write(step, scalars)
+          if bar is not None:
+            bar.set_postfix(loss=f"{scalars['loss']:.4f}", gn=f"{scalars['grad_norm']:.3g}")
+          window_start, window_steps = time.perf_counter(), 0
+        if step % ckpt_every == 0 or last:
+          self._check_finite(pending)
+          self.save(state, stage)
+        if self.eval_fn is not None and eval_every and step % eval_every == 0 and step < self.total_steps:
+          self._check_finite(pending)
+          result = self.eval_fn(self, state, step)
+          if result:
+            self.metrics.write(step, result, split="eval")
+          window_start, window_steps = time.perf_counter(), 0
+      if pending is not None:
+        self._check_finite(pending)
+    finally:
+      if bar is not None:
+        bar.close()
+    return state
+
+  def _check_finite(self, pending) -> None:
+    step, metrics = pending
+    if not bool(jax.device_get(metrics["finite"])):
+      host = jax.device_get(metrics)
+      self.checkpointer.wait()
+      latest = self.checkpointer.latest_step()
+      raise NonFiniteError(
+          f"non-finite loss or gradient at step {step + 1} (loss={float(host['loss'])}, "
+          f"grad_norm={float(host['grad_norm'])}); stopped without saving. The last good checkpoint is "
+          f"step {latest} in {self.checkpointer.directory}.")
+
+  def close(self) -> None:
+    self.checkpointer.wait()
+    self.checkpointer.close()
+    self.metrics.close()

@@ -1,0 +1,111 @@
+"""A small model library with the same interface as ``lamp_jax.models.lamp``, for the trainer's tests.
+
+Two parameter groups mirror LaMP's stages: 'motion_expert' regresses the scene flow from the proprio history
+(stage 1 loss), 'action_expert' regresses the action chunk from proprio + motion features (stage 2 loss).
+Every parameter carries logical axis names, with widths divisible by 8 so FSDP over 8 devices splits them.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lamp_jax import specs
+from lamp_jax.models import layers
+
+
+def model_config(variant: str = "tiny") -> ml_collections.ConfigDict:
+  width = {"tiny": 16, "sim": 32}[variant]
+  return ml_collections.ConfigDict(dict(
+      width=width, mlp=2 * width, window=2, proprio_dim=5, action_horizon=3, action_dim=7, num_points=9,
+      flow_steps=2, motion_loss_weight=1.0, action_loss_weight=1.0, dtype="float32"))
+
+
+class ToyPolicy(nn.Module):
+  cfg: ml_collections.ConfigDict
+
+  def setup(self):
+    c = self.cfg
+    dtype = jnp.dtype(c.dtype)
+    self.motion_in = layers.DenseGeneral(c.width, ("patch_in", "embed"), dtype=dtype)
+    self.motion_mlp = layers.DenseGeneral(c.mlp, ("embed", "mlp"), dtype=dtype)
+    self.motion_out = layers.DenseGeneral(c.num_points * c.flow_steps * 3, ("mlp", "embed"), dtype=dtype)
+    self.action_in = layers.DenseGeneral(c.width, ("patch_in", "embed"), dtype=dtype)
+    self.action_mlp = layers.DenseGeneral(c.mlp, ("embed", "mlp"), dtype=dtype)
+    self.action_out = layers.DenseGeneral(c.action_horizon * c.action_dim, ("mlp", "embed"), dtype=dtype)
+    self.action_norm = layers.LayerNorm(dtype=dtype)
+
+  def _features(self, batch):
+    proprio = batch[specs.OBSERVATION][specs.PROPRIO]
+    return proprio.reshape(proprio.shape[0], -1)
+
+  def _motion(self, x):
+    h = nn.gelu(self.motion_mlp(nn.gelu(self.motion_in(x))))
+    return h, self.motion_out(h)
+
+  def _action(self, x, motion_hidden):
+    h = nn.gelu(self.action_mlp(self.action_norm(self.action_in(x)))) + motion_hidden
+    return self.action_out(h)
+
+  def __call__(self, batch, rng, train: bool = False):
+    return self.compute_loss(batch, rng, train)
+
+  def compute_loss(self, batch, rng, train: bool = True):
+    c = self.cfg
+    x = self._features(batch)
+    x = x + 0.01 * jax.random.normal(rng, x.shape)  # Uses the per-step RNG like a flow-matching loss does.
+    motion_hidden, flow = self._motion(x)
+    target_flow = batch[specs.SCENE_FLOW].reshape(x.shape[0], -1)
+    flow_mask = jnp.repeat(batch[specs.SCENE_FLOW_MASK], 3, axis=-1).reshape(x.shape[0], -1)
+    flow_mask = flow_mask & batch[specs.HAS_SCENE_FLOW][:, None]
+    motion_loss = jnp.sum(jnp.square(flow - target_flow) * flow_mask) / jnp.maximum(jnp.sum(flow_mask), 1)
+    action = self._action(x, jax.lax.stop_gradient(motion_hidden)).reshape(x.shape[0], c.action_horizon, c.action_dim)
+    mask = batch[specs.ACTION_PAD_MASK]
+    action_loss = jnp.sum(jnp.square(action - batch[specs.ACTION]) * mask) / jnp.maximum(jnp.sum(mask), 1)
+    loss = c.motion_loss_weight * motion_loss + c.action_loss_weight * action_loss
+    return loss, {"motion_loss": motion_loss, "action_loss": action_loss}
+
+  def sample_actions(self, batch, rng):
+    c = self.cfg
+    x = self._features(batch)
+    motion_hidden, _ = self._motion(x)
+    return self._action(x, motion_hidden).reshape(x.shape[0], c.action_horizon, c.action_dim).astype(jnp.float32)
+
+
+def build(cfg: ml_collections.ConfigDict) -> ToyPolicy:
+  return ToyPolicy(cfg)
+
+
+def init_params(cfg, rng, batch):
+  init_rng, call_rng = jax.random.split(rng)
+  return build(cfg).init(init_rng, batch, call_rng, method="compute_loss")["params"]
+
+
+def dummy_batch(cfg, batch_size: int, seed: int = 0) -> dict:
+  """A learnable synthetic batch: actions and flow are fixed linear functions of the proprio history."""
+  r = np.random.default_rng(seed)
+  b, w, s = batch_size, cfg.window, cfg.proprio_dim
+  proprio = r.normal(size=(b, w, s)).astype(np.float32)
+  flat = proprio.reshape(b, -1)
+  fixed = np.random.default_rng(1234)
+  a_map = fixed.normal(size=(w * s, cfg.action_horizon * cfg.action_dim)).astype(np.float32) * 0.3
+  f_map = fixed.normal(size=(w * s, cfg.num_points * cfg.flow_steps * 3)).astype(np.float32) * 0.3
+  return {
+      specs.OBSERVATION: {specs.PROPRIO: proprio, specs.TIMESTEP_PAD_MASK: np.ones((b, w), bool)},
+      specs.TASK: {specs.TOKENS: np.zeros((b, 4), np.int32), specs.TOKEN_MASK: np.ones((b, 4), bool)},
+      specs.ACTION: (flat @ a_map).reshape(b, cfg.action_horizon, cfg.action_dim),
+      specs.ACTION_PAD_MASK: np.ones((b, cfg.action_horizon, cfg.action_dim), bool),
+      specs.SCENE_FLOW: (flat @ f_map).reshape(b, cfg.num_points, cfg.flow_steps, 3),
+      specs.SCENE_FLOW_MASK: np.ones((b, cfg.num_points, cfg.flow_steps), bool),
+      specs.HAS_SCENE_FLOW: np.ones((b,), bool),
+  }
+
+
+def analytic_flops(cfg, batch_size: int, kind: str = "train_step") -> float:
+  c = cfg
+  fwd_per_example = 2 * (2 * (c.window * c.proprio_dim * c.width + c.width * c.mlp)
+                         + c.mlp * c.num_points * c.flow_steps * 3 + c.mlp * c.action_horizon * c.action_dim)
+  return float(batch_size * fwd_per_example * (3 if kind == "train_step" else 1))
