@@ -7,8 +7,9 @@
 Everything needed is read from the checkpoint: the run config (model library + model config, data config,
 tokenizer), the normalisation statistics and the parameters. One observation of the simulator (``image_<k>``
 uint8[h, w, 3] per camera, ``state`` float32[8]) becomes a one-example batch exactly as the data pipeline
-builds training batches (camera mapping of the dataset's standardisation, bilinear resize, proprio
-normalisation with the dataset's mask, observation window with pad mask); the model's ``sample_actions``
+builds training batches (``lamp_jax.data.inference.ObservationPreprocessor``: camera mapping of the dataset's
+standardisation, bilinear resize, proprio normalisation with the dataset's mask, observation window with pad
+mask); the model's ``sample_actions``
 (jitted once) gives a normalised chunk that is un-normalised with the same statistics.
 """
 
@@ -130,9 +131,7 @@ class CheckpointPolicy:
     self.window = (int(self.data_cfg.window_size) if self.data_cfg is not None
                    else int(model_cfg.get("window", 1)))
     self.stats = None
-    self.action_mode = self.proprio_mode = "none"
-    self.action_mask = self.proprio_mask = None
-    self.camera_map = {}
+    self.preprocessor = None
     if self.data_cfg is not None:
       self._setup_data(norm_json)
     else:
@@ -145,30 +144,27 @@ class CheckpointPolicy:
     self._tokens = None
 
   def _setup_data(self, norm_json: dict):
-    from lamp_jax.data import datasets as datasets_lib
-    from lamp_jax.data import normalization
+    """Observation preprocessing and action un-normalisation: ``lamp_jax.data.inference`` (the tested twin of
+    the pipeline's eval-time frame transforms), with the checkpoint's statistics."""
+    import json
+
+    from lamp_jax.data import inference, normalization
 
     d = self.data_cfg
     if len(d.datasets) != 1:
       raise ValueError(f"CheckpointPolicy evaluates single-dataset runs; the checkpoint's data.pipeline.datasets "
                        f"has {len(d.datasets)} entries")
     entry = d.datasets[0]
-    std = datasets_lib.get(entry.standardize or entry.name)
-    name = entry.name
-    if name not in norm_json:
-      raise ValueError(f"checkpoint has no normalisation statistics for dataset {name!r} "
+    if entry.name not in norm_json:
+      raise ValueError(f"checkpoint has no normalisation statistics for dataset {entry.name!r} "
                        f"(has: {sorted(norm_json)})")
-    import json
-
-    self.stats = normalization.DatasetStatistics.from_json(json.dumps(norm_json[name]))
-    self.action_mode, self.proprio_mode = str(d.action_normalization), str(d.proprio_normalization)
-    self.action_mask = tuple(entry.action_normalization_mask) or tuple(std.action_normalization_mask)
-    self.proprio_mask = tuple(entry.proprio_normalization_mask) or tuple(std.proprio_normalization_mask)
-    image_keys = dict(entry.image_keys) or dict(std.image_keys)
+    self.stats = normalization.DatasetStatistics.from_json(json.dumps(norm_json[entry.name]))
+    self.preprocessor = inference.ObservationPreprocessor(
+        d, self.stats, standardize=entry.standardize or entry.name, image_keys=dict(entry.image_keys) or None,
+        action_mask=tuple(entry.action_normalization_mask) or None,
+        proprio_mask=tuple(entry.proprio_normalization_mask) or None)
     self.cameras = tuple(d.cameras)
-    self.camera_map = {cam: image_keys.get(cam, "") for cam in self.cameras}
     self.image_size = int(d.image_size[0])
-    self._image_hw = (int(d.image_size[0]), int(d.image_size[1]))
     self.proprio_dim = int(d.max_proprio_dim)
 
   # -- policy interface -----------------------------------------------------------------------------------
@@ -178,26 +174,20 @@ class CheckpointPolicy:
 
     tokens, mask = tokenizer_lib.tokenize_prompts(self.tokenizer, [instruction], self.max_len)
     self._tokens = (tokens, mask)
+    self._instruction = instruction
     self._history.clear()
+    if self.preprocessor is not None:
+      self.preprocessor.reset()
 
   def _frame(self, observation: dict) -> dict:
+    """Model-config preprocessing for runs on synthetic data (no data pipeline, no statistics)."""
     images = {}
     for cam in self.cameras:
-      key = self.camera_map.get(cam, "")
-      if key and key in observation:
-        img = np.asarray(observation[key], np.uint8)
-        if self.data_cfg is not None and img.shape[:2] != self._image_hw:
-          from lamp_jax.data import frame_transforms
-
-          img = np.asarray(frame_transforms.resize(img, self._image_hw))
-        images[cam] = (img, True)
+      if cam in observation:
+        images[cam] = (np.asarray(observation[cam], np.uint8), True)
       else:
         images[cam] = (np.zeros((self.image_size, self.image_size, 3), np.uint8), False)
     state = np.asarray(observation["state"], np.float32)
-    if self.stats is not None:
-      from lamp_jax.data import normalization
-
-      state = normalization.normalize_proprio(state, self.stats, self.proprio_mode, self.proprio_mask)
     proprio = np.zeros((self.proprio_dim,), np.float32)
     proprio[:min(len(state), self.proprio_dim)] = state[:self.proprio_dim]
     return {"images": images, "proprio": proprio}
@@ -206,6 +196,11 @@ class CheckpointPolicy:
     """One observation -> a one-example batch (specs.py layout), appending it to the window history."""
     if self._tokens is None:
       raise RuntimeError("CheckpointPolicy.reset(instruction) must be called before the first observation")
+    tokens, mask = self._tokens
+    if self.preprocessor is not None:
+      batch = self.preprocessor(observation, self._instruction)
+      batch[specs.TASK] = {specs.TOKENS: tokens, specs.TOKEN_MASK: mask}
+      return batch
     self._history.append(self._frame(observation))
     frames = list(self._history)
     pad = self.window - len(frames)
@@ -217,15 +212,12 @@ class CheckpointPolicy:
       obs[specs.IMAGE_MASK][cam] = np.array([[f["images"][cam][1] for f in frames]])
     obs[specs.PROPRIO] = np.stack([f["proprio"] for f in frames])[None]
     obs[specs.TIMESTEP_PAD_MASK] = pad_mask[None]
-    tokens, mask = self._tokens
     return {specs.OBSERVATION: obs, specs.TASK: {specs.TOKENS: tokens, specs.TOKEN_MASK: mask}}
 
   def __call__(self, observation: dict) -> np.ndarray:
     batch = self.observation_batch(observation)
     self._rng, rng = jax.random.split(self._rng)
     actions = np.asarray(self._sample(self.params, batch, rng), np.float32)[0]  # [H, A]
-    if self.stats is not None:
-      from lamp_jax.data import normalization
-
-      actions = normalization.unnormalize_actions(actions, self.stats, self.action_mode, self.action_mask)
+    if self.preprocessor is not None:
+      actions = self.preprocessor.unnormalize_actions(actions)
     return np.asarray(actions[:, :specs.ACTION_DIM], np.float32)
