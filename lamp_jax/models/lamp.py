@@ -98,16 +98,18 @@ def model_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     cfg.vlm.llm_variant = "dummy"
     cfg.vlm.image_size = 64
     cfg.vlm.vocab_size = 1024  # the trainer sets the tokenizer's vocabulary size
-    cfg.vlm.vision_overrides = ml_collections.ConfigDict(dict(width=192, depth=3, mlp_dim=768, num_heads=3,
+    # Sized for the 2-core CPU budget of the built-in benchmark (measured with `python -m lamp_jax.bench`):
+    # ~2.3 M parameters, ~1.3 GFLOP per training example (2 cameras x 64 patches + 16 text tokens).
+    cfg.vlm.vision_overrides = ml_collections.ConfigDict(dict(width=128, depth=2, mlp_dim=256, num_heads=2,
                                                               patch_size=8))
-    cfg.vlm.llm_overrides = ml_collections.ConfigDict(dict(width=192, depth=4, mlp_dim=768, num_heads=3,
+    cfg.vlm.llm_overrides = ml_collections.ConfigDict(dict(width=128, depth=2, mlp_dim=256, num_heads=2,
                                                            num_kv_heads=1, head_dim=64))
     cfg.image_keys = (specs.IMAGE_PRIMARY, specs.IMAGE_WRIST)
     cfg.max_token_len = 16
-    cfg.motion = _motion(num_keypoints=64, num_steps=8, width=64, depth=2, num_heads=4, cond_len=144,
+    cfg.motion = _motion(num_keypoints=64, num_steps=8, width=64, depth=2, num_heads=2, cond_len=144,
                          time_frequency_dim=64)
-    cfg.guidance.num_heads = 4
-    cfg.action = _action(width=256, depth=4, num_heads=4, time_frequency_dim=128)
+    cfg.guidance.num_heads = 2
+    cfg.action = _action(width=128, depth=4, num_heads=2, time_frequency_dim=128)
     cfg.action_horizon, cfg.action_dim, cfg.proprio_dim = 8, specs.ACTION_DIM, specs.SIM_STATE_DIM
   else:  # paper
     cfg.dtype = "bfloat16"
