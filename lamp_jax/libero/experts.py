@@ -1,0 +1,692 @@
+"""Privileged scripted experts for LIBERO's goal forms, driving the default OSC_POSE controller.
+
+The expert reads the task's BDDL goal (``lamp_jax.libero.goals``) and the simulator state (body poses, the
+collision boxes of every object, ``lamp_jax.libero.geometry``) and outputs LIBERO actions: float[7] =
+(Δx, Δy, Δz, Δaxis-angle) in [-1, 1] (the controller scales them by 0.05 m and 0.5 rad per step, world frame) and
+the gripper command (-1 open, +1 close). Goals of a conjunction are solved one after another.
+
+Skills (one per goal form):
+  * pick-and-place (``on`` / ``in``, ``PickPlace``): a top-down grasp chosen among candidates on the object's
+    collision boxes by the free space around the open fingers and the hand (ray casts) — across the narrower
+    principal side of solid objects (with yaw / shift variants), on the wall of hollow or wide ones (bowls, mugs,
+    plates: a downward ray at the centre lands below the rim) — then lift to a height that clears everything under
+    the straight carry path, carry so the object's body origin lands over the target (the target object's body
+    origin for ``on``, a region's site otherwise), lower until the object's underside is just above the surface
+    found by a ray cast, release, retreat. A grasp that did not lift the object is retried (twice).
+  * ``open`` of a drawer (``PullDrawer``): grasp the handle from the front with the hand horizontal, pull.
+  * ``close`` (drawer, microwave door) (``PushJoint``): push the moving part with the closed gripper along the
+    direction it moves toward the goal range.
+  * ``turnon`` of the stove's knob (``TurnKnob``): sweep the closed fingertips around the knob's axis against its
+    pointer.
+``plan_order`` orders a conjunction: a closed drawer is opened before something is put in it, and ``close`` goes
+after the placements into the same fixture (LIBERO-10: "put the bowl in the drawer and close it").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from lamp_jax.libero import geometry as geometry_lib
+from lamp_jax.libero import goals as goals_lib
+
+POS_SCALE = 0.05  # m per unit action (OSC_POSE output_max)
+ROT_SCALE = 0.5  # rad per unit action
+OPEN, CLOSE = -1.0, 1.0
+
+
+def _axis_angle(rot: np.ndarray) -> np.ndarray:
+  """Rotation matrix -> axis-angle vector float64[3]."""
+  cos = np.clip((np.trace(rot) - 1.0) / 2.0, -1.0, 1.0)
+  angle = math.acos(cos)
+  if angle < 1e-6:
+    return np.zeros(3)
+  vec = np.array([rot[2, 1] - rot[1, 2], rot[0, 2] - rot[2, 0], rot[1, 0] - rot[0, 1]])
+  if math.pi - angle < 1e-3:  # near pi: axis from the diagonal
+    axis = np.sqrt(np.maximum((np.diag(rot) + 1.0) / 2.0, 0.0))
+    axis = axis * np.sign(np.where(vec == 0, 1.0, vec))
+    return axis / (np.linalg.norm(axis) + 1e-12) * angle
+  return vec / (2.0 * math.sin(angle)) * angle
+
+
+def _top_down(yaw: float) -> np.ndarray:
+  """Gripper orientation (site frame in world): z down, closing axis (site x) at ``yaw`` in the table plane."""
+  x = np.array([math.cos(yaw), math.sin(yaw), 0.0])
+  z = np.array([0.0, 0.0, -1.0])
+  y = np.cross(z, x)
+  return np.stack([x, y, z], axis=1)
+
+
+class _Robot:
+  """Reads the end effector and turns targets into OSC_POSE actions."""
+
+  def __init__(self, env):
+    self.env = env
+    self.robot = env.robots[0]
+    self.data = env.sim.data._data  # pylint: disable=protected-access
+    self.site = self.robot.eef_site_id
+
+  @property
+  def pos(self) -> np.ndarray:
+    return self.data.site_xpos[self.site].copy()
+
+  @property
+  def rot(self) -> np.ndarray:
+    return self.data.site_xmat[self.site].reshape(3, 3).copy()
+
+  @property
+  def yaw(self) -> float:
+    x = self.rot[:, 0]
+    return math.atan2(x[1], x[0])
+
+  def finger_gap(self) -> float:
+    qpos = np.asarray(self.robot.sim.data.qpos[self.robot._ref_gripper_joint_pos_indexes])  # pylint: disable=protected-access
+    return float(np.abs(qpos).sum())
+
+  def action(self, target_pos, target_rot, gripper: float, max_speed: float = 1.0, gain: float = 12.0) -> np.ndarray:
+    err = np.asarray(target_pos) - self.pos
+    dpos = gain * err
+    norm = np.linalg.norm(dpos)
+    if norm > max_speed:
+      dpos *= max_speed / norm
+    drot = _axis_angle(np.asarray(target_rot) @ self.rot.T)
+    drot = np.clip(0.8 * drot / ROT_SCALE, -1.0, 1.0)
+    return np.concatenate([dpos, drot, [gripper]]).astype(np.float64)
+
+  def rot_error(self, target_rot) -> float:
+    return float(np.linalg.norm(_axis_angle(np.asarray(target_rot) @ self.rot.T)))
+
+
+def _nearest_equivalent_yaw(yaw: float, reference: float) -> float:
+  """yaw + k*pi closest to reference (the gripper is symmetric under a half turn)."""
+  k = round((reference - yaw) / math.pi)
+  return yaw + k * math.pi
+
+
+class PickPlace:
+  """Moves ``obj`` onto / into ``target`` (``on`` or ``in``)."""
+
+  APPROACH_HEIGHT = 0.10
+  MAX_RETRIES = 2
+
+  def __init__(self, expert: "LiberoExpert", obj: str, target: str, relation: str):
+    self.x = expert
+    self.obj, self.target, self.relation = obj, target, relation
+    self.phase = "plan"
+    self.retries = 0
+    self.counter = 0
+    self.done = False
+
+  # -- planning -------------------------------------------------------------------------------------------
+
+  def _clearance(self, point: np.ndarray, closing: np.ndarray, grasp_z: float) -> float:
+    """Free height (m) around a top-down grasp: the open fingers (+-5 cm along ``closing``) need the space down
+    to ``grasp_z``, the hand (~+-10 cm along ``closing``, ~3 cm above the grip site) the space above it.
+    Negative: something of another object / fixture is in the way."""
+    geo = self.x.geometry
+    normal = np.array([-closing[1], closing[0]])
+    free = np.inf
+    for a in (-0.05, 0.05):
+      for b in (-0.012, 0.012):
+        z, _ = geo.ray_down(point + a * closing + b * normal, 3.0, exclude=(self.obj,))
+        free = min(free, grasp_z - 0.005 - z)
+    for a in np.linspace(-0.1, 0.1, 7):
+      for b in (-0.03, 0.0, 0.03):
+        z, _ = geo.ray_down(point + a * closing + b * normal, 3.0, exclude=(self.obj,))
+        free = min(free, grasp_z + 0.025 - z)
+    return float(free)
+
+  def _plan_grasp(self):
+    """Chooses a top-down grasp among candidates, by free space around the hand, then by simplicity."""
+    geo, robot = self.x.geometry, self.x.robot
+    geoms = geo.geoms_of(self.obj)
+    corners = geo.corners(geoms)
+    top, bottom = corners[:, 2].max(), corners[:, 2].min()
+    body = self.x.body_pos(self.obj)
+    centre = 0.5 * (corners[:, :2].min(0) + corners[:, :2].max(0))
+    rel = corners[:, :2] - centre
+    # Principal horizontal axes of the footprint.
+    _, vecs = np.linalg.eigh(rel.T @ rel)
+    ax, ay = vecs[:, 1], vecs[:, 0]  # long, short
+    hit_z, _ = geo.ray_down(centre, top + 0.05, geoms=geoms)
+    hollow = (top - hit_z) > 0.012 or np.ptp(rel @ ay) > 0.075
+    to_robot = robot.pos[:2] - centre
+    candidates = []  # (point, closing axis, grasp z, preference)
+    if hollow:
+      # Grasp the wall; the fingers close across it, the closing axis is radial.
+      for angle in np.linspace(0.0, 2 * math.pi, 12, endpoint=False):
+        direction = np.array([math.cos(angle), math.sin(angle)])
+        inner = None
+        for r in np.linspace(0.0, 0.15, 76):
+          z, _ = geo.ray_down(centre + r * direction, top + 0.05, geoms=geoms)
+          if z > top - 0.02:
+            inner = r
+            break
+        if inner is None:
+          continue
+        outer = inner
+        for r in np.linspace(inner, inner + 0.05, 26):
+          z, _ = geo.ray_down(centre + r * direction, top + 0.05, geoms=geoms)
+          if z < top - 0.02:
+            break
+          outer = r
+        point = centre + 0.5 * (inner + outer) * direction
+        candidates.append((point, direction, max(top - 0.025, bottom + 0.012), float(direction @ to_robot)))
+    else:
+      height = top - bottom
+      grasp_z = max(top - 0.035, bottom + 0.45 * height) if height > 0.04 else bottom + 0.5 * height + 0.005
+      for base in (ay, ax):
+        for offset in np.deg2rad([0.0, 20.0, -20.0, 40.0, -40.0]):
+          c, s_ = math.cos(offset), math.sin(offset)
+          closing = np.array([c * base[0] - s_ * base[1], s_ * base[0] + c * base[1]])
+          width = float(np.ptp(rel @ closing))
+          if width > 0.072:  # the fingers open to ~8 cm
+            continue
+          along = np.array([-closing[1], closing[0]])
+          for shift in (0.0, 0.015, -0.015):
+            if abs(shift) > 0.3 * np.ptp(rel @ along):
+              continue
+            candidates.append((centre + shift * along, closing, grasp_z, -abs(offset) - 3 * abs(shift) - 5 * width))
+    if not candidates:
+      raise RuntimeError(f"no top-down grasp of {self.obj!r} fits the gripper")
+    scored = [(min(self._clearance(p, c, z), 0.02), pref, i) for i, (p, c, z, pref) in enumerate(candidates)]
+    _, _, best = max(scored)
+    point, closing, grasp_z, _ = candidates[best]
+    yaw = _nearest_equivalent_yaw(math.atan2(closing[1], closing[0]), self.x.home_yaw)
+    self.grasp_pos = np.array([point[0], point[1], grasp_z])
+    self.grasp_rot = _top_down(yaw)
+    self.start_obj_z = body[2]
+    self.obj_top = top
+
+  def _target_xy(self) -> np.ndarray:
+    if self.target in self.x.env.obj_body_id:
+      return self.x.body_pos(self.target)[:2]
+    return self.x.env.sim.data.get_site_xpos(self.target)[:2].copy()
+
+  def _plan_place(self):
+    """After the lift: carry height, place xy (with the measured grasp offset) and release height."""
+    geo, robot = self.x.geometry, self.x.robot
+    corners = geo.corners(geo.geoms_of(self.obj))
+    obj_bottom = corners[:, 2].min()
+    hang = robot.pos[2] - obj_bottom  # eef height above the object's underside
+    offset = robot.pos[:2] - self.x.body_pos(self.obj)[:2]
+    target_xy = self._target_xy()
+    self.place_xy = target_xy + offset
+    # Highest obstacle under the carry path (object footprint ~ +-5 cm around the path).
+    start = robot.pos[:2]
+    highest = -np.inf
+    for s in np.linspace(0.0, 1.0, 15):
+      p = start + s * (self.place_xy - start)
+      for dx, dy in ((0, 0), (0.05, 0), (-0.05, 0), (0, 0.05), (0, -0.05)):
+        z, _ = geo.ray_down(p + np.array([dx, dy]) - offset * s, 3.0, exclude=(self.obj,))
+        highest = max(highest, z)
+    self.carry_z = max(robot.pos[2], highest + hang + 0.04)
+    surface, _ = geo.ray_down(target_xy, 3.0, exclude=(self.obj,))
+    self.release_z = surface + hang + (0.015 if self.relation == "on" else 0.02)
+
+  # -- acting ---------------------------------------------------------------------------------------------
+
+  def act(self) -> np.ndarray:
+    robot = self.x.robot
+    self.counter += 1
+    if self.phase == "plan":
+      try:
+        self._plan_grasp()
+      except RuntimeError:  # no grasp fits: give up on this goal (the episode fails, the caller goes on)
+        self.phase = "failed"
+        self.done = True
+        return robot.action(robot.pos, robot.rot, OPEN)
+      self.phase, self.counter = "approach", 0
+    if self.phase == "approach":
+      above = self.grasp_pos + np.array([0, 0, max(self.APPROACH_HEIGHT, self.obj_top - self.grasp_pos[2] + 0.06)])
+      if (np.linalg.norm(robot.pos - above) < 0.015 and robot.rot_error(self.grasp_rot) < 0.08) or self.counter > 120:
+        self.phase, self.counter = "descend", 0
+      return robot.action(above, self.grasp_rot, OPEN, max_speed=1.0)
+    if self.phase == "descend":
+      if np.linalg.norm(robot.pos - self.grasp_pos) < 0.008 or self.counter > 40:
+        self.phase, self.counter = "close", 0
+      return robot.action(self.grasp_pos, self.grasp_rot, OPEN, max_speed=0.7)
+    if self.phase == "close":
+      if self.counter >= 15:
+        self.phase, self.counter = "lift", 0
+      return robot.action(self.grasp_pos, self.grasp_rot, CLOSE)
+    if self.phase == "lift":
+      lift = self.grasp_pos + np.array([0, 0, 0.10])
+      if robot.pos[2] > lift[2] - 0.01 or self.counter > 60:
+        if self.x.body_pos(self.obj)[2] < self.start_obj_z + 0.03:  # the grasp failed
+          self.retries += 1
+          if self.retries > self.MAX_RETRIES:
+            self.phase = "failed"
+          else:
+            self.phase, self.counter = "regrasp", 0
+        else:
+          self._plan_place()
+          self.phase, self.counter = "raise", 0
+      return robot.action(lift, self.grasp_rot, CLOSE, max_speed=0.6)
+    if self.phase == "regrasp":
+      if self.counter > 10:
+        self.phase, self.counter = "plan", 0
+      return robot.action(robot.pos + np.array([0, 0, 0.02]), self.grasp_rot, OPEN)
+    if self.phase == "raise":
+      goal = np.array([robot.pos[0], robot.pos[1], self.carry_z])
+      if robot.pos[2] > self.carry_z - 0.015 or self.counter > 60:
+        self.phase, self.counter = "carry", 0
+      return robot.action(goal, self.grasp_rot, CLOSE, max_speed=1.0)
+    if self.phase == "carry":
+      goal = np.array([self.place_xy[0], self.place_xy[1], self.carry_z])
+      if np.linalg.norm(robot.pos - goal) < 0.012 or self.counter > 150:
+        self.phase, self.counter = "lower", 0
+      return robot.action(goal, self.grasp_rot, CLOSE, max_speed=1.0)
+    if self.phase == "lower":
+      goal = np.array([self.place_xy[0], self.place_xy[1], self.release_z])
+      if np.linalg.norm(robot.pos - goal) < 0.008 or self.counter > 60:
+        self.phase, self.counter = "release", 0
+      speed = 1.0 if robot.pos[2] > self.release_z + 0.06 else 0.4
+      return robot.action(goal, self.grasp_rot, CLOSE, max_speed=speed)
+    if self.phase == "release":
+      if self.counter >= 8:
+        self.phase, self.counter = "retreat", 0
+        self.retreat_goal = robot.pos + np.array([0, 0, 0.10])
+      return robot.action(robot.pos, self.grasp_rot, OPEN)
+    if self.phase == "retreat":
+      if robot.pos[2] > self.retreat_goal[2] - 0.02 or self.counter > 40:
+        self.done = True
+      return robot.action(self.retreat_goal, self.grasp_rot, OPEN, max_speed=0.6)
+    # failed: hold still with the gripper open.
+    self.done = True
+    return robot.action(robot.pos, robot.rot, OPEN)
+
+
+class PushJoint:
+  """``close`` of an articulation (drawer, microwave door) by pushing it with the closed gripper.
+
+  The joint's target comes from the object's ``default_close_ranges``. The contact point is on the moving body:
+  for a slide joint the face that looks against the motion (a drawer's handle), for a hinge the point farthest
+  from the axis (a door's free edge). Each step the fingertips aim a little past that point along the direction the point
+  moves when the joint goes toward its target, until the goal predicate holds.
+  """
+
+  def __init__(self, expert: "LiberoExpert", name: str, kind: str):
+    self.x, self.name, self.kind = expert, name, kind
+    env = expert.env
+    if name in env.object_sites_dict:
+      site = env.object_sites_dict[name]
+      self.joints = list(site.joints)
+      self.owner = site.parent_name
+    else:
+      self.owner = name
+      self.joints = list(env.get_object(name).joints)
+    props = env.get_object(self.owner).object_properties["articulation"]
+    if kind != "close":
+      raise ValueError(f"PushJoint scripts 'close' only, got {kind!r}")
+    ranges = [float(v) for v in props["default_close_ranges"]]
+    self.target_q = float(np.mean(ranges))
+    model = expert.model
+    import mujoco  # pylint: disable=g-import-not-at-top
+
+    self.jid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, self.joints[0])
+    if self.jid < 0:
+      raise ValueError(f"joint {self.joints[0]!r} of {name!r} is not in the model")
+    self.slide = int(model.jnt_type[self.jid]) == int(mujoco.mjtJoint.mjJNT_SLIDE)
+    self.body = int(model.jnt_bodyid[self.jid])
+    self.geoms = expert.geometry.geoms_of_body(self.body)
+    self.phase, self.counter, self.done = "approach", 0, False
+    self.rot = _top_down(expert.home_yaw)
+    self.sign = 0.0
+
+  def _q(self) -> float:
+    return float(self.x.data.qpos[self.x.model.jnt_qposadr[self.jid]])
+
+  def _satisfied(self) -> bool:
+    state = self.x.env.object_states_dict[self.name]
+    return bool(state.is_close())
+
+  def _contact(self):
+    """(contact point float64[3], unit horizontal push direction float64[3]) on corners chosen once."""
+    data = self.x.data
+    axis = data.xaxis[self.jid].copy()
+    anchor = data.xanchor[self.jid].copy()
+    self.sign = 1.0 if self.target_q > self._q() else -1.0
+    corners = self.x.geometry.corners(self.geoms)
+    if not hasattr(self, "_corner_ids"):
+      robot_xy = self.x.robot.pos[:2]
+      if self.slide:
+        v = self.sign * axis
+        proj = corners @ v
+        ids = np.nonzero(proj < proj.min() + 0.01)[0]
+      else:
+        rel = corners - anchor
+        dist = np.linalg.norm(rel - np.outer(rel @ axis, axis), axis=1)
+        ids = np.nonzero(dist > dist.max() - 0.015)[0]
+        # Several edges may be equally far: keep the cluster nearest the gripper.
+        nearest = ids[np.argmin(np.linalg.norm(corners[ids, :2] - robot_xy, axis=1))]
+        ids = ids[np.linalg.norm(corners[ids] - corners[nearest], axis=1) < 0.025]
+      self._corner_ids = ids
+    pts = corners[self._corner_ids]
+    point = pts.mean(axis=0)
+    if self.slide:
+      v = self.sign * axis
+    else:
+      v = self.sign * np.cross(axis, point - anchor)
+    v = v.copy()
+    v[2] = 0.0
+    v /= np.linalg.norm(v) + 1e-9
+    proj = pts @ v
+    point = point + (proj.min() - point @ v) * v
+    point[2] = max(point[2], pts[:, 2].max() - 0.015)
+    return point, v
+
+  def act(self) -> np.ndarray:
+    robot = self.x.robot
+    self.counter += 1
+    if self._satisfied() and self.phase in ("approach", "descend", "push"):
+      self.phase, self.counter = "retreat", 0
+      self.retreat_goal = robot.pos - 0.05 * getattr(self, "direction", np.zeros(3)) + np.array([0, 0, 0.08])
+    if self.phase in ("approach", "descend", "push"):
+      point, v = self._contact()
+      self.direction = v
+      start = point - 0.05 * v
+    if self.phase == "approach":
+      above = start + np.array([0, 0, 0.10])
+      if np.linalg.norm(robot.pos - above) < 0.015 or self.counter > 120:
+        self.phase, self.counter = "descend", 0
+      return robot.action(above, self.rot, CLOSE, max_speed=0.8)
+    if self.phase == "descend":
+      if np.linalg.norm(robot.pos - start) < 0.01 or self.counter > 60:
+        self.phase, self.counter = "push", 0
+      return robot.action(start, self.rot, CLOSE, max_speed=0.5)
+    if self.phase == "push":
+      if self.counter > 200:
+        self.phase, self.counter = "retreat", 0
+        self.retreat_goal = robot.pos + np.array([0, 0, 0.08])
+      goal = point + 0.03 * v
+      goal[2] = start[2]
+      return robot.action(goal, self.rot, CLOSE, max_speed=0.5, gain=8.0)
+    if self.phase == "retreat":
+      if np.linalg.norm(robot.pos - self.retreat_goal) < 0.02 or self.counter > 40:
+        self.done = True
+      return robot.action(self.retreat_goal, self.rot, CLOSE, max_speed=0.6)
+    self.done = True
+    return robot.action(robot.pos, self.rot, CLOSE)
+
+
+class PullDrawer:
+  """``open`` of a drawer (slide joint): grasp the handle from the front with the hand horizontal (fingers
+  closing vertically around the handle bar), pull along the slide until the goal holds, release, back off."""
+
+  def __init__(self, expert: "LiberoExpert", name: str):
+    import mujoco  # pylint: disable=g-import-not-at-top
+
+    self.x, self.name = expert, name
+    env = expert.env
+    if name in env.object_sites_dict:
+      site = env.object_sites_dict[name]
+      joints, owner = list(site.joints), site.parent_name
+    else:
+      joints, owner = list(env.get_object(name).joints), name
+    props = env.get_object(owner).object_properties["articulation"]
+    self.target_q = float(np.mean([float(v) for v in props["default_open_ranges"]]))
+    model = expert.model
+    self.jid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, joints[0])
+    if int(model.jnt_type[self.jid]) != int(mujoco.mjtJoint.mjJNT_SLIDE):
+      raise ValueError(f"'open' of {name!r}: only drawers (slide joints) are scripted")
+    self.geoms = expert.geometry.geoms_of_body(int(model.jnt_bodyid[self.jid]))
+    self.phase, self.counter, self.done = "plan", 0, False
+
+  def _q(self) -> float:
+    return float(self.x.data.qpos[self.x.model.jnt_qposadr[self.jid]])
+
+  def _plan(self):
+    axis = self.x.data.xaxis[self.jid].copy()
+    self.dir = (1.0 if self.target_q > self._q() else -1.0) * axis
+    self.dir[2] = 0.0
+    self.dir /= np.linalg.norm(self.dir) + 1e-9
+    corners = self.x.geometry.corners(self.geoms)
+    proj = corners @ self.dir
+    handle = corners[proj > proj.max() - 0.01]
+    self.handle = 0.5 * (handle.min(axis=0) + handle.max(axis=0))
+    self.handle_front = proj.max()
+    z = np.array([0.0, 0.0, 1.0])
+    approach = -self.dir  # the gripper's z axis points into the drawer
+    self.rot = np.stack([z, np.cross(approach, z), approach], axis=1)
+    # Grip site between the finger pads, ~1 cm behind the handle's front face.
+    self.grasp = self.handle + (self.handle_front - 0.012 - self.handle @ self.dir) * self.dir
+    self.pull_distance = abs(self.target_q - self._q()) + 0.03
+
+  def _open(self) -> bool:
+    return bool(self.x.env.object_states_dict[self.name].is_open())
+
+  def act(self) -> np.ndarray:
+    robot = self.x.robot
+    self.counter += 1
+    if self.phase == "plan":
+      if self._open():
+        self.done = True
+        return robot.action(robot.pos, robot.rot, OPEN)
+      self._plan()
+      self.phase, self.counter = "lift", 0
+    if self.phase == "lift":  # rise and turn the hand horizontal well in front of the handle
+      goal = self.grasp + 0.12 * self.dir + np.array([0.0, 0.0, 0.06])
+      if (np.linalg.norm(robot.pos - goal) < 0.02 and robot.rot_error(self.rot) < 0.1) or self.counter > 120:
+        self.phase, self.counter = "align", 0
+      return robot.action(goal, self.rot, OPEN, max_speed=0.8)
+    if self.phase == "align":
+      goal = self.grasp + 0.08 * self.dir
+      if (np.linalg.norm(robot.pos - goal) < 0.01 and robot.rot_error(self.rot) < 0.06) or self.counter > 60:
+        self.phase, self.counter = "insert", 0
+      return robot.action(goal, self.rot, OPEN, max_speed=0.6)
+    if self.phase == "insert":
+      if np.linalg.norm(robot.pos - self.grasp) < 0.006 or self.counter > 50:
+        self.phase, self.counter = "close", 0
+      return robot.action(self.grasp, self.rot, OPEN, max_speed=0.4)
+    if self.phase == "close":
+      if self.counter >= 12:
+        self.phase, self.counter = "pull", 0
+        self.pull_goal = robot.pos + self.pull_distance * self.dir
+      return robot.action(self.grasp, self.rot, CLOSE)
+    if self.phase == "pull":
+      if self._open() or self.counter > 100:
+        self.phase, self.counter = "release", 0
+      return robot.action(self.pull_goal, self.rot, CLOSE, max_speed=0.5)
+    if self.phase == "release":
+      if self.counter >= 8:
+        self.phase, self.counter = "back", 0
+        self.back_goal = robot.pos + 0.08 * self.dir
+      return robot.action(robot.pos, self.rot, OPEN)
+    if self.phase == "back":  # straight out of the handle, hand still horizontal
+      if np.linalg.norm(robot.pos - self.back_goal) < 0.015 or self.counter > 30:
+        self.phase, self.counter = "rise", 0
+        self.rise_goal = self.back_goal + np.array([0.0, 0.0, 0.15])
+      return robot.action(self.back_goal, self.rot, OPEN, max_speed=0.8)
+    if self.phase == "rise":  # up into free space, turning the hand back to top-down
+      home = _top_down(self.x.home_yaw)
+      if (np.linalg.norm(robot.pos - self.rise_goal) < 0.02 and robot.rot_error(home) < 0.1) or self.counter > 80:
+        self.done = True
+      return robot.action(self.rise_goal, home, OPEN, max_speed=0.8)
+    self.done = True
+    return robot.action(robot.pos, robot.rot, OPEN)
+
+
+class TurnKnob:
+  """``turnon`` of a rotary knob (a hinge with a vertical axis, the stove): the closed fingertips sweep an arc
+  around the axis at the height of the knob's pointer, starting just behind the pointer's trailing edge and
+  ending the goal's angle further on, until the goal holds."""
+
+  MARGIN = 0.15  # rad of free travel before the fingers reach the pointer
+  FINGER_HALF_WIDTH = 0.012  # m
+
+  def __init__(self, expert: "LiberoExpert", name: str):
+    import mujoco  # pylint: disable=g-import-not-at-top
+
+    self.x, self.name = expert, name
+    env = expert.env
+    obj = env.get_object(name)
+    props = obj.object_properties["articulation"]
+    self.target_q = float(np.mean([float(v) for v in props["default_turnon_ranges"]]))
+    model = expert.model
+    self.jid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, list(obj.joints)[0])
+    self.geoms = expert.geometry.geoms_of_body(int(model.jnt_bodyid[self.jid]))
+    self.rot = _top_down(expert.home_yaw)
+    self.phase, self.counter, self.done = "plan", 0, False
+
+  def _q(self) -> float:
+    return float(self.x.data.qpos[self.x.model.jnt_qposadr[self.jid]])
+
+  def _plan(self):
+    data = self.x.data
+    axis, anchor = data.xaxis[self.jid].copy(), data.xanchor[self.jid].copy()
+    self.sign = 1.0 if self.target_q > self._q() else -1.0
+    if axis[2] < 0:  # angles below are measured counter-clockwise about +z
+      axis, self.sign = -axis, -self.sign
+    corners = self.x.geometry.corners(self.geoms)
+    tall = corners[:, 2] > corners[:, 2].max() - 0.025
+    base = data.xpos[self.x.robot_base]
+    rel = corners[:, :2] - anchor[:2]
+    away = rel @ (anchor[:2] - base[:2]) > 0  # the pointer side away from the robot (within reach)
+    pool = np.nonzero(tall & away)[0] if np.any(tall & away) else np.nonzero(tall)[0]
+    far = pool[np.argmax(np.linalg.norm(rel[pool], axis=1))]
+    pointer = pool[np.linalg.norm(corners[pool] - corners[far], axis=1) < 0.03]
+    angles = np.arctan2(rel[pointer, 1], rel[pointer, 0])
+    centre_angle = math.atan2(np.mean(np.sin(angles)), np.mean(np.cos(angles)))
+    spread = np.angle(np.exp(1j * (angles - centre_angle)))
+    self.radius = float(np.clip(np.median(np.linalg.norm(rel[pointer], axis=1)), 0.02, 0.05))
+    trailing = centre_angle + (spread.min() if self.sign > 0 else spread.max())
+    gap = self.FINGER_HALF_WIDTH / self.radius + self.MARGIN
+    self.start_angle = trailing - self.sign * gap
+    self.end_angle = self.start_angle + self.sign * (abs(self.target_q - self._q()) + gap)
+    self.anchor = anchor
+    self.z = float(corners[pointer, 2].max()) - 0.012
+    self.angle = self.start_angle
+
+  def _point(self, angle: float) -> np.ndarray:
+    return np.array([self.anchor[0] + self.radius * math.cos(angle), self.anchor[1] + self.radius * math.sin(angle),
+                     self.z])
+
+  def act(self) -> np.ndarray:
+    robot = self.x.robot
+    self.counter += 1
+    on = bool(self.x.env.object_states_dict[self.name].turn_on())
+    if self.phase == "plan":
+      if on:
+        self.done = True
+        return robot.action(robot.pos, robot.rot, CLOSE)
+      self._plan()
+      self.phase, self.counter = "approach", 0
+    if on and self.phase in ("approach", "descend", "sweep"):
+      self.phase, self.counter = "retreat", 0
+      self.retreat_goal = robot.pos + np.array([0.0, 0.0, 0.08])
+    if self.phase == "approach":
+      goal = self._point(self.start_angle) + np.array([0.0, 0.0, 0.08])
+      if np.linalg.norm(robot.pos - goal) < 0.012 or self.counter > 100:
+        self.phase, self.counter = "descend", 0
+      return robot.action(goal, self.rot, CLOSE, max_speed=0.8)
+    if self.phase == "descend":
+      goal = self._point(self.start_angle)
+      if np.linalg.norm(robot.pos - goal) < 0.008 or self.counter > 50:
+        self.phase, self.counter = "sweep", 0
+      return robot.action(goal, self.rot, CLOSE, max_speed=0.5)
+    if self.phase == "sweep":
+      if abs(self.angle - self.end_angle) > 1e-6:
+        step = 0.06 * self.sign
+        self.angle = (min(self.angle + step, self.end_angle) if self.sign > 0 else max(self.angle + step, self.end_angle))
+      elif self.counter > 150:
+        self.phase, self.counter = "retreat", 0
+        self.retreat_goal = robot.pos + np.array([0.0, 0.0, 0.08])
+      return robot.action(self._point(self.angle), self.rot, CLOSE, max_speed=0.6)
+    if self.phase == "retreat":
+      if np.linalg.norm(robot.pos - self.retreat_goal) < 0.02 or self.counter > 40:
+        self.done = True
+      return robot.action(self.retreat_goal, self.rot, CLOSE, max_speed=0.6)
+    self.done = True
+    return robot.action(robot.pos, self.rot, CLOSE)
+
+
+SKILLS = {"on": PickPlace, "in": PickPlace, "close": lambda x, n: PushJoint(x, n, "close"),
+          "turnon": TurnKnob, "open": PullDrawer}
+
+
+def _region_owner(env, name: str) -> str:
+  """The object a region belongs to (``wooden_cabinet_1_top_region`` -> ``wooden_cabinet_1``), else the name."""
+  site = env.object_sites_dict.get(name)
+  return site.parent_name if site is not None else name
+
+
+def plan_order(goal: list, env) -> list:
+  """Orders a conjunction for execution and adds the steps the goal implies.
+
+  * ``in(obj, region)`` where the region is a closed drawer: ``open(region)`` first;
+  * ``close(x)`` after every ``in`` / ``on`` into x or one of x's regions (put the bowl in the drawer, then
+    close it), otherwise in the written order.
+  """
+  out = []
+  for g in goal:
+    if g.name == "in":
+      site = env.object_sites_dict.get(g.args[1])
+      if site is not None and getattr(site, "joints", None) and not env.object_states_dict[g.args[1]].is_open():
+        out.append(goals_lib.Predicate("open", (g.args[1],)))
+    out.append(g)
+  closes = [g for g in out if g.name == "close"
+            and any(p.name in ("in", "on") and _region_owner(env, p.args[1]) == _region_owner(env, g.args[0])
+                    for p in out)]
+  return [g for g in out if g not in closes] + closes
+
+
+class LiberoExpert:
+  """Scripted expert for one LIBERO episode. ``act()`` -> float64[7] LIBERO action (call after every step).
+
+  Args:
+    env: the LIBERO env (``ControlEnv`` / ``OffScreenRenderEnv``) or its inner robosuite env, already reset to
+      its initial state.
+    noise: std of Gaussian noise added to the translation / rotation components (demonstration diversity).
+    seed: noise seed.
+  """
+
+  def __init__(self, env: Any, noise: float = 0.0, seed: int = 0):
+    self.env = getattr(env, "env", env)
+    self.rng = np.random.default_rng(seed)
+    self.noise = float(noise)
+    self.model = self.env.sim.model._model  # pylint: disable=protected-access
+    self.data = self.env.sim.data._data  # pylint: disable=protected-access
+    self.geometry = geometry_lib.SceneGeometry(self.model, self.data, self.env.obj_body_id)
+    self.robot = _Robot(self.env)
+    import mujoco  # pylint: disable=g-import-not-at-top
+
+    self.robot_base = max(0, mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "robot0_base"))
+    self.home_yaw = self.robot.yaw  # top-down at reset: yaws near it stay clear of the wrist's joint limits
+    self.goals = plan_order(goals_lib.from_parsed(self.env.parsed_problem["goal_state"]), self.env)
+    unsupported = [g for g in self.goals if g.name not in SKILLS]
+    if unsupported:
+      raise ValueError(f"no scripted skill for goal predicates {[str(g) for g in unsupported]}; supported: "
+                       f"{sorted(SKILLS)}")
+    self.index = 0
+    self.skill = self._make_skill(self.goals[0])
+
+  def _make_skill(self, goal: goals_lib.Predicate):
+    if goal.name in ("on", "in"):
+      return PickPlace(self, goal.args[0], goal.args[1], goal.name)
+    return SKILLS[goal.name](self, *goal.args)
+
+  def body_pos(self, name: str) -> np.ndarray:
+    return self.data.xpos[self.env.obj_body_id[name]].copy()
+
+  def body_mat(self, name: str) -> np.ndarray:
+    return self.data.xmat[self.env.obj_body_id[name]].reshape(3, 3).copy()
+
+  @property
+  def phase(self) -> str:
+    return f"{self.index}:{self.skill.phase}" if self.skill is not None else "idle"
+
+  def act(self) -> np.ndarray:
+    if self.skill is not None and self.skill.done and self.index + 1 < len(self.goals):
+      self.index += 1
+      self.skill = self._make_skill(self.goals[self.index])
+    if self.skill is None or (self.skill.done and self.index + 1 >= len(self.goals)):
+      action = self.robot.action(self.robot.pos, self.robot.rot, OPEN)
+    else:
+      action = self.skill.act()
+    if self.noise > 0:
+      action[:6] += self.rng.normal(0.0, self.noise, size=6)
+    action[:6] = np.clip(action[:6], -1.0, 1.0)
+    return action

@@ -1,0 +1,196 @@
+"""Policy server and client: wire format, protocol, validation (the server keeps serving), no JAX in the client."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+import websockets
+
+from lamp_jax.serving import client as client_lib
+from lamp_jax.serving import codec
+from lamp_jax.serving import server as server_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class AffinePolicy:
+  """actions[h] = (h + 1) * state[:7] + len(instruction): outputs that prove which inputs reached the policy."""
+
+  action_horizon = 3
+
+  def __init__(self):
+    self.instruction = None
+    self.calls = 0
+
+  def reset(self, instruction):
+    self.instruction = instruction
+
+  def __call__(self, observation):
+    self.calls += 1
+    if "image_0" in observation:
+      assert observation["image_0"].dtype == np.uint8
+    state = observation["state"]
+    if state[0] < -100:
+      raise FloatingPointError("policy failure on purpose")
+    h = np.arange(1, self.action_horizon + 1, dtype=np.float32)[:, None]
+    return h * state[None, :7] + len(self.instruction)
+
+
+@pytest.fixture(scope="module")
+def served():
+  policy = AffinePolicy()
+  server = server_lib.PolicyServer(policy, host="127.0.0.1", port=0, max_message_bytes=200_000).start()
+  yield policy, server
+  server.shutdown()
+
+
+def _obs(rng, size=(13, 11)):
+  return {"image_0": rng.integers(0, 256, size=size + (3,), dtype=np.uint8),
+          "state": rng.normal(size=8).astype(np.float32)}
+
+
+def test_codec_round_trip_all_dtypes():
+  rng = np.random.default_rng(0)
+  tree = {"a": {np.dtype(d).name: (rng.normal(size=(3, 5)) * 10).astype(d) for d in codec.ALLOWED_DTYPES},
+          "s": "text", "n": [1, 2.5, None], "scalar": np.float32(1.5), "empty": np.zeros((0, 7), np.float32)}
+  back = codec.unpackb(codec.packb(tree))
+  for name, arr in tree["a"].items():
+    np.testing.assert_array_equal(back["a"][name], arr)
+    assert back["a"][name].dtype == arr.dtype and back["a"][name].shape == arr.shape
+  assert back["s"] == "text" and back["n"] == [1, 2.5, None] and back["scalar"] == 1.5
+  assert back["empty"].shape == (0, 7)
+  big_endian = np.arange(4, dtype=">i4")
+  np.testing.assert_array_equal(codec.unpackb(codec.packb(big_endian)), np.arange(4))
+
+
+def test_codec_rejects_unsafe_or_inconsistent_payloads():
+  with pytest.raises(codec.CodecError, match="dtype object"):
+    codec.packb(np.array([{"x": 1}], dtype=object))
+  with pytest.raises(codec.CodecError, match="cannot encode"):
+    codec.packb({"x": object()})
+  bad = {codec.ARRAY_TAG: True, "dtype": "<f4", "shape": [2, 3], "data": b"\0" * 23}
+  import msgpack
+
+  with pytest.raises(codec.CodecError, match="needs 24 bytes"):
+    codec.unpackb(msgpack.packb(bad))
+  with pytest.raises(codec.CodecError, match="not allowed"):
+    codec.unpackb(msgpack.packb(dict(bad, dtype="|O", data=b"")))
+  with pytest.raises(codec.CodecError, match="shape"):
+    codec.unpackb(msgpack.packb(dict(bad, shape=[-1, 3])))
+  with pytest.raises(codec.CodecError, match="not valid msgpack"):
+    codec.unpackb(b"\xc1\xff\x00garbage")
+
+
+def test_health_reset_infer_round_trip(served):
+  policy, server = served
+  rng = np.random.default_rng(1)
+  with client_lib.PolicyClient("127.0.0.1", server.port) as client:
+    health = client.health()
+    assert health["status"] == "ok" and health["action_horizon"] == 3
+    assert health["observation_spec"]["state"] == {"dtype": "float32", "shape": [-1], "required": True}
+    client.reset("put the bowl on the plate")
+    assert policy.instruction == "put the bowl on the plate"
+    obs = _obs(rng)
+    actions = client.infer(obs)
+    expected = np.arange(1, 4, dtype=np.float32)[:, None] * obs["state"][None, :7] + 25
+    np.testing.assert_allclose(actions, expected, rtol=1e-6)
+    assert actions.dtype == np.float32 and actions.flags.writeable
+    timing = client.last_timing
+    assert set(timing) == {"decode_ms", "policy_ms", "total_ms", "round_trip_ms"}
+    assert 0 <= timing["policy_ms"] <= timing["total_ms"] <= timing["round_trip_ms"]
+
+
+@pytest.mark.parametrize("message, error", [
+    ({"type": "infer", "observation": {"state": np.zeros(8, np.float32), "depth": np.zeros((4, 4), np.float32)}},
+     "unknown observation keys \\['depth'\\]"),
+    ({"type": "infer", "observation": {"state": np.zeros(8, np.float64)}}, "dtype float64, expected float32"),
+    ({"type": "infer", "observation": {"state": np.zeros(8, np.float32), "image_0": np.zeros((5, 5, 4), np.uint8)}},
+     "shape \\[5, 5, 4\\]"),
+    ({"type": "infer", "observation": {"image_0": np.zeros((5, 5, 3), np.uint8)}}, "missing observation keys"),
+    ({"type": "infer", "observation": {"state": [0.0] * 8}}, "must be an array"),
+    ({"type": "infer", "observation": {"state": np.full(8, -1e3, np.float32)}}, "policy failure on purpose"),
+    ({"type": "infer", "observation": {"state": np.zeros(8, np.float32)}, "extra": 1}, "unknown keys"),
+    ({"type": "train"}, "unknown request type"),
+    ({"type": "reset", "instruction": ""}, "non-empty string"),
+    ([1, 2, 3], "must be a map"),
+])
+def test_invalid_requests_get_error_replies_and_server_keeps_serving(served, message, error):
+  _, server = served
+  rng = np.random.default_rng(2)
+  with client_lib.PolicyClient("127.0.0.1", server.port) as client:
+    client.reset("task")
+    with pytest.raises(client_lib.PolicyServerError, match=error):
+      client.request(message)
+    assert client.infer(_obs(rng)).shape == (3, 7)  # same connection still served
+
+
+def test_oversize_payloads(served):
+  _, server = served
+  rng = np.random.default_rng(3)
+  with client_lib.PolicyClient("127.0.0.1", server.port) as client:
+    client.reset("task")
+    with pytest.raises(client_lib.PolicyServerError, match="exceeds the limit of 200000 bytes"):
+      client.infer(_obs(rng, size=(300, 300)))  # 270 kB: over the limit, under the websocket hard cap (2x)
+    assert client.infer(_obs(rng)).shape == (3, 7)
+  # Past the hard cap the websocket layer closes that connection (code 1009); the server goes on.
+  with client_lib.PolicyClient("127.0.0.1", server.port) as client:
+    with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+      client.infer(_obs(rng, size=(400, 400)))
+    assert closed.value.rcvd.code == 1009
+  with client_lib.PolicyClient("127.0.0.1", server.port) as client:
+    client.reset("task")
+    assert client.infer(_obs(rng)).shape == (3, 7)
+
+
+def test_text_frame_and_garbage_bytes(served):
+  _, server = served
+  with client_lib.PolicyClient("127.0.0.1", server.port) as client:
+    client._conn.send("hello")  # pylint: disable=protected-access
+    reply = codec.unpackb(client._conn.recv())  # pylint: disable=protected-access
+    assert not reply["ok"] and "binary" in reply["error"]
+    client._conn.send(b"\xc1garbage")  # pylint: disable=protected-access
+    reply = codec.unpackb(client._conn.recv())  # pylint: disable=protected-access
+    assert not reply["ok"] and "msgpack" in reply["error"]
+    assert client.health()["ok"]
+
+
+def test_http_healthz(served):
+  _, server = served
+  with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=10) as response:
+    assert response.status == 200 and response.read() == b"OK\n"
+
+
+def test_client_and_codec_import_no_jax_or_tensorflow():
+  code = ("import sys; import lamp_jax.serving.client, lamp_jax.serving.codec; "
+          "bad = [m for m in ('jax', 'tensorflow', 'flax', 'torch') if m in sys.modules]; "
+          "assert not bad, bad")
+  subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+
+
+def test_serve_cli_random_policy_end_to_end():
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  proc = subprocess.Popen([sys.executable, "-m", "lamp_jax.serve", "--policy=random", "--port=0"], cwd=REPO,
+                          env=env, stderr=subprocess.PIPE, text=True)
+  try:
+    port = None
+    for line in proc.stderr:
+      match = re.search(r"on ws://127\.0\.0\.1:(\d+)", line)
+      if match:
+        port = int(match.group(1))
+        break
+    assert port is not None, "server did not report its port"
+    with client_lib.PolicyClient("127.0.0.1", port) as client:
+      assert client.health()["policy"] == "random"
+      client.reset("pick up the cube")
+      obs = {"image_0": np.zeros((8, 8, 3), np.uint8), "state": np.zeros(8, np.float32)}
+      actions = client.infer(obs)
+      assert actions.shape == (4, 7) and np.all(np.isin(actions[:, 6], [0.0, 1.0]))
+  finally:
+    proc.terminate()
+    proc.wait(timeout=30)
