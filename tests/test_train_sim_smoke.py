@@ -8,12 +8,12 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.slow  # ~2-4 min on 2 shared CPU cores (three XLA compilations of the LaMP model + simulation).
+# In the default suite on purpose: CI proves the README main command works on a fresh machine (~2-4 min on two
+# CPU cores: three XLA compilations of the LaMP model + simulation).
 def test_main_command_smoke_end_to_end(tmp_path):
   workdir = tmp_path / "run"
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3", "MUJOCO_GL": "egl",
