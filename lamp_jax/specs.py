@@ -31,6 +31,9 @@ Batch (a nested dict of numpy / jax arrays):
                                                    occluded) at that step
   scene_flow_query_mask bool[B, K]                  True where the query point has valid depth
   has_scene_flow       bool[B]                      False for samples without motion labels (loss masked)
+  optical_flow         uint8[B, Himg, Wimg, 3]      (optional, when data.optical_flow is on) HSV-encoded dense
+                                                   optical flow of the primary camera from t to t + k
+  has_optical_flow     bool[B]                      (with optical_flow) False where the dataset has none
 
 UVD convention (owned here, used by the simulator, the data pipeline and the Motion Expert):
   * camera frame: OpenCV — x right, y down, z forward (along the optical axis).
@@ -57,6 +60,8 @@ SCENE_FLOW_QUERY = "scene_flow_query"
 SCENE_FLOW_MASK = "scene_flow_mask"
 SCENE_FLOW_QUERY_MASK = "scene_flow_query_mask"
 HAS_SCENE_FLOW = "has_scene_flow"
+OPTICAL_FLOW = "optical_flow"
+HAS_OPTICAL_FLOW = "has_optical_flow"
 
 # observation/ keys.
 IMAGE_PRIMARY = "image_primary"
@@ -103,6 +108,8 @@ def grid_query_uv(num_points: int):
 #     scene_flow_query       float32[K, 3]     UVD of the grid query points at step t
 #     scene_flow_mask        bool[K, T]        visible (in view and not occluded by the depth test)
 #     scene_flow_query_mask  bool[K]           query point has valid depth
+#     observation/optical_flow  Image uint8[Hi, Wi, 3] (JPEG; only when generated with --optical-flow-steps=k)
+#                                              HSV-encoded dense flow of image_0 from t to t + k
 #     is_first, is_last, is_terminal  bool;  reward, discount  float32
 #   episode_metadata/
 #     file_path  string ('lamp_sim/<suite>/<task_family>/<seed>')   task_family  string   seed  int64
