@@ -65,6 +65,13 @@ def default_data_config() -> ml_collections.ConfigDict:
   # --- motion labels ------------------------------------------------------------------------------------
   cfg.scene_flow_num_points = 400  # K (must match the dataset's scene_flow labels when it has them)
   cfg.scene_flow_horizon = 32  # T
+  # Optional optical-flow images (batch keys optical_flow uint8[B, Himg, Wimg, 3] + has_optical_flow bool[B]):
+  # the HSV-encoded flow image of the current step t (same time index as scene_flow), decoded after the frame
+  # shuffle, resized like the cameras and, at train time, given exactly image_primary's random resized crop (no
+  # colour jitter: the colours encode the flow). Datasets whose layout has no optical-flow field, or that were
+  # generated without it (lamp_sim without --optical-flow-steps), give zero images and has_optical_flow=False.
+  # False: the keys are absent and nothing is decoded.
+  cfg.optical_flow = False
   # --- normalisation --------------------------------------------------------------------------------------
   cfg.action_normalization = "bounds"  # 'normal' (z-score) | 'bounds' (p01-p99 -> [-1,1]) | 'bounds_minmax' | 'none'
   cfg.proprio_normalization = "normal"

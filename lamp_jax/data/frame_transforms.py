@@ -10,6 +10,15 @@ full-image box equals the eval resize exactly. Scene-flow UV of the primary came
 u -> (u - x0) / bw, v -> (v - y0) / bh; points that leave [0, 1) are masked.
 The crop and the colour jitter are sampled once per example and camera (stateless, from the example's seed) and
 applied identically to all W window frames. Missing cameras stay zero images.
+
+Optical-flow images (``data.optical_flow``; one per example, the current step) are decoded here too, resized
+like the cameras and, at train time, resampled with exactly image_primary's crop box so the flow stays aligned
+with the primary camera and its scene flow (no crop when image_primary is not cropped). No colour jitter: the
+colours encode the flow. The HSV values are resampled as they are: the encoded flow is NOT rescaled by the crop's
+zoom (1 / bw, 1 / bh) or by the resize — it stays in units of the stored image (value = |flow| / max_magnitude
+in stored pixels, hue = direction in the stored image's aspect); an exact rescale is not possible from the
+encoded image because the magnitude is clipped at max_magnitude. Bilinear resampling blends hues at motion
+boundaries, as any resize of an HSV flow image does.
 """
 
 from __future__ import annotations
@@ -122,6 +131,7 @@ def decode_and_augment(frame: dict, seed: tf.Tensor, data_cfg, train: bool) -> d
   observation = dict(frame["observation"])
   augment = train and bool(data_cfg.augment)
   camera_seeds = tf.random.experimental.stateless_split(seed, len(data_cfg.cameras) * 2)
+  primary_box = None  # the crop box of image_primary when it is cropped (shared with the optical flow)
   for i, camera in enumerate(data_cfg.cameras):
     encoded = observation[camera]  # string[W]
     window = int(data_cfg.window_size)
@@ -135,6 +145,7 @@ def decode_and_augment(frame: dict, seed: tf.Tensor, data_cfg, train: bool) -> d
       floats = crop_and_resize(images, box, size)
       if camera == specs.IMAGE_PRIMARY:
         frame = crop_scene_flow(frame, box)
+        primary_box = box
     else:
       floats = tf.cast(resize(images, size), tf.float32)
     mask = observation[specs.IMAGE_MASK][camera]
@@ -146,5 +157,20 @@ def decode_and_augment(frame: dict, seed: tf.Tensor, data_cfg, train: bool) -> d
     observation[camera] = images
   frame = dict(frame)
   frame["observation"] = observation
+  if specs.OPTICAL_FLOW in frame:
+    frame[specs.OPTICAL_FLOW] = decode_optical_flow(frame[specs.OPTICAL_FLOW], frame[specs.HAS_OPTICAL_FLOW], size,
+                                                    primary_box)
   return frame
 
+
+def decode_optical_flow(encoded: tf.Tensor, present: tf.Tensor, size, box=None) -> tf.Tensor:
+  """string scalar (encoded HSV flow image) -> uint8[h, w, 3]: resized like the cameras, or resampled with the
+  crop ``box`` (image_primary's, so both stay aligned). Zeros where not ``present``. Never colour-jittered."""
+  image = decode_image(encoded, size, present)[None]
+  if box is None:
+    out = resize(image, size)
+  else:
+    out = to_uint8(crop_and_resize(image, box, size))
+  out = tf.where(tf.cast(present, tf.bool), out, tf.zeros_like(out))[0]
+  out.set_shape([size[0], size[1], 3])
+  return out

@@ -73,6 +73,9 @@ class OpenedDataset:
   action_mask: tuple
   proprio_mask: tuple
   entry: object
+  # Observation key of the optical-flow images this pipeline reads ('' = none: data.optical_flow is off, the
+  # layout has none, or this dataset was written without them).
+  optical_flow_key: str = ""
 
   def standardize(self, steps, metadata):
     return self.standardization.fn(steps, metadata, **self.kwargs)
@@ -124,6 +127,12 @@ def open_dataset(entry, data_cfg) -> OpenedDataset:
                            f"'{standardization.name}'", dataset=entry.name)
   serialized = _flatten(builder.info.features.get_serialized_info())
   requirements = dict(standardization.requirements(data_cfg, image_keys))
+  optical_flow_key = ""
+  if data_cfg.get("optical_flow", False) and standardization.optical_flow_key:
+    flow_key = f"steps/observation/{standardization.optical_flow_key}"
+    if flow_key in serialized:  # optional field: read (and validated per episode) only where it exists
+      requirements[flow_key] = ((), "bytes")
+      optical_flow_key = standardization.optical_flow_key
   for key, (shape, kind) in requirements.items():
     if key not in serialized:
       field = ""
@@ -146,7 +155,8 @@ def open_dataset(entry, data_cfg) -> OpenedDataset:
   proprio_mask = tuple(entry.get("proprio_normalization_mask", ()) or standardization.proprio_normalization_mask)
   return OpenedDataset(name=entry.name, directory=directory, builder=builder, standardization=standardization,
                        image_keys=image_keys, kwargs=kwargs, requirements=requirements, serialized_info=serialized,
-                       action_mask=action_mask, proprio_mask=proprio_mask, entry=entry)
+                       action_mask=action_mask, proprio_mask=proprio_mask, entry=entry,
+                       optical_flow_key=optical_flow_key)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -101,14 +101,21 @@ def oxe_bridge_episode(rng, episode, length, image_size, instruction="open the d
   return {"steps": steps}
 
 
-def lamp_sim_features(image_size, k, t):
+def lamp_sim_features(image_size, k, t, *, optical_flow: bool = False, encoding_format: str = "jpeg"):
+  """Features of the lamp_sim layout; ``optical_flow`` adds steps/observation/optical_flow (an Image).
+
+  ``encoding_format`` ('jpeg' like the simulator, or lossless 'png' for exact pixel tests) applies to all images.
+  """
   import tensorflow_datasets as tfds
 
-  image = lambda: tfds.features.Image(shape=tuple(image_size) + (3,), encoding_format="jpeg")  # noqa: E731
+  image = lambda: tfds.features.Image(shape=tuple(image_size) + (3,), encoding_format=encoding_format)  # noqa: E731
+  observation = {"image_0": image(), "image_1": image(), "image_2": image(),
+                 "state": tfds.features.Tensor(shape=(8,), dtype=np.float32)}
+  if optical_flow:
+    observation["optical_flow"] = image()
   return tfds.features.FeaturesDict({
       "steps": tfds.features.Dataset({
-          "observation": {"image_0": image(), "image_1": image(), "image_2": image(),
-                          "state": tfds.features.Tensor(shape=(8,), dtype=np.float32)},
+          "observation": observation,
           "action": tfds.features.Tensor(shape=(7,), dtype=np.float32),
           "language_instruction": tfds.features.Text(),
           "scene_flow": tfds.features.Tensor(shape=(k, t, 3), dtype=np.float32),
@@ -123,7 +130,15 @@ def lamp_sim_features(image_size, k, t):
   })
 
 
-def lamp_sim_episode(rng, episode, length, image_size, k, t_flow, instruction="stack the blocks"):
+def optical_flow_image(image_size, step, episode):
+  """The synthetic 'optical flow' image of a step: image_0's picture with its channels rotated (R, G, B) ->
+  (B, R, G), so it has image_0's geometry but other values (tests check the same crop reached both)."""
+  return _image(image_size, step, episode)[..., [2, 0, 1]]
+
+
+def lamp_sim_episode(rng, episode, length, image_size, k, t_flow, instruction="stack the blocks", *,
+                     optical_flow: bool = False):
+  """One lamp_sim-layout episode; ``optical_flow`` adds observation/optical_flow (:func:`optical_flow_image`)."""
   from lamp_jax import specs
 
   state, action = _trajectory(rng, length, 8)
@@ -143,6 +158,8 @@ def lamp_sim_episode(rng, episode, length, image_size, k, t_flow, instruction="s
         "scene_flow_query_mask": np.ones(k, bool),
         "is_first": t == 0, "is_last": t == length - 1, "is_terminal": t == length - 1,
         "reward": 0.0, "discount": 1.0})
+    if optical_flow:
+      steps[-1]["observation"]["optical_flow"] = optical_flow_image(image_size, t, episode)
   metadata = {"file_path": f"lamp_sim/test/family/{episode}", "task_family": "family", "seed": episode,
               "success": True, "has_image_0": True, "has_image_1": False, "has_image_2": True,
               "has_language": True}
@@ -171,6 +188,8 @@ def main(argv=None):
   parser.add_argument("--length", type=int, default=30, help="steps per episode (+-30%% random)")
   parser.add_argument("--image_size", type=int, default=256)
   parser.add_argument("--num_shards", type=int, default=8)
+  parser.add_argument("--optical_flow", action="store_true",
+                      help="lamp_sim layout: also write steps/observation/optical_flow images")
   args = parser.parse_args(argv)
   from tqdm import tqdm
 
@@ -185,8 +204,9 @@ def main(argv=None):
     features = oxe_bridge_features(size)
     episodes = (oxe_bridge_episode(rng, i, int(n), size) for i, n in enumerate(lengths))
   else:
-    features = lamp_sim_features(size, 16, 8)
-    episodes = (lamp_sim_episode(rng, i, int(n), size, 16, 8) for i, n in enumerate(lengths))
+    features = lamp_sim_features(size, 16, 8, optical_flow=args.optical_flow)
+    episodes = (lamp_sim_episode(rng, i, int(n), size, 16, 8, optical_flow=args.optical_flow)
+                for i, n in enumerate(lengths))
   episodes = list(tqdm(episodes, total=args.episodes, desc="episodes"))
   path = write(name, os.path.expanduser(args.out), features, episodes, num_shards=args.num_shards)
   print(path)

@@ -11,6 +11,8 @@ DESIGN.md notes a reported off-by-two in Octo's chunk indexing; ours is checked 
 hand-computed trajectories: the chunk of step 0 holds the episode's first min(H, L) real actions, the chunk of
 step L - 1 is [a_{L-1}] followed by H - 1 padded repeats.
 Scene flow: the labels of the current step t (points tracked from t to t+1 .. t+T).
+Optical flow (``data.optical_flow``): the encoded flow image of the current step t (flow from t to t + k), the
+same time index as the scene flow; an empty string and has_optical_flow=False where the dataset has none.
 """
 
 from __future__ import annotations
@@ -72,6 +74,13 @@ def standard_trajectory(opened, steps, metadata, data_cfg, stats) -> dict:
     out[specs.SCENE_FLOW_MASK] = tf.zeros([length, k, t], tf.bool)
     out[specs.SCENE_FLOW_QUERY_MASK] = tf.zeros([length, k], tf.bool)
     out[specs.HAS_SCENE_FLOW] = tf.zeros([length], tf.bool)
+  if data_cfg.get("optical_flow", False):
+    if opened.optical_flow_key:
+      out[specs.OPTICAL_FLOW] = traj["observation"][opened.optical_flow_key]  # string[L], still encoded
+      out[specs.HAS_OPTICAL_FLOW] = tf.ones([length], tf.bool)
+    else:
+      out[specs.OPTICAL_FLOW] = tf.fill([length], "")
+      out[specs.HAS_OPTICAL_FLOW] = tf.zeros([length], tf.bool)
   return out
 
 
@@ -113,6 +122,7 @@ def chunk(traj: dict, window: int, horizon: int) -> dict:
   frame["task"][specs.LANGUAGE_INSTRUCTION] = traj["language_instruction"]
   frame[specs.ACTION] = tf.gather(traj["action"], act_index)
   frame[specs.ACTION_PAD_MASK] = tf.logical_and(act_valid[:, :, None], traj["action_dim_mask"][:, None, :])
-  for key in FLOW_KEYS + (specs.HAS_SCENE_FLOW,):
-    frame[key] = traj[key]
+  for key in FLOW_KEYS + (specs.HAS_SCENE_FLOW, specs.OPTICAL_FLOW, specs.HAS_OPTICAL_FLOW):
+    if key in traj:  # (optical flow only when data.optical_flow is on)
+      frame[key] = traj[key]
   return frame

@@ -8,6 +8,7 @@ JPEG-encoded strings; ``metadata``: episode_metadata tensors) and returns a traj
     action                           float32[L, A]  (specs action convention)
     language_instruction             string[L]
     scene_flow, scene_flow_query, scene_flow_mask, scene_flow_query_mask   (only when the dataset has them)
+    observation/<optical_flow_key>   string[L]   (encoded HSV flow images; only for layouts that declare a key)
 
 Adding a dataset = one function in a module here + one ``register(Standardization(...))`` call.
 Lookup: exact name first, then registered prefixes (``lamp_sim_`` matches every simulator suite).
@@ -41,6 +42,9 @@ class Standardization:
   proprio_normalization_mask: tuple[bool, ...]
   min_length: int = 1  # episodes shorter than this have no step left after standardisation
   has_scene_flow: bool = False
+  # Observation key of the optional per-step optical-flow image ('' = this layout has none). Read only when
+  # data.optical_flow is on and the dataset's features contain steps/observation/<key>.
+  optical_flow_key: str = ""
   default_kwargs: Mapping[str, object] = dataclasses.field(default_factory=dict)
   prefix: bool = False  # match every dataset name starting with ``name``
 

@@ -2,6 +2,8 @@
 
 Actions already follow the specs convention; state float32[8] becomes proprio unchanged. Scene-flow labels are
 per step (t+1 .. t+T relative to the step) and pass through; their K and T must match the data config.
+The optional ``observation/optical_flow`` image (flow of image_0 from t to t + k) passes through with the other
+observations; the pipeline reads it when ``data.optical_flow`` is on.
 """
 
 from __future__ import annotations
@@ -50,4 +52,5 @@ datasets.register(datasets.Standardization(
     action_normalization_mask=(True,) * 6 + (False,),
     proprio_normalization_mask=(True,) * 7 + (False,),
     has_scene_flow=True,
+    optical_flow_key="optical_flow",  # only in datasets generated with --optical-flow-steps=k
 ))
