@@ -6,12 +6,12 @@ r"""Ahead-of-time TPU plan: compile the real train step for a TPU topology on a 
 
 What it does, per stage of the config (``stage_order``, or ``--stage``):
   1. ``jax.experimental.topologies.get_topology_desc(topology, 'tpu')`` gives the slice's devices (compile-only);
-  2. the trainer's own pieces build everything from abstract shapes: the mesh (``training/sharding.py``), the
-     stage (model, optimizer with freezing), the abstract train state and its shardings (``training/state.py``),
-     the train step (``training/trainer.make_train_step``) and a global batch of ``jax.ShapeDtypeStruct`` with the
-     trainer's batch sharding — no parameter is ever allocated;
-  3. ``jax.jit(step, in/out shardings, donated state).lower(...).compile()`` for that topology, then
-     ``compiled.memory_analysis()``.
+  2. the trainer's own public pieces build everything from abstract shapes: the mesh (``training/sharding.py``),
+     the stage (model, optimizer with freezing), ``Trainer.abstract_state`` (abstract train state and its
+     shardings) and ``Trainer.abstract_batch`` (a global batch of ``jax.ShapeDtypeStruct`` with the trainer's batch
+     sharding) — no parameter is ever allocated;
+  3. ``Trainer.jit_train_step`` (exactly the step the training loop runs: in/out shardings, donated state,
+     activation-sharding rules) ``.lower(...).compile()`` for that topology, then ``compiled.memory_analysis()``.
 
 Printed JSON (one object; ``stages`` has one entry per compiled stage):
   topology, accelerator_type, chips, devices, hosts, device_kind, hbm_per_device_gib, mesh {data, fsdp, tensor},
@@ -248,33 +248,19 @@ def planning_trainer(config, mesh):
 def abstract_stage(trainer, stage_name: str):
   """(stage, abstract state, state shardings, abstract global batch with shardings) of one stage, all built
   by the trainer's own functions from abstract shapes (no parameter or batch is allocated)."""
-  import jax
-
-  from lamp_jax.training import sharding as sharding_lib
-  from lamp_jax.training import trainer as trainer_lib
-
-  config = trainer.config
-  stage = trainer.stage(list(config.stage_order).index(stage_name))
-  abstract_state, shardings = trainer._abstract(stage)  # pylint: disable=protected-access
-  prepare = trainer_lib.HostBatchPreparer(config, stage.model_cfg)
-  one = prepare(jax.tree.map(np.asarray, trainer.lib.dummy_batch(stage.model_cfg, 1, 0)))
-  gbs = int(config.data.global_batch_size)
-  abstract_batch = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct((gbs,) + x.shape[1:], x.dtype,
-                                     sharding=sharding_lib.batch_sharding(trainer.mesh, x.ndim)), one)
-  return stage, abstract_state, shardings, abstract_batch
+  stage = trainer.stage(list(trainer.config.stage_order).index(stage_name))
+  abstract_state, shardings = trainer.abstract_state(stage)
+  return stage, abstract_state, shardings, trainer.abstract_batch(stage)
 
 
 def plan_config(config, topology: str, global_batch: int | None = None, mesh: dict[str, int] | None = None,
                 stages: list[str] | None = None, examples_per_component: int = 3, progress=None) -> dict[str, Any]:
   """Compiles the config's train step(s) for ``topology`` and returns the plan (see the module docstring)."""
   import jax
-  from jax.sharding import NamedSharding, PartitionSpec
 
   from lamp_jax.training import sharding as sharding_lib
   from lamp_jax.training import state as state_lib
   from lamp_jax.training import tpu_specs
-  from lamp_jax.training import trainer as trainer_lib
 
   devices = topology_devices(topology)
   hbm = tpu_specs.hbm_bytes_per_device(devices[0])
@@ -304,12 +290,7 @@ def plan_config(config, topology: str, global_batch: int | None = None, mesh: di
       if progress:
         progress(f"[aot] {topology} stage {name}: building the abstract state")
       stage, abstract_state, shardings, abstract_batch = abstract_stage(trainer, name)
-      step_fn = trainer_lib.make_train_step(stage, float(config.ema.decay), bool(config.ema.warmup))
-      batch_sh = jax.tree.map(lambda x: x.sharding, abstract_batch)
-      replicated = NamedSharding(mesh_obj, PartitionSpec())
-      # As the trainer jits it (Trainer._run_stage): explicit shardings, state donated.
-      jitted = jax.jit(step_fn, in_shardings=(shardings, batch_sh), out_shardings=(shardings, replicated),
-                       donate_argnums=(0,))
+      jitted = trainer.jit_train_step(stage, shardings, jax.tree.map(lambda x: x.sharding, abstract_batch))
       if progress:
         progress(f"[aot] {topology} stage {name}: lowering")
       t0 = time.perf_counter()

@@ -83,3 +83,17 @@ def test_grid_query_uv_row_major_cell_centres():
   np.testing.assert_allclose(uv[3], [1 / 6, 3 / 6])
   with pytest.raises(ValueError, match="K=10"):
     specs.grid_query_uv(10)
+
+
+def test_models_import_neither_data_nor_training():
+  """Data flows one way (specs.py): models never import lamp_jax.data or lamp_jax.training."""
+  import subprocess
+  import sys
+
+  code = ("import sys, lamp_jax.models.lamp, lamp_jax.models.weights.hf_paligemma, "
+          "lamp_jax.models.weights.big_vision_npz; "
+          "bad = sorted(m for m in sys.modules if m.startswith(('lamp_jax.data', 'lamp_jax.training'))); "
+          "print(bad); sys.exit(1 if bad else 0)")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                        env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]

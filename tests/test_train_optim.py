@@ -86,6 +86,39 @@ def test_logical_rules_are_shape_aware():
     sharding_lib.mesh_shape_from_config(ml_collections.ConfigDict(dict(data=3, fsdp=1, tensor=1)), 8)
 
 
+def test_activation_constraints_act_only_inside_activation_sharding():
+  from lamp_jax.models import dit, gemma, siglip
+
+  assert siglip.ACTIVATION_AXES == gemma.ACTIVATION_AXES == dit.ACTIVATION_AXES
+
+  class FakeMesh:
+    shape = {"data": 2, "fsdp": 4, "tensor": 2}
+
+  rules = sharding_lib.DEFAULT_RULES
+  names = dit.ACTIVATION_AXES
+  # Batch over both data-parallel axes; tokens and width replicated; shape-aware like the parameters.
+  spec = sharding_lib.logical_to_spec(names, (16, 7, 12), FakeMesh, rules)
+  assert spec == PartitionSpec(("data", "fsdp"), None, None)
+  assert sharding_lib.logical_to_spec(names, (6, 7, 12), FakeMesh, rules) == PartitionSpec("data", None, None)
+  # A config rule list without activation names gets the default activation rules (never silently replicated).
+  assert sharding_lib.rules_from_config([("embed", "fsdp")])[1:] == sharding_lib.ACTIVATION_RULES
+  assert sharding_lib.rules_from_config([("activation_batch", "data")])[0] == ("activation_batch", "data")
+
+  x = jnp.ones((2, 3, 5))
+  assert sharding_lib.with_logical_constraint(x, names) is x  # Outside the context: untouched.
+  mesh = sharding_lib.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1)), jax.devices()[:1])
+
+  def f(y):
+    with sharding_lib.activation_sharding(mesh, rules):
+      return sharding_lib.with_logical_constraint(y * 2, names)
+
+  assert "sharding_constraint" in jax.jit(f).lower(x).as_text()
+  assert "sharding_constraint" not in jax.jit(lambda y: sharding_lib.with_logical_constraint(y * 2, names)).lower(
+      x).as_text()
+  with pytest.raises(ValueError, match="3 logical axis names"):
+    jax.jit(f)(jnp.ones((2, 3)))
+
+
 def test_compute_dtype_and_stage_overrides_reach_the_model_config():
   config = toy_train_config.get_config("two_stage")
   config.compute_dtype = "bfloat16"

@@ -37,6 +37,7 @@ class DiTLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, temb, context, context_mask):
+    x = layers.with_logical_constraint(x, dit.ACTIVATION_AXES)
     width = x.shape[-1]
     shift, scale, gate, m_shift, m_scale, m_gate = dit.Modulation(6, width, self.dtype, name="mod")(temb)
     h = dit.modulate(layers.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype, name="norm1")(x),

@@ -3,6 +3,8 @@ with optional QK-norm / position transforms, MLP, and layer stacking with ``nn.s
 
 Axis letters: b batch · t query tokens · s key/value tokens · n heads · h head dim · d width · f MLP width.
 Shapes: tokens float[B, T, D]; conditioning vectors float[B, D_c].
+Activation sharding: the experts' blocks constrain their token inputs to ``ACTIVATION_AXES``
+(``layers.with_logical_constraint``: a no-op outside the trainer's ``activation_sharding`` context).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import jax.numpy as jnp
 from lamp_jax.models import layers
 
 Dtype = Any
+ACTIVATION_AXES = layers.ACTIVATION_AXES  # block inputs float[B, T, D]
 
 
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:

@@ -17,6 +17,8 @@ The decoder takes embeddings (not tokens) so that other token streams (e.g. an a
 explicit attention mask (prefix-LM, causal or any block structure; see :func:`make_attention_mask`), and an
 optional per-layer K/V cache of earlier positions (keys after RoPE), which it prepends to its own keys/values.
 Precision: params float32, activations ``config.dtype``, norms / softmax / RoPE in float32.
+Activation sharding: every block input is constrained to the logical axes ``ACTIVATION_AXES``
+(``layers.with_logical_constraint``: a no-op outside the trainer's ``activation_sharding`` context).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import jax
 import jax.numpy as jnp
 
 from lamp_jax.models import layers
+
+ACTIVATION_AXES = layers.ACTIVATION_AXES  # block inputs float[B, T, D]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,6 +221,7 @@ class Block(nn.Module):
   def __call__(self, x, positions, mask, cache):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
+    x = layers.with_logical_constraint(x, ACTIVATION_AXES)
     y = layers.RMSNorm(cfg.norm_eps, dtype, name="pre_attention_norm")(x)
     y, (k, v) = Attention(cfg, name="attn")(y, positions, mask, cache)
     x = x + y

@@ -11,6 +11,8 @@ Logical axis names (every parameter carries them; configs map them to mesh axes,
   'layers'    stacked (scanned) layer axis       'norm'       norm scales / biases (never sharded)
   'patch_in'  flattened patch inputs (conv / patchify fan-in)
   'cond'      conditioning width (adaLN / time embedding inputs)
+Activations at block inputs carry ACTIVATION_AXES ('activation_batch', 'activation_length', 'activation_embed')
+through ``with_logical_constraint`` (the identity unless the trainer installs a constraint).
 
 Precision: parameters are float32; activations run in the module's ``dtype`` (bfloat16 or float32);
 softmax, norms and RoPE are always computed in float32 and cast back.
@@ -18,7 +20,9 @@ softmax, norms and RoPE are always computed in float32 and cast back.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+import contextvars
+from typing import Any, Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -29,6 +33,37 @@ Dtype = Any
 Initializer = Any
 
 LAYERS_AXIS = "layers"
+
+# Logical names of activations (the trainer maps them to mesh axes; see training/sharding.py).
+ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
+
+_ACTIVATION_CONSTRAINT: contextvars.ContextVar[Callable | None] = contextvars.ContextVar(
+    "lamp_jax_activation_constraint", default=None)
+
+
+@contextlib.contextmanager
+def activation_constraint(constrain: Callable[[jax.Array, Sequence[str | None]], jax.Array]) -> Iterator[None]:
+  """Installs ``constrain(x, logical_names) -> x`` for ``with_logical_constraint`` while a step is traced.
+
+  Models only name their activations' axes; the trainer (``training/sharding.activation_sharding``) decides
+  what the names mean on its mesh. Outside this context the constraint is the identity.
+  """
+  token = _ACTIVATION_CONSTRAINT.set(constrain)
+  try:
+    yield
+  finally:
+    _ACTIVATION_CONSTRAINT.reset(token)
+
+
+def with_logical_constraint(x: jax.Array, names: Sequence[str | None] = ACTIVATION_AXES) -> jax.Array:
+  """``x`` constrained by the active ``activation_constraint`` (e.g. batch-sharded); ``x`` itself outside one
+  (at init, in tests, at inference)."""
+  constrain = _ACTIVATION_CONSTRAINT.get()
+  if constrain is None:
+    return x
+  if len(names) != x.ndim:
+    raise ValueError(f"activation of shape {x.shape} given {len(names)} logical axis names {tuple(names)}")
+  return constrain(x, tuple(names))
 
 
 def param_with_axes(init: Initializer, names: Sequence[str | None]) -> Initializer:

@@ -142,7 +142,7 @@ class CogVideoXBlock(nn.Module):
 
   @nn.compact
   def __call__(self, streams, temb: jax.Array, positions: jax.Array):
-    cond, motion = streams
+    cond, motion = (layers.with_logical_constraint(s, dit.ACTIVATION_AXES) for s in streams)
     num_cond = cond.shape[1]
     width = motion.shape[-1]
 

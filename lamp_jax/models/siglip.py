@@ -11,6 +11,8 @@ Parameter names and layout follow big_vision's ``vit.py`` so that a big_vision c
 
 Axis letters: b batch · n patches (tokens) · d width · q heads · h head dim · f MLP width · e output width.
 Precision: parameters float32; activations in ``config.dtype``; LayerNorm and softmax in float32.
+Activation sharding: every block input is constrained to the logical axes ``ACTIVATION_AXES``
+(``layers.with_logical_constraint``: a no-op outside the trainer's ``activation_sharding`` context).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lamp_jax.models import layers
+
+ACTIVATION_AXES = layers.ACTIVATION_AXES  # block inputs float[B, T, D]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +120,7 @@ class EncoderBlock(nn.Module):
     """x: float[B, N, D] -> (float[B, N, D], None)."""
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
+    x = layers.with_logical_constraint(x, ACTIVATION_AXES)
     y = _layer_norm("LayerNorm_0", cfg.norm_eps)(x.astype(jnp.float32)).astype(dtype)
     y = Attention(cfg, name="MultiHeadDotProductAttention_0")(y)
     x = x + y

@@ -10,11 +10,29 @@ logical names to mesh axes with a list of ``(logical_name, mesh_axes)`` rules. T
 shape-aware: a mesh axis is used for a parameter dimension only if it divides that dimension and is not
 already used by another dimension of the same parameter; otherwise the dimension stays replicated (so tiny
 test models with prime-ish sizes still run on 8 devices). ``sharding_report`` lists what was sharded.
+
+Activations carry logical names too, at every transformer block input (SigLIP encoder block, Gemma block,
+CogVideoX block, DiT layer: ``sharding.with_logical_constraint(x, ACTIVATION_AXES)`` in the model files):
+  'activation_batch'   the batch axis of a float[B, T, D] token tensor   -> ('data', 'fsdp')
+  'activation_length'  its token (sequence) axis                         -> replicated
+  'activation_embed'   its width axis                                    -> replicated (no sequence / tensor split)
+Without these constraints XLA's sharding propagation, seeing FSDP-sharded weights, may leave activations
+unsplit over the batch (the AOT plan of the paper-size model then needs ~118 GiB of temporaries per chip).
+The constraints only act while a step is traced inside ``activation_sharding(mesh, rules)`` (the trainer does
+this for the train step); anywhere else (init, tests, inference) ``with_logical_constraint`` returns its input.
+They use the same shape-aware mapping as the parameters (``logical_to_spec``).
+
+Why not flax's ``nn.with_logical_constraint`` under ``nn.logical_axis_rules`` + a global mesh: with a global
+mesh and rules active, flax also constrains every boxed parameter initialiser it evaluates, and
+``nn.DenseGeneral`` with several feature / input axes evaluates its boxed initialiser on the *flattened* kernel
+(rank 2, three axis names) while checking parameter shapes in ``apply`` — a rank error. So the mesh and rules
+of the activation constraints live in this module's own context instead of the global mesh.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+import contextlib
+from typing import Any, Iterable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -22,8 +40,17 @@ import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from lamp_jax.models import layers as model_layers
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # The batch dimension is split over both data-parallel axes.
+
+# Activation axes (see the module docstring): batch split over both data-parallel axes, the rest replicated.
+ACTIVATION_RULES = (
+    ("activation_batch", BATCH_AXES),
+    ("activation_length", None),
+    ("activation_embed", None),
+)
 
 # Default logical-axis rules: FSDP over the model width, tensor parallelism over heads and MLP width.
 DEFAULT_RULES = (
@@ -38,7 +65,7 @@ DEFAULT_RULES = (
     ("head_dim", None),
     ("layers", None),
     ("norm", None),
-)
+) + ACTIVATION_RULES
 
 
 def mesh_shape_from_config(mesh_cfg: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int, int]:
@@ -70,7 +97,11 @@ def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices: Sequence[Any] | None
 
 
 def rules_from_config(rules: Iterable[Sequence[Any]] | None) -> tuple[tuple[str, Any], ...]:
-  """Normalises a config rule list into ``((logical, mesh_axes_or_None), ...)`` and validates mesh names."""
+  """Normalises a config rule list into ``((logical, mesh_axes_or_None), ...)`` and validates mesh names.
+
+  Activation names the list does not mention get their ``ACTIVATION_RULES`` entry appended (an unmapped
+  activation name would otherwise constrain that axis to be replicated).
+  """
   if rules is None:
     return DEFAULT_RULES
   out = []
@@ -84,7 +115,31 @@ def rules_from_config(rules: Iterable[Sequence[Any]] | None) -> tuple[tuple[str,
         raise ValueError(f"config field sharding.logical_axis_rules[{i}]: unknown mesh axis {a!r} "
                          f"(mesh axes are {MESH_AXES})")
     out.append((str(logical), mesh_axes if mesh_axes is None or isinstance(mesh_axes, str) else tuple(mesh_axes)))
+  named = {logical for logical, _ in out}
+  out.extend(rule for rule in ACTIVATION_RULES if rule[0] not in named)
   return tuple(out)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Iterator[None]:
+  """Context in which the models' ``layers.with_logical_constraint`` constrains activations on ``mesh`` by
+  ``rules`` (shape-aware, like parameters).
+
+  Enter it inside a jitted function, around the traced computation (``Trainer.jit_train_step`` does): it only
+  matters while the step is traced.
+  """
+  rules = tuple(rules)
+
+  def constrain(x, names):
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(names, x.shape, mesh, rules)))
+
+  with model_layers.activation_constraint(constrain):
+    yield
+
+
+def with_logical_constraint(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+  """The models' activation constraint (``layers.with_logical_constraint``), re-exported for trainer code."""
+  return model_layers.with_logical_constraint(x, names)
 
 
 def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,

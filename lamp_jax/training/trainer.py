@@ -35,6 +35,7 @@ from lamp_jax.training import checkpoints as ckpt_lib
 from lamp_jax.training import defaults
 from lamp_jax.training import metrics as metrics_lib
 from lamp_jax.training import optim
+from lamp_jax.training import pretrained
 from lamp_jax.training import sharding as sharding_lib
 from lamp_jax.training import state as state_lib
 
@@ -378,15 +379,46 @@ class Trainer:
       return lambda rng: unwrap_params(self.lib.init_variables(stage.model_cfg, rng, init_batch))
     return lambda rng: unwrap_params(self.lib.init_params(stage.model_cfg, rng, init_batch))
 
-  def _abstract(self, stage: Stage):
+  def abstract_state(self, stage: Stage) -> tuple[state_lib.TrainState, state_lib.TrainState]:
+    """(abstract ``TrainState`` of ShapeDtypeStructs, its NamedShardings) of a stage; nothing is allocated."""
     return state_lib.abstract_train_state(self.init_params_fn(stage), stage.tx,
                                           jax.random.PRNGKey(int(self.config.seed)), self.mesh, self.rules,
                                           use_ema=float(self.config.ema.decay) > 0)
 
+  def abstract_batch(self, stage: Stage, global_batch: int | None = None) -> dict:
+    """The stage's global batch as ``jax.ShapeDtypeStruct``s carrying the trainer's batch sharding (the tree the
+    host preparer produces from the model library's ``dummy_batch``); ``global_batch`` defaults to the run's."""
+    gbs = self.global_batch_size if global_batch is None else int(global_batch)
+    one = HostBatchPreparer(self.config, stage.model_cfg)(
+        jax.tree.map(np.asarray, self.lib.dummy_batch(stage.model_cfg, 1, 0)))
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((gbs,) + x.shape[1:], x.dtype,
+                                                       sharding=sharding_lib.batch_sharding(self.mesh, x.ndim)),
+                        one)
+
+  def jit_train_step(self, stage: Stage, state_shardings: state_lib.TrainState, batch_shardings: Any) -> Callable:
+    """The stage's train step, jitted as the loop runs it: explicit in/out shardings, the state donated, and
+    traced under the activation-sharding rules (``sharding.activation_sharding``) so the models'
+    ``with_logical_constraint`` calls split activations over the batch axes."""
+    step_fn = make_train_step(stage, float(self.config.ema.decay), bool(self.config.ema.warmup))
+    mesh, rules = self.mesh, self.rules
+
+    def train_step(state, batch):
+      with sharding_lib.activation_sharding(mesh, rules):
+        return step_fn(state, batch)
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
+                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+
   def initial_state(self, stage: Stage) -> state_lib.TrainState:
+    """A fresh state: random initialisation, then the pretrained weights of ``config.init`` (if any)."""
+    npz = pretrained.paligemma_npz_path(self.config)
+    if npz and "://" not in npz and not os.path.isfile(npz):  # Fail before initialising a large model.
+      raise FileNotFoundError(f"config field init.paligemma_npz: {npz} does not exist")
     state, shardings = state_lib.create_train_state(self.init_params_fn(stage), stage.tx,
                                                     jax.random.PRNGKey(int(self.config.seed)), self.mesh,
                                                     self.rules, use_ema=float(self.config.ema.decay) > 0)
+    state = pretrained.apply_pretrained(state, shardings, self.config, stage.model_cfg)
     self.state_shardings = shardings
     return state
 
@@ -395,14 +427,14 @@ class Trainer:
     self._checkpoint_norm_stats = norm_stats
     index = int(meta.get("stage_index", self.stage_index_of_checkpoint(step)))
     stage = self.stage(index)
-    abstract, shardings = self._abstract(stage)
+    abstract, shardings = self.abstract_state(stage)
     state = self.checkpointer.restore_state(step, state_lib.abstract_with_shardings(abstract, shardings))
     self.state_shardings = shardings
     return state, index
 
   def check_stage(self, stage: Stage) -> None:
     if stage.frozen:
-      abstract, _ = self._abstract(stage)
+      abstract, _ = self.abstract_state(stage)
       optim.check_frozen_patterns(abstract.params, stage.frozen, f"stages.{stage.name}.frozen")
 
   # -- checkpoints / metrics ---------------------------------------------------------------------------
@@ -479,8 +511,6 @@ class Trainer:
     cfg = self.config
     batches = self.data.batches(stage.index, stage.name, step - stage.start)
     prepare = HostBatchPreparer(cfg, stage.model_cfg)
-    replicated = NamedSharding(self.mesh, PartitionSpec())
-    step_fn = make_train_step(stage, float(cfg.ema.decay), bool(cfg.ema.warmup))
     jitted = None
     flops = self.flops_per_step(stage)
     bar = None
@@ -499,9 +529,7 @@ class Trainer:
       while step < stop:
         batch = sharding_lib.global_batch_from_local(prepare(next(batches)), self.mesh)
         if jitted is None:
-          batch_sh = jax.tree.map(lambda x: x.sharding, batch)
-          jitted = jax.jit(step_fn, in_shardings=(self.state_shardings, batch_sh),
-                           out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
+          jitted = self.jit_train_step(stage, self.state_shardings, jax.tree.map(lambda x: x.sharding, batch))
         state, metrics = jitted(state, batch)
         if pending is not None:
           self._check_finite(pending)
