@@ -1,6 +1,9 @@
 """Run config of the trainer tests: the toy model of ``tests/toy_model.py`` on synthetic batches.
 
-Variants: '' (one stage) · 'two_stage' (motion stage, then action stage with the motion expert frozen).
+Variants: '' (one stage) · 'two_stage' (motion stage, then action stage with the motion expert frozen) ·
+'pipeline' (one stage on a tiny lamp_sim-layout RLDS dataset read by the real data pipeline; its tfds data_dir
+comes from the LAMP_TEST_DATA_DIR environment variable, so that every process of a multi-process test reads
+its own share of the dataset's files).
 """
 
 import os
@@ -34,8 +37,23 @@ def get_config(arg: str = ""):
                                      model_overrides=dict(action_loss_weight=0.0)),
         action=defaults.stage_config(3, frozen=(r"^motion_",), optimizer=opt,
                                      model_overrides=dict(motion_loss_weight=0.0))))
-  elif arg == "":
+  elif arg in ("", "pipeline"):
     c.stages.main = defaults.stage_config(4, optimizer=opt)
+    if arg == "pipeline":
+      from lamp_jax import specs
+      from lamp_jax.data import config as data_config
+
+      c.model.proprio_dim = specs.SIM_STATE_DIM
+      d = data_config.default_data_config()
+      d.datasets = [data_config.dataset_entry("lamp_sim_toy", data_dir=os.environ.get("LAMP_TEST_DATA_DIR", ""))]
+      d.window_size, d.action_horizon = int(c.model.window), int(c.model.action_horizon)
+      d.max_action_dim, d.max_proprio_dim = int(c.model.action_dim), specs.SIM_STATE_DIM
+      d.image_size, d.cameras, d.augment = (8, 8), ("image_primary",), False
+      d.scene_flow_num_points, d.scene_flow_horizon = int(c.model.num_points), int(c.model.flow_steps)
+      d.shuffle_buffer_size, d.num_parallel_calls, d.num_parallel_reads = 16, 1, 1
+      d.deterministic, d.resume_mode = True, "skip"
+      c.data.kind = "pipeline"
+      c.data.pipeline = d
   else:
     raise ValueError(f"unknown variant {arg!r} of tests/toy_train_config.py (variants: '', 'two_stage')")
   return c
