@@ -48,6 +48,9 @@ def _data(model_cfg, batch_size: int) -> ml_collections.ConfigDict:
   d.scene_flow_horizon = int(model_cfg.motion.num_steps)
   d.action_normalization = "bounds"
   d.proprio_normalization = "normal"
+  # The instructions name colours (red / orange / yellow / purple ... are 20-40 degrees of hue apart): no hue
+  # jitter, which would turn one named colour into its neighbour. Crop, brightness, contrast, saturation stay.
+  d.hue = 0.0
   d.shuffle_buffer_size = 5000
   d.num_parallel_calls = 2
   d.num_parallel_reads = 2

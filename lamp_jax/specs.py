@@ -96,9 +96,9 @@ def grid_query_uv(num_points: int):
 # tfds builder name ``lamp_sim_<suite>``, version 1.0.0, split 'train' (and 'val' when generated).
 #   steps/
 #     observation/
-#       image_0   Image uint8[Hi, Wi, 3] (JPEG)  primary third-person camera ('front'); scene-flow reference camera
-#       image_1   Image uint8[Hi, Wi, 3] (JPEG)  second third-person camera ('side'); zeros when not rendered
-#       image_2   Image uint8[Hi, Wi, 3] (JPEG)  wrist camera
+#       image_0   Image uint8[Hi, Wi, 3] (PNG)   primary third-person camera ('front'); scene-flow reference camera
+#       image_1   Image uint8[Hi, Wi, 3] (PNG)   second third-person camera ('side'); zeros when not rendered
+#       image_2   Image uint8[Hi, Wi, 3] (PNG)   wrist camera
 #       state     float32[8]  eef position xyz (m, world) · eef roll/pitch/yaw (rad) · finger opening (m) ·
 #                             gripper command in [0, 1] (1 = open)
 #     action                 float32[7]     (dx, dy, dz, droll, dpitch, dyaw, gripper) — see action convention
@@ -108,7 +108,7 @@ def grid_query_uv(num_points: int):
 #     scene_flow_query       float32[K, 3]     UVD of the grid query points at step t
 #     scene_flow_mask        bool[K, T]        visible (in view and not occluded by the depth test)
 #     scene_flow_query_mask  bool[K]           query point has valid depth
-#     observation/optical_flow  Image uint8[Hi, Wi, 3] (JPEG; only when generated with --optical-flow-steps=k)
+#     observation/optical_flow  Image uint8[Hi, Wi, 3] (PNG; only when generated with --optical-flow-steps=k)
 #                                              HSV-encoded dense flow of image_0 from t to t + k
 #     is_first, is_last, is_terminal  bool;  reward, discount  float32
 #   episode_metadata/

@@ -27,6 +27,11 @@ from lamp_jax.sim import tasks as tasks_lib
 VERSION = "1.0.0"
 
 
+IMAGE_ENCODING = "png"
+# Bumped whenever the stored format changes, so cached datasets of an older format are regenerated.
+FORMAT_VERSION = 2
+
+
 def dataset_name(suite: str) -> str:
   return f"{specs.SIM_DATASET_PREFIX}{suite}"
 
@@ -36,7 +41,10 @@ def features(image_size: int, num_points: int, flow_steps: int, optical_flow: bo
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   f = tfds.features
-  image = lambda: f.Image(shape=(image_size, image_size, 3), dtype=np.uint8, encoding_format="jpeg")  # noqa: E731
+  # PNG, not JPEG: lossless, so the stored frames are exactly what the simulator renders at evaluation time.
+  # (JPEG's 4:2:0 chroma subsampling smears the colour of 3-4 pixel objects at 64^2 -- the colour the
+  # instruction refers to -- and made training frames differ from closed-loop frames; see test_sim_generate.)
+  image = lambda: f.Image(shape=(image_size, image_size, 3), dtype=np.uint8, encoding_format=IMAGE_ENCODING)  # noqa: E731
   observation = {
       "image_0": image(),
       "image_1": image(),

@@ -34,7 +34,10 @@ def sim_dataset_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
   s = config.sim_data
   if s.out_dir:
     return s.out_dir if os.path.isabs(s.out_dir) else os.path.join(os.path.abspath(workdir), s.out_dir)
-  key = json.dumps({"suite": s.suite, "episodes": int(s.episodes), "flags": list(s.extra_flags)}, sort_keys=True)
+  from lamp_jax.sim import rlds_export  # pylint: disable=g-import-not-at-top
+
+  key = json.dumps({"suite": s.suite, "episodes": int(s.episodes), "flags": list(s.extra_flags),
+                    "format": rlds_export.FORMAT_VERSION}, sort_keys=True)
   root = os.environ.get("LAMP_JAX_CACHE", "") or os.path.join(os.path.expanduser("~"), ".cache", "lamp_jax")
   return os.path.join(root, "sim_data", f"{s.suite}_{int(s.episodes)}ep_{hashlib.sha1(key.encode()).hexdigest()[:8]}")
 
