@@ -104,3 +104,22 @@ def test_cli_rejects_bad_arguments(tmp_path, dataset_dir):
     generate.parse_args([f"--out={tmp_path}", "--suite=unknown"])
   assert generate.jobs_for("tabletop4", 6, 0, 5) == [("put_on_plate", 5), ("stack", 5), ("push", 5), ("drawer", 5),
                                                       ("put_on_plate", 6), ("stack", 6)]
+
+
+def test_sim_proprio_normalisation_skips_jitter_dims(dataset_dir):
+  """No near-constant state dimension is z-scored: the hand's roll / pitch are ~3e-5 rad contact jitter.
+
+  Regression: with every xyz/rpy/finger dim z-scored, roll and pitch reached 16 and 58 "sigma" on the 600
+  default demonstrations -- noise amplified into the policy's largest inputs."""
+  import tensorflow_datasets as tfds
+  from lamp_jax.data import datasets, normalization
+
+  builder = tfds.builder_from_directory(str(dataset_dir))
+  states = np.stack([s["observation"]["state"] for ep in tfds.as_numpy(builder.as_dataset(split="train"))
+                     for s in ep["steps"]])
+  mask = np.array(datasets.get(specs.SIM_DATASET_PREFIX + "tabletop4").proprio_normalization_mask)
+  jitter = states.std(0) < 1e-3  # metres / radians: nothing a policy should read
+  assert jitter.any() and not (mask & jitter).any(), (states.std(0), mask)
+  normalised = normalization.normalize(states, normalization.ArrayStats.of(states), "normal", mask)
+  assert np.abs(normalised).max() < 8.0
+  assert np.abs(normalised[:, jitter]).max() < 1e-2  # left raw: ~0

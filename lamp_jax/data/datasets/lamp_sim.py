@@ -1,4 +1,5 @@
-"""The built-in simulator datasets ``lamp_sim_<suite>`` (layout in lamp_jax/specs.py, written by lamp_jax.sim).
+"""The built-in simulator datasets ``lamp_sim_<suite>`` (layout in lamp_jax/specs.py, written by lamp_jax.sim),
+and the LIBERO demonstrations exported in the same layout (``libero_<suite>_scripted``; lamp_jax.libero).
 
 Actions already follow the specs convention; state float32[8] becomes proprio unchanged. Scene-flow labels are
 per step (t+1 .. t+T relative to the step) and pass through; their K and T must match the data config.
@@ -39,18 +40,27 @@ def requirements(data_cfg, image_keys):
   return req
 
 
-datasets.register(datasets.Standardization(
-    name=specs.SIM_DATASET_PREFIX,
-    prefix=True,
-    fn=standardize,
-    requirements=requirements,
-    image_keys={"image_primary": "image_0", "image_secondary": "image_1", "image_wrist": "image_2"},
-    finite_keys=("steps/action", "steps/observation/state", f"steps/{specs.SCENE_FLOW}"),
-    action_keys=("steps/action",),
-    instruction_key="steps/language_instruction",
-    # proprio: xyz, rpy, finger opening normalised; gripper command left raw.
-    action_normalization_mask=(True,) * 6 + (False,),
-    proprio_normalization_mask=(True,) * 7 + (False,),
-    has_scene_flow=True,
-    optical_flow_key="optical_flow",  # only in datasets generated with --optical-flow-steps=k
-))
+def _register(name: str, proprio_normalization_mask: tuple[bool, ...]) -> None:
+  datasets.register(datasets.Standardization(
+      name=name,
+      prefix=True,
+      fn=standardize,
+      requirements=requirements,
+      image_keys={"image_primary": "image_0", "image_secondary": "image_1", "image_wrist": "image_2"},
+      finite_keys=("steps/action", "steps/observation/state", f"steps/{specs.SCENE_FLOW}"),
+      action_keys=("steps/action",),
+      instruction_key="steps/language_instruction",
+      action_normalization_mask=(True,) * 6 + (False,),
+      proprio_normalization_mask=proprio_normalization_mask,
+      has_scene_flow=True,
+      optical_flow_key="optical_flow",  # only in datasets generated with --optical-flow-steps=k
+  ))
+
+
+# The built-in simulator: the hand stays vertical, so the measured roll and pitch are contact jitter around 0
+# (std ~3e-5 rad); z-scoring them would blow that jitter up to tens of "sigma". They are left raw (~0), as is
+# the gripper command; xyz, yaw and finger opening are normalised.
+_register(specs.SIM_DATASET_PREFIX, (True, True, True, False, False, True, True, False))
+# LIBERO demonstrations exported in the same layout (lamp_jax.libero.rlds_export: libero_<suite>_scripted):
+# the eef roll / pitch really vary there, so xyz, rpy and finger opening are normalised, the gripper left raw.
+_register("libero_", (True,) * 7 + (False,))
