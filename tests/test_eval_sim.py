@@ -83,6 +83,9 @@ def test_policy_specs():
     policies.make_policy("checkpoint:")
   with pytest.raises(ValueError, match="seed_offset"):
     sim_eval.evaluate(policies.make_policy("random"), episodes_per_task=1, seed_offset=0)
+  with pytest.raises(ValueError, match="demonstration seeds"):
+    sim_eval.evaluate(policies.make_policy("random"), episodes_per_task=1, seed_offset=tasks.EVAL_SEED_OFFSET,
+                      demonstration_seeds=True)
   with pytest.raises(ValueError, match="expected \\[H, 7\\]"):
     policies.check_chunk(np.zeros((7,)), policies.RandomPolicy())
 
@@ -103,6 +106,11 @@ def test_cli_and_videos(tmp_path, capsys):
   assert result["per_task"]["drawer"]["successes"] == 1
   files = os.listdir(tmp_path)
   assert len(files) == 1 and files[0].endswith("_success.gif")
+  assert result["seed_kind"] == "held_out" and result["seeds"] == [tasks.EVAL_SEED_OFFSET] * 2
+  eval_main.main(["--policy=random", "--suite=drawer", "--episodes-per-task=1", "--no-progress",
+                  "--image-size=16", "--demonstration-seeds"])
+  result = json.loads(capsys.readouterr().out)
+  assert result["seed_kind"] == "demonstration" and result["seeds"] == [0, 0]
   policy = _FlowExpert(horizon=1)
   result = sim_eval.evaluate(policy, suite="push", episodes_per_task=1, image_size=16,
                              video_dir=str(tmp_path / "flow"), progress=False)

@@ -20,7 +20,10 @@ def main(argv=None) -> None:
   p.add_argument("--execute-steps", type=int, default=None, help="k: execute k of the H actions of each chunk "
                  "(default: all H)")
   p.add_argument("--image-size", type=int, default=None, help="default: the policy's image_size, else 64")
-  p.add_argument("--seed-offset", type=int, default=tasks.EVAL_SEED_OFFSET)
+  p.add_argument("--seed-offset", type=int, default=None, help=f"first task seed (default {tasks.EVAL_SEED_OFFSET}; "
+                 "with --demonstration-seeds 0)")
+  p.add_argument("--demonstration-seeds", action="store_true", help="diagnostic: run the demonstrations' own "
+                 "task seeds (the train / held-out gap); the JSON says seed_kind=demonstration")
   p.add_argument("--video-dir", default=None, help="write episode videos here")
   p.add_argument("--videos-per-task", type=int, default=1)
   p.add_argument("--video-format", default="mp4", choices=["mp4", "gif"])
@@ -29,7 +32,9 @@ def main(argv=None) -> None:
   policy = policies.make_policy(args.policy)
   result = sim_eval.evaluate(policy, suite=args.suite, episodes_per_task=args.episodes_per_task,
                              execute_steps=args.execute_steps, image_size=args.image_size,
-                             seed_offset=args.seed_offset, video_dir=args.video_dir,
+                             seed_offset=(args.seed_offset if args.seed_offset is not None else
+                                          0 if args.demonstration_seeds else tasks.EVAL_SEED_OFFSET),
+                             demonstration_seeds=args.demonstration_seeds, video_dir=args.video_dir,
                              videos_per_task=args.videos_per_task, video_format=args.video_format,
                              progress=not args.no_progress)
   print(json.dumps(result, indent=1))

@@ -61,12 +61,17 @@ def run_episode(env: env_lib.TabletopEnv, policy, task: tasks_lib.TaskInstance, 
 def evaluate(policy, suite: str = "tabletop4", episodes_per_task: int = 10, execute_steps: int | None = None,
              image_size: int | None = None, seed_offset: int = tasks_lib.EVAL_SEED_OFFSET,
              video_dir: str | None = None, videos_per_task: int = 1, video_format: str = "mp4",
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, demonstration_seeds: bool = False) -> dict[str, Any]:
   """Evaluate ``policy`` closed loop on every family of ``suite``; returns a JSON-able dict.
 
-  ``image_size`` defaults to ``policy.image_size`` or 64. ``seed_offset`` must be >= EVAL_SEED_OFFSET.
+  ``image_size`` defaults to ``policy.image_size`` or 64. ``seed_offset`` must be >= EVAL_SEED_OFFSET, unless
+  ``demonstration_seeds``: then the episodes are the demonstrations' own task seeds (offset < DEMO_SEED_LIMIT;
+  a diagnostic of the train / held-out gap, marked ``"seed_kind": "demonstration"`` in the result).
   """
-  if seed_offset < tasks_lib.EVAL_SEED_OFFSET:
+  if demonstration_seeds:
+    if not 0 <= seed_offset < tasks_lib.DEMO_SEED_LIMIT:
+      raise ValueError(f"demonstration seeds lie in [0, {tasks_lib.DEMO_SEED_LIMIT}), got seed_offset={seed_offset}")
+  elif seed_offset < tasks_lib.EVAL_SEED_OFFSET:
     raise ValueError(f"evaluation seeds must start at >= {tasks_lib.EVAL_SEED_OFFSET} (demonstration seeds are "
                      f"below {tasks_lib.DEMO_SEED_LIMIT}), got seed_offset={seed_offset}")
   if episodes_per_task < 1:
@@ -112,6 +117,7 @@ def evaluate(policy, suite: str = "tabletop4", episodes_per_task: int = 10, exec
       "action_horizon": int(policy.action_horizon),
       "image_size": size,
       "seeds": [seed_offset, seed_offset + episodes_per_task - 1],
+      "seed_kind": "demonstration" if demonstration_seeds else "held_out",
       "per_task": per_task,
       "mean_success": float(np.mean([t["success_rate"] for t in per_task.values()])),
       "ci95": [round(low, 4), round(high, 4)],
