@@ -72,6 +72,31 @@ def test_loss_ignores_masked_keypoints_and_padded_action_dims(setup):
     assert abs(float(metrics3[key]) - float(metrics[key])) > 1e-6, key
 
 
+def test_loss_repeats_equal_a_tiled_batch(setup):
+  """loss.{motion,action}_repeats = R equals R = 1 on the batch tiled R times (same draws, one VLM pass).
+
+  The gate is forced to 0 so that guidance (whose partial-denoising noise is drawn per example) drops out."""
+  _, params, batch = setup
+  repeats = 3
+  cfg = copy.deepcopy(CFG)
+  cfg.loss.motion_repeats = cfg.loss.action_repeats = repeats
+  tiled = jax.tree.map(lambda x: np.concatenate([x] * repeats), batch)
+
+  def loss(model_cfg, b):
+    fn = lambda p, bb, r: lamp.build(model_cfg).apply({"params": p}, bb, r, gate_override=0.0,  # noqa: E731
+                                                     method="compute_loss")
+    return jax.jit(fn, compiler_options=FAST_COMPILE)(params, b, jax.random.key(5))[1]
+
+  repeated, reference = loss(cfg, batch), loss(CFG, tiled)
+  for key in ("loss/motion_fm", "loss/action_fm"):
+    np.testing.assert_allclose(repeated[key], reference[key], rtol=2e-5, err_msg=key)
+  assert lamp.analytic_flops(cfg, 1, "train_step") > lamp.analytic_flops(CFG, 1, "train_step")
+  bad = copy.deepcopy(CFG)
+  bad.loss.action_repeats = 0
+  with pytest.raises(ValueError, match="action_repeats"):
+    lamp.build(bad).apply({"params": params}, batch, jax.random.key(0), method="compute_loss")
+
+
 def test_stage_configs_need_only_their_data(setup):
   _, params, batch = setup
   stage1 = copy.deepcopy(CFG)

@@ -74,7 +74,11 @@ def model_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   cfg.name = "lamp"
   cfg.variant = variant
   cfg.use_motion = True
-  cfg.loss = ml_collections.ConfigDict(dict(motion_weight=1.0, action_weight=1.0))
+  # motion_repeats / action_repeats: flow-matching draws (tau, eps) per example and loss term, sharing one VLM
+  # pass (and one guidance pass). 1 = released LaMP / pi0 (one draw per example). R > 1 tiles the expert's
+  # inputs R times: R x the expert's cost, a lower-variance gradient for the same encoder cost.
+  cfg.loss = ml_collections.ConfigDict(dict(motion_weight=1.0, action_weight=1.0, motion_repeats=1,
+                                            action_repeats=1))
   cfg.num_inference_steps = 10
   cfg.tau_infer = 0.1
   cfg.partial_steps = 1
@@ -250,11 +254,15 @@ class LaMP(nn.Module):
     Terms: 'loss/motion_fm' (needs scene_flow keys; off when loss.motion_weight == 0) and 'loss/action_fm'
     (needs action keys; off when loss.action_weight == 0). ``train`` is accepted for API symmetry (no dropout).
     Returns (loss float32[], metrics dict of float32[]: 'loss', 'loss/action_fm', 'loss/motion_fm',
-    'guidance/gate').
+    'guidance/gate'). With ``loss.{motion,action}_repeats`` = R, each term averages R (tau, eps) draws per
+    example: the expert sees its inputs tiled R times along the batch (copy r of example i at r * B + i).
     """
     del train
     cfg = self.config
     w_motion, w_action = float(cfg.loss.motion_weight), float(cfg.loss.action_weight)
+    r_motion, r_action = int(cfg.loss.get("motion_repeats", 1)), int(cfg.loss.get("action_repeats", 1))
+    if r_motion < 1 or r_action < 1:
+      raise ValueError(f"config loss.motion_repeats / loss.action_repeats must be >= 1, got {r_motion}, {r_action}")
     if w_motion <= 0 and w_action <= 0:
       raise ValueError("config loss.motion_weight and loss.action_weight are both 0: nothing to train")
     if w_motion > 0 and not cfg.use_motion:
@@ -279,10 +287,11 @@ class LaMP(nn.Module):
                                      batch[specs.HAS_SCENE_FLOW].astype(bool))
       # Masked deltas enter the expert as zeros, so unlabelled values cannot influence the loss.
       target = jnp.where(valid[..., None], target, 0.0)
+      target, valid, cond, cond_mask = (_tile(x, r_motion) for x in (target, valid, features, mask))
       rng_t, rng_e = jax.random.split(rng_motion)
-      tau = _sample_tau(rng_t, b, cfg.motion.time_dist)
+      tau = _sample_tau(rng_t, b * r_motion, cfg.motion.time_dist)
       eps = jax.random.normal(rng_e, target.shape, jnp.float32)
-      velocity, _ = self.motion_expert(fm.interpolate(target, eps, tau), tau, features, mask)
+      velocity, _ = self.motion_expert(fm.interpolate(target, eps, tau), tau, cond, cond_mask)
       motion_loss = motion_lib.masked_mse(velocity, fm.velocity_target(target, eps), valid[..., None])
       metrics["loss/motion_fm"] = motion_loss
       total = total + w_motion * motion_loss
@@ -301,10 +310,12 @@ class LaMP(nn.Module):
       # influence the loss; time padding (repeated last action) stays in the input and is only unweighted.
       actions = jnp.where(jnp.any(pad_mask, axis=1, keepdims=True), actions, 0.0)
       guided, gate = self.guide(features, mask, rng_guide, gate_override=gate_override)
+      actions, pad_mask, proprio, guided, guided_mask = (
+          _tile(x, r_action) for x in (actions, pad_mask, self._proprio(batch), guided, mask))
       rng_t, rng_e = jax.random.split(rng_action)
-      tau = _sample_tau(rng_t, b, cfg.action.time_dist)
+      tau = _sample_tau(rng_t, b * r_action, cfg.action.time_dist)
       eps = jax.random.normal(rng_e, actions.shape, jnp.float32)
-      velocity = self.action_expert(fm.interpolate(actions, eps, tau), tau, self._proprio(batch), guided, mask)
+      velocity = self.action_expert(fm.interpolate(actions, eps, tau), tau, proprio, guided, guided_mask)
       action_loss = motion_lib.masked_mse(velocity, fm.velocity_target(actions, eps), pad_mask)
       metrics["loss/action_fm"] = action_loss
       if cfg.use_motion:
@@ -476,6 +487,11 @@ def _component_flops(model_cfg: ml_collections.ConfigDict) -> dict[str, float]:
           "guidance": float(guidance), "action_expert_call": float(action)}
 
 
+def _tile(x: jax.Array, repeats: int) -> jax.Array:
+  """x[B, ...] -> x[R * B, ...], copy r of example i at r * B + i (identity for R = 1)."""
+  return x if repeats == 1 else jnp.tile(x, (repeats,) + (1,) * (x.ndim - 1))
+
+
 def analytic_flops(model_cfg: ml_collections.ConfigDict, batch_size: int, mode: str) -> float:
   """Model matmul FLOPs for one call (XLA's cost analysis counts a scanned layer once, so count here).
 
@@ -503,9 +519,9 @@ def analytic_flops(model_cfg: ml_collections.ConfigDict, batch_size: int, mode: 
   elif mode == "train_step":
     forward = c["vlm"]
     if model_cfg.loss.motion_weight > 0:
-      forward += c["motion_expert_call"]
+      forward += int(model_cfg.loss.get("motion_repeats", 1)) * c["motion_expert_call"]
     if model_cfg.loss.action_weight > 0:
-      forward += c["action_expert_call"]
+      forward += int(model_cfg.loss.get("action_repeats", 1)) * c["action_expert_call"]
       if use_motion:
         forward += partial_calls * c["motion_expert_call"] + c["guidance"]
     total = 3 * forward
