@@ -8,8 +8,14 @@ inference: median latency (ms) of the jitted ``sample_actions`` at --batch_size 
   ``motion_reconstruction_steps`` reconstruction; the motion representation alone (partial vs full, from given
   VLM features); compile times; analytic FLOPs. Calls are interleaved round-robin so that load on a shared
   host affects all variants alike; ratios are from the same run.
+  ``--with_reference`` also times, in the same round robin, the same model with the exact rewrites switched off
+  (motion.prune_last_condition=False, action.cache_context_kv=False, scan_unroll=1): a before / after under
+  identical load. ``analytic_ratios`` are the FLOP ratios, the floor of the latency ratios at equal efficiency.
 train_step: median time of a jitted AdamW step on compute_loss and its fraction of the host's matmul roof
   (lamp_jax.roofline) using analytic FLOPs.
+
+Model options are config values, e.g. ``--config.model.motion.scan_unroll=2 --config.model.action.scan_unroll=2``
+(unrolled layer scans, same parameters and math).
 """
 
 from __future__ import annotations
@@ -34,6 +40,17 @@ _WHAT = flags.DEFINE_enum("what", "inference", ["inference", "train_step"], "Wha
 _BATCH = flags.DEFINE_integer("batch_size", None, "Batch size (default: 1 for inference, 8 for train_step).")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per variant.")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
+_WITH_REFERENCE = flags.DEFINE_bool("with_reference", False, "inference: also time the model with the exact "
+                                    "rewrites switched off (before / after in one run).")
+
+
+def reference_config(model_cfg):
+  """``model_cfg`` with the exact inference / training rewrites switched off (the plain computation)."""
+  ref = copy.deepcopy(model_cfg)
+  ref.motion.prune_last_condition = False
+  ref.action.cache_context_kv = False
+  ref.motion.scan_unroll = ref.action.scan_unroll = 1
+  return ref
 
 
 def _compile(fn, *args):
@@ -42,8 +59,8 @@ def _compile(fn, *args):
   return compiled, time.perf_counter() - start
 
 
-def _time_round_robin(calls: dict, repeats: int) -> dict:
-  """calls: name -> zero-arg callable returning arrays. Returns name -> median seconds."""
+def _time_round_robin(calls: dict, repeats: int) -> tuple[dict, dict]:
+  """calls: name -> zero-arg callable returning arrays. Returns (name -> median seconds, name -> min seconds)."""
   for fn in calls.values():  # warm-up
     jax.block_until_ready(fn())
   times = {name: [] for name in calls}
@@ -52,7 +69,7 @@ def _time_round_robin(calls: dict, repeats: int) -> dict:
       start = time.perf_counter()
       jax.block_until_ready(fn())
       times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
+  return ({name: statistics.median(t) for name, t in times.items()}, {name: min(t) for name, t in times.items()})
 
 
 def _inference_batch(model_cfg, batch_size, seed):
@@ -63,17 +80,13 @@ def _inference_batch(model_cfg, batch_size, seed):
   return batch
 
 
-def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int) -> dict:
-  model_cfg = copy.deepcopy(model_cfg)
-  model_cfg.use_motion = True
-  batch = _inference_batch(model_cfg, batch_size, seed)
-  params = lamp.init_params(model_cfg, jax.random.key(seed), lamp.dummy_batch(model_cfg, batch_size, seed))
+def _inference_calls(model_cfg, params, batch, rng, prefix=""):
+  """name -> (function, args) of the timed inference variants of one model config."""
   no_motion_cfg = copy.deepcopy(model_cfg)
   no_motion_cfg.use_motion = False
   no_motion_params = {k: v for k, v in params.items() if k in ("vlm", "action_expert")}
   model, model_nm = lamp.build(model_cfg), lamp.build(no_motion_cfg)
   full_steps = model_cfg.motion_reconstruction_steps
-  rng = jax.random.key(seed + 1)
 
   def with_motion(p, b, r):
     return model.apply({"params": p}, b, r, method="sample_actions")
@@ -92,16 +105,43 @@ def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int) -> dict
   def motion_full(p, f, m, r):
     return model.apply({"params": p}, f, m, r, method=lambda mdl, f, m, r: mdl._reconstruct(f, m, r, full_steps))
 
+  return {prefix + "sample_actions_with_motion": (with_motion, (params, batch, rng)),
+          prefix + "sample_actions_without_motion": (without_motion, (no_motion_params, batch, rng)),
+          prefix + "sample_actions_full_motion": (full_motion, (params, batch, rng)),
+          prefix + "motion_partial": (motion_partial, (params, features, mask, rng)),
+          prefix + "motion_full": (motion_full, (params, features, mask, rng))}
+
+
+def _ratios(latency, prefix=""):
+  def get(name):
+    return latency[prefix + name]
+
+  return {
+      "with_over_without_motion": get("sample_actions_with_motion") / get("sample_actions_without_motion"),
+      "one_step_over_full_motion": get("motion_partial") / get("motion_full"),
+      "sample_actions_one_step_over_full": get("sample_actions_with_motion") / get("sample_actions_full_motion"),
+  }
+
+
+def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int, with_reference: bool = False) -> dict:
+  model_cfg = copy.deepcopy(model_cfg)
+  model_cfg.use_motion = True
+  batch = _inference_batch(model_cfg, batch_size, seed)
+  params = lamp.init_params(model_cfg, jax.random.key(seed), lamp.dummy_batch(model_cfg, batch_size, seed))
+  no_motion_cfg = copy.deepcopy(model_cfg)
+  no_motion_cfg.use_motion = False
+  full_steps = model_cfg.motion_reconstruction_steps
+  rng = jax.random.key(seed + 1)
+  variants = _inference_calls(model_cfg, params, batch, rng)
+  if with_reference:
+    variants.update(_inference_calls(reference_config(model_cfg), params, batch, rng, prefix="reference/"))
+
   compiled, compile_s = {}, {}
-  for name, fn, args in (("sample_actions_with_motion", with_motion, (params, batch, rng)),
-                         ("sample_actions_without_motion", without_motion, (no_motion_params, batch, rng)),
-                         ("sample_actions_full_motion", full_motion, (params, batch, rng)),
-                         ("motion_partial", motion_partial, (params, features, mask, rng)),
-                         ("motion_full", motion_full, (params, features, mask, rng))):
+  for name, (fn, args) in variants.items():
     exe, seconds = _compile(fn, *args)
     compiled[name] = (exe, args)
     compile_s[name] = round(seconds, 3)
-  latency = _time_round_robin({n: (lambda e=e, a=a: e(*a)) for n, (e, a) in compiled.items()}, repeats)
+  latency, fastest = _time_round_robin({n: (lambda e=e, a=a: e(*a)) for n, (e, a) in compiled.items()}, repeats)
   flops = {
       "sample_actions_with_motion": lamp.analytic_flops(model_cfg, batch_size, "sample_actions"),
       "sample_actions_without_motion": lamp.analytic_flops(no_motion_cfg, batch_size, "sample_actions"),
@@ -109,20 +149,26 @@ def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int) -> dict
       "motion_partial": lamp.analytic_flops(model_cfg, batch_size, "motion_partial"),
       "motion_full": lamp.analytic_flops(model_cfg, batch_size, "motion_full"),
   }
-  return {
+  result = {
       "what": "inference", "variant": model_cfg.variant, "batch_size": batch_size, "repeats": repeats,
       "partial_steps": model_cfg.partial_steps, "tau_infer": model_cfg.tau_infer,
       "motion_reconstruction_steps": full_steps, "num_inference_steps": model_cfg.num_inference_steps,
       "latency_ms": {k: round(v * 1e3, 3) for k, v in latency.items()},
+      # Fastest call of each variant: less sensitive than the median to other load on a shared host.
+      "min_latency_ms": {k: round(v * 1e3, 3) for k, v in fastest.items()},
       "compile_s": compile_s,
       "analytic_gflops": {k: round(v / 1e9, 4) for k, v in flops.items()},
-      "ratios": {
-          "with_over_without_motion": latency["sample_actions_with_motion"] / latency["sample_actions_without_motion"],
-          "one_step_over_full_motion": latency["motion_partial"] / latency["motion_full"],
-          "sample_actions_one_step_over_full": (latency["sample_actions_with_motion"]
-                                                / latency["sample_actions_full_motion"]),
+      "ratios": _ratios(latency),
+      "ratios_of_min_latency": _ratios(fastest),
+      "analytic_ratios": {
+          "with_over_without_motion": flops["sample_actions_with_motion"] / flops["sample_actions_without_motion"],
+          "one_step_over_full_motion": flops["motion_partial"] / flops["motion_full"],
       },
   }
+  if with_reference:
+    result["reference_ratios"] = _ratios(latency, "reference/")
+    result["reference_ratios_of_min_latency"] = _ratios(fastest, "reference/")
+  return result
 
 
 def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int) -> dict:
@@ -169,7 +215,7 @@ def main(argv):
     raise app.UsageError("--config is required, e.g. --config=configs/lamp.py:sim")
   model_cfg = _CONFIG.value.model
   if _WHAT.value == "inference":
-    result = bench_inference(model_cfg, _BATCH.value or 1, _REPEATS.value, _SEED.value)
+    result = bench_inference(model_cfg, _BATCH.value or 1, _REPEATS.value, _SEED.value, _WITH_REFERENCE.value)
   else:
     result = bench_train_step(model_cfg, _BATCH.value or 8, _REPEATS.value, _SEED.value)
   print(json.dumps(result, indent=2))

@@ -148,6 +148,25 @@ def test_sample_actions_compiles_once_and_gate_zero_equals_no_motion(setup):
   np.testing.assert_array_equal(no_motion(no_motion_params, obs_only, jax.random.key(0)), outs[0])
 
 
+def test_exact_inference_rewrites_equal_the_reference_math(setup):
+  """The default sampling (pruned last motion block, action cross-attention keys / values projected once)
+  computes the same actions as the plain per-step computation (unrolled scans: the expert tests)."""
+  _, params, batch = setup
+  obs_only = {k: batch[k] for k in (specs.OBSERVATION, specs.TASK)}
+  reference_cfg = copy.deepcopy(CFG)
+  reference_cfg.motion.prune_last_condition = False
+  reference_cfg.action.cache_context_kv = False
+
+  def sample(cfg):
+    fn = jax.jit(lambda p, b, r: lamp.build(cfg).apply({"params": p}, b, r, method="sample_actions"),
+                 compiler_options=FAST_COMPILE)
+    return np.asarray(fn(params, obs_only, jax.random.key(4)))
+
+  np.testing.assert_allclose(sample(CFG), sample(reference_cfg), rtol=1e-5, atol=1e-5)
+  # The analytic FLOPs count the work actually done.
+  assert lamp.analytic_flops(CFG, 1, "sample_actions") < lamp.analytic_flops(reference_cfg, 1, "sample_actions")
+
+
 def test_reconstruct_motion_and_full_sampling_shapes(setup):
   model, params, batch = setup
   tracks = jax.eval_shape(lambda p, b: model.apply({"params": p}, b, jax.random.key(0), num_steps=4,

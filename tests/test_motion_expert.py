@@ -131,3 +131,73 @@ def test_one_step_partial_denoising_equals_two_expert_calls():
     return module.apply({"params": p}, x1, jnp.full((B,), cfg.tau_infer), f, m)[1]
 
   np.testing.assert_allclose(hidden, explicit(me_params, feats, mask, rng), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("scan_layers,use_rope", [(True, True), (False, False)])
+def test_pruned_last_block_and_unrolled_scan_equal_the_reference(scan_layers, use_rope):
+  """prune_last_condition (last block on motion queries only) and scan_unroll are exact rewrites: the same
+  velocity and hidden state as the plain stack (depth 3: a scan of 2 + the last block), and for the scanned
+  stack the same parameter gradients (the training path)."""
+  ref_cfg = CFG.motion.copy_and_resolve_references()
+  ref_cfg.update(depth=3, scan_layers=scan_layers, use_rope=use_rope, prune_last_condition=False, scan_unroll=1)
+  _, params = expert_and_params(ref_cfg, seed=4)
+  rs = np.random.RandomState(5)
+  x = jnp.asarray(rs.randn(B, ref_cfg.num_keypoints, ref_cfg.num_steps, 3), jnp.float32)
+  tau = jnp.asarray([0.0, 0.37], jnp.float32)
+  feats = jnp.asarray(rs.randn(B, P, DV), jnp.float32)
+  mask = jnp.ones((B, P), bool).at[1, -3:].set(False)
+  w_v = jnp.asarray(rs.randn(*x.shape), jnp.float32)
+
+  def outputs(cfg):
+    module = me.MotionExpert(cfg)
+
+    def loss(p):
+      v, h = module.apply({"params": p}, x, tau, feats, mask)
+      return jnp.sum(v * w_v) + jnp.sum(jnp.sin(h)), (v, h)
+
+    if not scan_layers:
+      return jax.jit(loss, compiler_options=FAST_COMPILE)(params)[1]
+    (_, (v, h)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True), compiler_options=FAST_COMPILE)(params)
+    return v, h, grads
+
+  reference = outputs(ref_cfg)
+  variants = [dict(prune_last_condition=True, scan_unroll=2 if scan_layers else 1)]
+  for variant in variants:
+    cfg = ref_cfg.copy_and_resolve_references()
+    cfg.update(variant)
+    for name, got, want in zip(("velocity", "hidden", "grads"), outputs(cfg), reference):
+      # Gradients are sums over many tokens (magnitudes ~10-50): float32 reassociation only.
+      tol = 1e-4 if name == "grads" else 1e-5
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=f"{variant} {name}"),
+                   got, want)
+
+
+def test_condition_pooling_option_is_a_masked_window_mean():
+  rs = np.random.RandomState(6)
+  feats = rs.randn(B, P, 5).astype(np.float32)  # P = 11 tokens -> windows of 4: 3 windows, the last padded
+  mask = np.ones((B, P), bool)
+  mask[0, 4:8] = False  # a fully masked window
+  mask[1, [0, 9]] = False
+  pooled, pooled_mask = me.pool_condition(jnp.asarray(feats), jnp.asarray(mask), 4)
+  assert pooled.shape == (B, 3, 5)
+  np.testing.assert_array_equal(pooled_mask, [[True, False, True], [True, True, True]])
+  for b in range(B):
+    for w in range(3):
+      keep = mask[b, 4 * w:4 * w + 4]
+      if keep.any():
+        np.testing.assert_allclose(pooled[b, w], feats[b, 4 * w:4 * w + 4][keep].mean(0), rtol=1e-6, atol=1e-6)
+  same = me.pool_condition(jnp.asarray(feats), jnp.asarray(mask), 1)
+  np.testing.assert_array_equal(same[0], feats)
+  # The expert accepts the pooled condition when cond_len holds it (and says which field to raise if not).
+  cfg = CFG.motion.copy_and_resolve_references()
+  cfg.update(cond_pool=4, cond_len=3)
+  module, params = expert_and_params(cfg)
+  x = jnp.zeros((B, cfg.num_keypoints, cfg.num_steps, 3))
+  v, h = jax.eval_shape(lambda: module.apply({"params": params}, x, jnp.zeros((B,)), jnp.asarray(feats[..., :1]
+                                                                                                 .repeat(DV, -1)),
+                                             jnp.asarray(mask)))
+  assert v.shape == x.shape and h.shape == (B, me.num_motion_tokens(cfg), cfg.width)
+  cfg.cond_pool = 2
+  with pytest.raises(ValueError, match="motion.cond_len"):
+    jax.eval_shape(lambda: me.MotionExpert(cfg).apply({"params": params}, x, jnp.zeros((B,)),
+                                                      jnp.zeros((B, P, DV)), jnp.asarray(mask)))

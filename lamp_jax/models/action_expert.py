@@ -27,7 +27,10 @@ Dtype = Any
 
 
 class DiTLayer(nn.Module):
-  """adaLN-zero transformer layer: (cross- or self-) attention + MLP, both with gated residuals."""
+  """adaLN-zero transformer layer: (cross- or self-) attention + MLP, both with gated residuals.
+
+  ``context`` is float[B, P, Dc], or for cross layers this layer's precomputed (keys, values) float[B, P, N, H].
+  """
 
   num_heads: int
   head_dim: int
@@ -44,8 +47,11 @@ class DiTLayer(nn.Module):
                      shift, scale)
     attention = dit.Attention(self.num_heads, self.head_dim, qk_norm=True, dtype=self.dtype, name="attn")
     if self.cross:
-      mask = jnp.broadcast_to(context_mask[:, None, :], (x.shape[0], x.shape[1], context.shape[1]))
-      h = attention(h, context.astype(self.dtype), mask)
+      mask = jnp.broadcast_to(context_mask[:, None, :], (x.shape[0], x.shape[1], context_mask.shape[1]))
+      if isinstance(context, tuple):  # precomputed (keys, values) of this layer: DiTActionExpert.context_kv
+        h = attention(h, mask=mask, kv=context)
+      else:
+        h = attention(h, context.astype(self.dtype), mask)
     else:
       h = attention(h)
     x = x + gate.astype(self.dtype) * h
@@ -72,35 +78,62 @@ class CrossSelfPair(nn.Module):
 
 class DiTActionExpert(nn.Module):
   """``__call__(x_tau float[B, H, A], tau float[B], proprio float[B, S], context float[B, P, Dc],
-  context_mask bool[B, P]) -> velocity float32[B, H, A]``."""
+  context_mask bool[B, P], context_kv=None) -> velocity float32[B, H, A]``.
+
+  The cross-attention keys / values depend only on the context, which is fixed during sampling:
+  ``context_kv(context)`` computes them once for every cross layer ((keys, values), each
+  float[depth / 2, B, P, N, H]) and ``__call__(..., context_kv=cache)`` uses them instead of projecting
+  ``context`` again (same function of the same parameters; ``context`` is then not read).
+  """
 
   config: ml_collections.ConfigDict
   dtype: Dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, x_tau, tau, proprio, context, context_mask):
+  def _check(self):
     cfg = self.config
-    b, horizon, _ = x_tau.shape
-    width = cfg.width
     if cfg.depth % 2:
       raise ValueError(f"action.depth={cfg.depth} must be even (alternating cross/self-attention layers)")
-    if width % cfg.num_heads:
-      raise ValueError(f"action.num_heads={cfg.num_heads} does not divide action.width={width}")
+    if cfg.width % cfg.num_heads:
+      raise ValueError(f"action.num_heads={cfg.num_heads} does not divide action.width={cfg.width}")
+
+  @nn.compact
+  def __call__(self, x_tau, tau, proprio, context, context_mask, context_kv=None):
+    cfg = self.config
+    self._check()
+    b, horizon, _ = x_tau.shape
+    width = cfg.width
     actions = layers.DenseGeneral(width, (None, "embed"), dtype=self.dtype, name="action_in")(x_tau.astype(self.dtype))
     actions = actions + layers.sincos_1d(jnp.arange(horizon), width)[None].astype(self.dtype)
     state = layers.DenseGeneral(width, (None, "embed"), dtype=self.dtype, name="state_in")(proprio.astype(self.dtype))
     x = jnp.concatenate([state[:, None], actions], axis=1)
     temb = dit.TimestepEmbedder(width, cfg.time_frequency_dim, self.dtype, name="time_embed")(
         jnp.broadcast_to(jnp.asarray(tau, jnp.float32), (b,)))
-    blocks = dit.stack(CrossSelfPair, cfg.depth // 2, scan=cfg.scan_layers, remat=cfg.remat, num_broadcast_args=3,
+    blocks = dit.stack(CrossSelfPair, cfg.depth // 2, scan=cfg.scan_layers, remat=cfg.remat,
+                       unroll=cfg.get("scan_unroll", 1), num_broadcast_args=3,
+                       per_layer_args=() if context_kv is None else (1,),
                        name="blocks", num_heads=cfg.num_heads, head_dim=width // cfg.num_heads,
                        mlp_dim=cfg.mlp_ratio * width, dtype=self.dtype)
-    x = blocks(x, temb, context, context_mask)
+    x = blocks(x, temb, context if context_kv is None else tuple(context_kv), context_mask)
     shift, scale = dit.Modulation(2, width, self.dtype, name="out_mod")(temb)
     out = dit.modulate(layers.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype, name="norm_out")(x[:, 1:]),
                        shift, scale)
     return layers.DenseGeneral(x_tau.shape[-1], ("embed", None), dtype=self.dtype, name="action_out")(out).astype(
         jnp.float32)
+
+  def context_kv(self, context: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Every cross layer's (keys, values) of ``context`` float[B, P, Dc]: each float[depth / 2, B, P, N, H].
+
+    Reads the existing parameters (call after ``init``)."""
+    cfg = self.config
+    self._check()
+    kw = dict(num_heads=cfg.num_heads, head_dim=cfg.width // cfg.num_heads, qk_norm=True, dtype=self.dtype)
+    params = nn.unbox(self.variables["params"])
+    context = context.astype(self.dtype)
+    if cfg.scan_layers:  # stacked parameters: one projection per layer along the leading 'layers' axis
+      return jax.vmap(lambda p: dit.project_kv(p, context, **kw))(params["blocks"]["cross"]["attn"])
+    per_layer = [dit.project_kv(params[f"blocks_{i}"]["cross"]["attn"], context, **kw)
+                 for i in range(cfg.depth // 2)]
+    return tuple(jnp.stack(t) for t in zip(*per_layer))
 
 
 ACTION_EXPERTS = {"dit": DiTActionExpert}

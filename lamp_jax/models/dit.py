@@ -74,7 +74,9 @@ class Attention(nn.Module):
 
   ``__call__(x float[B, T, D], context float[B, S, Dc] | None, mask bool[B, T, S] | None)``; with
   ``context=None`` it is self-attention. ``q_transform`` / ``k_transform`` (e.g. RoPE) act on
-  float[B, T, N, H] after the QK norm. Output float[B, T, out_features or D].
+  float[B, T, N, H] after the QK norm. ``kv=(keys, values)`` float[B, S, N, H] replaces the key / value
+  projection of ``context`` by precomputed ones (``project_kv`` of this layer's parameters: post-norm, no
+  transform). Output float[B, T, out_features or D].
   """
 
   num_heads: int
@@ -85,15 +87,20 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None, mask: jax.Array | None = None,
-               q_transform: Callable | None = None, k_transform: Callable | None = None) -> jax.Array:
-    context = x if context is None else context
+               q_transform: Callable | None = None, k_transform: Callable | None = None,
+               kv: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
     heads = (self.num_heads, self.head_dim)
     q = layers.DenseGeneral(heads, ("embed", "q_heads", "head_dim"), dtype=self.dtype, name="query")(x)
-    k = layers.DenseGeneral(heads, ("embed", "kv_heads", "head_dim"), dtype=self.dtype, name="key")(context)
-    v = layers.DenseGeneral(heads, ("embed", "kv_heads", "head_dim"), dtype=self.dtype, name="value")(context)
+    if kv is None:
+      context = x if context is None else context
+      k = layers.DenseGeneral(heads, ("embed", "kv_heads", "head_dim"), dtype=self.dtype, name="key")(context)
+      v = layers.DenseGeneral(heads, ("embed", "kv_heads", "head_dim"), dtype=self.dtype, name="value")(context)
+      if self.qk_norm:
+        k = layers.LayerNorm(dtype=self.dtype, name="key_norm")(k)
+    else:
+      k, v = kv
     if self.qk_norm:
       q = layers.LayerNorm(dtype=self.dtype, name="query_norm")(q)
-      k = layers.LayerNorm(dtype=self.dtype, name="key_norm")(k)
     if q_transform is not None:
       q = q_transform(q)
     if k_transform is not None:
@@ -103,29 +110,73 @@ class Attention(nn.Module):
                                dtype=self.dtype, name="out")(out)
 
 
-def stack(block: type[nn.Module], num_layers: int, *, scan: bool, remat: bool, num_broadcast_args: int,
-          name: str, **block_kwargs) -> Callable:
-  """Returns ``f(carry, *broadcast_args) -> carry`` applying ``num_layers`` copies of ``block``.
+def project_kv(attn_params: dict, context: jax.Array, *, num_heads: int, head_dim: int, qk_norm: bool,
+               dtype: Dtype = jnp.float32) -> tuple[jax.Array, jax.Array]:
+  """Keys and values float[B, S, N, H] of ``context`` float[B, S, Dc] under one ``Attention``'s parameters
+  ``attn_params`` (its 'key', 'value' and, with ``qk_norm``, 'key_norm' entries), exactly as ``Attention``
+  computes them; pass the result as its ``kv`` to reuse them across calls with the same context."""
+  heads = (num_heads, head_dim)
+  k = layers.DenseGeneral(heads, ("embed", "kv_heads", "head_dim"), dtype=dtype, parent=None).apply(
+      {"params": attn_params["key"]}, context)
+  v = layers.DenseGeneral(heads, ("embed", "kv_heads", "head_dim"), dtype=dtype, parent=None).apply(
+      {"params": attn_params["value"]}, context)
+  if qk_norm:
+    k = layers.LayerNorm(dtype=dtype, parent=None).apply({"params": attn_params["key_norm"]}, k)
+  return k, v
 
-  ``block(**block_kwargs)(carry, *broadcast_args)`` must return ``(carry, None)``. With ``scan=True`` the
-  layers are one ``nn.scan`` (parameters stacked on a leading 'layers' axis, compiled once); otherwise a
-  Python loop of separately named layers (``{name}_{i}``). ``remat`` wraps the block in ``nn.remat``.
+
+def stack(block: type[nn.Module], num_layers: int, *, scan: bool, remat: bool, num_broadcast_args: int,
+          name: str, unroll: int | bool = 1, last_layer_kwargs: dict | None = None,
+          per_layer_args: tuple[int, ...] = (), **block_kwargs) -> Callable:
+  """Returns ``f(carry, *args) -> carry`` applying ``num_layers`` copies of ``block``.
+
+  ``block(**block_kwargs)(carry, *args)`` must return ``(carry, None)``. The ``num_broadcast_args`` args are the
+  same for every layer, except those whose positions are in ``per_layer_args``: these hold one entry per layer
+  on a leading axis (pytrees of float[num_layers, ...], e.g. per-layer key / value caches); layer i gets
+  entry i. With ``scan=True`` the layers are one ``nn.scan`` (parameters stacked on a leading 'layers' axis,
+  compiled once); otherwise a Python loop of separately named layers (``{name}_{i}``). ``remat`` wraps the
+  block in ``nn.remat``.
+  ``unroll`` (scan only): layers per scan iteration, ``True`` = all (the parameter layout stays stacked; the
+  computation is the same, XLA just sees straight-line code instead of a while loop).
+  ``last_layer_kwargs``: extra attributes of the LAST layer only (e.g. ``motion_only=True``); they must not
+  change its parameters. Scanned stacks then run (outside ``init``) as a ``lax.scan`` of the first
+  ``num_layers - 1`` layers plus the last layer, both reading the same stacked parameters.
   """
   cls = nn.remat(block, prevent_cse=not scan) if remat else block
+  last_kwargs = {**block_kwargs, **(last_layer_kwargs or {})}
+  per_layer = frozenset(per_layer_args)
+
+  def layer_args(args, index):
+    return tuple(jax.tree.map(lambda a: a[index], arg) if i in per_layer else arg for i, arg in enumerate(args))
+
   if scan:
-    scanned = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                      in_axes=(nn.broadcast,) * num_broadcast_args, length=num_layers,
+    unroll_n = num_layers if unroll is True else max(1, int(unroll))
+    in_axes = tuple(0 if i in per_layer else nn.broadcast for i in range(num_broadcast_args))
+    scanned = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=in_axes,
+                      length=num_layers, unroll=unroll_n,
                       metadata_params={nn.PARTITION_NAME: layers.LAYERS_AXIS})(name=name, **block_kwargs)
 
     def apply_scanned(carry, *args):
-      return scanned(carry, *args)[0]
+      if not last_layer_kwargs or scanned.is_initializing():
+        return scanned(carry, *args)[0]
+      stacked = nn.unbox(scanned.variables["params"])
+
+      def layer(kwargs, index, c):
+        params = jax.tree.map(lambda p: p[index], stacked)
+        return cls(parent=None, **kwargs).apply({"params": params}, c, *layer_args(args, index))[0]
+
+      if num_layers > 1:
+        carry, _ = jax.lax.scan(lambda c, i: (layer(block_kwargs, i, c), None), carry,
+                                jnp.arange(num_layers - 1), unroll=min(unroll_n, num_layers - 1))
+      return layer(last_kwargs, num_layers - 1, carry)
 
     return apply_scanned
-  blocks = [cls(name=f"{name}_{i}", **block_kwargs) for i in range(num_layers)]
+  blocks = [cls(name=f"{name}_{i}", **(last_kwargs if i == num_layers - 1 else block_kwargs))
+            for i in range(num_layers)]
 
   def apply_loop(carry, *args):
-    for blk in blocks:
-      carry = blk(carry, *args)[0]
+    for i, blk in enumerate(blocks):
+      carry = blk(carry, *layer_args(args, i))[0]
     return carry
 
   return apply_loop

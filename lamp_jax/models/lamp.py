@@ -47,7 +47,13 @@ def _motion(**kw) -> ml_collections.ConfigDict:
       num_keypoints=400, num_steps=32, patch_size=2, frames_per_token=2, width=1024, depth=12, num_heads=16,
       mlp_ratio=4, cond_len=256, use_rope=False, delta_scale=(0.05, 0.05, 0.04), time_frequency_dim=256,
       # Training time distribution of the motion flow loss: 'uniform' (TraceGen-style stage 1) or 'pi0_beta'.
-      time_dist="uniform", scan_layers=True, remat=False))
+      time_dist="uniform", scan_layers=True, remat=False,
+      # Exact rewrites (same math): unroll the layer scan; last block on motion queries only (its condition
+      # stream is never read).
+      scan_unroll=1, prune_last_condition=True,
+      # Model option (changes the model; 1 = released): mean-pool windows of this many VLM prefix tokens into
+      # one condition token (then set cond_len to about prefix / cond_pool).
+      cond_pool=1))
   cfg.update(kw)
   return cfg
 
@@ -55,7 +61,10 @@ def _motion(**kw) -> ml_collections.ConfigDict:
 def _action(**kw) -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict(dict(
       kind="dit", width=1024, depth=24, num_heads=16, mlp_ratio=4, time_frequency_dim=256,
-      time_dist="pi0_beta", scan_layers=True, remat=False))
+      time_dist="pi0_beta", scan_layers=True, remat=False,
+      # Exact rewrites (same math): unroll the layer scan; when sampling, project the cross-attention keys /
+      # values of the (fixed) guided features once instead of at every Euler step.
+      scan_unroll=1, cache_context_kv=True))
   cfg.update(kw)
   return cfg
 
@@ -67,6 +76,9 @@ def model_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   max_token_len, motion, guidance (num_heads, gate_init_logit), action (kind, ...), use_motion,
   loss (motion_weight, action_weight), num_inference_steps, tau_infer, partial_steps,
   motion_reconstruction_steps, action_horizon, action_dim, proprio_dim.
+  Speed options: motion.scan_unroll / action.scan_unroll (int, layers per scan iteration; exact),
+  motion.prune_last_condition and action.cache_context_kv (exact rewrites, on by default), motion.cond_pool
+  (changes the model, off = 1). lamp_jax.bench times them.
   """
   if variant not in VARIANTS:
     raise ValueError(f"unknown LaMP variant {variant!r}; known: {VARIANTS}")
@@ -340,8 +352,11 @@ class LaMP(nn.Module):
     b = features.shape[0]
     x0 = jax.random.normal(rng_action, (b, cfg.action_horizon, cfg.action_dim), jnp.float32)
 
+    # The guided features are fixed during integration: project the cross-attention keys / values once.
+    context_kv = self.action_expert.context_kv(guided) if cfg.action.get("cache_context_kv", True) else None
+
     def step(mdl, x, tau):
-      return mdl.action_expert(x, jnp.full((b,), tau), proprio, guided, mask), ()
+      return mdl.action_expert(x, jnp.full((b,), tau), proprio, guided, mask, context_kv=context_kv), ()
 
     actions, _ = fm.euler_integrate_module(self, step, x0, num_steps, ())
     return actions
@@ -473,9 +488,15 @@ def _component_flops(model_cfg: ml_collections.ConfigDict) -> dict[str, float]:
   m = model_cfg.motion
   n_motion = motion_lib.num_motion_tokens(m)
   n_all = n_motion + m.cond_len
+  cond_in = -(-prefix // m.get("cond_pool", 1))  # prefix tokens entering the condition projection
   fan_in = m.patch_size**2 * m.frames_per_token * 3
-  motion = (m.depth * (_transformer_layer_flops(n_all, m.width, m.mlp_ratio * m.width) + 2 * 12 * m.width**2)
-            + 2 * prefix * g.width * m.width + 2 * n_motion * fan_in * m.width * 2)
+  mlp = m.mlp_ratio * m.width
+  full_layer = _transformer_layer_flops(n_all, m.width, mlp)
+  # prune_last_condition: the last block runs its queries / MLP on the motion tokens only (keys from all).
+  last_layer = (_transformer_layer_flops(n_motion, m.width, mlp, context=n_all, context_width=m.width)
+                if m.get("prune_last_condition", True) else full_layer)
+  motion = ((m.depth - 1) * full_layer + last_layer + m.depth * 2 * 12 * m.width**2
+            + 2 * cond_in * g.width * m.width + 2 * n_motion * fan_in * m.width * 2)
   guidance = (2 * n_motion * m.width * g.width + 2 * n_motion * g.width * g.width * 2
               + 2 * prefix * g.width * g.width * 2 + 2 * 2 * prefix * n_motion * g.width)
   a = model_cfg.action
@@ -483,8 +504,9 @@ def _component_flops(model_cfg: ml_collections.ConfigDict) -> dict[str, float]:
   pair = (_transformer_layer_flops(tokens, a.width, a.mlp_ratio * a.width, context=prefix, context_width=g.width)
           + _transformer_layer_flops(tokens, a.width, a.mlp_ratio * a.width) + 2 * 2 * 6 * a.width**2)
   action = (a.depth // 2) * pair + 2 * tokens * (model_cfg.action_dim + model_cfg.proprio_dim) * a.width
+  context_kv = (a.depth // 2) * 2 * prefix * g.width * a.width * 2  # cross-attention keys + values
   return {"vlm": float(vision + g.depth * gemma_layer), "motion_expert_call": float(motion),
-          "guidance": float(guidance), "action_expert_call": float(action)}
+          "guidance": float(guidance), "action_expert_call": float(action), "action_context_kv": float(context_kv)}
 
 
 def _tile(x: jax.Array, repeats: int) -> jax.Array:
@@ -500,18 +522,24 @@ def analytic_flops(model_cfg: ml_collections.ConfigDict, batch_size: int, mode: 
   motion calls instead), 'motion_partial' / 'motion_full' (the motion calls alone), 'train_step'
   (3 x forward of compute_loss: forward + backward ~ 2 x forward, all terms with non-zero weight; frozen parts
   counted as trainable, i.e. an upper bound for stage 2). Element-wise ops, norms and softmax are not counted.
+  Counts what the configured model computes: the motion expert's pruned last block
+  (motion.prune_last_condition) and, when sampling, the action cross-attention keys / values projected once
+  (action.cache_context_kv).
   """
   c = _component_flops(model_cfg)
   use_motion = bool(model_cfg.use_motion)
   partial_calls = model_cfg.partial_steps + 1
   full_calls = model_cfg.motion_reconstruction_steps
   steps = model_cfg.num_inference_steps
+  # Sampling with action.cache_context_kv projects the cross-attention keys / values once, not every step.
+  kv_sampling = c["action_context_kv"] if model_cfg.action.get("cache_context_kv", True) else 0.0
+  actions = c["vlm"] + steps * c["action_expert_call"] - (steps - 1) * kv_sampling
   if mode == "sample_actions":
-    total = c["vlm"] + steps * c["action_expert_call"]
+    total = actions
     if use_motion:
       total += partial_calls * c["motion_expert_call"] + c["guidance"]
   elif mode == "sample_actions_full_motion":
-    total = c["vlm"] + steps * c["action_expert_call"] + full_calls * c["motion_expert_call"] + c["guidance"]
+    total = actions + full_calls * c["motion_expert_call"] + c["guidance"]
   elif mode == "motion_partial":
     total = partial_calls * c["motion_expert_call"]
   elif mode == "motion_full":

@@ -19,7 +19,10 @@ Architecture (released LaMP / CogVideoX):
     -> N = (T / F) * (G / p)^2 tokens of p*p*F*3 values -> Dense(D); absolute 3-D sin-cos positions
     (released: no RoPE); ``use_rope`` adds 3-D RoPE on motion-token queries / keys instead.
   * condition: Dense(D) of the VLM features; masked positions and positions P..C-1 are filled with learned
-    padding tokens, giving exactly ``cond_len`` condition tokens.
+    padding tokens, giving exactly ``cond_len`` condition tokens. Option ``cond_pool`` (default 1 = released):
+    masked mean over windows of that many prefix tokens first (``pool_condition``), for a cheaper expert.
+  * exact rewrites (config, default on): ``prune_last_condition`` runs the last block on the motion queries
+    only (its condition-stream output is never read); ``scan_unroll`` unrolls the scanned layers.
   * blocks: "expert adaLN-zero" (separate shift/scale/gate for condition and motion tokens from the time
     embedding), one joint full self-attention over [condition; motion] with QK LayerNorm, gated residuals,
     one shared MLP with separately gated residuals.
@@ -130,14 +133,44 @@ def rope_3d(x: jax.Array, positions: jax.Array) -> jax.Array:
   return jnp.concatenate([layers.apply_rope(c, pos[..., i]) for i, c in enumerate(chunks)], axis=-1)
 
 
+def pool_condition(features: jax.Array, feature_mask: jax.Array, pool: int) -> tuple[jax.Array, jax.Array]:
+  """Masked mean of each window of ``pool`` consecutive prefix tokens (the ``motion.cond_pool`` option).
+
+  features float[B, P, Dv], feature_mask bool[B, P] -> float[B, ceil(P / pool), Dv], bool[B, ceil(P / pool)]
+  (a window is valid when any of its tokens is). ``pool=1`` returns the inputs unchanged (released LaMP).
+  Windows follow the prefix order (per camera row-major image patches, then text), so with e.g. pool=4 on
+  an 8 x 8 patch grid a window is 4 horizontally adjacent patches. This changes the model (fewer condition
+  tokens: set motion.cond_len to match); it is an option for cheaper motion conditioning, not a rewrite.
+  """
+  if pool < 1:
+    raise ValueError(f"motion.cond_pool={pool} must be >= 1")
+  if pool == 1:
+    return features, feature_mask
+  b, p, d = features.shape
+  windows = -(-p // pool)
+  extra = windows * pool - p
+  features = jnp.pad(features, ((0, 0), (0, extra), (0, 0))).reshape(b, windows, pool, d)
+  weights = jnp.pad(feature_mask, ((0, 0), (0, extra))).reshape(b, windows, pool).astype(features.dtype)
+  count = jnp.sum(weights, axis=-1, keepdims=True)
+  pooled = jnp.sum(features * weights[..., None], axis=2) / jnp.maximum(count, 1.0)
+  return pooled, count[..., 0] > 0
+
+
 # ------------------------------------------------------------------------------------------ modules
 class CogVideoXBlock(nn.Module):
-  """Expert adaLN-zero block over (condition, motion) token streams. Call: ((c, m), temb, positions)."""
+  """Expert adaLN-zero block over (condition, motion) token streams. Call: ((c, m), temb, positions).
+
+  ``motion_only=True`` (used for the last block, whose condition-stream output nobody reads) computes the
+  attention queries, the attention output and the MLP of the motion tokens only (keys / values still come from
+  all tokens) and returns the condition stream unchanged. The motion-stream output is the same function of the
+  same parameters as with ``motion_only=False``; the returned condition stream is then stale, not the block's.
+  """
 
   num_heads: int
   head_dim: int
   mlp_dim: int
   use_rope: bool = False
+  motion_only: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -148,15 +181,25 @@ class CogVideoXBlock(nn.Module):
 
     shift, scale, gate, c_shift, c_scale, c_gate = dit.Modulation(6, width, self.dtype, name="attn_mod")(temb)
     norm1 = layers.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm1")
-    x = jnp.concatenate([dit.modulate(norm1(cond), c_shift, c_scale), dit.modulate(norm1(motion), shift, scale)],
-                        axis=1)
+    motion_in = dit.modulate(norm1(motion), shift, scale)
+    x = jnp.concatenate([dit.modulate(norm1(cond), c_shift, c_scale), motion_in], axis=1)
 
     def rope_motion(qk):  # RoPE only on motion tokens, as CogVideoX.
       return jnp.concatenate([qk[:, :num_cond], rope_3d(qk[:, num_cond:], positions)], axis=1)
 
+    attention = dit.Attention(self.num_heads, self.head_dim, qk_norm=True, dtype=self.dtype, name="attn")
+    if self.motion_only:
+      q_transform = (lambda q: rope_3d(q, positions)) if self.use_rope else None
+      k_transform = rope_motion if self.use_rope else None
+      attn = attention(motion_in, x, q_transform=q_transform, k_transform=k_transform)
+      motion = motion + gate.astype(self.dtype) * attn
+      shift, scale, gate, _, _, _ = dit.Modulation(6, width, self.dtype, name="mlp_mod")(temb)
+      norm2 = layers.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm2")
+      h = dit.Mlp(self.mlp_dim, self.dtype, name="mlp")(dit.modulate(norm2(motion), shift, scale))
+      return (cond, motion + gate.astype(self.dtype) * h), None
+
     transform = rope_motion if self.use_rope else None
-    attn = dit.Attention(self.num_heads, self.head_dim, qk_norm=True, dtype=self.dtype, name="attn")(
-        x, q_transform=transform, k_transform=transform)
+    attn = attention(x, q_transform=transform, k_transform=transform)
     cond = cond + c_gate.astype(self.dtype) * attn[:, :num_cond]
     motion = motion + gate.astype(self.dtype) * attn[:, num_cond:]
 
@@ -187,9 +230,11 @@ class MotionExpert(nn.Module):
     if (k, t, c) != (cfg.num_keypoints, cfg.num_steps, 3):
       raise ValueError(f"MotionExpert input has shape {x_tau.shape}; config expects [B, motion.num_keypoints="
                        f"{cfg.num_keypoints}, motion.num_steps={cfg.num_steps}, 3]")
+    features, feature_mask = pool_condition(features, feature_mask, cfg.get("cond_pool", 1))
     prefix = features.shape[1]
     if prefix > cfg.cond_len:
-      raise ValueError(f"VLM prefix has {prefix} tokens but motion.cond_len={cfg.cond_len}; raise motion.cond_len")
+      raise ValueError(f"VLM prefix has {prefix} tokens (after motion.cond_pool={cfg.get('cond_pool', 1)}) but "
+                       f"motion.cond_len={cfg.cond_len}; raise motion.cond_len")
     width = cfg.width
     frames, rows, cols = token_grid(cfg)
 
@@ -211,7 +256,10 @@ class MotionExpert(nn.Module):
 
     temb = dit.TimestepEmbedder(width, cfg.time_frequency_dim, self.dtype, name="time_embed")(
         jnp.broadcast_to(jnp.asarray(tau, jnp.float32), (b,)))
-    blocks = dit.stack(CogVideoXBlock, cfg.depth, scan=cfg.scan_layers, remat=cfg.remat, num_broadcast_args=2,
+    # The last block's condition-stream output is never read: that block runs on the motion queries only.
+    last = {"motion_only": True} if cfg.get("prune_last_condition", True) else None
+    blocks = dit.stack(CogVideoXBlock, cfg.depth, scan=cfg.scan_layers, remat=cfg.remat,
+                       unroll=cfg.get("scan_unroll", 1), last_layer_kwargs=last, num_broadcast_args=2,
                        name="blocks", num_heads=cfg.num_heads, head_dim=width // cfg.num_heads,
                        mlp_dim=cfg.mlp_ratio * width, use_rope=cfg.use_rope, dtype=self.dtype)
     _, hidden = blocks((cond, motion), temb, positions)
