@@ -45,3 +45,102 @@ def test_invalid_goals_raise(goal, message):
 def test_bddl_without_goal_raises():
   with pytest.raises(ValueError, match="no \\(:goal"):
     goals.parse_bddl_goal("(define (problem x) (:init (On a b)))")
+
+
+def test_shared_target_slots_number_objects_bound_for_one_target():
+  goal = goals.parse_bddl_goal(
+      "(:goal (And (On moka_pot_1 flat_stove_1_cook_region) (On moka_pot_2 flat_stove_1_cook_region)"
+      " (Turnon flat_stove_1) (In butter_1 basket_1_contain_region)))")
+  assert goals.shared_target_slots(goal) == [(0, 2), (1, 2), (0, 1), (0, 1)]
+
+
+@pytest.mark.parametrize("n, half, spacing, expected", [
+    (1, 0.075, 0.09, [0.0]),
+    (2, 0.075, 0.09, [-0.045, 0.045]),  # the region holds the spacing
+    (3, 0.031, 0.09, [-0.021, 0.0, 0.021]),  # squeezed to the region's half extent minus the margin
+])
+def test_slot_offset_centres_slots_inside_the_region(n, half, spacing, expected):
+  got = [goals.slot_offset(k, n, half, spacing) for k in range(n)]
+  assert got == pytest.approx(expected)
+  assert all(abs(g) <= max(half - 0.01, 0.0) + 1e-12 for g in got)
+
+
+def test_slot_offset_rejects_missing_slot():
+  with pytest.raises(ValueError, match="slot 2 of 2"):
+    goals.slot_offset(2, 2, 0.07, 0.09)
+
+
+# -- pure helpers of the scripted experts (no LIBERO needed) ---------------------------------------------------
+
+
+def test_bar_closing_axis_is_across_the_bar():
+  import numpy as np
+
+  from lamp_jax.libero import experts
+
+  angle = 0.7
+  along = np.array([np.cos(angle), np.sin(angle)])
+  across = np.array([-along[1], along[0]])
+  # Corners of a 9 cm x 2.5 cm bar (the stove knob's grip) at an odd position.
+  points = np.array([0.31, -0.17]) + np.array([a * along + b * across for a in (-0.045, 0.045) for b in (-0.0125, 0.0125)])
+  axis = experts.bar_closing_axis(points)
+  assert abs(abs(axis @ across) - 1.0) < 1e-9
+  with pytest.raises(ValueError, match="float\\[P>=2, 2\\]"):
+    experts.bar_closing_axis(np.zeros((1, 2)))
+
+
+@pytest.mark.parametrize("direction, lean", [((0.0, 1.0), 0.6), ((-0.6, 0.8), 0.3), ((1.0, 0.0), 0.0)])
+def test_leaning_orientation_is_a_rotation_pointing_as_asked(direction, lean):
+  import numpy as np
+
+  from lamp_jax.libero import experts
+
+  d = np.array([direction[0], direction[1], 0.0]) / np.linalg.norm(direction)
+  rot = experts._leaning(d[:2], lean, home_yaw=1.57)  # pylint: disable=protected-access
+  np.testing.assert_allclose(rot.T @ rot, np.eye(3), atol=1e-12)
+  assert np.linalg.det(rot) == pytest.approx(1.0)
+  z = rot[:, 2]  # the fingers' direction: down, leaning by `lean` toward d
+  assert z[2] == pytest.approx(-np.cos(lean))
+  assert z @ d == pytest.approx(np.sin(lean))
+  assert rot[2, 0] == pytest.approx(0.0)  # closing axis horizontal
+  assert rot[:2, 0] @ np.array([np.cos(1.57), np.sin(1.57)]) >= 0.0  # the sign nearer the reset yaw
+
+
+class _FakeSite:
+
+  def __init__(self, parent_name, joints=()):
+    self.parent_name, self.joints = parent_name, list(joints)
+
+
+class _FakeState:
+
+  def __init__(self, is_open):
+    self._open = is_open
+
+  def is_open(self):
+    return self._open
+
+
+class _FakeEnv:
+  """The two dicts ``plan_order`` reads from a LIBERO env."""
+
+  def __init__(self, drawer_open):
+    self.object_sites_dict = {"white_cabinet_1_bottom_region": _FakeSite("white_cabinet_1", ["bottom_level"]),
+                              "basket_1_contain_region": _FakeSite("basket_1")}
+    self.object_states_dict = {"white_cabinet_1_bottom_region": _FakeState(drawer_open),
+                               "basket_1_contain_region": _FakeState(False)}
+
+
+@pytest.mark.parametrize("drawer_open", [False, True])
+def test_plan_order_opens_a_closed_drawer_first_and_closes_it_last(drawer_open):
+  from lamp_jax.libero import experts
+
+  goal = goals.parse_bddl_goal("(:goal (And (Close white_cabinet_1_bottom_region)"
+                               " (In akita_black_bowl_1 white_cabinet_1_bottom_region)"
+                               " (In butter_1 basket_1_contain_region)))")
+  order = [str(p) for p in experts.plan_order(goal, _FakeEnv(drawer_open))]
+  expected = ["(in akita_black_bowl_1 white_cabinet_1_bottom_region)", "(in butter_1 basket_1_contain_region)",
+              "(close white_cabinet_1_bottom_region)"]
+  if not drawer_open:
+    expected.insert(0, "(open white_cabinet_1_bottom_region)")
+  assert order == expected

@@ -13,11 +13,16 @@ Skills (one per goal form):
     the straight carry path, carry so the object's body origin lands over the target (the target object's body
     origin for ``on``, a region's site otherwise), lower until the object's underside is just above the surface
     found by a ray cast, release, retreat. A grasp that did not lift the object is retried (twice).
-  * ``open`` of a drawer (``PullDrawer``): grasp the handle from the front with the hand horizontal, pull.
+    If something under the straight way to the grasp stands higher than the hand would pass (a basket's rim
+    after the first of two placements), the hand first rises and crosses over it ("rise", "cross").
+    Wide objects that are not vessels (a moka pot) are grasped by a narrow part (the handle). Several objects
+    ``on`` one region each get a slot in it (both moka pots on the stove).
+  * ``on`` of a flat, wide object to a region of its own support (``PushFlat``): slide it (the plate).
+  * ``open`` of a drawer (``PullDrawer``): grasp the handle from the front with the hand horizontal (rolled the
+    way nearer the current hand), pull, back off and turn top-down again slowly.
   * ``close`` (drawer, microwave door) (``PushJoint``): push the moving part with the closed gripper along the
-    direction it moves toward the goal range.
-  * ``turnon`` of the stove's knob (``TurnKnob``): sweep the closed fingertips around the knob's axis against its
-    pointer.
+    direction it moves toward the goal range; a drawer with the fingers leaning into the push.
+  * ``turnon`` of the stove's knob (``TurnKnob``): grasp the knob's grip bar top-down and twist the hand.
 ``plan_order`` orders a conjunction: a closed drawer is opened before something is put in it, and ``close`` goes
 after the placements into the same fixture (LIBERO-10: "put the bowl in the drawer and close it").
 """
@@ -49,6 +54,18 @@ def _axis_angle(rot: np.ndarray) -> np.ndarray:
     axis = axis * np.sign(np.where(vec == 0, 1.0, vec))
     return axis / (np.linalg.norm(axis) + 1e-12) * angle
   return vec / (2.0 * math.sin(angle)) * angle
+
+
+def _leaning(direction: np.ndarray, lean: float, home_yaw: float) -> np.ndarray:
+  """Fingers down, tilted by ``lean`` rad toward the horizontal ``direction``, closing axis horizontal across it
+  (of its two signs, the one nearer the top-down reset yaw)."""
+  d = np.array([direction[0], direction[1], 0.0])
+  d /= np.linalg.norm(d) + 1e-12
+  z = math.cos(lean) * np.array([0.0, 0.0, -1.0]) + math.sin(lean) * d
+  x = np.array([-d[1], d[0], 0.0])
+  if x[:2] @ np.array([math.cos(home_yaw), math.sin(home_yaw)]) < 0:
+    x = -x
+  return np.stack([x, np.cross(z, x), z], axis=1)
 
 
 def _top_down(yaw: float) -> np.ndarray:
@@ -85,14 +102,19 @@ class _Robot:
     qpos = np.asarray(self.robot.sim.data.qpos[self.robot._ref_gripper_joint_pos_indexes])  # pylint: disable=protected-access
     return float(np.abs(qpos).sum())
 
-  def action(self, target_pos, target_rot, gripper: float, max_speed: float = 1.0, gain: float = 12.0) -> np.ndarray:
+  def action(self, target_pos, target_rot, gripper: float, max_speed: float = 1.0, gain: float = 12.0,
+             max_turn: float = math.inf) -> np.ndarray:
     err = np.asarray(target_pos) - self.pos
     dpos = gain * err
     norm = np.linalg.norm(dpos)
     if norm > max_speed:
       dpos *= max_speed / norm
     drot = _axis_angle(np.asarray(target_rot) @ self.rot.T)
-    drot = np.clip(0.8 * drot / ROT_SCALE, -1.0, 1.0)
+    drot = 0.8 * drot / ROT_SCALE
+    turn = np.linalg.norm(drot)
+    if turn > max_turn:  # slow turns keep the OSC's position tracking tight (big turns swing the arm)
+      drot *= max_turn / turn
+    drot = np.clip(drot, -1.0, 1.0)
     return np.concatenate([dpos, drot, [gripper]]).astype(np.float64)
 
   def rot_error(self, target_rot) -> float:
@@ -111,9 +133,13 @@ class PickPlace:
   APPROACH_HEIGHT = 0.10
   MAX_RETRIES = 2
 
-  def __init__(self, expert: "LiberoExpert", obj: str, target: str, relation: str):
+  SLOT_SPACING = 0.09  # m between objects bound for one region
+
+  def __init__(self, expert: "LiberoExpert", obj: str, target: str, relation: str, slot: tuple[int, int] = (0, 1)):
     self.x = expert
     self.obj, self.target, self.relation = obj, target, relation
+    self.slot = slot
+    self.transit_z = None
     self.phase = "plan"
     self.retries = 0
     self.counter = 0
@@ -152,9 +178,13 @@ class PickPlace:
     ax, ay = vecs[:, 1], vecs[:, 0]  # long, short
     hit_z, _ = geo.ray_down(centre, top + 0.05, geoms=geoms)
     hollow = (top - hit_z) > 0.012 or np.ptp(rel @ ay) > 0.075
+    deep = (top - hit_z) > 0.025  # a bowl / mug: its wall is the grasp
     to_robot = robot.pos[:2] - centre
     candidates = []  # (point, closing axis, grasp z, preference)
-    if hollow:
+    if hollow and not deep:
+      # Wide or shallow but not a vessel (a moka pot): a part narrow enough for the fingers (its handle).
+      candidates = self._narrow_part_candidates(geoms, body)
+    if hollow and not candidates:
       # Grasp the wall; the fingers close across it, the closing axis is radial.
       for angle in np.linspace(0.0, 2 * math.pi, 12, endpoint=False):
         direction = np.array([math.cos(angle), math.sin(angle)])
@@ -185,8 +215,8 @@ class PickPlace:
           if width > 0.072:  # the fingers open to ~8 cm
             continue
           along = np.array([-closing[1], closing[0]])
-          for shift in (0.0, 0.015, -0.015):
-            if abs(shift) > 0.3 * np.ptp(rel @ along):
+          for shift in (0.0, 0.015, -0.015, 0.03, -0.03):
+            if abs(shift) > 0.4 * np.ptp(rel @ along):
               continue
             candidates.append((centre + shift * along, closing, grasp_z, -abs(offset) - 3 * abs(shift) - 5 * width))
     if not candidates:
@@ -200,6 +230,85 @@ class PickPlace:
     self.start_obj_z = body[2]
     self.obj_top = top
 
+  def _narrow_part_candidates(self, geoms, body) -> list:
+    """Top-down grasps across a narrow part of a wide object: for closing axes every 15 degrees and points on a
+    1 cm grid over the footprint, the object's boxes that reach into the fingers' strip (+-1 cm across the closing
+    axis, above the grasp height) must span < 6.5 cm along it, and the open fingers must clear the object's own
+    boxes. Preference: the most material under the grasp height (a handle's long vertical part), then thin."""
+    geo = self.x.geometry
+    per_box = geo.corners(geoms).reshape(-1, 8, 3)  # [N, 8, 3]
+    lo, hi = per_box[..., :2].min((0, 1)), per_box[..., :2].max((0, 1))
+    box_top = per_box[..., 2].max(1)
+    out = []
+    for angle in np.deg2rad(np.arange(0.0, 180.0, 15.0)):
+      closing = np.array([math.cos(angle), math.sin(angle)])
+      normal = np.array([-closing[1], closing[0]])
+      along = per_box[..., :2] @ closing  # [N, 8]
+      across = per_box[..., :2] @ normal
+      for px in np.arange(lo[0], hi[0] + 1e-9, 0.01):
+        for py in np.arange(lo[1], hi[1] + 1e-9, 0.01):
+          p = np.array([px, py])
+          pa, pn = p @ closing, p @ normal
+          in_strip = (across.max(1) > pn - 0.01) & (across.min(1) < pn + 0.01)
+          if not np.any(in_strip):
+            continue
+          local_top = box_top[in_strip].max()
+          grasp_z = local_top - 0.02
+          near = in_strip & (box_top > grasp_z - 0.02)
+          span_lo, span_hi = along[near].min(), along[near].max()
+          if span_hi - span_lo > 0.065 or not span_lo - 0.005 < pa < span_hi + 0.005:
+            continue
+          depth = grasp_z - per_box[near][..., 2].min()  # material under the grasp height for the pads
+          if depth < 0.015:
+            continue
+          centre_a = 0.5 * (span_lo + span_hi)
+          point = p + (centre_a - pa) * closing
+          # Open fingers at +-4.5 cm along the closing axis must not land on the object's other boxes.
+          blocked = False
+          for side in (-0.045, 0.045):
+            for b in (-0.01, 0.0, 0.01):
+              z, _ = geo.ray_down(point + side * closing + b * normal, local_top + 0.1, geoms=geoms)
+              blocked |= z > grasp_z - 0.03
+          if blocked:
+            continue
+          out.append((point, closing, grasp_z, float(min(depth, 0.04)) - 0.1 * (span_hi - span_lo)))
+    return out
+
+  def _slot_shift(self, grasp_offset: np.ndarray) -> np.ndarray:
+    """Shift float64[2] from the region's centre to this object's slot (``goals.shared_target_slots``) for
+    ``on`` a region: along the horizontal axis across the grasp offset (a handle's direction), so neighbours
+    stand side by side. Objects ``in`` a container go to its centre (they may rest on one another)."""
+    k, n = self.slot
+    site = self.x.env.object_sites_dict.get(self.target)
+    if n == 1 or self.relation != "on" or site is None or self.target in self.x.env.obj_body_id:
+      return np.zeros(2)
+    if np.linalg.norm(grasp_offset) > 0.01:
+      axis = np.array([-grasp_offset[1], grasp_offset[0]]) / np.linalg.norm(grasp_offset)
+    else:
+      axis = np.array([1.0, 0.0])
+    rot = self.x.env.sim.data.get_site_xmat(self.target).reshape(3, 3)[:2, :2]
+    half = float(np.sum(np.abs(axis @ rot) * np.asarray(site.size[:2], np.float64)))
+    return goals_lib.slot_offset(k, n, half, self.SLOT_SPACING) * axis
+
+  def _above(self) -> np.ndarray:
+    """The point above the grasp the hand descends from."""
+    return self.grasp_pos + np.array([0, 0, max(self.APPROACH_HEIGHT, self.obj_top - self.grasp_pos[2] + 0.06)])
+
+  def _transit_height(self, start: np.ndarray, end: np.ndarray) -> float | None:
+    """Height at which the open hand crosses from ``start`` to ``end`` (float64[3]) above everything but the
+    object under the straight path (+-5 cm around it; the fingertips hang ~6 cm below the grip site, 2 cm margin),
+    or None if the straight path already clears it (a container's rim between two grasps, LIBERO-10)."""
+    geo = self.x.geometry
+    highest = -np.inf
+    for s in np.linspace(0.0, 1.0, 12):
+      p = start[:2] + s * (end[:2] - start[:2])
+      for dx, dy in ((0, 0), (0.05, 0), (-0.05, 0), (0, 0.05), (0, -0.05)):
+        highest = max(highest, geo.ray_down(p + np.array([dx, dy]), 3.0, exclude=(self.obj,))[0])
+    needed = highest + 0.08
+    if needed <= min(start[2], end[2]):
+      return None
+    return float(max(needed, end[2]))  # never below `end`: the object itself stands under it
+
   def _target_xy(self) -> np.ndarray:
     if self.target in self.x.env.obj_body_id:
       return self.x.body_pos(self.target)[:2]
@@ -212,7 +321,7 @@ class PickPlace:
     obj_bottom = corners[:, 2].min()
     hang = robot.pos[2] - obj_bottom  # eef height above the object's underside
     offset = robot.pos[:2] - self.x.body_pos(self.obj)[:2]
-    target_xy = self._target_xy()
+    target_xy = self._target_xy() + self._slot_shift(offset)
     self.place_xy = target_xy + offset
     # Highest obstacle under the carry path (object footprint ~ +-5 cm around the path).
     start = robot.pos[:2]
@@ -239,8 +348,20 @@ class PickPlace:
         self.done = True
         return robot.action(robot.pos, robot.rot, OPEN)
       self.phase, self.counter = "approach", 0
+      self.transit_z = self._transit_height(robot.pos, self._above())
+      if self.transit_z is not None:
+        self.phase = "rise"
+    if self.phase == "rise":  # straight up to the transit height
+      if robot.pos[2] > self.transit_z - 0.02 or self.counter > 40:
+        self.phase, self.counter = "cross", 0
+      return robot.action(np.array([robot.pos[0], robot.pos[1], self.transit_z]), self.grasp_rot, OPEN)
+    if self.phase == "cross":  # over the obstacle at the transit height
+      goal = np.append(self._above()[:2], self.transit_z)
+      if np.linalg.norm(robot.pos[:2] - goal[:2]) < 0.02 or self.counter > 80:
+        self.phase, self.counter = "approach", 0
+      return robot.action(goal, self.grasp_rot, OPEN)
     if self.phase == "approach":
-      above = self.grasp_pos + np.array([0, 0, max(self.APPROACH_HEIGHT, self.obj_top - self.grasp_pos[2] + 0.06)])
+      above = self._above()
       if (np.linalg.norm(robot.pos - above) < 0.015 and robot.rot_error(self.grasp_rot) < 0.08) or self.counter > 120:
         self.phase, self.counter = "descend", 0
       return robot.action(above, self.grasp_rot, OPEN, max_speed=1.0)
@@ -299,6 +420,102 @@ class PickPlace:
     return robot.action(robot.pos, robot.rot, OPEN)
 
 
+class PushFlat:
+  """``on(obj, region)`` for a flat object too wide to grasp (a plate) whose target region lies on the surface
+  it rests on: slide it there with the closed fingertips near the surface, steering along the line from the
+  object to the region's centre (a lateral correction keeps the fingers on that line), until the goal holds;
+  if the fingers lose the object they go around to it again (3 times at most).
+
+  A dish (rim higher than its centre: LIBERO-Goal's plate) is pushed from inside, by the inner face of its
+  leading rim (behind it stands the cabinet, and the outside of its trailing rim is out of reach); other flat
+  objects from outside their trailing edge. The fingers lean away from the robot (``TILT``) so the wrist can
+  reach low, far points. Known limit: a flared rim pushed from inside tends to ride up on the fingers (2 of 5
+  official initial states succeed).
+  """
+
+  TILT = 0.5  # rad
+
+  def __init__(self, expert: "LiberoExpert", obj: str, target: str):
+    self.x, self.obj, self.target = expert, obj, target
+    self.phase, self.counter, self.done = "plan", 0, False
+    self.pushes = 0
+
+  def _rot(self, u: np.ndarray) -> np.ndarray:
+    """Gripper orientation for pushing along the horizontal unit vector u: closing axis across u."""
+    away = self.x.robot.pos[:2] - self.x.data.xpos[self.x.robot_base][:2]
+    away = np.append(away / (np.linalg.norm(away) + 1e-9), 0.0)
+    z = math.cos(self.TILT) * np.array([0.0, 0.0, -1.0]) + math.sin(self.TILT) * away
+    x = np.array([-u[1], u[0], 0.0])
+    x -= (x @ z) * z
+    x /= np.linalg.norm(x) + 1e-9
+    if x @ np.array([math.cos(self.x.home_yaw), math.sin(self.x.home_yaw), 0.0]) < 0:
+      x = -x
+    return np.stack([x, np.cross(z, x), z], axis=1)
+
+  def _state(self):
+    """(object centre xy, unit direction to the target, distance, object radius along that direction)."""
+    geo = self.x.geometry
+    corners = geo.corners(geo.geoms_of(self.obj))
+    centre = 0.5 * (corners[:, :2].min(0) + corners[:, :2].max(0))
+    goal = self.x.env.sim.data.get_site_xpos(self.target)[:2]
+    delta = goal - self.x.body_pos(self.obj)[:2]
+    dist = float(np.linalg.norm(delta))
+    u = delta / (dist + 1e-9)
+    radius = float(np.max((corners[:, :2] - centre) @ -u))
+    return centre, u, dist, radius
+
+  def _satisfied(self) -> bool:
+    return bool(self.x.env._eval_predicate(["on", self.obj, self.target]))  # pylint: disable=protected-access
+
+  def act(self) -> np.ndarray:
+    robot = self.x.robot
+    self.counter += 1
+    if self.phase == "plan":
+      corners = self.x.geometry.corners(self.x.geometry.geoms_of(self.obj))
+      self.z = corners[:, 2].min() + 0.015  # fingertips at the support (the controller presses lightly)
+      centre = 0.5 * (corners[:, :2].min(0) + corners[:, :2].max(0))
+      hit, _ = self.x.geometry.ray_down(centre, 3.0, geoms=self.x.geometry.geoms_of(self.obj))
+      self.dish = bool(corners[:, 2].max() - hit > 0.006)
+      self.rot = robot.rot
+      self.phase, self.counter = "approach", 0
+    if self._satisfied() and self.phase in ("approach", "descend", "push"):
+      self.phase, self.counter = "retreat", 0
+      self.retreat_goal = robot.pos + np.array([0.0, 0.0, 0.08])
+    if self.phase in ("approach", "descend", "push"):
+      centre, u, dist, radius = self._state()
+      # A dish: fingers inside, just short of its leading rim; else just behind its trailing edge.
+      back = -(radius - 0.035) if self.dish else radius + 0.02
+      behind = np.append(centre - back * u, self.z)
+      self.rot = self._rot(u)
+    if self.phase == "approach":
+      goal = behind + np.array([0.0, 0.0, 0.06])
+      if np.linalg.norm(robot.pos - goal) < 0.015 or self.counter > 100:
+        self.phase, self.counter = "descend", 0
+      return robot.action(goal, self.rot, CLOSE, max_speed=1.0)
+    if self.phase == "descend":
+      if np.linalg.norm(robot.pos - behind) < 0.01 or self.counter > 40:
+        self.phase, self.counter = "push", 0
+      return robot.action(behind, self.rot, CLOSE, max_speed=0.6)
+    if self.phase == "push":
+      # Stay on the line behind the object (lateral correction) while advancing toward the target.
+      contact = centre - (-(radius - 0.025) if self.dish else (radius + 0.005)) * u
+      lateral = (contact - robot.pos[:2]) - ((contact - robot.pos[:2]) @ u) * u
+      off_line = np.linalg.norm(lateral) > 0.025 or (robot.pos[:2] - contact) @ u > 0.03
+      if off_line or self.counter > 150:  # lost the object: go around to its back again
+        self.pushes += 1
+        self.phase, self.counter = ("approach" if self.pushes <= 3 else "retreat"), 0
+        self.retreat_goal = robot.pos + np.array([0.0, 0.0, 0.08])
+        return robot.action(robot.pos + np.array([0.0, 0.0, 0.06]), self.rot, CLOSE)
+      goal_xy = robot.pos[:2] + lateral + min(dist, 0.03) * u
+      return robot.action(np.append(goal_xy, self.z), self.rot, CLOSE, max_speed=0.5)
+    if self.phase == "retreat":
+      if np.linalg.norm(robot.pos - self.retreat_goal) < 0.02 or self.counter > 30:
+        self.done = True
+      return robot.action(self.retreat_goal, self.rot, CLOSE, max_speed=1.0)
+    self.done = True
+    return robot.action(robot.pos, self.rot, CLOSE)
+
+
 class PushJoint:
   """``close`` of an articulation (drawer, microwave door) by pushing it with the closed gripper.
 
@@ -307,6 +524,8 @@ class PushJoint:
   from the axis (a door's free edge). Each step the fingertips aim a little past that point along the direction the point
   moves when the joint goes toward its target, until the goal predicate holds.
   """
+
+  LEAN = 0.6  # rad the fingers lean into a drawer's push
 
   def __init__(self, expert: "LiberoExpert", name: str, kind: str):
     self.x, self.name, self.kind = expert, name, kind
@@ -366,6 +585,7 @@ class PushJoint:
       self._corner_ids = ids
     pts = corners[self._corner_ids]
     point = pts.mean(axis=0)
+    self._corner_mean_z = float(point[2])
     if self.slide:
       v = self.sign * axis
     else:
@@ -388,6 +608,14 @@ class PushJoint:
       point, v = self._contact()
       self.direction = v
       start = point - 0.05 * v
+      if self.slide:
+        # A drawer is pushed by its handle with the fingertips leaning into the push: with the hand straight
+        # down the forearm rides above the cabinet and hits its top before the drawer is shut (LIBERO-10's
+        # bottom drawer).
+        self.rot = _leaning(v, self.LEAN, self.x.home_yaw)
+        point = point.copy()
+        point[2] = self._corner_mean_z
+        start = point - 0.06 * v
     if self.phase == "approach":
       above = start + np.array([0, 0, 0.10])
       if np.linalg.norm(robot.pos - above) < 0.015 or self.counter > 120:
@@ -450,7 +678,10 @@ class PullDrawer:
     self.handle_front = proj.max()
     z = np.array([0.0, 0.0, 1.0])
     approach = -self.dir  # the gripper's z axis points into the drawer
-    self.rot = np.stack([z, np.cross(approach, z), approach], axis=1)
+    # Of the two hand rolls (closing axis up or down), the one nearer the current orientation: the other needs
+    # a half turn of the wrist, which ends near its joint limit and cannot turn back to top-down afterwards.
+    rolls = [np.stack([c, np.cross(approach, c), approach], axis=1) for c in (z, -z)]
+    self.rot = min(rolls, key=self.x.robot.rot_error)
     # Grip site between the finger pads, ~1 cm behind the handle's front face.
     self.grasp = self.handle + (self.handle_front - 0.012 - self.handle @ self.dir) * self.dir
     self.pull_distance = abs(self.target_q - self._q()) + 0.03
@@ -498,24 +729,30 @@ class PullDrawer:
     if self.phase == "back":  # straight out of the handle, hand still horizontal
       if np.linalg.norm(robot.pos - self.back_goal) < 0.015 or self.counter > 30:
         self.phase, self.counter = "rise", 0
-        self.rise_goal = self.back_goal + np.array([0.0, 0.0, 0.15])
+        self.rise_goal = self.back_goal + np.array([0.0, 0.0, 0.12])
       return robot.action(self.back_goal, self.rot, OPEN, max_speed=0.8)
     if self.phase == "rise":  # up into free space, turning the hand back to top-down
       home = _top_down(self.x.home_yaw)
-      if (np.linalg.norm(robot.pos - self.rise_goal) < 0.02 and robot.rot_error(home) < 0.1) or self.counter > 80:
+      if (np.linalg.norm(robot.pos - self.rise_goal) < 0.03 and robot.rot_error(home) < 0.15) or self.counter > 40:
         self.done = True
-      return robot.action(self.rise_goal, home, OPEN, max_speed=0.8)
+      return robot.action(self.rise_goal, home, OPEN, max_speed=0.8, max_turn=0.3)
     self.done = True
     return robot.action(robot.pos, robot.rot, OPEN)
 
 
 class TurnKnob:
-  """``turnon`` of a rotary knob (a hinge with a vertical axis, the stove): the closed fingertips sweep an arc
-  around the axis at the height of the knob's pointer, starting just behind the pointer's trailing edge and
-  ending the goal's angle further on, until the goal holds."""
+  """``turnon`` of a rotary knob (a hinge with a vertical axis, the stove): grasp the knob's grip bar top-down
+  at the knob's axis (fingers closing across the bar), twist the hand about the vertical by the angle the goal
+  needs, release, rise.
 
-  MARGIN = 0.15  # rad of free travel before the fingers reach the pointer
-  FINGER_HALF_WIDTH = 0.012  # m
+  The grip bar is the knob's tall part (its collision boxes within 2.5 cm of the knob's top); its long
+  horizontal axis comes from the principal axes of their footprint. Sweeping a fingertip against the pointer
+  instead stalls: the closed fingers ride on the knob's rim and push almost radially.
+  """
+
+  OVERSHOOT = 0.35  # rad turned past the lower bound of the goal range
+  TWIST_RATE = 0.06  # rad per step
+  MAX_ATTEMPTS = 3
 
   def __init__(self, expert: "LiberoExpert", name: str):
     import mujoco  # pylint: disable=g-import-not-at-top
@@ -524,83 +761,93 @@ class TurnKnob:
     env = expert.env
     obj = env.get_object(name)
     props = obj.object_properties["articulation"]
+    self.on_q = float(min(float(v) for v in props["default_turnon_ranges"]))
     self.target_q = float(np.mean([float(v) for v in props["default_turnon_ranges"]]))
     model = expert.model
     self.jid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, list(obj.joints)[0])
     self.geoms = expert.geometry.geoms_of_body(int(model.jnt_bodyid[self.jid]))
-    self.rot = _top_down(expert.home_yaw)
-    self.phase, self.counter, self.done = "plan", 0, False
+    self.phase, self.counter, self.done, self.attempts = "plan", 0, False, 0
 
   def _q(self) -> float:
     return float(self.x.data.qpos[self.x.model.jnt_qposadr[self.jid]])
 
+  def _on(self) -> bool:
+    return bool(self.x.env.object_states_dict[self.name].turn_on())
+
   def _plan(self):
     data = self.x.data
     axis, anchor = data.xaxis[self.jid].copy(), data.xanchor[self.jid].copy()
-    self.sign = 1.0 if self.target_q > self._q() else -1.0
-    if axis[2] < 0:  # angles below are measured counter-clockwise about +z
-      axis, self.sign = -axis, -self.sign
+    sign = 1.0 if self.target_q > self._q() else -1.0
+    if axis[2] < 0:  # yaw is measured counter-clockwise about +z
+      sign = -sign
     corners = self.x.geometry.corners(self.geoms)
-    tall = corners[:, 2] > corners[:, 2].max() - 0.025
-    base = data.xpos[self.x.robot_base]
-    rel = corners[:, :2] - anchor[:2]
-    away = rel @ (anchor[:2] - base[:2]) > 0  # the pointer side away from the robot (within reach)
-    pool = np.nonzero(tall & away)[0] if np.any(tall & away) else np.nonzero(tall)[0]
-    far = pool[np.argmax(np.linalg.norm(rel[pool], axis=1))]
-    pointer = pool[np.linalg.norm(corners[pool] - corners[far], axis=1) < 0.03]
-    angles = np.arctan2(rel[pointer, 1], rel[pointer, 0])
-    centre_angle = math.atan2(np.mean(np.sin(angles)), np.mean(np.cos(angles)))
-    spread = np.angle(np.exp(1j * (angles - centre_angle)))
-    self.radius = float(np.clip(np.median(np.linalg.norm(rel[pointer], axis=1)), 0.02, 0.05))
-    trailing = centre_angle + (spread.min() if self.sign > 0 else spread.max())
-    gap = self.FINGER_HALF_WIDTH / self.radius + self.MARGIN
-    self.start_angle = trailing - self.sign * gap
-    self.end_angle = self.start_angle + self.sign * (abs(self.target_q - self._q()) + gap)
-    self.anchor = anchor
-    self.z = float(corners[pointer, 2].max()) - 0.012
-    self.angle = self.start_angle
-
-  def _point(self, angle: float) -> np.ndarray:
-    return np.array([self.anchor[0] + self.radius * math.cos(angle), self.anchor[1] + self.radius * math.sin(angle),
-                     self.z])
+    top = corners[:, 2].max()
+    tall = corners[corners[:, 2] > top - 0.025]
+    self.closing = bar_closing_axis(tall[:, :2])
+    # The hand turns by the joint's remaining travel to the goal range plus a margin (same sign as the joint).
+    self.turn = sign * (max(self.on_q - self._q(), 0.0) + self.OVERSHOOT)
+    yaw = _nearest_equivalent_yaw(math.atan2(self.closing[1], self.closing[0]), self.x.home_yaw - 0.5 * self.turn)
+    self.yaw0 = yaw
+    self.grasp = np.array([anchor[0], anchor[1], top - 0.015])
+    self.twist = 0.0
 
   def act(self) -> np.ndarray:
     robot = self.x.robot
     self.counter += 1
-    on = bool(self.x.env.object_states_dict[self.name].turn_on())
+    on = self._on()
     if self.phase == "plan":
       if on:
         self.done = True
-        return robot.action(robot.pos, robot.rot, CLOSE)
+        return robot.action(robot.pos, robot.rot, OPEN)
       self._plan()
       self.phase, self.counter = "approach", 0
-    if on and self.phase in ("approach", "descend", "sweep"):
-      self.phase, self.counter = "retreat", 0
-      self.retreat_goal = robot.pos + np.array([0.0, 0.0, 0.08])
+    rot = _top_down(self.yaw0 + self.twist)
+    if on and self.phase in ("approach", "descend", "close", "twist"):
+      self.phase, self.counter = "release", 0
     if self.phase == "approach":
-      goal = self._point(self.start_angle) + np.array([0.0, 0.0, 0.08])
-      if np.linalg.norm(robot.pos - goal) < 0.012 or self.counter > 100:
+      goal = self.grasp + np.array([0.0, 0.0, 0.07])
+      if (np.linalg.norm(robot.pos - goal) < 0.012 and robot.rot_error(rot) < 0.08) or self.counter > 100:
         self.phase, self.counter = "descend", 0
-      return robot.action(goal, self.rot, CLOSE, max_speed=0.8)
+      return robot.action(goal, rot, OPEN, max_speed=1.0)
     if self.phase == "descend":
-      goal = self._point(self.start_angle)
-      if np.linalg.norm(robot.pos - goal) < 0.008 or self.counter > 50:
-        self.phase, self.counter = "sweep", 0
-      return robot.action(goal, self.rot, CLOSE, max_speed=0.5)
-    if self.phase == "sweep":
-      if abs(self.angle - self.end_angle) > 1e-6:
-        step = 0.06 * self.sign
-        self.angle = (min(self.angle + step, self.end_angle) if self.sign > 0 else max(self.angle + step, self.end_angle))
-      elif self.counter > 150:
-        self.phase, self.counter = "retreat", 0
-        self.retreat_goal = robot.pos + np.array([0.0, 0.0, 0.08])
-      return robot.action(self._point(self.angle), self.rot, CLOSE, max_speed=0.6)
+      if np.linalg.norm(robot.pos - self.grasp) < 0.006 or self.counter > 40:
+        self.phase, self.counter = "close", 0
+      return robot.action(self.grasp, rot, OPEN, max_speed=0.6)
+    if self.phase == "close":
+      if self.counter >= 10:
+        self.phase, self.counter = "twist", 0
+      return robot.action(self.grasp, rot, CLOSE)
+    if self.phase == "twist":
+      step = self.TWIST_RATE * np.sign(self.turn)
+      self.twist = float(np.clip(self.twist + step, min(0.0, self.turn), max(0.0, self.turn)))
+      if self.counter > 80:  # the knob did not follow: let go and try again from the current angle
+        self.phase, self.counter = "release", 0
+      return robot.action(self.grasp, _top_down(self.yaw0 + self.twist), CLOSE)
+    if self.phase == "release":
+      if self.counter >= 6:
+        self.attempts += 1
+        if not on and self.attempts <= self.MAX_ATTEMPTS:  # the knob slipped: grasp it again where it is now
+          self.phase, self.counter = "plan", 0
+        else:
+          self.phase, self.counter = "retreat", 0
+          self.retreat_goal = robot.pos + np.array([0.0, 0.0, 0.08])
+      return robot.action(robot.pos, rot, OPEN)
     if self.phase == "retreat":
-      if np.linalg.norm(robot.pos - self.retreat_goal) < 0.02 or self.counter > 40:
+      if np.linalg.norm(robot.pos - self.retreat_goal) < 0.02 or self.counter > 30:
         self.done = True
-      return robot.action(self.retreat_goal, self.rot, CLOSE, max_speed=0.6)
+      return robot.action(self.retreat_goal, rot, OPEN, max_speed=1.0)
     self.done = True
-    return robot.action(robot.pos, self.rot, CLOSE)
+    return robot.action(robot.pos, rot, OPEN)
+
+
+def bar_closing_axis(points: np.ndarray) -> np.ndarray:
+  """Unit horizontal axis float64[2] across a bar: the minor principal axis of its footprint points float[P, 2]."""
+  points = np.asarray(points, np.float64)
+  if points.ndim != 2 or points.shape[1] != 2 or points.shape[0] < 2:
+    raise ValueError(f"bar_closing_axis needs points float[P>=2, 2], got shape {points.shape}")
+  rel = points - points.mean(axis=0)
+  _, vecs = np.linalg.eigh(rel.T @ rel)
+  return vecs[:, 0] / np.linalg.norm(vecs[:, 0])
 
 
 SKILLS = {"on": PickPlace, "in": PickPlace, "close": lambda x, n: PushJoint(x, n, "close"),
@@ -656,6 +903,7 @@ class LiberoExpert:
     self.robot_base = max(0, mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "robot0_base"))
     self.home_yaw = self.robot.yaw  # top-down at reset: yaws near it stay clear of the wrist's joint limits
     self.goals = plan_order(goals_lib.from_parsed(self.env.parsed_problem["goal_state"]), self.env)
+    self.slots = goals_lib.shared_target_slots(self.goals)
     unsupported = [g for g in self.goals if g.name not in SKILLS]
     if unsupported:
       raise ValueError(f"no scripted skill for goal predicates {[str(g) for g in unsupported]}; supported: "
@@ -664,9 +912,24 @@ class LiberoExpert:
     self.skill = self._make_skill(self.goals[0])
 
   def _make_skill(self, goal: goals_lib.Predicate):
+    if goal.name == "on" and self.pushable(goal.args[0], goal.args[1]):
+      return PushFlat(self, goal.args[0], goal.args[1])
     if goal.name in ("on", "in"):
-      return PickPlace(self, goal.args[0], goal.args[1], goal.name)
+      return PickPlace(self, goal.args[0], goal.args[1], goal.name, slot=self.slots[self.index])
     return SKILLS[goal.name](self, *goal.args)
+
+  def pushable(self, obj: str, target: str) -> bool:
+    """A flat object (< 3 cm tall) too wide for the fingers (> 7.5 cm both ways) bound for a region of the
+    surface it rests on: slid there (``PushFlat``) rather than picked."""
+    site = self.env.object_sites_dict.get(target)
+    if site is None:
+      return False
+    corners = self.geometry.corners(self.geometry.geoms_of(obj))
+    rel = corners[:, :2] - corners[:, :2].mean(axis=0)
+    _, vecs = np.linalg.eigh(rel.T @ rel)
+    narrow = float(np.ptp(rel @ vecs[:, 0]))
+    surface, _ = self.geometry.ray_down(self.env.sim.data.get_site_xpos(target)[:2], 3.0, exclude=(obj,))
+    return bool(np.ptp(corners[:, 2]) < 0.03 and narrow > 0.075 and abs(surface - corners[:, 2].min()) < 0.01)
 
   def body_pos(self, name: str) -> np.ndarray:
     return self.data.xpos[self.env.obj_body_id[name]].copy()

@@ -62,3 +62,27 @@ def parse_bddl_goal(text: str) -> list[Predicate]:
   body = text[match.end():end]
   atoms = re.findall(r"\(\s*([A-Za-z]+)((?:\s+[^\s()]+)*)\s*\)", body)
   return from_parsed([[name] + args.split() for name, args in atoms if name.lower() != "and"])
+
+
+def shared_target_slots(goal: list[Predicate]) -> list[tuple[int, int]]:
+  """For each predicate, (k, n): it is the k-th of n ``on`` / ``in`` goals into the same target (``(0, 1)`` for
+  any other predicate). Several objects bound for one region (both moka pots on the stove) each get a slot."""
+  targets = [p.args[1] if p.name in ("on", "in") else None for p in goal]
+  out = []
+  for i, t in enumerate(targets):
+    if t is None:
+      out.append((0, 1))
+    else:
+      out.append((targets[:i].count(t), targets.count(t)))
+  return out
+
+
+def slot_offset(k: int, n: int, half_extent: float, spacing: float, margin: float = 0.01) -> float:
+  """Offset (m) of slot k of n along a region's axis: slots ``spacing`` apart (closer if the region's
+  ``half_extent`` minus ``margin`` cannot hold them), centred on the region's centre."""
+  if not 0 <= k < n:
+    raise ValueError(f"slot {k} of {n} does not exist")
+  if n == 1:
+    return 0.0
+  step = min(spacing, 2.0 * max(half_extent - margin, 0.0) / (n - 1))
+  return (k - 0.5 * (n - 1)) * step
