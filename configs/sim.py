@@ -66,9 +66,9 @@ def _smoke_model(use_motion: bool) -> ml_collections.ConfigDict:
   m.vlm.vision_overrides = ml_collections.ConfigDict(dict(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=8))
   m.vlm.llm_overrides = ml_collections.ConfigDict(dict(width=32, depth=1, mlp_dim=64, num_heads=2, num_kv_heads=1,
                                                        head_dim=16))
-  m.max_token_len = 12
+  m.max_token_len = 48  # the longest instruction of the suite needs 45 byte tokens (as the default)
   m.motion.num_keypoints, m.motion.num_steps = 16, 4
-  m.motion.width, m.motion.depth, m.motion.num_heads, m.motion.cond_len = 32, 1, 2, 44
+  m.motion.width, m.motion.depth, m.motion.num_heads, m.motion.cond_len = 32, 1, 2, 2 * 16 + 48
   m.motion.time_frequency_dim = 32
   m.guidance.num_heads = 2
   m.action.width, m.action.depth, m.action.num_heads, m.action.time_frequency_dim = 32, 2, 2, 32

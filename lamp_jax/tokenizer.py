@@ -121,14 +121,29 @@ class SentencePieceTokenizer(Tokenizer):
     return self._sp.decode([int(i) for i in ids if int(i) not in special])
 
 
-def tokenize_prompts(tokenizer: Tokenizer, texts: Sequence[str | bytes], max_len: int
+class PromptTooLongError(ValueError):
+  """An instruction does not fit the token budget and truncation is off (``tokenizer.truncate=False``)."""
+
+
+def prompt_length(tokenizer: Tokenizer, text: str | bytes) -> int:
+  """Tokens the PaliGemma prefix of ``text`` needs untruncated: ``1 (bos) + len(encode(text)) + separator``."""
+  if isinstance(text, (bytes, np.bytes_)):
+    text = bytes(text).decode("utf-8")
+  return 1 + len(tokenizer.encode(str(text).strip())) + len(tokenizer.encode(SEPARATOR))
+
+
+def tokenize_prompts(tokenizer: Tokenizer, texts: Sequence[str | bytes], max_len: int, *, truncate: bool = False
                      ) -> tuple[np.ndarray, np.ndarray]:
   """PaliGemma prefix tokens for a batch of prompts.
 
   Each prompt (bytes are decoded as UTF-8; surrounding whitespace stripped) becomes
-  ``[bos] + encode(text) + encode("\\n")``, right padded with ``pad_id`` to ``max_len``. Too long prompts are
-  truncated deterministically by dropping text tokens from the end, so that bos and the separator are always
-  kept: ``[bos] + encode(text)[:max_len - 1 - len(encode("\\n"))] + encode("\\n")``.
+  ``[bos] + encode(text) + encode("\\n")``, right padded with ``pad_id`` to ``max_len``.
+
+  A prompt longer than ``max_len`` is an error (:class:`PromptTooLongError`, naming the prompt, the length it
+  needs and the config fields) unless ``truncate``: then text tokens are dropped from the end, deterministically,
+  so that bos and the separator are always kept: ``[bos] + encode(text)[:max_len - 1 - len(encode("\\n"))] +
+  encode("\\n")``. (Silent truncation once cut every sim instruction after its 14th byte - the object, the
+  receptacle and the push direction - so it is opt-in and counted by the callers.)
 
   Returns:
     (tokens int32[B, max_len], mask bool[B, max_len]) with mask True on real tokens.
@@ -142,18 +157,25 @@ def tokenize_prompts(tokenizer: Tokenizer, texts: Sequence[str | bytes], max_len
   for row, text in enumerate(texts):
     if isinstance(text, (bytes, np.bytes_)):
       text = bytes(text).decode("utf-8")
-    ids = [tokenizer.bos_id] + tokenizer.encode(str(text).strip())[:budget] + separator
+    encoded = tokenizer.encode(str(text).strip())
+    if len(encoded) > budget and not truncate:
+      raise PromptTooLongError(
+          f"instruction {str(text).strip()!r} needs {1 + len(encoded) + len(separator)} tokens, more than the "
+          f"token budget {max_len} (config field model.max_token_len, or tokenizer.max_len for models without "
+          f"one); raise it, or set tokenizer.truncate=True to cut long instructions (counted in the logs)")
+    ids = [tokenizer.bos_id] + encoded[:budget] + separator
     tokens[row, :len(ids)] = ids
     mask[row, :len(ids)] = True
   return tokens, mask
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Tokenizer config section: kind 'bytes' (no file) or 'sentencepiece' (with path), and max_len."""
+  """Tokenizer config section: kind 'bytes' (no file) or 'sentencepiece' (with path), max_len, truncate."""
   cfg = ml_collections.ConfigDict()
   cfg.kind = "bytes"
   cfg.path = ""
   cfg.max_len = 48
+  cfg.truncate = False  # True: cut too long instructions (counted); False: PromptTooLongError naming the field
   return cfg
 
 

@@ -33,8 +33,8 @@ def test_tokenize_prompts_format_padding_and_bytes():
 def test_truncation_is_deterministic_and_keeps_bos_and_separator():
   t = tok.ByteTokenizer()
   long = "a very long instruction that does not fit" * 3
-  a, ma = tok.tokenize_prompts(t, [long, "short"], max_len=10)
-  b, mb = tok.tokenize_prompts(t, [long, "short"], max_len=10)
+  a, ma = tok.tokenize_prompts(t, [long, "short"], max_len=10, truncate=True)
+  b, mb = tok.tokenize_prompts(t, [long, "short"], max_len=10, truncate=True)
   np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(ma, mb)
   assert ma[0].all()
@@ -42,6 +42,19 @@ def test_truncation_is_deterministic_and_keeps_bos_and_separator():
   assert t.decode(a[0]) == long[:8] + "\n"
   with pytest.raises(ValueError, match="max_len"):
     tok.tokenize_prompts(t, ["x"], max_len=1)
+
+
+def test_too_long_prompt_is_an_error_naming_the_field_unless_truncate():
+  t = tok.ByteTokenizer()
+  text = "push the red cube to the left"  # 29 bytes: needs 31 tokens with bos and separator
+  assert tok.prompt_length(t, text) == 31 == tok.prompt_length(t, text.encode() + b"  ")
+  tokens, mask = tok.tokenize_prompts(t, [text], max_len=31)  # exactly fits: no error, nothing cut
+  assert t.decode(tokens[0]) == text + "\n" and mask.all()
+  with pytest.raises(tok.PromptTooLongError, match=r"model\.max_token_len.*tokenizer\.truncate") as err:
+    tok.tokenize_prompts(t, ["short", text], max_len=30)
+  assert "push the red cube to the left" in str(err.value) and "31 tokens" in str(err.value)
+  cut, _ = tok.tokenize_prompts(t, [text], max_len=16, truncate=True)
+  assert t.decode(cut[0]) == "push the red c\n"  # what silent truncation fed the sim policy before
 
 
 def test_sentencepiece_tokenizer_trained_in_test(tmp_path):
@@ -60,9 +73,9 @@ def test_sentencepiece_tokenizer_trained_in_test(tmp_path):
   assert (t.pad_id, t.eos_id, t.bos_id, t.vocab_size) == (0, 1, 2, 40)
   ids = t.encode("put the red cube on the plate")
   assert t.decode(ids) == "put the red cube on the plate"
-  tokens, mask = tok.tokenize_prompts(t, ["open the drawer", "pick up the cup"], max_len=12)
+  tokens, mask = tok.tokenize_prompts(t, ["open the drawer", "pick up the cup"], max_len=24)
   tokens2, _ = tok.tokenize_prompts(tok.SentencePieceTokenizer(prefix + ".model"), ["open the drawer",
-                                                                                   "pick up the cup"], 12)
+                                                                                   "pick up the cup"], 24)
   np.testing.assert_array_equal(tokens, tokens2)
   sep = t.encode("\n")
   assert len(sep) == 1

@@ -127,6 +127,7 @@ class CheckpointPolicy:
     self.data_cfg = config.data.pipeline if config.data.kind == "pipeline" else None
     self.tokenizer = trainer_lib.make_tokenizer(config, model_cfg)
     self.max_len = trainer_lib.text_length(config, model_cfg)
+    self.truncate = bool(config.tokenizer.get("truncate", False))  # as in training (trainer.HostBatchPreparer)
     self.action_horizon = int(model_cfg.get("action_horizon", 0) or self.data_cfg.action_horizon)
     self.window = (int(self.data_cfg.window_size) if self.data_cfg is not None
                    else int(model_cfg.get("window", 1)))
@@ -172,7 +173,8 @@ class CheckpointPolicy:
   def reset(self, instruction: str) -> None:
     from lamp_jax import tokenizer as tokenizer_lib
 
-    tokens, mask = tokenizer_lib.tokenize_prompts(self.tokenizer, [instruction], self.max_len)
+    tokens, mask = tokenizer_lib.tokenize_prompts(self.tokenizer, [instruction], self.max_len,
+                                                 truncate=self.truncate)
     self._tokens = (tokens, mask)
     self._instruction = instruction
     self._history.clear()

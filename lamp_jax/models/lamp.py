@@ -115,14 +115,16 @@ def model_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     cfg.vlm.image_size = 64
     cfg.vlm.vocab_size = 1024  # the trainer sets the tokenizer's vocabulary size
     # Sized for the 2-core CPU budget of the built-in benchmark (measured with `python -m lamp_jax.bench`):
-    # ~2.3 M parameters, ~1.3 GFLOP per training example (2 cameras x 64 patches + 16 text tokens).
+    # ~2.3 M parameters, ~1.3 GFLOP per training example (2 cameras x 64 patches + 48 text tokens).
     cfg.vlm.vision_overrides = ml_collections.ConfigDict(dict(width=128, depth=2, mlp_dim=256, num_heads=2,
                                                               patch_size=8))
     cfg.vlm.llm_overrides = ml_collections.ConfigDict(dict(width=128, depth=2, mlp_dim=256, num_heads=2,
                                                            num_kv_heads=1, head_dim=64))
     cfg.image_keys = (specs.IMAGE_PRIMARY, specs.IMAGE_WRIST)
-    cfg.max_token_len = 16
-    cfg.motion = _motion(num_keypoints=64, num_steps=8, width=64, depth=2, num_heads=2, cond_len=144,
+    # The longest built-in instruction ("put the yellow cylinder on the orange plate", 43 bytes) + bos + "\n" = 45
+    # byte tokens (tests/test_sim_config.py checks every template against this budget).
+    cfg.max_token_len = 48
+    cfg.motion = _motion(num_keypoints=64, num_steps=8, width=64, depth=2, num_heads=2, cond_len=2 * 64 + 48,
                          time_frequency_dim=64)
     cfg.guidance.num_heads = 2
     cfg.action = _action(width=128, depth=4, num_heads=2, time_frequency_dim=128)

@@ -125,6 +125,9 @@ class HostBatchPreparer:
     self.config = config
     self.model_cfg = model_cfg
     self.max_len = text_length(config, model_cfg)
+    # Too long instructions: an error naming the field (default), or cut and counted (tokenizer.truncate=True).
+    self.truncate = bool(config.tokenizer.get("truncate", False))
+    self.truncated_prompts = 0
     self._tokenizer = None
 
   def __call__(self, batch: dict) -> dict:
@@ -135,7 +138,13 @@ class HostBatchPreparer:
       if self._tokenizer is None:
         self._tokenizer = make_tokenizer(self.config, self.model_cfg)
       texts = list(np.asarray(task[specs.LANGUAGE_INSTRUCTION]).reshape(-1))
-      tokens, mask = tokenizer_lib.tokenize_prompts(self._tokenizer, texts, self.max_len)
+      tokens, mask = tokenizer_lib.tokenize_prompts(self._tokenizer, texts, self.max_len, truncate=self.truncate)
+      if self.truncate:
+        cut = sum(tokenizer_lib.prompt_length(self._tokenizer, t) > self.max_len for t in texts)
+        if cut and not self.truncated_prompts:
+          logging.warning("tokenizer.truncate=True: instructions longer than %d tokens are cut (first: %r); the "
+                          "count is logged as data/truncated_prompts", self.max_len, texts[0])
+        self.truncated_prompts += int(cut)
       batch = dict(batch)
       batch[specs.TASK] = {**task, specs.TOKENS: np.asarray(tokens, np.int32),
                            specs.TOKEN_MASK: np.asarray(mask, bool)}
@@ -549,6 +558,8 @@ class Trainer:
           scalars["examples_per_s"] = window_steps * self.global_batch_size / max(elapsed, 1e-9)
           scalars["steps_per_s"] = window_steps / max(elapsed, 1e-9)
           scalars["stage"] = stage.index
+          if prepare.truncate:
+            scalars["data/truncated_prompts"] = prepare.truncated_prompts
           if flops:
             scalars["flops_per_s"] = flops * window_steps / max(elapsed, 1e-9)
             roof = self.host_roof()
