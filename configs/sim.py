@@ -29,9 +29,14 @@ import ml_collections
 
 from lamp_jax.data import config as data_config
 from lamp_jax.models import lamp
+from lamp_jax.sim import tasks
 from lamp_jax.training import defaults
 
 SUITE = "tabletop4"
+# Instructions are tokenised by whole words of the suite's vocabulary (tasks.INSTRUCTION_WORDS): the longest,
+# "put the yellow cylinder on the orange plate", is 8 words + bos + separator = 10 tokens, as PaliGemma's
+# SentencePiece would give; bytes would need 45 (lamp.model_config('sim') budgets 48 for them).
+MAX_WORDS = 12
 
 
 def _data(model_cfg, batch_size: int) -> ml_collections.ConfigDict:
@@ -66,9 +71,9 @@ def _smoke_model(use_motion: bool) -> ml_collections.ConfigDict:
   m.vlm.vision_overrides = ml_collections.ConfigDict(dict(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=8))
   m.vlm.llm_overrides = ml_collections.ConfigDict(dict(width=32, depth=1, mlp_dim=64, num_heads=2, num_kv_heads=1,
                                                        head_dim=16))
-  m.max_token_len = 48  # the longest instruction of the suite needs 45 byte tokens (as the default)
+  m.max_token_len = MAX_WORDS
   m.motion.num_keypoints, m.motion.num_steps = 16, 4
-  m.motion.width, m.motion.depth, m.motion.num_heads, m.motion.cond_len = 32, 1, 2, 2 * 16 + 48
+  m.motion.width, m.motion.depth, m.motion.num_heads, m.motion.cond_len = 32, 1, 2, 2 * 16 + MAX_WORDS
   m.motion.time_frequency_dim = 32
   m.guidance.num_heads = 2
   m.action.width, m.action.depth, m.action.num_heads, m.action.time_frequency_dim = 32, 2, 2, 32
@@ -92,6 +97,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   else:
     c.model = lamp.model_config("sim")
     c.model.use_motion = use_motion
+    c.model.max_token_len = MAX_WORDS
+    c.model.motion.cond_len = len(c.model.image_keys) * (64 // 8) ** 2 + MAX_WORDS  # every prefix token
   # ~43 GFLOP per step at batch 32 (lamp.analytic_flops) against a ~60-80 GFLOP/s host roof.
   batch = 4 if smoke else 32
   c.data.kind = "pipeline"
@@ -99,6 +106,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.pipeline = _data(c.model, batch)
   if smoke:
     c.data.pipeline.shuffle_buffer_size = 64
+  c.tokenizer.kind = "words"
+  c.tokenizer.words = " ".join(tasks.INSTRUCTION_WORDS)
   c.tokenizer.max_len = int(c.model.max_token_len)
   c.compute_dtype = "float32"  # Measured faster than bfloat16 on this CPU (DESIGN.md section 6).
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1

@@ -1,13 +1,15 @@
 """Text tokenizers and the PaliGemma prompt format.
 
-Two implementations of one small interface (:class:`Tokenizer`):
+Three implementations of one small interface (:class:`Tokenizer`):
   * :class:`SentencePieceTokenizer` - a SentencePiece model file (PaliGemma's ``paligemma_tokenizer.model``,
     vocabulary 257152, pad 0 / eos 1 / bos 2).
   * :class:`ByteTokenizer` - self-contained, no file: UTF-8 bytes shifted past three specials
     (pad 0, eos 1, bos 2, byte b -> 3 + b; vocabulary 259). The offline default.
+  * :class:`WordTokenizer` - a closed vocabulary of whole words from the config (templated benchmarks such as
+    the built-in tabletop suite: one token per word, like SentencePiece on common words).
 
 :func:`tokenize_prompts` builds PaliGemma prefixes: ``[bos] + encode(text) + encode("\\n")``, right padded.
-Both are pure functions of their inputs (deterministic, no randomness, no global state).
+All are pure functions of their inputs (deterministic, no randomness, no global state).
 """
 
 from __future__ import annotations
@@ -81,6 +83,65 @@ class ByteTokenizer(Tokenizer):
   def decode(self, ids: Sequence[int]) -> str:
     data = bytes(int(i) - self.NUM_SPECIAL for i in ids if self.NUM_SPECIAL <= int(i) < self.vocab_size)
     return data.decode("utf-8", errors="replace")
+
+
+class WordTokenizer(Tokenizer):
+  """A closed vocabulary of whole words: pad 0, eos 1, bos 2, unk 3, newline 4, ``words[i]`` -> 5 + i.
+
+  For benchmarks whose instructions come from templates (the built-in tabletop suite): one token per word, as
+  PaliGemma's SentencePiece gives for common English words, where bytes need ~4.5 tokens per word. Text is
+  lower-cased and split on whitespace, with ``.,;:!?`` stripped from word ends; a word outside the vocabulary
+  becomes ``unk`` (id :attr:`UNK`; the trainer counts them).
+  """
+
+  NUM_SPECIAL = 5
+  UNK, NEWLINE = 3, 4
+
+  def __init__(self, words: str | Sequence[str]):
+    words = words.split() if isinstance(words, str) else list(words)
+    if not words:
+      raise ValueError("tokenizer.kind='words' needs tokenizer.words (a space-separated vocabulary)")
+    if len(set(words)) != len(words) or any(w != w.lower() or not w.strip() for w in words):
+      raise ValueError(f"tokenizer.words must be distinct lower-case words, got {words}")
+    self.words = tuple(words)
+    self._ids = {w: self.NUM_SPECIAL + i for i, w in enumerate(self.words)}
+
+  @property
+  def vocab_size(self) -> int:
+    return self.NUM_SPECIAL + len(self.words)
+
+  @property
+  def bos_id(self) -> int:
+    return 2
+
+  @property
+  def eos_id(self) -> int:
+    return 1
+
+  @property
+  def pad_id(self) -> int:
+    return 0
+
+  def encode(self, text: str) -> list[int]:
+    ids = []
+    for line_no, line in enumerate(text.split("\n")):
+      if line_no:
+        ids.append(self.NEWLINE)
+      for word in line.lower().split():
+        word = word.strip(".,;:!?")
+        if word:
+          ids.append(self._ids.get(word, self.UNK))
+    return ids
+
+  def decode(self, ids: Sequence[int]) -> str:
+    out = ""
+    for i in (int(i) for i in ids):
+      if i == self.NEWLINE:
+        out += "\n"
+      elif i == self.UNK or self.NUM_SPECIAL <= i < self.vocab_size:
+        word = "<unk>" if i == self.UNK else self.words[i - self.NUM_SPECIAL]
+        out += word if (not out or out.endswith("\n")) else " " + word
+    return out
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -170,23 +231,28 @@ def tokenize_prompts(tokenizer: Tokenizer, texts: Sequence[str | bytes], max_len
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Tokenizer config section: kind 'bytes' (no file) or 'sentencepiece' (with path), max_len, truncate."""
+  """Tokenizer config section: kind 'bytes' (no file), 'words' (with words) or 'sentencepiece' (with path),
+  max_len, truncate."""
   cfg = ml_collections.ConfigDict()
   cfg.kind = "bytes"
   cfg.path = ""
   cfg.max_len = 48
+  cfg.words = ""  # kind 'words': the space-separated vocabulary
   cfg.truncate = False  # True: cut too long instructions (counted); False: PromptTooLongError naming the field
   return cfg
 
 
 def from_config(cfg: ml_collections.ConfigDict) -> Tokenizer:
-  """The tokenizer of a config section (``cfg.kind`` in {'bytes', 'sentencepiece'}, ``cfg.path``)."""
+  """The tokenizer of a config section (``cfg.kind`` in {'bytes', 'words', 'sentencepiece'}; ``cfg.words``,
+  ``cfg.path``)."""
   kind = cfg.get("kind", None)
   if kind == "bytes":
     return ByteTokenizer()
+  if kind == "words":
+    return WordTokenizer(cfg.get("words", ""))
   if kind == "sentencepiece":
     path = cfg.get("path", "")
     if not path:
       raise ValueError("tokenizer.kind='sentencepiece' needs tokenizer.path (a .model file)")
     return SentencePieceTokenizer(path)
-  raise ValueError(f"tokenizer.kind must be 'bytes' or 'sentencepiece', got {kind!r}")
+  raise ValueError(f"tokenizer.kind must be 'bytes', 'words' or 'sentencepiece', got {kind!r}")

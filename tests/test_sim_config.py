@@ -42,8 +42,8 @@ def test_every_sim_instruction_fits_the_token_budget_untruncated(variant):
   max_len = trainer_lib.text_length(config, config.model)
   tok = trainer_lib.make_tokenizer(config, config.model)
   texts = _longest_instructions()
-  assert max(map(len, texts)) == 43  # "put the yellow cylinder on the orange plate"
-  assert not config.tokenizer.truncate
+  assert max(map(len, texts)) == 43  # "put the yellow cylinder on the orange plate": 45 bytes, 10 words
+  assert not config.tokenizer.truncate and config.tokenizer.kind == "words"
   tokens, mask = tokenizer_lib.tokenize_prompts(tok, texts, max_len)  # would raise PromptTooLongError
   assert [tok.decode(row[m])[:-1] for row, m in zip(tokens, mask)] == texts  # whole, minus the separator
   # The Motion Expert's condition holds the whole prefix: every camera's patches + the text tokens.
@@ -51,15 +51,31 @@ def test_every_sim_instruction_fits_the_token_budget_untruncated(variant):
   assert int(config.model.motion.cond_len) >= len(config.model.image_keys) * patches + max_len
 
 
-def test_host_batch_preparer_rejects_or_counts_too_long_instructions():
+def test_host_batch_preparer_rejects_or_counts_too_long_instructions_and_counts_unknown_words():
   config = _sim_config("smoke")
-  batch = {"task": {"language_instruction": np.array([b"open the drawer", b"x" * 60])}}
+  long = b"put the red cube on the blue plate " * 2  # 16 words: over the 12-token budget
+  batch = {"task": {"language_instruction": np.array([b"open the drawer", long])}}
   with pytest.raises(tokenizer_lib.PromptTooLongError, match="max_token_len"):
     trainer_lib.HostBatchPreparer(config, config.model)(batch)
   config.tokenizer.truncate = True
   prepare = trainer_lib.HostBatchPreparer(config, config.model)
   out = prepare(batch)
-  assert out["task"]["tokens"].shape == (2, 48) and out["task"]["token_mask"][1].all()
-  assert prepare.truncated_prompts == 1
-  prepare(batch)
-  assert prepare.truncated_prompts == 2
+  assert out["task"]["tokens"].shape == (2, 12) and out["task"]["token_mask"][1].all()
+  assert prepare.truncated_prompts == 1 and prepare.unknown_words == 0
+  prepare({"task": {"language_instruction": np.array([b"open the fridge", b"close the pink drawer"])}})
+  assert prepare.truncated_prompts == 1 and prepare.unknown_words == 2
+
+
+def test_sim_vocabulary_covers_every_instruction_word():
+  words = {w for text in _longest_instructions() for w in text.split()}
+  assert words == set(tasks.INSTRUCTION_WORDS)
+
+
+def test_sim_model_variant_byte_budget_fits_every_instruction():
+  """lamp.model_config('sim') budgets for the offline default byte tokenizer (used when the words are not)."""
+  from lamp_jax.models import lamp
+
+  model = lamp.model_config("sim")
+  texts = _longest_instructions()
+  tokenizer_lib.tokenize_prompts(tokenizer_lib.ByteTokenizer(), texts, int(model.max_token_len))
+  assert int(model.motion.cond_len) >= 2 * 64 + int(model.max_token_len)

@@ -93,3 +93,21 @@ def test_from_config_errors(tmp_path):
     tok.from_config(ml_collections.ConfigDict({"kind": "sentencepiece", "path": ""}))
   with pytest.raises(FileNotFoundError, match="missing.model"):
     tok.from_config(ml_collections.ConfigDict({"kind": "sentencepiece", "path": str(tmp_path / "missing.model")}))
+
+
+def test_word_tokenizer_round_trip_unknown_words_and_prompt_format():
+  t = tok.WordTokenizer("put the red cube on plate")
+  assert t.vocab_size == 11 and (t.pad_id, t.eos_id, t.bos_id) == (0, 1, 2)
+  ids = t.encode("Put the red cube on the plate.")  # case and end punctuation are normalised
+  assert ids == [5, 6, 7, 8, 9, 6, 10] and t.decode(ids) == "put the red cube on the plate"
+  assert t.encode("put the blue cube") == [5, 6, t.UNK, 8] and t.decode([5, t.UNK]) == "put <unk>"
+  tokens, mask = tok.tokenize_prompts(t, ["put the red cube", "on"], max_len=7)
+  np.testing.assert_array_equal(tokens, [[2, 5, 6, 7, 8, t.NEWLINE, 0], [2, 9, t.NEWLINE, 0, 0, 0, 0]])
+  assert t.decode(tokens[0]) == "put the red cube\n" and mask.sum() == 9
+  assert tok.prompt_length(t, "put the red cube on the plate") == 9
+  cfg = tok.default_config()
+  cfg.kind, cfg.words = "words", "open drawer"
+  assert tok.from_config(cfg).words == ("open", "drawer")
+  for bad in ("", "open open", "Open"):
+    with pytest.raises(ValueError, match="tokenizer.words"):
+      tok.WordTokenizer(bad)

@@ -198,6 +198,11 @@ SUITES: dict[str, tuple[str, ...]] = {
     "push": ("push",),
     "drawer": ("drawer",),
 }
+# Every word the instruction templates above can produce (the vocabulary of configs/sim.py's word tokenizer;
+# tests/test_sim_config.py checks that sampled instructions use no other word).
+INSTRUCTION_WORDS: tuple[str, ...] = (
+    ("put", "stack", "push", "open", "close", "the", "on", "to", "cube", "cylinder", "plate", "drawer", "left",
+     "right") + tuple(COLORS))
 DEMO_SEED_LIMIT = 10**6
 EVAL_SEED_OFFSET = 10**6
 

@@ -128,6 +128,7 @@ class HostBatchPreparer:
     # Too long instructions: an error naming the field (default), or cut and counted (tokenizer.truncate=True).
     self.truncate = bool(config.tokenizer.get("truncate", False))
     self.truncated_prompts = 0
+    self.unknown_words = 0  # WordTokenizer: words outside the vocabulary (-> <unk>)
     self._tokenizer = None
 
   def __call__(self, batch: dict) -> dict:
@@ -143,8 +144,15 @@ class HostBatchPreparer:
         cut = sum(tokenizer_lib.prompt_length(self._tokenizer, t) > self.max_len for t in texts)
         if cut and not self.truncated_prompts:
           logging.warning("tokenizer.truncate=True: instructions longer than %d tokens are cut (first: %r); the "
-                          "count is logged as data/truncated_prompts", self.max_len, texts[0])
+                          "count is logged as data/truncated_prompts", self.max_len,
+                          next(t for t in texts if tokenizer_lib.prompt_length(self._tokenizer, t) > self.max_len))
         self.truncated_prompts += int(cut)
+      if isinstance(self._tokenizer, tokenizer_lib.WordTokenizer):
+        unknown = int(((tokens == tokenizer_lib.WordTokenizer.UNK) & mask).sum())
+        if unknown and not self.unknown_words:
+          logging.warning("instructions have words outside tokenizer.words (first batch: %r); they become <unk>; "
+                          "the count is logged as data/unknown_words", texts[:4])
+        self.unknown_words += unknown
       batch = dict(batch)
       batch[specs.TASK] = {**task, specs.TOKENS: np.asarray(tokens, np.int32),
                            specs.TOKEN_MASK: np.asarray(mask, bool)}
@@ -560,6 +568,8 @@ class Trainer:
           scalars["stage"] = stage.index
           if prepare.truncate:
             scalars["data/truncated_prompts"] = prepare.truncated_prompts
+          if prepare.unknown_words:
+            scalars["data/unknown_words"] = prepare.unknown_words
           if flops:
             scalars["flops_per_s"] = flops * window_steps / max(elapsed, 1e-9)
             roof = self.host_roof()
