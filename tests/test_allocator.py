@@ -1,0 +1,40 @@
+"""lamp_jax.allocator: entry points re-execute themselves once under tcmalloc when it is installed."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lamp_jax import allocator
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _probe(**env):
+  env = {**{k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.ENV_SWITCH)}, **env}
+  proc = subprocess.run([sys.executable, "-m", "tests.allocator_probe", "--some-flag=1"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1]), proc
+
+
+def test_reexec_loads_tcmalloc_when_installed_and_respects_the_switch():
+  installed = allocator.find_tcmalloc()
+  got, _ = _probe()
+  assert got["mapped"] == (installed is not None)  # .ci/run installs libtcmalloc-minimal4: mapped there
+  if installed:
+    assert got["ld_preload"].startswith(installed)
+  off, _ = _probe(**{allocator.ENV_SWITCH: "system"})
+  assert not off["mapped"] and off["ld_preload"] == ""
+
+
+def test_no_second_reexec_when_preloaded_and_bad_switch_is_an_error(monkeypatch):
+  assert allocator.tcmalloc_loaded({"LD_PRELOAD": "/x/libtcmalloc_minimal.so.4:/y/other.so"})
+  assert not allocator.tcmalloc_loaded({"LD_PRELOAD": "/y/other.so"})
+  monkeypatch.setenv("LD_PRELOAD", "libtcmalloc_minimal.so.4")
+  allocator.reexec_with_tcmalloc("tests.allocator_probe")  # returns: already loaded, no exec
+  monkeypatch.setenv(allocator.ENV_SWITCH, "jemalloc")
+  with pytest.raises(ValueError, match=allocator.ENV_SWITCH):
+    allocator.reexec_with_tcmalloc("tests.allocator_probe")
