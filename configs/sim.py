@@ -104,7 +104,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.model.use_motion = use_motion
     c.model.max_token_len = MAX_WORDS
     c.model.motion.cond_len = len(c.model.image_keys) * (64 // 8) ** 2 + MAX_WORDS  # every prefix token
-  # ~43 GFLOP per step at batch 32 (lamp.analytic_flops) against a ~60-80 GFLOP/s host roof.
+  # ~36 GFLOP per stage-2 step at batch 32 (lamp.analytic_flops) against a measured ~210 GFLOP/s matmul roof.
   batch = 4 if smoke else 32
   c.data.kind = "pipeline"
   c.data.global_batch_size = batch

@@ -56,14 +56,8 @@ class Tokenizer(abc.ABC):
     """Text of ``ids``; special ids (pad / bos / eos) are dropped."""
 
 
-class ByteTokenizer(Tokenizer):
-  """UTF-8 bytes as tokens: pad 0, eos 1, bos 2, byte b -> 3 + b."""
-
-  NUM_SPECIAL = 3
-
-  @property
-  def vocab_size(self) -> int:
-    return self.NUM_SPECIAL + 256
+class _FixedSpecialsTokenizer(Tokenizer):
+  """The self-contained tokenizers' special ids: pad 0, eos 1, bos 2."""
 
   @property
   def bos_id(self) -> int:
@@ -77,6 +71,16 @@ class ByteTokenizer(Tokenizer):
   def pad_id(self) -> int:
     return 0
 
+
+class ByteTokenizer(_FixedSpecialsTokenizer):
+  """UTF-8 bytes as tokens: pad 0, eos 1, bos 2, byte b -> 3 + b."""
+
+  NUM_SPECIAL = 3
+
+  @property
+  def vocab_size(self) -> int:
+    return self.NUM_SPECIAL + 256
+
   def encode(self, text: str) -> list[int]:
     return [self.NUM_SPECIAL + b for b in text.encode("utf-8")]
 
@@ -85,7 +89,7 @@ class ByteTokenizer(Tokenizer):
     return data.decode("utf-8", errors="replace")
 
 
-class WordTokenizer(Tokenizer):
+class WordTokenizer(_FixedSpecialsTokenizer):
   """A closed vocabulary of whole words: pad 0, eos 1, bos 2, unk 3, newline 4, ``words[i]`` -> 5 + i.
 
   For benchmarks whose instructions come from templates (the built-in tabletop suite): one token per word, as
@@ -109,18 +113,6 @@ class WordTokenizer(Tokenizer):
   @property
   def vocab_size(self) -> int:
     return self.NUM_SPECIAL + len(self.words)
-
-  @property
-  def bos_id(self) -> int:
-    return 2
-
-  @property
-  def eos_id(self) -> int:
-    return 1
-
-  @property
-  def pad_id(self) -> int:
-    return 0
 
   def encode(self, text: str) -> list[int]:
     ids = []

@@ -115,7 +115,8 @@ def model_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     cfg.vlm.image_size = 64
     cfg.vlm.vocab_size = 1024  # the trainer sets the tokenizer's vocabulary size
     # Sized for the 2-core CPU budget of the built-in benchmark (measured with `python -m lamp_jax.bench`):
-    # ~2.3 M parameters, ~1.3 GFLOP per training example (2 cameras x 64 patches + 48 text tokens).
+    # ~2.3 M parameters, ~1.3 GFLOP per training example (2 cameras x 64 patches + 48 text tokens; 1.1 with
+    # the 12 word tokens of configs/sim.py).
     cfg.vlm.vision_overrides = ml_collections.ConfigDict(dict(width=128, depth=2, mlp_dim=256, num_heads=2,
                                                               patch_size=8))
     cfg.vlm.llm_overrides = ml_collections.ConfigDict(dict(width=128, depth=2, mlp_dim=256, num_heads=2,
