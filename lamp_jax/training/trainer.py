@@ -141,12 +141,11 @@ class HostBatchPreparer:
       texts = list(np.asarray(task[specs.LANGUAGE_INSTRUCTION]).reshape(-1))
       tokens, mask = tokenizer_lib.tokenize_prompts(self._tokenizer, texts, self.max_len, truncate=self.truncate)
       if self.truncate:
-        cut = sum(tokenizer_lib.prompt_length(self._tokenizer, t) > self.max_len for t in texts)
+        cut = [t for t in texts if tokenizer_lib.prompt_length(self._tokenizer, t) > self.max_len]
         if cut and not self.truncated_prompts:
           logging.warning("tokenizer.truncate=True: instructions longer than %d tokens are cut (first: %r); the "
-                          "count is logged as data/truncated_prompts", self.max_len,
-                          next(t for t in texts if tokenizer_lib.prompt_length(self._tokenizer, t) > self.max_len))
-        self.truncated_prompts += int(cut)
+                          "count is logged as data/truncated_prompts", self.max_len, cut[0])
+        self.truncated_prompts += len(cut)
       if isinstance(self._tokenizer, tokenizer_lib.WordTokenizer):
         unknown = int(((tokens == tokenizer_lib.WordTokenizer.UNK) & mask).sum())
         if unknown and not self.unknown_words:
