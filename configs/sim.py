@@ -78,7 +78,8 @@ def _smoke_model(use_motion: bool) -> ml_collections.ConfigDict:
                                                        head_dim=16))
   m.max_token_len = MAX_WORDS
   m.motion.num_keypoints, m.motion.num_steps = 16, 4
-  m.motion.width, m.motion.depth, m.motion.num_heads, m.motion.cond_len = 32, 1, 2, 2 * 16 + MAX_WORDS
+  m.motion.width, m.motion.depth, m.motion.num_heads = 32, 1, 2
+  m.motion.cond_len = lamp.prefix_length(m)  # every prefix token
   m.motion.time_frequency_dim = 32
   m.guidance.num_heads = 2
   m.action.width, m.action.depth, m.action.num_heads, m.action.time_frequency_dim = 32, 2, 2, 32
@@ -103,7 +104,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.model = lamp.model_config("sim")
     c.model.use_motion = use_motion
     c.model.max_token_len = MAX_WORDS
-    c.model.motion.cond_len = len(c.model.image_keys) * (64 // 8) ** 2 + MAX_WORDS  # every prefix token
+    c.model.motion.cond_len = lamp.prefix_length(c.model)  # every prefix token
   # ~36 GFLOP per stage-2 step at batch 32 (lamp.analytic_flops) against a measured ~210 GFLOP/s matmul roof.
   batch = 4 if smoke else 32
   c.data.kind = "pipeline"

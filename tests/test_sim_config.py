@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from lamp_jax import tokenizer as tokenizer_lib
+from lamp_jax.models import lamp
 from lamp_jax.sim import tasks
 from lamp_jax.training import trainer as trainer_lib
 
@@ -49,6 +50,7 @@ def test_every_sim_instruction_fits_the_token_budget_untruncated(variant):
   # The Motion Expert's condition holds the whole prefix: every camera's patches + the text tokens.
   patches = (int(config.model.image_size) // int(config.model.vlm.vision_overrides.patch_size)) ** 2
   assert int(config.model.motion.cond_len) >= len(config.model.image_keys) * patches + max_len
+  assert lamp.prefix_length(config.model) == len(config.model.image_keys) * patches + max_len
 
 
 def test_host_batch_preparer_rejects_or_counts_too_long_instructions_and_counts_unknown_words():
@@ -73,8 +75,6 @@ def test_sim_vocabulary_covers_every_instruction_word():
 
 def test_sim_model_variant_byte_budget_fits_every_instruction():
   """lamp.model_config('sim') budgets for the offline default byte tokenizer (used when the words are not)."""
-  from lamp_jax.models import lamp
-
   model = lamp.model_config("sim")
   texts = _longest_instructions()
   tokenizer_lib.tokenize_prompts(tokenizer_lib.ByteTokenizer(), texts, int(model.max_token_len))

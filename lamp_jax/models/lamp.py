@@ -474,6 +474,12 @@ def _transformer_layer_flops(tokens: int, width: int, mlp_dim: int, *, context: 
   return float(proj + scores + mlp)
 
 
+def prefix_length(model_cfg: ml_collections.ConfigDict) -> int:
+  """VLM prefix tokens: every camera's patches + ``max_token_len`` text tokens (motion.cond_len must hold them)."""
+  vision = paligemma.config_from_dict(model_cfg.vlm).vision
+  return len(model_cfg.image_keys) * (vision.image_size // vision.patch_size) ** 2 + int(model_cfg.max_token_len)
+
+
 def _component_flops(model_cfg: ml_collections.ConfigDict) -> dict[str, float]:
   """Per-example forward matmul FLOPs of each component call."""
   vlm = paligemma.config_from_dict(model_cfg.vlm)
@@ -483,7 +489,7 @@ def _component_flops(model_cfg: ml_collections.ConfigDict) -> dict[str, float]:
   vision = cams * (2 * patches * v.patch_size**2 * 3 * v.width
                    + v.depth * _transformer_layer_flops(patches, v.width, v.mlp_dim)
                    + 2 * patches * v.width * g.width)
-  prefix = cams * patches + model_cfg.max_token_len
+  prefix = prefix_length(model_cfg)
   gemma_layer = (2 * prefix * g.width * g.num_heads * g.head_dim * 2  # q, out
                  + 2 * prefix * g.width * g.num_kv_heads * g.head_dim * 2  # k, v
                  + 2 * 2 * prefix * prefix * g.num_heads * g.head_dim
