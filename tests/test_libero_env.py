@@ -97,3 +97,33 @@ def test_generate_render_and_export(tmp_path):
   assert len(steps) == m
   np.testing.assert_allclose(steps[3]["scene_flow"].numpy(), ep["scene_flow"][3])
   assert steps[0]["observation"]["image_0"].shape == (48, 48, 3)
+
+
+_OVERHANG_PROBE = """
+import json, numpy as np
+from lamp_jax.libero import envs, experts
+suite = envs.get_suite('libero_goal')
+env = envs.make_env(suite, 3)  # open the top drawer and put the bowl inside
+envs.reset_to_state(env, suite.get_task_init_states(3)[1])
+for _ in range(envs.NUM_WAIT_STEPS):
+  env.step(envs.DUMMY_ACTION)
+x = experts.LiberoExpert(env)
+start_z = x.body_pos('akita_black_bowl_1')[2]
+phases = []
+for _ in range(envs.max_steps('libero_goal')):
+  env.step(x.act())
+  if not phases or phases[-1] != x.phase:
+    phases.append(x.phase)
+  if x.phase == '1:carry':
+    break
+print(json.dumps({'phases': phases, 'lifted': float(x.body_pos('akita_black_bowl_1')[2] - start_z)}))
+"""
+
+
+def test_expert_slides_the_bowl_out_from_under_the_opened_drawer():
+  # The opened top drawer reaches over the bowl's rim: the lifted bowl must first slide out, then rise, and
+  # still be in the fingers at the carry height (it used to be knocked out on the way up).
+  result = json.loads(_libero(["-c", _OVERHANG_PROBE]).stdout.strip().splitlines()[-1])
+  phases = result["phases"]
+  assert "1:slide" in phases and phases.index("1:slide") < phases.index("1:raise") < phases.index("1:carry"), phases
+  assert result["lifted"] > 0.2, result

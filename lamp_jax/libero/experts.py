@@ -12,7 +12,9 @@ Skills (one per goal form):
     plates: a downward ray at the centre lands below the rim) — then lift to a height that clears everything under
     the straight carry path, carry so the object's body origin lands over the target (the target object's body
     origin for ``on``, a region's site otherwise), lower until the object's underside is just above the surface
-    found by a ray cast, release, retreat. A grasp that did not lift the object is retried (twice).
+    found by a ray cast, release, retreat. A grasp that did not lift the object is retried (twice). If
+    something hangs over the lifted object (an opened drawer over the bowl's rim), it first slides out from
+    under it ("slide", ``_escape_shift``) before rising.
     If something under the straight way to the grasp stands higher than the hand would pass (a basket's rim
     after the first of two placements), the hand first rises and crosses over it ("rise", "cross").
     Wide objects that are not vessels (a moka pot) are grasped by a narrow part (the handle). Several objects
@@ -309,6 +311,49 @@ class PickPlace:
       return None
     return float(max(needed, end[2]))  # never below `end`: the object itself stands under it
 
+  OVERHEAD = 0.25  # m above the lifted object that must be free before it rises
+
+  def _escape_shift(self) -> np.ndarray | None:
+    """Horizontal shift float64[2] that takes the lifted object out from under an overhang, or None if nothing
+    stands above it (the usual case).
+
+    LIBERO-Goal's "open the top drawer and put the bowl inside": the opened drawer reaches over the bowl's
+    rim, and rising straight up knocks the bowl out of the fingers. Free means: no box in the column from
+    the object's underside up to ``OVERHEAD`` above its top (over a 5 x 5 grid on its footprint) nor above
+    the hand (the hand's line +-10 cm along the closing axis, from its underside ~4 cm above the grip site).
+    The shortest shift (1 cm steps, 16 directions) whose column is free and whose straight way at the current
+    height is free for the object wins; of equal ones, the one toward the place target."""
+    geo, robot = self.x.geometry, self.x.robot
+    corners = geo.corners(geo.geoms_of(self.obj))
+    bottom, top = corners[:, 2].min(), corners[:, 2].max()
+    lo, hi = corners[:, :2].min(0), corners[:, :2].max(0)
+    footprint = np.stack(np.meshgrid(np.linspace(lo[0], hi[0], 5), np.linspace(lo[1], hi[1], 5)), -1).reshape(-1, 2)
+    closing = self.grasp_rot[:2, 0]
+    hand = robot.pos[:2] + np.linspace(-0.1, 0.1, 5)[:, None] * closing[None]
+    z_hi = top + self.OVERHEAD
+
+    def free(points, z_lo, z_from) -> bool:
+      return all(geo.ray_down(p, z_from, exclude=(self.obj,))[0] < z_lo for p in points)
+
+    def column_free(shift) -> bool:
+      return free(footprint + shift, bottom - 0.005, z_hi) and free(hand + shift, robot.pos[2] + 0.04, z_hi)
+
+    if column_free(np.zeros(2)):
+      return None
+    toward = self._target_xy() - robot.pos[:2]
+    toward /= np.linalg.norm(toward) + 1e-9
+    for distance in np.arange(0.01, 0.151, 0.01):
+      options = []
+      for angle in np.linspace(0.0, 2 * math.pi, 16, endpoint=False):
+        u = np.array([math.cos(angle), math.sin(angle)])
+        if not column_free(distance * u):
+          continue
+        if all(free(footprint + s * distance * u, bottom - 0.005, top + 0.005) for s in (0.25, 0.5, 0.75)):
+          options.append((float(u @ toward), tuple(distance * u)))
+      if options:
+        return np.array(max(options)[1])
+    return None  # boxed in: rise anyway
+
   def _target_xy(self) -> np.ndarray:
     if self.target in self.x.env.obj_body_id:
       return self.x.body_pos(self.target)[:2]
@@ -383,9 +428,19 @@ class PickPlace:
           else:
             self.phase, self.counter = "regrasp", 0
         else:
-          self._plan_place()
-          self.phase, self.counter = "raise", 0
+          shift = self._escape_shift()
+          if shift is None:
+            self._plan_place()
+            self.phase, self.counter = "raise", 0
+          else:
+            self.slide_goal = np.append(robot.pos[:2] + shift, robot.pos[2])
+            self.phase, self.counter = "slide", 0
       return robot.action(lift, self.grasp_rot, CLOSE, max_speed=0.6)
+    if self.phase == "slide":  # out from under an overhang, at the lift height
+      if np.linalg.norm(robot.pos - self.slide_goal) < 0.01 or self.counter > 40:
+        self._plan_place()
+        self.phase, self.counter = "raise", 0
+      return robot.action(self.slide_goal, self.grasp_rot, CLOSE, max_speed=0.5)
     if self.phase == "regrasp":
       if self.counter > 10:
         self.phase, self.counter = "plan", 0
@@ -397,7 +452,9 @@ class PickPlace:
       return robot.action(goal, self.grasp_rot, CLOSE, max_speed=1.0)
     if self.phase == "carry":
       goal = np.array([self.place_xy[0], self.place_xy[1], self.carry_z])
-      if np.linalg.norm(robot.pos - goal) < 0.012 or self.counter > 150:
+      # The last centimetres are closed while lowering (its goal is the same xy): saves ~5 steps of slow
+      # convergence (LIBERO-Goal's drawer-then-bowl task needs ~290 of its 300 steps).
+      if np.linalg.norm(robot.pos - goal) < 0.02 or self.counter > 150:
         self.phase, self.counter = "lower", 0
       return robot.action(goal, self.grasp_rot, CLOSE, max_speed=1.0)
     if self.phase == "lower":
@@ -644,6 +701,9 @@ class PullDrawer:
   """``open`` of a drawer (slide joint): grasp the handle from the front with the hand horizontal (fingers
   closing vertically around the handle bar), pull along the slide until the goal holds, release, back off."""
 
+  RISE_TURN = 0.6  # cap of the rotation action while turning back top-down (0.3 took > 40 steps: "open the
+  # top drawer and put the bowl inside" then ran out of LIBERO-Goal's 300 steps)
+
   def __init__(self, expert: "LiberoExpert", name: str):
     import mujoco  # pylint: disable=g-import-not-at-top
 
@@ -711,7 +771,7 @@ class PullDrawer:
     if self.phase == "insert":
       if np.linalg.norm(robot.pos - self.grasp) < 0.006 or self.counter > 50:
         self.phase, self.counter = "close", 0
-      return robot.action(self.grasp, self.rot, OPEN, max_speed=0.4)
+      return robot.action(self.grasp, self.rot, OPEN, max_speed=0.6)
     if self.phase == "close":
       if self.counter >= 12:
         self.phase, self.counter = "pull", 0
@@ -731,11 +791,11 @@ class PullDrawer:
         self.phase, self.counter = "rise", 0
         self.rise_goal = self.back_goal + np.array([0.0, 0.0, 0.12])
       return robot.action(self.back_goal, self.rot, OPEN, max_speed=0.8)
-    if self.phase == "rise":  # up into free space, turning the hand back to top-down
+    if self.phase == "rise":  # up into free space, turning the hand back toward top-down (the next skill ends the turn)
       home = _top_down(self.x.home_yaw)
-      if (np.linalg.norm(robot.pos - self.rise_goal) < 0.03 and robot.rot_error(home) < 0.15) or self.counter > 40:
+      if (np.linalg.norm(robot.pos - self.rise_goal) < 0.03 and robot.rot_error(home) < 0.4) or self.counter > 40:
         self.done = True
-      return robot.action(self.rise_goal, home, OPEN, max_speed=0.8, max_turn=0.3)
+      return robot.action(self.rise_goal, home, OPEN, max_speed=0.8, max_turn=self.RISE_TURN)
     self.done = True
     return robot.action(robot.pos, robot.rot, OPEN)
 
