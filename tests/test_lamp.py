@@ -97,6 +97,38 @@ def test_loss_repeats_equal_a_tiled_batch(setup):
     lamp.build(bad).apply({"params": params}, batch, jax.random.key(0), method="compute_loss")
 
 
+def test_proprio_off_and_dropout(setup):
+  """use_proprio=False: the action loss does not depend on the proprio values. proprio_dropout only acts in
+  training (train=False equals no dropout), only zeroes the state (zero proprio is unchanged by it), and does act
+  (a different loss for non-zero proprio)."""
+  _, params, batch = setup
+  rng = jax.random.key(11)
+
+  def action_loss(model_cfg, b, train):
+    fn = lambda p, bb, r: lamp.build(model_cfg).apply({"params": p}, bb, r, train=train,  # noqa: E731
+                                                     method="compute_loss")
+    return float(jax.jit(fn, compiler_options=FAST_COMPILE)(params, b, rng)[1]["loss/action_fm"])
+
+  other = copy.deepcopy(batch)
+  other[specs.OBSERVATION][specs.PROPRIO] = other[specs.OBSERVATION][specs.PROPRIO] * -3.0 + 1.0
+  zeros = copy.deepcopy(batch)
+  zeros[specs.OBSERVATION][specs.PROPRIO] = np.zeros_like(zeros[specs.OBSERVATION][specs.PROPRIO])
+  off = copy.deepcopy(CFG)
+  off.use_proprio = False
+  assert action_loss(off, batch, True) == action_loss(off, other, True) == action_loss(CFG, zeros, True)
+  assert action_loss(CFG, batch, True) != action_loss(CFG, other, True)
+
+  drop = copy.deepcopy(CFG)
+  drop.proprio_dropout = 0.9  # with this key at least one of the B = 2 examples is dropped
+  assert action_loss(drop, batch, False) == action_loss(CFG, batch, False)
+  assert action_loss(drop, zeros, True) == action_loss(CFG, zeros, True)
+  assert action_loss(drop, batch, True) != action_loss(CFG, batch, True)
+  bad = copy.deepcopy(CFG)
+  bad.proprio_dropout = 1.0
+  with pytest.raises(ValueError, match="proprio_dropout"):
+    lamp.build(bad).apply({"params": params}, batch, rng, method="compute_loss")
+
+
 def test_stage_configs_need_only_their_data(setup):
   _, params, batch = setup
   stage1 = copy.deepcopy(CFG)

@@ -91,6 +91,12 @@ def model_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   # inputs R times: R x the expert's cost, a lower-variance gradient for the same encoder cost.
   cfg.loss = ml_collections.ConfigDict(dict(motion_weight=1.0, action_weight=1.0, motion_repeats=1,
                                             action_repeats=1))
+  # Proprio input of the Action Expert. use_proprio=False feeds zeros (the normalised mean state) always;
+  # proprio_dropout=p zeroes it for a random fraction p of the training examples (never when sampling), so that
+  # the policy cannot predict every action from the state alone and has to read the cameras (the "copycat"
+  # shortcut of behaviour cloning with proprioception). Released LaMP: True / 0.0.
+  cfg.use_proprio = True
+  cfg.proprio_dropout = 0.0
   cfg.num_inference_steps = 10
   cfg.tau_infer = 0.1
   cfg.partial_steps = 1
@@ -191,12 +197,23 @@ class LaMP(nn.Module):
       masks.append(jnp.ones((b,), bool) if mask is None else mask[:, -1].astype(bool))
     return jnp.stack(images, axis=1), jnp.stack(masks, axis=1)
 
-  def _proprio(self, batch):
+  def _proprio(self, batch, dropout_rng=None):
+    """Current normalised proprio float32[B, S]: zeros when ``use_proprio`` is False; with ``dropout_rng`` (training
+    only) each example's proprio is zeroed with probability ``proprio_dropout``."""
     proprio = batch[specs.OBSERVATION][specs.PROPRIO]
     if proprio.shape[-1] != self.config.proprio_dim:
       raise ValueError(f"batch['observation']['proprio'] has {proprio.shape[-1]} dims; config proprio_dim="
                        f"{self.config.proprio_dim}")
-    return proprio[:, -1].astype(jnp.float32)
+    proprio = proprio[:, -1].astype(jnp.float32)
+    if not self.config.get("use_proprio", True):
+      return jnp.zeros_like(proprio)
+    p = float(self.config.get("proprio_dropout", 0.0))
+    if not 0.0 <= p < 1.0:
+      raise ValueError(f"config proprio_dropout must be in [0, 1), got {p}")
+    if dropout_rng is not None and p > 0.0:
+      keep = jax.random.bernoulli(dropout_rng, 1.0 - p, (proprio.shape[0], 1))
+      proprio = jnp.where(keep, proprio, 0.0)
+    return proprio
 
   def encode(self, batch):
     """VLM prefix features: (float[B, P, Dv], bool[B, P])."""
@@ -267,12 +284,12 @@ class LaMP(nn.Module):
     """Weighted flow-matching losses.
 
     Terms: 'loss/motion_fm' (needs scene_flow keys; off when loss.motion_weight == 0) and 'loss/action_fm'
-    (needs action keys; off when loss.action_weight == 0). ``train`` is accepted for API symmetry (no dropout).
+    (needs action keys; off when loss.action_weight == 0). ``train`` enables ``proprio_dropout`` (the only
+    stochastic regulariser; ``train=False`` gives the deterministic loss of evaluation).
     Returns (loss float32[], metrics dict of float32[]: 'loss', 'loss/action_fm', 'loss/motion_fm',
     'guidance/gate'). With ``loss.{motion,action}_repeats`` = R, each term averages R (tau, eps) draws per
     example: the expert sees its inputs tiled R times along the batch (copy r of example i at r * B + i).
     """
-    del train
     cfg = self.config
     w_motion, w_action = float(cfg.loss.motion_weight), float(cfg.loss.action_weight)
     r_motion, r_action = int(cfg.loss.get("motion_repeats", 1)), int(cfg.loss.get("action_repeats", 1))
@@ -284,7 +301,7 @@ class LaMP(nn.Module):
       raise ValueError("loss.motion_weight > 0 but use_motion=False (the w/o-motion ablation has no motion loss)")
     features, mask = self.encode(batch)
     b = features.shape[0]
-    rng_motion, rng_action, rng_guide = jax.random.split(rng, 3)
+    rng_motion, rng_action, rng_guide, rng_proprio = jax.random.split(rng, 4)
     zero = jnp.zeros((), jnp.float32)
     metrics = {"loss/motion_fm": zero, "loss/action_fm": zero,
                "guidance/gate": self.guidance.gate() if cfg.use_motion else zero}
@@ -326,7 +343,8 @@ class LaMP(nn.Module):
       actions = jnp.where(jnp.any(pad_mask, axis=1, keepdims=True), actions, 0.0)
       guided, gate = self.guide(features, mask, rng_guide, gate_override=gate_override)
       actions, pad_mask, proprio, guided, guided_mask = (
-          _tile(x, r_action) for x in (actions, pad_mask, self._proprio(batch), guided, mask))
+          _tile(x, r_action) for x in (actions, pad_mask, self._proprio(batch, rng_proprio if train else None),
+                                       guided, mask))
       rng_t, rng_e = jax.random.split(rng_action)
       tau = _sample_tau(rng_t, b * r_action, cfg.action.time_dist)
       eps = jax.random.normal(rng_e, actions.shape, jnp.float32)
