@@ -11,6 +11,10 @@ inference: median latency (ms) of the jitted ``sample_actions`` at --batch_size 
   ``--with_reference`` also times, in the same round robin, the same model with the exact rewrites switched off
   (motion.prune_last_condition=False, action.cache_context_kv=False, scan_unroll=1): a before / after under
   identical load. ``analytic_ratios`` are the FLOP ratios, the floor of the latency ratios at equal efficiency.
+motion: the Motion Expert alone: one-step partial denoising vs the full reconstruction from random VLM features of
+  the prefix's shape, with only the Motion Expert's parameters built (random values). Feasible at the paper size
+  on a CPU host (``--config=configs/lamp.py:paper --config.model.dtype=float32``), where ``inference`` would need
+  the 3 B VLM.
 train_step: median time of a jitted AdamW step on compute_loss and its fraction of the host's matmul roof
   (lamp_jax.roofline) using analytic FLOPs.
 
@@ -36,7 +40,7 @@ from lamp_jax import roofline, specs
 from lamp_jax.models import lamp
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with a `model` section (configs/lamp.py).")
-_WHAT = flags.DEFINE_enum("what", "inference", ["inference", "train_step"], "What to benchmark.")
+_WHAT = flags.DEFINE_enum("what", "inference", ["inference", "motion", "train_step"], "What to benchmark.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Batch size (default: 1 for inference, 8 for train_step).")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per variant.")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
@@ -171,6 +175,61 @@ def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int, with_re
   return result
 
 
+def bench_motion(model_cfg, batch_size: int, repeats: int, seed: int) -> dict:
+  """Median latency of the Motion Expert's one-step partial denoising vs its full reconstruction (see module doc).
+
+  Only ``params['motion_expert']`` exists (random normal values, std 0.02): the LaMP methods that are timed
+  touch no other component."""
+  model_cfg = copy.deepcopy(model_cfg)
+  model_cfg.use_motion = True
+  abstract = lamp.abstract_params(model_cfg)["motion_expert"]
+  leaves, treedef = jax.tree.flatten(abstract)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  motion_params = jax.tree.unflatten(treedef, [0.02 * jax.random.normal(k, x.shape, x.dtype)
+                                               for k, x in zip(keys, leaves)])
+  params = {"motion_expert": motion_params}
+  model = lamp.build(model_cfg)
+  prefix = lamp.prefix_length(model_cfg)
+  width = _vlm_width(model_cfg)
+  features = jax.random.normal(jax.random.key(seed + 1), (batch_size, prefix, width), jnp.float32)
+  mask = jnp.ones((batch_size, prefix), bool)
+  rng = jax.random.key(seed + 2)
+  full_steps = model_cfg.motion_reconstruction_steps
+
+  def motion_partial(p, f, m, r):
+    return model.apply({"params": p}, f, m, r, method="motion_representation")
+
+  def motion_full(p, f, m, r):
+    return model.apply({"params": p}, f, m, r, method=lambda mdl, f, m, r: mdl._reconstruct(f, m, r, full_steps))
+
+  compiled, compile_s = {}, {}
+  for name, fn in (("motion_partial", motion_partial), ("motion_full", motion_full)):
+    compiled[name], seconds = _compile(fn, params, features, mask, rng)
+    compile_s[name] = round(seconds, 3)
+  latency, fastest = _time_round_robin(
+      {n: (lambda e=e: e(params, features, mask, rng)) for n, e in compiled.items()}, repeats)
+  flops = {k: lamp.analytic_flops(model_cfg, batch_size, k) for k in ("motion_partial", "motion_full")}
+  return {
+      "what": "motion", "variant": model_cfg.variant, "dtype": str(model_cfg.dtype), "batch_size": batch_size,
+      "repeats": repeats, "prefix_tokens": prefix, "partial_steps": model_cfg.partial_steps,
+      "motion_reconstruction_steps": full_steps,
+      "motion_expert_parameters": sum(int(x.size) for x in leaves),
+      "latency_ms": {k: round(v * 1e3, 3) for k, v in latency.items()},
+      "min_latency_ms": {k: round(v * 1e3, 3) for k, v in fastest.items()},
+      "compile_s": compile_s,
+      "analytic_gflops": {k: round(v / 1e9, 4) for k, v in flops.items()},
+      "one_step_over_full_motion": latency["motion_partial"] / latency["motion_full"],
+      "one_step_over_full_motion_of_min_latency": fastest["motion_partial"] / fastest["motion_full"],
+      "analytic_one_step_over_full_motion": flops["motion_partial"] / flops["motion_full"],
+  }
+
+
+def _vlm_width(model_cfg) -> int:
+  from lamp_jax.models import paligemma  # pylint: disable=g-import-not-at-top
+
+  return int(paligemma.config_from_dict(model_cfg.vlm).llm.width)
+
+
 def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int) -> dict:
   batch = lamp.dummy_batch(model_cfg, batch_size, seed)
   params = lamp.init_params(model_cfg, jax.random.key(seed), batch)
@@ -216,6 +275,8 @@ def main(argv):
   model_cfg = _CONFIG.value.model
   if _WHAT.value == "inference":
     result = bench_inference(model_cfg, _BATCH.value or 1, _REPEATS.value, _SEED.value, _WITH_REFERENCE.value)
+  elif _WHAT.value == "motion":
+    result = bench_motion(model_cfg, _BATCH.value or 1, _REPEATS.value, _SEED.value)
   else:
     result = bench_train_step(model_cfg, _BATCH.value or 8, _REPEATS.value, _SEED.value)
   print(json.dumps(result, indent=2))
