@@ -1,16 +1,27 @@
-"""lamp_jax.bench: the Motion Expert mode builds only the Motion Expert and reports consistent figures."""
+"""lamp_jax.bench --what=motion: builds only the Motion Expert and reports consistent figures.
 
+Run as a subprocess: the bench module defines absl flags at import (as train / summary do), which must not be
+defined twice in one test process."""
+
+import json
 import math
+import os
+import subprocess
+import sys
 
 import jax
 
-from lamp_jax import bench
 from lamp_jax.models import lamp
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-def test_bench_motion_tiny():
+
+def test_bench_motion_tiny_cli():
+  env = dict(os.environ, JAX_PLATFORMS="cpu", LAMP_JAX_ALLOCATOR="system")
+  out = subprocess.run([sys.executable, "-m", "lamp_jax.bench", "--config=configs/lamp.py:tiny", "--what=motion",
+                        "--repeats=2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=True)
+  result = json.loads(out.stdout[out.stdout.index("{"):])
   cfg = lamp.model_config("tiny")
-  result = bench.bench_motion(cfg, batch_size=1, repeats=2, seed=0)
   assert result["what"] == "motion" and result["prefix_tokens"] == lamp.prefix_length(cfg)
   n_params = sum(int(x.size) for x in jax.tree.leaves(lamp.abstract_params(cfg)["motion_expert"]))
   assert result["motion_expert_parameters"] == n_params
