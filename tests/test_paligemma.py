@@ -103,6 +103,30 @@ def test_prefix_embeddings_scaling(tiny):
   np.testing.assert_allclose(embeds[:, n_img:n_img + L], table[x["tokens"]] * np.sqrt(cfg.llm.width), rtol=1e-6)
 
 
+def test_camera_embeddings_add_one_learned_vector_per_camera(tiny):
+  """camera_embeddings=K adds row c of a learned float[K, D] table to camera c's image tokens, nothing else."""
+  cfg, _, params, x, _ = tiny
+  cfg_dict = paligemma.default_config_dict("tiny")
+  cfg_dict.camera_embeddings = 3
+  cam_cfg = paligemma.config_from_dict(cfg_dict)
+  abstract = paligemma.abstract_params(cam_cfg)
+  assert abstract["camera_embedding"].shape == (3, cfg.llm.width)
+  assert paligemma.logical_axes(cam_cfg)["camera_embedding"] == jax.sharding.PartitionSpec(None, "embed")
+  table = np.random.default_rng(2).standard_normal((3, cfg.llm.width)).astype(np.float32)
+  cam_params = {"params": {**params["params"], "camera_embedding": table}}
+  embed = lambda model, p: np.asarray(model.apply(p, x["images"], method="embed_images"))  # noqa: E731
+  plain, with_cams = embed(paligemma.PaliGemma(cfg), params), embed(paligemma.PaliGemma(cam_cfg), cam_params)
+  n = cfg.tokens_per_image
+  for c in range(C):
+    np.testing.assert_allclose(with_cams[:, c * n:(c + 1) * n], plain[:, c * n:(c + 1) * n] + table[c], rtol=1e-5,
+                               atol=1e-5)
+  cfg_dict.camera_embeddings = 1
+  one = paligemma.config_from_dict(cfg_dict)
+  with pytest.raises(ValueError, match="camera_embeddings=1"):
+    paligemma.PaliGemma(one).apply({"params": {**params["params"], "camera_embedding": table[:1]}}, x["images"],
+                                   method="embed_images")
+
+
 def test_prefix_never_sees_suffix_and_masked_camera_is_ignored(tiny):
   cfg, _, params, x, full = tiny
   p = C * cfg.tokens_per_image + L

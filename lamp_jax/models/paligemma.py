@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from lamp_jax.models import gemma as gemma_lib
+from lamp_jax.models import layers
 from lamp_jax.models import siglip as siglip_lib
 
 
@@ -34,8 +35,14 @@ class PaliGemmaConfig:
 
   vision: siglip_lib.SigLIPConfig
   llm: gemma_lib.GemmaConfig
+  # Learned per-camera embeddings float[camera_embeddings, D] added to each camera's image tokens (0 = none, as
+  # PaliGemma). SigLIP gives every camera the same patch position embeddings, so without them an image token
+  # says where in *an* image it lies but not in which camera; Octo gives each camera its own learned embeddings.
+  camera_embeddings: int = 0
 
   def __post_init__(self):
+    if self.camera_embeddings < 0:
+      raise ValueError(f"PaliGemmaConfig: camera_embeddings must be >= 0, got {self.camera_embeddings}")
     if self.vision.head_width != self.llm.width:
       raise ValueError(f"PaliGemmaConfig: vision.head_width={self.vision.head_width} must equal "
                        f"llm.width={self.llm.width}")
@@ -62,7 +69,8 @@ def default_config_dict(variant: str = "tiny") -> ml_collections.ConfigDict:
   """The model section of a config for a named PaliGemma variant ('tiny' or 'paligemma_3b').
 
   Fields: name ('paligemma'), vision_variant, llm_variant, image_size, dtype ('float32' | 'bfloat16'),
-  vocab_size (None = the LLM variant's), remat, vision_overrides / llm_overrides (dicts of dataclass fields).
+  vocab_size (None = the LLM variant's), remat, vision_overrides / llm_overrides (dicts of dataclass fields),
+  camera_embeddings (0 = none, as PaliGemma; see :class:`PaliGemmaConfig`).
   """
   if variant not in _DEFAULTS:
     raise ValueError(f"unknown PaliGemma variant {variant!r}; known: {sorted(_DEFAULTS)}")
@@ -76,6 +84,7 @@ def default_config_dict(variant: str = "tiny") -> ml_collections.ConfigDict:
   cfg.dtype = "float32"
   cfg.vocab_size = ml_collections.config_dict.placeholder(int)
   cfg.remat = False
+  cfg.camera_embeddings = 0
   cfg.vision_overrides = ml_collections.ConfigDict()
   cfg.llm_overrides = ml_collections.ConfigDict()
   return cfg
@@ -100,7 +109,7 @@ def config_from_dict(cfg: ml_collections.ConfigDict | PaliGemmaConfig) -> PaliGe
     vision_kwargs["image_size"] = int(cfg.image_size)
   vision_kwargs.update(vision_over)
   vision = siglip_lib.get_config(cfg.vision_variant, **vision_kwargs)
-  return PaliGemmaConfig(vision=vision, llm=llm)
+  return PaliGemmaConfig(vision=vision, llm=llm, camera_embeddings=int(cfg.get("camera_embeddings", 0) or 0))
 
 
 def prefix_lm_inputs(prefix_mask: jax.Array, suffix_mask: jax.Array | None = None):
@@ -135,12 +144,23 @@ class PaliGemma(nn.Module):
   def setup(self):
     self.img = siglip_lib.SigLIP(self.config.vision)
     self.llm = gemma_lib.Gemma(self.config.llm)
+    if self.config.camera_embeddings:
+      width = self.config.llm.width
+      self.camera_embedding = self.param(
+          "camera_embedding", layers.param_with_axes(nn.initializers.normal(stddev=width**-0.5), (None, "embed")),
+          (self.config.camera_embeddings, width), jnp.float32)
 
   def embed_images(self, images):
-    """images float32[B, C, H, W, 3] in [-1, 1] -> float[B, C * N, D] image tokens at the LM width."""
+    """images float32[B, C, H, W, 3] in [-1, 1] -> float[B, C * N, D] image tokens at the LM width (plus camera
+    c's learned embedding when ``camera_embeddings`` > 0)."""
     b, c = images.shape[:2]
     tokens = self.img(images.reshape((b * c,) + images.shape[2:]))
-    return tokens.reshape(b, c * tokens.shape[1], tokens.shape[2])
+    tokens = tokens.reshape(b, c, tokens.shape[1], tokens.shape[2])
+    if self.config.camera_embeddings:
+      if c > self.config.camera_embeddings:
+        raise ValueError(f"{c} cameras but the VLM config has camera_embeddings={self.config.camera_embeddings}")
+      tokens = tokens + self.camera_embedding[:c][None, :, None, :].astype(tokens.dtype)
+    return tokens.reshape(b, c * tokens.shape[2], tokens.shape[3])
 
   def embed_prefix(self, images, image_mask, tokens, token_mask):
     """Prefix embeddings.
