@@ -11,7 +11,7 @@ instruction and the state alone (the behaviour-cloning "copycat" shortcut), and 
 between episodes.
 
 Prints JSON: ``{"loss": {variant: mean loss}, "ratio_to_real": {variant: ratio}, ...}``. Batches come from the
-checkpoint's own training pipeline (``config.data.pipeline``; the same dataset, augmentation off is not forced).
+checkpoint's own training pipeline (``config.data.pipeline``: the same dataset and augmentation as in training).
 """
 
 from __future__ import annotations
