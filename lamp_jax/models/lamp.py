@@ -301,7 +301,8 @@ class LaMP(nn.Module):
       raise ValueError("loss.motion_weight > 0 but use_motion=False (the w/o-motion ablation has no motion loss)")
     features, mask = self.encode(batch)
     b = features.shape[0]
-    rng_motion, rng_action, rng_guide, rng_proprio = jax.random.split(rng, 4)
+    rng_motion, rng_action, rng_guide = jax.random.split(rng, 3)
+    rng_proprio = jax.random.fold_in(rng, 4)  # a separate stream: the other draws stay those of earlier versions
     zero = jnp.zeros((), jnp.float32)
     metrics = {"loss/motion_fm": zero, "loss/action_fm": zero,
                "guidance/gate": self.guidance.gate() if cfg.use_motion else zero}
