@@ -82,6 +82,8 @@ def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--checkpoint", required=True, help="training workdir or its checkpoints directory")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--stage", default=None, help="whose loss: a stage of the run's config, e.g. 'motion' for the "
+                 "Motion Expert's flow-matching loss (default: the run's last stage)")
   p.add_argument("--batches", type=int, default=8)
   p.add_argument("--batch-size", type=int, default=32)
   p.add_argument("--seed", type=int, default=0)
@@ -91,7 +93,7 @@ def main(argv=None) -> None:
   from lamp_jax.eval.checkpoint_policy import CheckpointPolicy  # pylint: disable=g-import-not-at-top
   from lamp_jax.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 
-  policy = CheckpointPolicy(args.checkpoint, step=args.step)
+  policy = CheckpointPolicy(args.checkpoint, step=args.step, stage=args.stage)
   config = policy.config
   if config.data.kind != "pipeline":
     raise ValueError(f"{args.checkpoint}: config.data.kind={config.data.kind!r}; input_reliance reads the "
@@ -106,7 +108,8 @@ def main(argv=None) -> None:
   loss_fn = jax.jit(lambda params, batch, rng: policy.model.apply(
       {"params": params}, batch, rng, train=False, method="compute_loss")[0])
   result = input_reliance(loss_fn, policy.params, batches, policy.model_cfg.image_keys, seed=int(args.seed))
-  result.update(checkpoint=policy.checkpoint_dir, step=policy.step, params=policy.params_key,
+  result.update(checkpoint=policy.checkpoint_dir, step=policy.step, stage=args.stage or config.stage_order[-1],
+                params=policy.params_key,
                 batch_size=int(args.batch_size))
   print(json.dumps(result, indent=2))
 
