@@ -84,6 +84,19 @@ def _inference_batch(model_cfg, batch_size, seed):
   return batch
 
 
+def _motion_fns(model, full_steps: int):
+  """(one-step partial denoising, full ``full_steps`` reconstruction) of the Motion Expert from given VLM
+  features: functions (params, features, feature_mask, rng) -> hidden / (deltas, hidden)."""
+
+  def motion_partial(p, f, m, r):
+    return model.apply({"params": p}, f, m, r, method="motion_representation")
+
+  def motion_full(p, f, m, r):
+    return model.apply({"params": p}, f, m, r, method=lambda mdl, f, m, r: mdl._reconstruct(f, m, r, full_steps))
+
+  return motion_partial, motion_full
+
+
 def _inference_calls(model_cfg, params, batch, rng, prefix=""):
   """name -> (function, args) of the timed inference variants of one model config."""
   no_motion_cfg = copy.deepcopy(model_cfg)
@@ -102,13 +115,7 @@ def _inference_calls(model_cfg, params, batch, rng, prefix=""):
     return model.apply({"params": p}, b, r, motion_steps=full_steps, method="sample_actions")
 
   features, mask = jax.jit(lambda p, b: model.apply({"params": p}, b, method="encode"))(params, batch)
-
-  def motion_partial(p, f, m, r):
-    return model.apply({"params": p}, f, m, r, method="motion_representation")
-
-  def motion_full(p, f, m, r):
-    return model.apply({"params": p}, f, m, r, method=lambda mdl, f, m, r: mdl._reconstruct(f, m, r, full_steps))
-
+  motion_partial, motion_full = _motion_fns(model, full_steps)
   return {prefix + "sample_actions_with_motion": (with_motion, (params, batch, rng)),
           prefix + "sample_actions_without_motion": (without_motion, (no_motion_params, batch, rng)),
           prefix + "sample_actions_full_motion": (full_motion, (params, batch, rng)),
@@ -195,15 +202,8 @@ def bench_motion(model_cfg, batch_size: int, repeats: int, seed: int) -> dict:
   mask = jnp.ones((batch_size, prefix), bool)
   rng = jax.random.key(seed + 2)
   full_steps = model_cfg.motion_reconstruction_steps
-
-  def motion_partial(p, f, m, r):
-    return model.apply({"params": p}, f, m, r, method="motion_representation")
-
-  def motion_full(p, f, m, r):
-    return model.apply({"params": p}, f, m, r, method=lambda mdl, f, m, r: mdl._reconstruct(f, m, r, full_steps))
-
   compiled, compile_s = {}, {}
-  for name, fn in (("motion_partial", motion_partial), ("motion_full", motion_full)):
+  for name, fn in zip(("motion_partial", "motion_full"), _motion_fns(model, full_steps)):
     compiled[name], seconds = _compile(fn, params, features, mask, rng)
     compile_s[name] = round(seconds, 3)
   latency, fastest = _time_round_robin(
