@@ -201,3 +201,23 @@ def test_condition_pooling_option_is_a_masked_window_mean():
   with pytest.raises(ValueError, match="motion.cond_len"):
     jax.eval_shape(lambda: me.MotionExpert(cfg).apply({"params": params}, x, jnp.zeros((B,)),
                                                       jnp.zeros((B, P, DV)), jnp.asarray(mask)))
+
+
+def test_loss_weights_upweight_moving_valid_deltas_only():
+  rs = np.random.RandomState(3)
+  target = np.zeros((2, 5, 3, 3), np.float32)
+  target[0, 1, 2] = (0.3, 0.0, 0.0)  # moving, valid
+  target[1, 4, 0] = (0.0, 0.05, 0.05)  # norm 0.07: static at threshold 0.1
+  target[1, 2, 1] = (0.0, 0.0, -2.0)  # moving but invalid
+  valid = np.ones((2, 5, 3), bool)
+  valid[1, 2, 1] = False
+  plain = np.asarray(me.loss_weights(target, valid))
+  np.testing.assert_array_equal(plain, valid.astype(np.float32))
+  weighted = np.asarray(me.loss_weights(target, valid, moving_weight=5.0, moving_threshold=0.1))
+  expected = valid.astype(np.float32)
+  expected[0, 1, 2] = 5.0
+  np.testing.assert_array_equal(weighted, expected)
+  prediction = rs.normal(size=target.shape).astype(np.float32)
+  err = np.square(prediction - target).sum(-1)
+  np.testing.assert_allclose(me.masked_mse(prediction, target, weighted[..., None]),
+                             (err * weighted).sum() / (3 * weighted.sum()), rtol=1e-6)

@@ -53,7 +53,10 @@ def _motion(**kw) -> ml_collections.ConfigDict:
       scan_unroll=1, prune_last_condition=True,
       # Model option (changes the model; 1 = released): mean-pool windows of this many VLM prefix tokens into
       # one condition token (then set cond_len to about prefix / cond_pool).
-      cond_pool=1))
+      cond_pool=1,
+      # Loss option (1.0 = released): weight of moving deltas (normalised norm > moving_threshold) in the motion
+      # loss (motion_expert.loss_weights).
+      moving_weight=1.0, moving_threshold=0.1))
   cfg.update(kw)
   return cfg
 
@@ -325,7 +328,9 @@ class LaMP(nn.Module):
       tau = _sample_tau(rng_t, b * r_motion, cfg.motion.time_dist)
       eps = jax.random.normal(rng_e, target.shape, jnp.float32)
       velocity, _ = self.motion_expert(fm.interpolate(target, eps, tau), tau, cond, cond_mask)
-      motion_loss = motion_lib.masked_mse(velocity, fm.velocity_target(target, eps), valid[..., None])
+      weights = motion_lib.loss_weights(target, valid, float(cfg.motion.get("moving_weight", 1.0)),
+                                        float(cfg.motion.get("moving_threshold", 0.1)))
+      motion_loss = motion_lib.masked_mse(velocity, fm.velocity_target(target, eps), weights[..., None])
       metrics["loss/motion_fm"] = motion_loss
       total = total + w_motion * motion_loss
 
