@@ -89,27 +89,25 @@ def main(argv=None) -> None:
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
 
-  from lamp_jax.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
   from lamp_jax.eval.checkpoint_policy import CheckpointPolicy  # pylint: disable=g-import-not-at-top
   from lamp_jax.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 
   policy = CheckpointPolicy(args.checkpoint, step=args.step, stage=args.stage)
-  config = policy.config
-  if config.data.kind != "pipeline":
-    raise ValueError(f"{args.checkpoint}: config.data.kind={config.data.kind!r}; input_reliance reads the "
+  stage = args.stage or policy.config.stage_order[-1]
+  if policy.config.data.kind != "pipeline":
+    raise ValueError(f"{args.checkpoint}: config.data.kind={policy.config.data.kind!r}; input_reliance reads the "
                      "training pipeline (data.kind='pipeline')")
-  data_cfg = copy.deepcopy(config.data.pipeline)
-  with data_cfg.unlocked():
-    data_cfg.batch_size = int(args.batch_size)
-  iterator = pipeline_lib.make_train_iterator(data_cfg, seed=int(args.seed) + 1, process_index=0, process_count=1,
-                                              start_batch=0)
+  config = copy.deepcopy(policy.config)
+  config.data.global_batch_size = int(args.batch_size)
+  # The trainer's own data source: the stage's data overrides apply, as in training.
+  data = trainer_lib.PipelineData(config, int(args.batch_size), process_index=0, process_count=1)
+  iterator = data.batches(list(config.stage_order).index(stage), stage, offset=0)
   prepare = trainer_lib.HostBatchPreparer(config, policy.model_cfg)
   batches = (prepare(next(iterator)) for _ in range(int(args.batches)))
   loss_fn = jax.jit(lambda params, batch, rng: policy.model.apply(
       {"params": params}, batch, rng, train=False, method="compute_loss")[0])
   result = input_reliance(loss_fn, policy.params, batches, policy.model_cfg.image_keys, seed=int(args.seed))
-  result.update(checkpoint=policy.checkpoint_dir, step=policy.step, stage=args.stage or config.stage_order[-1],
-                params=policy.params_key,
+  result.update(checkpoint=policy.checkpoint_dir, step=policy.step, stage=stage, params=policy.params_key,
                 batch_size=int(args.batch_size))
   print(json.dumps(result, indent=2))
 
