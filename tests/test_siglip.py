@@ -97,3 +97,25 @@ def test_bfloat16_activations_float32_params(tiny):
   out32 = apply(params, images)
   scale = float(np.abs(np.asarray(out32)).max())
   assert float(np.abs(np.asarray(out16, np.float32) - np.asarray(out32)).max()) < 0.05 * scale
+
+
+def test_conv_stem_shapes_axes_and_validation():
+  cfg = siglip.get_config("tiny", stem="conv", stem_width=12, head_width=29)
+  model = siglip.SigLIP(cfg)
+  images = np.random.default_rng(2).uniform(-1, 1, (3, 24, 24, 3)).astype(np.float32)
+  boxed = model.init(jax.random.key(0), images)
+  params = nn.unbox(boxed)["params"]
+  # patch 8 = three stride-2 convolutions (12 -> 24 -> 48 channels), then a 1x1 projection to the width.
+  assert sorted(params["stem"]) == ["conv_0", "conv_1", "conv_2", "norm_0", "norm_1", "norm_2"]
+  assert params["stem"]["conv_2"]["kernel"].shape == (3, 3, 24, 48)
+  assert params["embedding"]["kernel"].shape == (1, 1, 48, cfg.width)
+  specs = nn.get_partition_spec(boxed)["params"]
+  for spec in jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec)):
+    assert any(name is not None for name in spec), spec
+  out = jax.jit(model.apply)(boxed, images)
+  assert out.shape == (3, 9, 29) and np.isfinite(np.asarray(out)).all()
+  np.testing.assert_allclose(model.apply(boxed, images[::-1]), out[::-1], atol=1e-5)  # per-image
+  with pytest.raises(ValueError, match="power-of-two"):
+    siglip.get_config("So400m/14", stem="conv")
+  with pytest.raises(ValueError, match="stem"):
+    siglip.get_config("tiny", stem="resnet")

@@ -11,6 +11,7 @@ Logical axis names (every parameter carries them; configs map them to mesh axes,
   'layers'    stacked (scanned) layer axis       'norm'       norm scales / biases (never sharded)
   'patch_in'  flattened patch inputs (conv / patchify fan-in)
   'cond'      conditioning width (adaLN / time embedding inputs)
+  'stem'      channels of a convolutional image stem (small; replicated by the default rules)
 Activations at block inputs carry ACTIVATION_AXES ('activation_batch', 'activation_length', 'activation_embed')
 through ``with_logical_constraint`` (the identity unless the trainer installs a constraint).
 

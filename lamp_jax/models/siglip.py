@@ -2,7 +2,9 @@
 
 Parameter names and layout follow big_vision's ``vit.py`` so that a big_vision checkpoint maps almost one to one:
 
-  embedding/{kernel[P, P, 3, D], bias[D]}          patch embedding (a strided convolution)
+  embedding/{kernel[P, P, 3, D], bias[D]}          patch embedding (a strided convolution; stem 'patch')
+  stem/{conv_i/{kernel[3, 3, C, C'], bias}, norm_i}   convolutional stem (stem 'conv' only; then 'embedding' is
+                                                    the 1x1 projection kernel[1, 1, C, D] to the width)
   pos_embedding[1, N, D]                            learned position embedding (posemb='learn' only)
   Transformer/encoderblock/...                      the D-layer stack, scanned: every leaf has a leading [depth] axis
       LayerNorm_0, MultiHeadDotProductAttention_0/{query,key,value,out}, LayerNorm_1, MlpBlock_0/{Dense_0,Dense_1}
@@ -18,6 +20,7 @@ Activation sharding: every block input is constrained to the logical axes ``ACTI
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -40,6 +43,11 @@ class SigLIPConfig:
     patch_size: square patch side in pixels.
     image_size: square input image side the learned position embedding is built for.
     posemb: 'learn' (learned, as SigLIP / PaliGemma) or 'sincos2d' (fixed, no parameters).
+    stem: 'patch' (SigLIP / PaliGemma: one P x P stride-P convolution) or 'conv' (Xiao et al. 2021, "Early
+      convolutions help transformers see better"; Octo's small stem is the same idea: log2(P) 3x3 stride-2
+      convolutions with GroupNorm + ReLU, then a 1x1 projection to the width). Not part of any released model:
+      an option for ViTs trained from scratch on little data (configs/sim.py documents why it uses it).
+    stem_width: channels of the first stem convolution (doubled at every further one); stem 'conv' only.
     head_width: width of the per-token output projection ('head'); None for no projection.
     norm_eps: LayerNorm epsilon.
     dtype: activation dtype name, 'float32' or 'bfloat16'.
@@ -53,6 +61,8 @@ class SigLIPConfig:
   patch_size: int
   image_size: int = 224
   posemb: str = "learn"
+  stem: str = "patch"
+  stem_width: int = 32
   head_width: int | None = None
   norm_eps: float = 1e-6
   dtype: str = "float32"
@@ -65,6 +75,10 @@ class SigLIPConfig:
       raise ValueError(f"SigLIPConfig.image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
     if self.posemb not in ("learn", "sincos2d"):
       raise ValueError(f"SigLIPConfig.posemb must be 'learn' or 'sincos2d', got {self.posemb!r}")
+    if self.stem not in ("patch", "conv"):
+      raise ValueError(f"SigLIPConfig.stem must be 'patch' or 'conv', got {self.stem!r}")
+    if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+      raise ValueError(f"SigLIPConfig.stem='conv' needs a power-of-two patch_size >= 2, got {self.patch_size}")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"SigLIPConfig.dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
 
@@ -180,6 +194,32 @@ class Encoder(nn.Module):
     return y.astype(jnp.dtype(cfg.dtype))
 
 
+class ConvStem(nn.Module):
+  """log2(P) 3x3 stride-2 convolutions (GroupNorm + ReLU): float[B, H, W, 3] -> float[B, H/P, W/P, C']."""
+
+  config: SigLIPConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    channels = cfg.stem_width
+    for i in range(int(cfg.patch_size).bit_length() - 1):
+      in_axis = "patch_in" if i == 0 else "stem"
+      x = nn.Conv(channels, (3, 3), strides=(2, 2), padding="SAME", dtype=dtype, param_dtype=jnp.float32,
+                  name=f"conv_{i}",
+                  kernel_init=layers.param_with_axes(nn.initializers.he_normal(), (None, None, in_axis, "stem")),
+                  bias_init=layers.param_with_axes(nn.initializers.zeros_init(), ("stem",)))(x)
+      x = nn.GroupNorm(num_groups=math.gcd(8, channels), epsilon=cfg.norm_eps, dtype=jnp.float32,
+                       param_dtype=jnp.float32, name=f"norm_{i}",
+                       scale_init=layers.param_with_axes(nn.initializers.ones_init(), ("norm",)),
+                       bias_init=layers.param_with_axes(nn.initializers.zeros_init(), ("norm",)))(
+                           x.astype(jnp.float32))
+      x = nn.relu(x).astype(dtype)
+      channels *= 2
+    return x
+
+
 class SigLIP(nn.Module):
   """SigLIP ViT with token output.
 
@@ -198,11 +238,15 @@ class SigLIP(nn.Module):
     height, width = images.shape[1:3]
     if height % cfg.patch_size or width % cfg.patch_size:
       raise ValueError(f"image size {height}x{width} is not a multiple of patch_size={cfg.patch_size}")
-    x = nn.Conv(cfg.width, (cfg.patch_size, cfg.patch_size), strides=(cfg.patch_size, cfg.patch_size),
+    x = images.astype(dtype)
+    kernel = cfg.patch_size
+    if cfg.stem == "conv":
+      x, kernel = ConvStem(cfg, name="stem")(x), 1
+    x = nn.Conv(cfg.width, (kernel, kernel), strides=(kernel, kernel),
                 padding="VALID", dtype=dtype, param_dtype=jnp.float32, name="embedding",
                 kernel_init=layers.param_with_axes(nn.initializers.lecun_normal(),
                                                    (None, None, "patch_in", "embed")),
-                bias_init=layers.param_with_axes(nn.initializers.zeros_init(), ("embed",)))(images.astype(dtype))
+                bias_init=layers.param_with_axes(nn.initializers.zeros_init(), ("embed",)))(x)
     b, gh, gw, d = x.shape
     x = x.reshape(b, gh * gw, d)
     if cfg.posemb == "learn":

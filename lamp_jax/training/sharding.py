@@ -65,6 +65,7 @@ DEFAULT_RULES = (
     ("head_dim", None),
     ("layers", None),
     ("norm", None),
+    ("stem", None),
 ) + ACTIVATION_RULES
 
 
