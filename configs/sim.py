@@ -49,8 +49,8 @@ def _data(model_cfg, batch_size: int) -> ml_collections.ConfigDict:
   d.max_proprio_dim = int(model_cfg.proprio_dim)
   d.image_size = (int(model_cfg.image_size), int(model_cfg.image_size))
   d.cameras = tuple(model_cfg.image_keys)
-  d.scene_flow_num_points = int(model_cfg.motion.num_keypoints)
-  d.scene_flow_horizon = int(model_cfg.motion.num_steps)
+  d.scene_flow_num_points = model_cfg.motion.get_ref("num_keypoints")
+  d.scene_flow_horizon = model_cfg.motion.get_ref("num_steps")
   d.action_normalization = "bounds"
   d.proprio_normalization = "normal"
   # The instructions name colours (red / orange / yellow / purple ... are 20-40 degrees of hue apart): no hue
@@ -118,12 +118,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.compute_dtype = "float32"  # Measured faster than bfloat16 on this CPU (DESIGN.md section 6).
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
 
-  m = c.model
   c.sim_data.enabled = True
   c.sim_data.suite = SUITE
   c.sim_data.episodes = 4 if smoke else 600
-  c.sim_data.extra_flags = (f"--image-size={int(m.image_size)}", f"--num-points={int(m.motion.num_keypoints)}",
-                            f"--flow-steps={int(m.motion.num_steps)}", "--workers=2")
+  # Image size, scene-flow points and horizon of the generated labels follow data.pipeline
+  # (experiment.generation_flags), which follows the model (field references: an override of
+  # model.motion.num_keypoints / num_steps reaches the data; defaults.validate rejects any other mismatch).
+  c.sim_data.extra_flags = ("--workers=2",)
 
   motion_steps, action_steps = (3, 3) if smoke else (600, 2400)
   # Small models (width 128) from scratch over a few thousand steps: peak lr 1e-3 after 100 warmup steps, cosine

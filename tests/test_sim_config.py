@@ -79,3 +79,29 @@ def test_sim_model_variant_byte_budget_fits_every_instruction():
   texts = _longest_instructions()
   tokenizer_lib.tokenize_prompts(tokenizer_lib.ByteTokenizer(), texts, int(model.max_token_len))
   assert int(model.motion.cond_len) >= 2 * 64 + int(model.max_token_len)
+
+
+def test_model_overrides_reach_the_generated_labels_and_mismatches_are_rejected_by_name():
+  """Bug guarded: ``--config.model.motion.num_keypoints=256`` used to leave data.pipeline and the generation flags
+  at 64 (the cache key too), so the run read 64-point labels for a 256-point model."""
+  from lamp_jax.training import defaults, experiment  # pylint: disable=g-import-not-at-top
+
+  c = _sim_config("")
+  base_dir = experiment.sim_dataset_dir(c, "/unused")
+  assert experiment.generation_flags(c)[:3] == ["--image-size=64", "--num-points=64", "--flow-steps=8"]
+  c.model.motion.num_keypoints, c.model.motion.num_steps = 256, 6
+  defaults.validate(c)
+  assert (c.data.pipeline.scene_flow_num_points, c.data.pipeline.scene_flow_horizon) == (256, 6)
+  assert experiment.generation_flags(c)[:3] == ["--image-size=64", "--num-points=256", "--flow-steps=6"]
+  assert experiment.sim_dataset_dir(c, "/unused") != base_dir  # another cache entry
+  c.model.action_horizon = 5
+  with pytest.raises(ValueError, match=r"data\.pipeline\.action_horizon"):
+    defaults.validate(c)
+  c = _sim_config("")
+  c.data.pipeline.image_size = (96, 96)
+  with pytest.raises(ValueError, match=r"data\.pipeline\.image_size"):
+    defaults.validate(c)
+  c = _sim_config("")
+  c.sim_data.extra_flags = ("--num-points=16",)
+  with pytest.raises(ValueError, match=r"sim_data\.extra_flags"):
+    experiment.generation_flags(c)

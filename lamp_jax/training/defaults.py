@@ -94,6 +94,27 @@ def _check_override_fields(base, overrides, field: str, target: str) -> None:
 _DTYPES = ("float32", "bfloat16")
 
 
+def _check_model_matches_data(c: ml_collections.ConfigDict, fail) -> None:
+  """The pipeline must produce what the model reads: a model override on the command line (e.g.
+  ``--config.model.motion.num_keypoints=256``) that is not mirrored in ``data.pipeline`` is rejected here, by name,
+  instead of failing later with a shape error (or, for the generated simulator data, reading stale labels)."""
+  m, d = c.model, c.data.pipeline
+  pairs = [("image_keys", "cameras", lambda v: tuple(v)),
+           ("action_horizon", "action_horizon", int),
+           ("action_dim", "max_action_dim", int),
+           ("proprio_dim", "max_proprio_dim", int)]
+  for model_key, data_key, cast in pairs:
+    if model_key in m and data_key in d and cast(m[model_key]) != cast(d[data_key]):
+      fail(f"data.pipeline.{data_key}", f"{d[data_key]} does not match model.{model_key}={m[model_key]}")
+  if "image_size" in m and "image_size" in d and tuple(int(v) for v in d.image_size) != (int(m.image_size),) * 2:
+    fail("data.pipeline.image_size", f"{tuple(d.image_size)} does not match model.image_size={m.image_size}")
+  if "motion" in m and bool(m.get("use_motion", True)):
+    for model_key, data_key in (("num_keypoints", "scene_flow_num_points"), ("num_steps", "scene_flow_horizon")):
+      if int(m.motion[model_key]) != int(d[data_key]):
+        fail(f"data.pipeline.{data_key}", f"{d[data_key]} does not match model.motion.{model_key}="
+             f"{m.motion[model_key]}")
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """Rejects inconsistent values at start, naming the config field."""
   def fail(field, msg):
@@ -149,6 +170,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     fail("sim_data.enabled", "generated data is read by the pipeline: set data.kind='pipeline'")
   if c.sim_data.enabled and (not c.sim_data.suite or int(c.sim_data.episodes) <= 0):
     fail("sim_data.suite" if not c.sim_data.suite else "sim_data.episodes", "needed when sim_data.enabled")
+  if c.data.kind == "pipeline":
+    _check_model_matches_data(c, fail)
   sharding_lib.rules_from_config(c.sharding.logical_axis_rules)
   for name in sharding_lib.MESH_AXES:
     v = int(c.mesh[name])

@@ -28,6 +28,25 @@ def is_main_process() -> bool:
 # --------------------------------------------------------------------------------------- simulator data --
 
 
+def generation_flags(config: ml_collections.ConfigDict) -> list[str]:
+  """Flags of ``lamp_jax.sim.generate``: the label shapes the pipeline reads (image size, scene-flow points and
+  horizon, from ``data.pipeline``) and then ``sim_data.extra_flags``. Deriving the shapes from the data config
+  keeps the generated labels and the model in step (``defaults.validate`` ties the data config to the model)."""
+  d = config.data.pipeline
+  height, width = (int(v) for v in d.image_size)
+  if height != width:
+    raise ValueError(f"config field data.pipeline.image_size={tuple(d.image_size)}: the simulator renders square "
+                     "images")
+  derived = [f"--image-size={height}", f"--num-points={int(d.scene_flow_num_points)}",
+             f"--flow-steps={int(d.scene_flow_horizon)}"]
+  extra = [str(f) for f in config.sim_data.extra_flags]
+  for flag in extra:
+    if flag.split("=")[0] in ("--image-size", "--num-points", "--flow-steps"):
+      raise ValueError(f"config field sim_data.extra_flags: {flag} is derived from data.pipeline (image_size, "
+                       "scene_flow_num_points, scene_flow_horizon); set it there instead")
+  return derived + extra
+
+
 def sim_dataset_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
   """The tfds data_dir of the generated dataset: ``sim_data.out_dir`` (relative to the workdir) or, when
   empty, a shared cache entry keyed by the generation settings (so LaMP and its ablation use the same data)."""
@@ -36,7 +55,7 @@ def sim_dataset_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
     return s.out_dir if os.path.isabs(s.out_dir) else os.path.join(os.path.abspath(workdir), s.out_dir)
   from lamp_jax.sim import rlds_export  # pylint: disable=g-import-not-at-top
 
-  key = json.dumps({"suite": s.suite, "episodes": int(s.episodes), "flags": list(s.extra_flags),
+  key = json.dumps({"suite": s.suite, "episodes": int(s.episodes), "flags": generation_flags(config),
                     "format": rlds_export.FORMAT_VERSION}, sort_keys=True)
   root = os.environ.get("LAMP_JAX_CACHE", "") or os.path.join(os.path.expanduser("~"), ".cache", "lamp_jax")
   return os.path.join(root, "sim_data", f"{s.suite}_{int(s.episodes)}ep_{hashlib.sha1(key.encode()).hexdigest()[:8]}")
@@ -59,7 +78,7 @@ def ensure_sim_dataset(config: ml_collections.ConfigDict, workdir: str) -> str:
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(os.path.dirname(partial) or ".", exist_ok=True)
     cmd = [sys.executable, "-m", "lamp_jax.sim.generate", f"--suite={s.suite}", f"--episodes={int(s.episodes)}",
-           f"--out={partial}", *[str(f) for f in s.extra_flags]]
+           f"--out={partial}", *generation_flags(config)]
     print(f"[train] generating the simulator dataset: {' '.join(cmd[1:])}", flush=True)
     subprocess.run(cmd, check=True)
     if os.path.exists(data_dir):
