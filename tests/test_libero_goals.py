@@ -144,3 +144,33 @@ def test_plan_order_opens_a_closed_drawer_first_and_closes_it_last(drawer_open):
   if not drawer_open:
     expected.insert(0, "(open white_cabinet_1_bottom_region)")
   assert order == expected
+
+
+def test_points_in_boxes_respects_orientation_and_margin():
+  import numpy as np
+
+  from lamp_jax.libero import geometry
+
+  c, s = np.cos(np.pi / 4), np.sin(np.pi / 4)
+  rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])  # a 10 x 2 x 2 cm box turned 45 deg about z
+  centres, half = np.array([[1.0, 2.0, 0.5]]), np.array([[0.05, 0.01, 0.01]])
+  points = np.array([[1.0 + 0.04 * c, 2.0 + 0.04 * s, 0.5],  # along the long axis: inside
+                     [1.04, 2.0, 0.5],  # along world x: outside the turned box
+                     [1.0, 2.0, 0.515]])  # 5 mm above its top: only inside with a 1 cm margin
+  np.testing.assert_array_equal(geometry.points_in_boxes(points, centres, rot[None], half), [True, False, False])
+  np.testing.assert_array_equal(geometry.points_in_boxes(points, centres, rot[None], half, margin=0.01),
+                                [True, False, True])  # (0.028, -0.028) in the box frame: still outside
+  assert geometry.points_in_boxes(points, np.zeros((0, 3)), np.zeros((0, 3, 3)), np.zeros((0, 3))).shape == (3,)
+
+
+def test_hand_points_sit_above_the_grip_site_of_a_top_down_hand():
+  import numpy as np
+
+  from lamp_jax.libero import experts, geometry
+
+  pos = np.array([0.1, -0.2, 1.0])
+  pts = geometry.hand_points(pos, experts._top_down(0.0), open_fingers=False)  # pylint: disable=protected-access
+  assert pts[:, 2].min() == pytest.approx(1.031) and pts[:, 2].max() == pytest.approx(1.123)
+  assert np.ptp(pts[:, 0]) == pytest.approx(0.2) and np.ptp(pts[:, 1]) == pytest.approx(0.064)
+  with_fingers = geometry.hand_points(pos, experts._top_down(0.0))  # pylint: disable=protected-access
+  assert with_fingers[:, 2].min() == pytest.approx(1.0 - 0.009)  # the fingertips reach below the site

@@ -69,6 +69,18 @@ class SceneGeometry:
     world = np.einsum("nij,nkj->nki", rot, local) + self.data.geom_xpos[geoms][:, None, :]
     return world.reshape(-1, 3)
 
+  def obstacles(self, exclude=()) -> np.ndarray:
+    """Box geoms that are neither the robot's nor owned by an ``exclude`` object: int[N]."""
+    return np.asarray([g for g in self.box_geoms
+                       if int(g) not in self.robot_geoms and self.geom_owner.get(int(g)) not in set(exclude)], int)
+
+  def collides(self, points, exclude=(), margin: float = 0.0) -> np.ndarray:
+    """bool[P]: which points float[P, 3] lie inside (``margin``-grown) obstacle boxes (all but the robot's and
+    the ``exclude`` objects')."""
+    geoms = self.obstacles(exclude)
+    return points_in_boxes(points, self.data.geom_xpos[geoms], self.data.geom_xmat[geoms].reshape(-1, 3, 3),
+                           self.model.geom_size[geoms], margin)
+
   def ray_down(self, xy, z_from: float, exclude=(), geoms=None) -> tuple[float, int]:
     """Highest box surface below (xy, z_from) among ``geoms`` (default: all but robot and ``exclude`` owners).
 
@@ -99,3 +111,41 @@ class SceneGeometry:
     t = np.where(hit, np.maximum(t_near, 0.0), np.inf)
     i = int(np.argmin(t))
     return float(z_from - t[i]), int(geoms[i])
+
+
+# The Panda hand of robosuite's PandaGripper in the grip-site frame (x: the fingers' closing axis, z: from the
+# hand toward the fingertips; metres), measured from its collision meshes: the hand's body is a box x +-0.10,
+# y +-0.032, z -0.123..-0.031 (above the finger roots); each fully open finger spans |x| 0.039..0.065,
+# y +-0.01, z -0.044..0.009 (its tip ~9 mm beyond the site).
+HAND_BOX = ((-0.10, 0.10), (-0.032, 0.032), (-0.123, -0.031))
+OPEN_FINGER_BOX = ((0.039, 0.065), (-0.01, 0.01), (-0.044, 0.009))
+
+
+def box_grid(bounds, counts) -> np.ndarray:
+  """Points float64[P, 3] on a regular grid over an axis-aligned box ``bounds`` ((lo, hi) per axis)."""
+  axes = [np.linspace(lo, hi, int(n)) for (lo, hi), n in zip(bounds, counts)]
+  return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+
+
+def hand_points(pos, rot, open_fingers: bool = True, counts=(9, 3, 5)) -> np.ndarray:
+  """Sample points float64[P, 3] (world) of the hand (and the open fingers) at grip-site pose ``pos`` float[3],
+  ``rot`` float[3, 3] (columns: closing axis, normal, finger direction); ``counts``: grid of the hand's box."""
+  local = [box_grid(HAND_BOX, counts)]
+  if open_fingers:
+    finger = box_grid(OPEN_FINGER_BOX, (2, 2, 4))
+    local += [finger, finger * np.array([-1.0, 1.0, 1.0])]
+  local = np.concatenate(local)
+  return local @ np.asarray(rot, np.float64).T + np.asarray(pos, np.float64)
+
+
+def points_in_boxes(points, centres, rots, half_sizes, margin: float = 0.0) -> np.ndarray:
+  """bool[P]: whether each point float[P, 3] lies inside any of N oriented boxes (``centres`` float[N, 3],
+  ``rots`` float[N, 3, 3] box-to-world, ``half_sizes`` float[N, 3]) grown by ``margin``."""
+  points = np.asarray(points, np.float64).reshape(-1, 3)
+  centres = np.asarray(centres, np.float64).reshape(-1, 3)
+  if centres.shape[0] == 0:
+    return np.zeros(points.shape[0], bool)
+  rots = np.asarray(rots, np.float64).reshape(-1, 3, 3)
+  local = np.einsum("nji,pnj->pni", rots, points[:, None, :] - centres[None])  # [P, N, 3]
+  inside = np.all(np.abs(local) <= np.asarray(half_sizes, np.float64)[None] + margin, axis=-1)
+  return inside.any(axis=1)
