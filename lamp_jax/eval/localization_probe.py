@@ -195,10 +195,12 @@ def main(argv=None) -> None:
   p.add_argument("--batch-size", type=int, default=32)
   p.add_argument("--lr", type=float, default=1e-3)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--no-progress", action="store_true", help="no progress bars (logs)")
   args = p.parse_args(argv)
-  data = render_probe_data(args.scenes, args.image_size, args.task)
+  data = render_probe_data(args.scenes, args.image_size, args.task, progress=not args.no_progress)
   result = run_probe(data, encoder=args.encoder, readout=args.readout, steps=args.steps, num_heldout=args.heldout,
-                     batch_size=args.batch_size, lr=args.lr, stem=args.stem, posemb=args.posemb, seed=args.seed)
+                     batch_size=args.batch_size, lr=args.lr, stem=args.stem, posemb=args.posemb, seed=args.seed,
+                     progress=not args.no_progress)
   result["task"] = args.task
   print(json.dumps(result, indent=2))
 
