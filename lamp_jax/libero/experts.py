@@ -565,8 +565,8 @@ class PushFlat:
   A dish (rim higher than its centre: LIBERO-Goal's plate) is pushed from inside, by the inner face of its
   leading rim (behind it stands the cabinet, and the outside of its trailing rim is out of reach); other flat
   objects from outside their trailing edge. The fingers lean away from the robot (``TILT``) so the wrist can
-  reach low, far points. Known limit: a flared rim pushed from inside sometimes rides up on the fingers (8 of
-  the 10 official initial states 0-9 succeed).
+  reach low, far points. Known limit: a flared rim pushed from inside sometimes rides up on the fingers (7 or 8 of
+  the 10 official initial states 0-9 succeed; the same state can flip between runs).
   """
 
   TILT = 0.5  # rad
