@@ -16,7 +16,10 @@ motion: the Motion Expert alone: one-step partial denoising vs the full reconstr
   on a CPU host (``--config=configs/lamp.py:paper --config.model.dtype=float32``), where ``inference`` would need
   the 3 B VLM.
 train_step: median time of a jitted AdamW step on compute_loss and its fraction of the host's matmul roof
-  (lamp_jax.roofline) using analytic FLOPs.
+  (lamp_jax.roofline) using analytic FLOPs. ``--op_breakdown`` adds where the step's time goes (lamp_jax.op_profile):
+  the share of XLA op time in matmul kernels, layout copies, loop bookkeeping and other ops, the top ops, and
+  ``roof_fraction_if_only_matmul_ops`` = fraction_of_roof / share['matmul'], the most this model can reach here
+  while its matmul kernels run as they do.
 
 Model options are config values, e.g. ``--config.model.motion.scan_unroll=2 --config.model.action.scan_unroll=2``
 (unrolled layer scans, same parameters and math).
@@ -36,7 +39,7 @@ from ml_collections import config_flags
 import optax
 import tqdm
 
-from lamp_jax import roofline, specs
+from lamp_jax import op_profile, roofline, specs
 from lamp_jax.models import lamp
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with a `model` section (configs/lamp.py).")
@@ -44,6 +47,9 @@ _WHAT = flags.DEFINE_enum("what", "inference", ["inference", "motion", "train_st
 _BATCH = flags.DEFINE_integer("batch_size", None, "Batch size (default: 1 for inference, 8 for train_step).")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per variant.")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
+_OP_BREAKDOWN = flags.DEFINE_bool("op_breakdown", False, "train_step: also profile the step and report the share "
+                                   "of XLA op time by kind (matmul / layout / loop / other; lamp_jax.op_profile) "
+                                   "and the roof fraction the step would reach with only its matmul ops.")
 _WITH_REFERENCE = flags.DEFINE_bool("with_reference", False, "inference: also time the model with the exact "
                                     "rewrites switched off (before / after in one run).")
 
@@ -230,7 +236,7 @@ def _vlm_width(model_cfg) -> int:
   return int(paligemma.config_from_dict(model_cfg.vlm).llm.width)
 
 
-def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int) -> dict:
+def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int, op_breakdown: bool = False) -> dict:
   batch = lamp.dummy_batch(model_cfg, batch_size, seed)
   params = lamp.init_params(model_cfg, jax.random.key(seed), batch)
   model = lamp.build(model_cfg)
@@ -259,13 +265,26 @@ def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int) -> dic
   median = statistics.median(times)
   flops = lamp.analytic_flops(model_cfg, batch_size, "train_step")
   roof = roofline.measure_matmul_roof(jnp.dtype(model_cfg.dtype))
-  return {
+  result = {
       "what": "train_step", "variant": model_cfg.variant, "batch_size": batch_size, "repeats": repeats,
       "median_step_s": round(median, 4), "compile_s": round(compile_s, 3),
       "analytic_gflops_per_step": round(flops / 1e9, 3), "achieved_gflops_per_s": round(flops / median / 1e9, 3),
       "matmul_roof_gflops_per_s": round(roof / 1e9, 3), "fraction_of_roof": flops / median / roof,
       "final_loss": float(metrics["loss"]),
   }
+  if op_breakdown:
+    state = {"params": params, "opt_state": opt_state}
+
+    def call():
+      state["params"], state["opt_state"], step_metrics = compiled(state["params"], state["opt_state"], batch,
+                                                                   jax.random.key(0))
+      return step_metrics
+
+    breakdown = op_profile.op_time_breakdown(call, repeats=min(repeats, 5))
+    result["op_breakdown"] = breakdown
+    if breakdown["share"]["matmul"] > 0:
+      result["roof_fraction_if_only_matmul_ops"] = result["fraction_of_roof"] / breakdown["share"]["matmul"]
+  return result
 
 
 def main(argv):
@@ -278,7 +297,7 @@ def main(argv):
   elif _WHAT.value == "motion":
     result = bench_motion(model_cfg, _BATCH.value or 1, _REPEATS.value, _SEED.value)
   else:
-    result = bench_train_step(model_cfg, _BATCH.value or 8, _REPEATS.value, _SEED.value)
+    result = bench_train_step(model_cfg, _BATCH.value or 8, _REPEATS.value, _SEED.value, _OP_BREAKDOWN.value)
   print(json.dumps(result, indent=2))
 
 
