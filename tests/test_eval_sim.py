@@ -118,3 +118,8 @@ def test_cli_and_videos(tmp_path, capsys):
   assert len(os.listdir(tmp_path / "flow")) == 1
   frame = video.draw_scene_flow(np.zeros((16, 16, 3), np.uint8), policy.last_scene_flow)
   assert frame.shape == (64, 64, 3) and frame.max() == 255  # tracks drawn
+
+
+def test_tasks_of_keeps_first_seen_order_across_runs():
+  results = {"a": {"per_task": {"push": {}, "drawer": {}}}, "b": {"per_task": {"stack": {}, "push": {}}}}
+  assert stats.tasks_of(results) == ["push", "drawer", "stack"]

@@ -16,3 +16,11 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -
   centre = (p + z * z / (2 * trials)) / denom
   half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
   return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def tasks_of(results: dict[str, dict]) -> list[str]:
+  """The tasks of several evaluation results ({run: {'per_task': {task: ...}}}), in first-seen order."""
+  tasks: list[str] = []
+  for result in results.values():
+    tasks.extend(t for t in result["per_task"] if t not in tasks)
+  return tasks

@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from lamp_jax.eval import stats
 from lamp_jax.training import trainer as trainer_lib
 
 
@@ -145,11 +146,7 @@ def periodic_eval(trainer: trainer_lib.Trainer, state, step: int) -> dict:
 def format_table(results: dict[str, dict]) -> str:
   """Per-task success with 95 % CIs, one column per run: {run name: sim_eval.evaluate result}."""
   names = list(results)
-  tasks = []
-  for r in results.values():
-    for t in r["per_task"]:
-      if t not in tasks:
-        tasks.append(t)
+  tasks = stats.tasks_of(results)
 
   def cell(r, t):
     if t not in r["per_task"]:

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from lamp_jax.eval import stats
 from lamp_jax.training import metrics as metrics_lib
 
 _LOSS_PREFIXES = ("loss",)
@@ -65,11 +66,7 @@ def loss_curves(workdir: str, out_path: str) -> str | None:
 def success_per_task(results: dict[str, dict], out_path: str, title: str = "closed-loop success") -> str:
   """Grouped bars (one group per task, one bar per run) with 95 % CI whiskers; the mean as the last group."""
   names = list(results)
-  tasks = []
-  for r in results.values():
-    for t in r["per_task"]:
-      if t not in tasks:
-        tasks.append(t)
+  tasks = stats.tasks_of(results)
   groups = tasks + ["mean"]
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(1.6 * len(groups) + 2, 4))
