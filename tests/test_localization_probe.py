@@ -26,6 +26,37 @@ def test_labels_land_on_the_named_object(scenes):
   assert scenes["images"].dtype == np.uint8 and scenes["uv"].shape == (13, 2)
 
 
+def test_dense_labels_mark_the_patch_of_each_object_with_its_colour_and_shape(scenes):
+  """In the 'single' scenes the only object is the named one: its label sits in the patch holding its (u, v) and
+  encodes the colour of ``rgba`` (tasks.COLORS order) and its shape; every other patch is empty (0)."""
+  from lamp_jax.sim import tasks
+
+  grid = 4
+  labels = probe.dense_labels(scenes["objects"], grid)
+  assert labels.shape == (13, grid * grid) and labels.dtype == np.int32
+  colours = np.asarray(list(tasks.COLORS.values()), np.float32)
+  for label, uv, rgba in zip(labels, scenes["uv"], scenes["rgba"]):
+    col, row = np.minimum((uv * grid).astype(int), grid - 1)
+    assert np.count_nonzero(label) == 1 and label[row * grid + col] > 0
+    colour, shape = divmod(int(label[row * grid + col]) - 1, len(probe.SHAPES))
+    assert np.allclose(colours[colour], rgba) and shape in (0, 1)  # a cube or a cylinder, never a plate
+
+
+def test_pretrained_tower_is_the_probe_starting_point(scenes):
+  result = probe.run_probe(scenes, encoder="siglip", readout="text_attention", steps=2, num_heldout=5,
+                           batch_size=4, eval_every=1, vision_overrides=TINY_VISION, pretrain_steps=2,
+                           progress=False)
+  assert result["pretraining"]["steps"] == 2
+  assert 0.0 <= result["pretraining"]["heldout_object_token_accuracy"] <= 1.0
+  assert np.isfinite(result["final_heldout_rmse_px"])
+  with pytest.raises(ValueError, match="SigLIP tower"):
+    probe.run_probe(scenes, encoder="cnn", readout="flatten", steps=1, num_heldout=5, batch_size=4,
+                    pretrain_steps=1, progress=False)
+  with pytest.raises(ValueError, match="text_attention"):
+    probe.run_probe(scenes, encoder="vlm", readout="text_attention", steps=1, num_heldout=5, batch_size=4,
+                    vision_overrides=TINY_VISION, progress=False)
+
+
 @pytest.mark.parametrize("encoder,readout", [("cnn", "flatten"), ("siglip", "attention"), ("vlm", "mean")])
 def test_probe_trains_and_reports_against_the_mean_predictor(scenes, encoder, readout):
   result = probe.run_probe(scenes, encoder=encoder, readout=readout, steps=3, num_heldout=5, batch_size=4,
