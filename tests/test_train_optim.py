@@ -128,3 +128,43 @@ def test_compute_dtype_and_stage_overrides_reach_the_model_config():
   config.stages.action.model_overrides = ml_collections.ConfigDict(dict(no_such_field=1))
   with pytest.raises(ValueError, match=r"stages\.action\.model_overrides\.no_such_field"):
     defaults.validate(config)
+
+
+def test_weight_decay_mask_does_not_count_the_stacked_layers_axis():
+  """decay_vectors=False: a scanned [L, D] bias stack is a vector per layer (not decayed), an [L, D, F] kernel
+  stack a matrix per layer (decayed); the real LaMP tree's scanned LayerNorm scales are vectors too."""
+  import flax.linen as nn
+  from lamp_jax.models import lamp
+
+  boxed = {"blocks": {"bias": nn.Partitioned(jax.ShapeDtypeStruct((3, 5), jnp.float32), ("layers", "embed")),
+                      "kernel": nn.Partitioned(jax.ShapeDtypeStruct((3, 5, 7), jnp.float32),
+                                               ("layers", "embed", "mlp"))},
+           "head": {"bias": jnp.zeros((5,)), "kernel": jnp.zeros((5, 2))}}
+  mask = optim.weight_decay_mask(boxed)
+  assert mask == {"blocks": {"bias": False, "kernel": True}, "head": {"bias": False, "kernel": True}}
+  cfg = defaults.optimizer_config(lr=1.0, end_lr=1.0, warmup_steps=0, weight_decay=0.5, clip_norm=0.0)
+  cfg.decay_vectors = False
+  params = nn.meta.unbox(jax.tree.map(lambda x: jnp.ones(x.shape), boxed))
+  tx, _ = optim.make_optimizer(cfg, (), stage_steps=3, decay_mask=mask)
+  zero = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero, tx.init(params), params)  # zero gradients: only weight decay moves parameters
+  assert float(jnp.abs(updates["blocks"]["bias"]).max()) == 0.0 and float(updates["blocks"]["kernel"].min()) < 0
+  assert float(jnp.abs(updates["head"]["bias"]).max()) == 0.0 and float(updates["head"]["kernel"].min()) < 0
+
+  tiny = lamp.model_config("tiny")
+  batch = lamp.dummy_batch(tiny, 1, 0)
+  real = optim.weight_decay_mask(jax.eval_shape(lambda r: lamp.init_variables(tiny, r, batch)["params"],
+                                                jax.random.key(0)))
+  flat = {optim.param_path(p): v for p, v in jax.tree_util.tree_leaves_with_path(real)}
+  stacked_scales = [k for k in flat if "/layers/" in k and k.endswith("/scale")]
+  assert stacked_scales and not any(flat[k] for k in stacked_scales)
+
+
+def test_trainer_trains_with_undecayed_vectors(tmp_path):
+  """The trainer derives the weight-decay mask from the model's init when decay_vectors is False."""
+  config = toy_train_config.get_config("")
+  config.stages.main.optimizer.decay_vectors = False
+  t = trainer_lib.Trainer(config, str(tmp_path))
+  state = t.train(until_step=2)
+  t.close()
+  assert int(state.step) == 2 and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))

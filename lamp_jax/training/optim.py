@@ -7,7 +7,9 @@ A stage's ``optimizer`` config (``ml_collections.ConfigDict``):
   decay_steps      total schedule length incl. warmup (0 = the stage's length in updates)
   b1, b2, eps      AdamW moments
   weight_decay     decoupled weight decay
-  decay_vectors    also decay 1-D parameters (norm scales, biases); released LaMP (torch AdamW) does
+  decay_vectors    also decay 1-D parameters (norm scales, biases); released LaMP (torch AdamW) does. With False,
+                   "1-D" is counted without the stacked-layers axis of scanned modules (a [L, D] bias stack is a
+                   vector per layer), read from the parameters' logical axis names (``weight_decay_mask``)
   clip_norm        global-norm gradient clipping (0 = off)
   grad_accum_steps accumulate this many micro-batches per update (``optax.MultiSteps``; 1 = off)
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -81,16 +84,34 @@ def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict, stage_updates: in
       end_value=float(opt_cfg.end_lr))
 
 
+def weight_decay_mask(abstract_boxed_params: Any) -> Any:
+  """Bool tree over the *unboxed* params: True for parameters with >= 2 dimensions besides the stacked-layers axis
+  (``layers.LAYERS_AXIS``, the leading axis of scanned modules). Takes the boxed params (``nn.Partitioned``
+  leaves carry logical axis names; plain arrays count all their dimensions)."""
+  from lamp_jax.models import layers  # pylint: disable=g-import-not-at-top
+
+  def matrix_like(leaf) -> bool:
+    names = tuple(leaf.names) if isinstance(leaf, nn.Partitioned) else ()
+    ndim = len(jax.tree.leaves(leaf)[0].shape)
+    return ndim - sum(name == layers.LAYERS_AXIS for name in names) >= 2
+
+  return jax.tree.map(matrix_like, abstract_boxed_params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
 def make_optimizer(opt_cfg: ml_collections.ConfigDict, frozen_patterns: Sequence[str],
-                   stage_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+                   stage_steps: int, decay_mask: Any = None) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The stage's optax transformation (over *unboxed* params) and its learning-rate schedule.
 
   ``stage_steps`` counts micro-batches (train-step calls); the schedule counts optimizer updates.
+  ``decay_mask``: with ``decay_vectors`` False, the bool tree of ``weight_decay_mask`` (None: every parameter
+  with ndim >= 2, right only for models without scanned layers).
   """
   accum = int(opt_cfg.grad_accum_steps)
   schedule = learning_rate_schedule(opt_cfg, max(stage_steps // accum, 1))
   if opt_cfg.decay_vectors:
     wd_mask = None
+  elif decay_mask is not None:
+    wd_mask = decay_mask
   else:
     wd_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
   parts = []

@@ -375,7 +375,10 @@ class Trainer:
     name = self.config.stage_order[index]
     scfg = self.config.stages[name]
     model_cfg = stage_model_config(self.config, name)
-    tx, schedule = optim.make_optimizer(scfg.optimizer, tuple(scfg.frozen), int(scfg.steps))
+    decay_mask = None
+    if not scfg.optimizer.decay_vectors:  # needs the logical axes (stacked layers) of the boxed params
+      decay_mask = optim.weight_decay_mask(jax.eval_shape(self._init_params_fn(model_cfg), jax.random.key(0)))
+    tx, schedule = optim.make_optimizer(scfg.optimizer, tuple(scfg.frozen), int(scfg.steps), decay_mask)
     start, end = self.stage_bounds[index]
     return Stage(index=index, name=name, start=start, end=end, model_cfg=model_cfg,
                  model=self.lib.build(model_cfg), tx=tx, schedule=schedule, frozen=tuple(scfg.frozen),
@@ -389,11 +392,14 @@ class Trainer:
     return 0
 
   def init_params_fn(self, stage: Stage) -> Callable[[jax.Array], Any]:
-    init_batch = jax.tree.map(np.asarray, self.lib.dummy_batch(stage.model_cfg, 1, 0))
-    init_batch = HostBatchPreparer(self.config, stage.model_cfg)(init_batch)
+    return self._init_params_fn(stage.model_cfg)
+
+  def _init_params_fn(self, model_cfg) -> Callable[[jax.Array], Any]:
+    init_batch = jax.tree.map(np.asarray, self.lib.dummy_batch(model_cfg, 1, 0))
+    init_batch = HostBatchPreparer(self.config, model_cfg)(init_batch)
     if hasattr(self.lib, "init_variables"):  # Boxed parameters: logical axis names -> sharding rules.
-      return lambda rng: unwrap_params(self.lib.init_variables(stage.model_cfg, rng, init_batch))
-    return lambda rng: unwrap_params(self.lib.init_params(stage.model_cfg, rng, init_batch))
+      return lambda rng: unwrap_params(self.lib.init_variables(model_cfg, rng, init_batch))
+    return lambda rng: unwrap_params(self.lib.init_params(model_cfg, rng, init_batch))
 
   def abstract_state(self, stage: Stage) -> tuple[state_lib.TrainState, state_lib.TrainState]:
     """(abstract ``TrainState`` of ShapeDtypeStructs, its NamedShardings) of a stage; nothing is allocated."""
