@@ -246,6 +246,8 @@ class PickPlace:
     if roofed is not None:
       # Into a roofed region (the microwave) only through its side: the grasp must leave the hand outside.
       extra = self._narrow_part_candidates(geoms, body) if wall else []
+      # Their 1 cm grid gives dozens of near-duplicates; each insertion search costs ~0.1-0.5 s: keep the best.
+      extra = sorted(extra, key=lambda c: -c[3])[:self.INSERT_NARROW_CANDIDATES]
       choice = self._plan_insertion(candidates + extra, roofed, body, corners)
       if choice is not None:
         (point, closing, grasp_z), self.insert = choice
@@ -320,12 +322,14 @@ class PickPlace:
 
   INSERT_CLEARANCE = 0.012  # m between the object's underside and a roofed region's floor on the way in
   INSERT_SEARCH = 0.3  # m around the region: obstacles farther away are ignored by the insertion search
+  INSERT_NARROW_CANDIDATES = 16  # narrow-part grasps (a mug's handle) tried for an insertion, best first
 
   def _roofed_region(self) -> dict | None:
-    """For ``in`` a fixture's region with something above it (a microwave's top), the region's horizontal box
-    (LIBERO's ``in_box``: the site's axis-aligned half sizes), its floor (the first surface under the site's
-    centre) and the horizontal directions out of it (the site's axes, the one toward the robot first); None
-    for a region open from above (a basket, an opened drawer: the first surface from above is its floor)."""
+    """For ``in`` a fixture's region with a part of that fixture above it (a microwave's top), the region's
+    horizontal box (LIBERO's ``in_box``: the site's axis-aligned half sizes), its floor (the first surface under
+    the site's centre), the roof box's corners and the horizontal directions out of it (the site's axes, the
+    one toward the robot first); None for a region open from above (a basket: the fixture's first surface from
+    above is the floor)."""
     env, geo = self.x.env, self.x.geometry
     site = env.object_sites_dict.get(self.target)
     if self.relation != "in" or site is None or self.target in env.obj_body_id:
@@ -334,7 +338,8 @@ class PickPlace:
     mat = env.sim.data.get_site_xmat(self.target).reshape(3, 3)
     half = np.abs(mat @ np.asarray(site.size, np.float64))
     floor, _ = geo.ray_down(pos[:2], pos[2], exclude=(self.obj,))
-    roof, roof_geom = geo.ray_down(pos[:2], 3.0, exclude=(self.obj,))
+    # The roof is the region's own fixture's (objects already put in, a basket's first object, are not one).
+    roof, roof_geom = geo.ray_down(pos[:2], 3.0, geoms=geo.geoms_of(site.parent_name))
     if not np.isfinite(floor) or roof < floor + 0.01:
       return None
     to_robot = self.x.data.xpos[self.x.robot_base][:2] - pos[:2]
