@@ -174,3 +174,50 @@ def test_hand_points_sit_above_the_grip_site_of_a_top_down_hand():
   assert np.ptp(pts[:, 0]) == pytest.approx(0.2) and np.ptp(pts[:, 1]) == pytest.approx(0.064)
   with_fingers = geometry.hand_points(pos, experts._top_down(0.0))  # pylint: disable=protected-access
   assert with_fingers[:, 2].min() == pytest.approx(1.0 - 0.009)  # the fingertips reach below the site
+
+
+def _microwave_boxes():
+  """A 20 x 16 x 14 cm cavity (floor, roof, back and side walls; open toward -y) as (centres, rots, half sizes)."""
+  import numpy as np
+
+  boxes = [((0.0, 0.0, 0.01), (0.12, 0.09, 0.01)),  # floor, top at z 0.02
+           ((0.0, 0.0, 0.17), (0.12, 0.09, 0.01)),  # roof, underside at z 0.16
+           ((0.0, 0.095, 0.09), (0.12, 0.005, 0.09)),  # back wall
+           ((-0.115, 0.0, 0.09), (0.005, 0.09, 0.09)),  # left wall, inner face x -0.11
+           ((0.115, 0.0, 0.09), (0.005, 0.09, 0.09))]  # right wall, inner face x 0.11
+  centres = np.array([c for c, _ in boxes])
+  halves = np.array([h for _, h in boxes])
+  return centres, np.repeat(np.eye(3)[None], len(boxes), 0), halves
+
+
+def test_insertion_pose_enters_through_the_open_side():
+  import numpy as np
+
+  from lamp_jax.libero import geometry
+
+  centres, rots, halves = _microwave_boxes()
+  cup = geometry.box_grid(((-0.03, 0.03), (-0.03, 0.03), (0.03, 0.11)), (4, 4, 4))  # 6 cm cup, 2 cm off the floor
+  lo, hi = np.array([-0.1, -0.08]), np.array([0.1, 0.08])
+  directions = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+  origin, d, travel = geometry.insertion_pose(centres, rots, halves, cup, lo, hi, directions)
+  np.testing.assert_allclose(d, [0.0, -1.0])  # the only open side
+  assert np.all(origin > lo) and np.all(origin < hi)
+  assert travel == pytest.approx(origin[1] - lo[1] + 0.03 + 0.04)  # its innermost point 4 cm beyond the box
+  # A hand 6 cm behind the cup's axis and above the cup's top (a handle grasp): only as deep as the roof allows.
+  hand = geometry.box_grid(((-0.03, 0.03), (-0.09, -0.05), (0.12, 0.2)), (4, 4, 4))
+  origin, d, _ = geometry.insertion_pose(centres, rots, halves, np.concatenate([cup, hand]), lo, hi, directions)
+  np.testing.assert_allclose(d, [0.0, -1.0])
+  assert origin[1] - 0.05 < -0.09 - 0.005 + 1e-9  # the hand's front stays >= 5 mm out of the roof's front edge
+  # A hand above the cup's axis (a rim grasp) fits nowhere under the roof.
+  over = geometry.box_grid(((-0.03, 0.03), (-0.03, 0.03), (0.12, 0.2)), (4, 4, 4))
+  assert geometry.insertion_pose(centres, rots, halves, np.concatenate([cup, over]), lo, hi, directions) is None
+
+
+def test_holding_hand_points_span_the_hand_and_closed_fingers():
+  import numpy as np
+
+  from lamp_jax.libero import experts, geometry
+
+  pts = geometry.holding_hand_points(np.zeros(3), experts._top_down(0.0))  # pylint: disable=protected-access
+  assert pts[:, 2].min() == pytest.approx(-0.009) and pts[:, 2].max() == pytest.approx(0.123)
+  assert np.abs(pts[pts[:, 2] < 0.031 - 1e-9, 0]).max() == pytest.approx(0.02)  # the fingers, closed

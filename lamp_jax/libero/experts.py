@@ -23,11 +23,17 @@ Skills (one per goal form):
     after the first of two placements), the hand first rises and crosses over it ("rise", "cross").
     Wide objects that are not vessels (a moka pot) are grasped by a narrow part (the handle). Several objects
     ``on`` one region each get a slot in it (both moka pots on the stove).
+    ``in`` a region under a roof (LIBERO-10's microwave: its top 14 cm over its floor, open on one side) goes in
+    from the side ("enter", ``_plan_insertion``): of the grasps (the mug's handle too), the one whose hand stays
+    outside when the object is set down deepest in the region, carried in 1.2 cm above the floor; after the
+    release the hand backs out and, if the object still sticks out of the opening (the mug's handle), pushes it
+    in with the closed fingers leaning into the push ("pushready", "pushin") so the door can shut.
   * ``on`` of a flat, wide object to a region of its own support (``PushFlat``): slide it (the plate).
   * ``open`` of a drawer (``PullDrawer``): grasp the handle from the front with the hand horizontal (rolled the
     way nearer the current hand), pull, back off and turn top-down again slowly.
   * ``close`` (drawer, microwave door) (``PushJoint``): push the moving part with the closed gripper along the
-    direction it moves toward the goal range; a drawer with the fingers leaning into the push.
+    direction it moves toward the goal range; a drawer with the fingers leaning into the push. The hand first
+    rises if its straight way to the push passes low over something (the opened door's top edge).
   * ``turnon`` of the stove's knob (``TurnKnob``): grasp the knob's grip bar top-down and twist the hand.
 ``plan_order`` orders a conjunction: a closed drawer is opened before something is put in it, and ``close`` goes
 after the placements into the same fixture (LIBERO-10: "put the bowl in the drawer and close it").
@@ -147,6 +153,7 @@ class PickPlace:
     self.slot = slot
     self.transit_z = None
     self.entry, self.lift_height = None, 0.10
+    self.insert = None
     self.phase = "plan"
     self.retries = 0
     self.counter = 0
@@ -234,6 +241,20 @@ class PickPlace:
     self.start_obj_z = body[2]
     self.obj_top = top
     self.entry, self.lift_height = None, 0.10
+    self.insert = None
+    roofed = self._roofed_region()
+    if roofed is not None:
+      # Into a roofed region (the microwave) only through its side: the grasp must leave the hand outside.
+      extra = self._narrow_part_candidates(geoms, body) if wall else []
+      # Their 1 cm grid gives dozens of near-duplicates; each insertion search costs ~0.1-0.5 s: keep the best.
+      extra = sorted(extra, key=lambda c: -c[3])[:self.INSERT_NARROW_CANDIDATES]
+      choice = self._plan_insertion(candidates + extra, roofed, body, corners)
+      if choice is not None:
+        (point, closing, grasp_z), self.insert = choice
+        yaw = _nearest_equivalent_yaw(math.atan2(closing[1], closing[0]), self.x.home_yaw)
+        self.grasp_pos = np.array([point[0], point[1], grasp_z])
+        self.grasp_rot = _top_down(yaw)
+        return
     if free < 0 and wall:
       # Something overhangs every top-down wall grasp (LIBERO-Goal's opened top drawer reaches over the bowl):
       # enter one from the side, along the wall, under the overhang.
@@ -298,6 +319,117 @@ class PickPlace:
       return None
     _, lift, _, grasp, entry, rot = max(options, key=lambda o: o[:3])
     return np.array(grasp), np.array(entry), rot, lift
+
+  INSERT_CLEARANCE = 0.012  # m between the object's underside and a roofed region's floor on the way in
+  INSERT_SEARCH = 0.3  # m around the region: obstacles farther away are ignored by the insertion search
+  INSERT_NARROW_CANDIDATES = 16  # narrow-part grasps (a mug's handle) tried for an insertion, best first
+
+  def _roofed_region(self) -> dict | None:
+    """For ``in`` a fixture's region with a part of that fixture above it (a microwave's top), the region's
+    horizontal box (LIBERO's ``in_box``: the site's axis-aligned half sizes), its floor (the first surface under
+    the site's centre), the roof box's corners and the horizontal directions out of it (the site's axes, the
+    one toward the robot first); None for a region open from above (a basket: the fixture's first surface from
+    above is the floor)."""
+    env, geo = self.x.env, self.x.geometry
+    site = env.object_sites_dict.get(self.target)
+    if self.relation != "in" or site is None or self.target in env.obj_body_id:
+      return None
+    pos = env.sim.data.get_site_xpos(self.target).copy()
+    mat = env.sim.data.get_site_xmat(self.target).reshape(3, 3)
+    half = np.abs(mat @ np.asarray(site.size, np.float64))
+    floor, _ = geo.ray_down(pos[:2], pos[2], exclude=(self.obj,))
+    # The roof is the region's own fixture's (objects already put in, a basket's first object, are not one).
+    roof, roof_geom = geo.ray_down(pos[:2], 3.0, geoms=geo.geoms_of(site.parent_name))
+    if not np.isfinite(floor) or roof < floor + 0.01:
+      return None
+    to_robot = self.x.data.xpos[self.x.robot_base][:2] - pos[:2]
+    directions = [s * mat[:2, i] / (np.linalg.norm(mat[:2, i]) + 1e-12) for i in (0, 1) for s in (1.0, -1.0)]
+    directions.sort(key=lambda d: -float(d @ to_robot))
+    return {"lo": pos[:2] - half[:2], "hi": pos[:2] + half[:2], "floor": float(floor),
+            "directions": np.asarray(directions), "roof": geo.corners([roof_geom])[:, :2]}
+
+  def _plan_insertion(self, candidates, roofed, body, corners):
+    """Of the top-down grasps ``candidates`` free at the pick (``_clearance`` >= 0), the one that lets the object
+    go deepest into the roofed region with the hand outside (``geometry.insertion_pose``: the object carried
+    in ``INSERT_CLEARANCE`` above the floor, the holding hand and closed fingers >= 5 mm from every box, the
+    way in straight along one of the region's axes). Returns ((point float64[2], closing axis float64[2],
+    grasp z), insertion dict) or None. A mug grasped by its rim has the hand over it, under the microwave's
+    top; grasped by its handle (``_narrow_part_candidates``) the hand stays in front of the opening."""
+    geo = self.x.geometry
+    dz = roofed["floor"] + self.INSERT_CLEARANCE - corners[:, 2].min()
+    obj_points = corners - np.array([body[0], body[1], -dz])
+    geoms = geo.obstacles(exclude=(self.obj,))
+    box_corners = geo.corners(geoms).reshape(-1, 8, 3)
+    near = ((box_corners[..., :2].min(1) < roofed["hi"] + self.INSERT_SEARCH).all(1)
+            & (box_corners[..., :2].max(1) > roofed["lo"] - self.INSERT_SEARCH).all(1))
+    geoms = geoms[near]
+    boxes = (geo.data.geom_xpos[geoms], geo.data.geom_xmat[geoms].reshape(-1, 3, 3), geo.model.geom_size[geoms])
+    best = None
+    for point, closing, grasp_z, pref in candidates:
+      if self._clearance(point, closing, grasp_z) < 0:
+        continue
+      yaw = _nearest_equivalent_yaw(math.atan2(closing[1], closing[0]), self.x.home_yaw)
+      hand = np.array([point[0] - body[0], point[1] - body[1], grasp_z + dz])
+      points = np.concatenate([obj_points, geometry_lib.holding_hand_points(hand, _top_down(yaw))])
+      found = geometry_lib.insertion_pose(*boxes, points, roofed["lo"], roofed["hi"], roofed["directions"])
+      if found is None:
+        continue
+      origin, direction, travel = found
+      depth = float(np.minimum(origin - roofed["lo"], roofed["hi"] - origin).min())
+      key = (round(depth, 3), pref)
+      if best is None or key > best[0]:
+        best = (key, (point, closing, grasp_z), {"origin": origin, "dir": direction, "travel": travel,
+                                                 "floor": roofed["floor"], "roof": roofed["roof"]})
+    return None if best is None else best[1:]
+
+  PUSH_LEAN = 0.6  # rad the fingers lean into the push-in: the hand's body stays back and low, under the roof
+  PUSH_MARGIN = 0.006  # m the object's outermost point ends behind the roof's front edge (the door shuts there)
+  FINGER_AHEAD = 0.012  # m from the grip site to the leaning closed fingers' front face, along the push
+
+  def _excess(self) -> tuple[float, np.ndarray]:
+    """(m the object's outermost point along the out direction lies beyond the roof's edge (the opening's plane:
+    a microwave's door closes in front of it) less ``PUSH_MARGIN``, the object's box corners float64[8N, 3])."""
+    geo, d = self.x.geometry, self.insert["dir"]
+    corners = geo.corners(geo.geoms_of(self.obj))
+    face = float((self.insert["roof"] @ d).max())
+    return float((corners[:, :2] @ d).max() - (face - self.PUSH_MARGIN)), corners
+
+  def _push_in_plan(self) -> bool:
+    """After an insertion: whether part of the object still sticks out of the region (a mug set down by its
+    handle: the handle, ~8.8 cm from the mug's axis, stays in front of the opening, where the door would hit
+    it); if so, prepares to push it in by its outermost part with the closed fingers leaning ``PUSH_LEAN``
+    into the push (a top-down hand there would hit the microwave's top)."""
+    excess, corners = self._excess()
+    if excess <= 0:
+      return False
+    d = self.insert["dir"]
+    proj = corners[:, :2] @ d
+    outer = corners[proj > proj.max() - 0.01]
+    bottom = corners[:, 2].min()
+    self.push_z = float(np.clip(outer[:, 2].mean(), bottom + 0.02, bottom + 0.06))
+    self.push_rot = _leaning(-d, self.PUSH_LEAN, self.x.home_yaw)
+    self.push_lateral = outer[:, :2].mean(0)
+    return True
+
+  def _push_in_act(self) -> np.ndarray:
+    robot, d = self.x.robot, self.insert["dir"]
+    excess, corners = self._excess()
+    front = float((corners[:, :2] @ d).max())
+    lateral = self.push_lateral - (self.push_lateral @ d) * d
+    contact = lateral + front * d  # the outermost part, on the line the push started on
+    if self.phase == "pushready":  # in front of it, turning the fingers into the push
+      goal = np.append(contact + (self.FINGER_AHEAD + 0.04) * d, self.push_z)
+      if (np.linalg.norm(robot.pos - goal) < 0.015 and robot.rot_error(self.push_rot) < 0.1) or self.counter > 60:
+        self.phase, self.counter = "pushin", 0
+      return robot.action(goal, self.push_rot, CLOSE, max_speed=0.6)
+    # pushin: advance 2 cm ahead of the contact until the object is inside, then back out and rise
+    if excess <= 0 or self.counter > 80:
+      self.phase, self.counter = "withdraw", 0
+      self.withdraw_goal = robot.pos + 0.06 * np.append(d, 0.0)
+      self.insert = dict(self.insert, travel=0.0)
+      self.push_done = True
+    goal = np.append(contact + (self.FINGER_AHEAD - 0.02) * d, self.push_z)
+    return robot.action(goal, self.push_rot, CLOSE, max_speed=0.3)
 
   def _narrow_part_candidates(self, geoms, body) -> list:
     """Top-down grasps across a narrow part of a wide object: for closing axes every 15 degrees and points on a
@@ -437,6 +569,9 @@ class PickPlace:
     offset = robot.pos[:2] - self.x.body_pos(self.obj)[:2]
     target_xy = self._target_xy() + self._slot_shift(offset)
     self.place_xy = target_xy + offset
+    if self.insert is not None:  # carried to in front of the opening, lowered, then moved in horizontally
+      self.enter_xy = self.insert["origin"] + offset
+      self.place_xy = self.enter_xy + self.insert["travel"] * self.insert["dir"]
     # Highest obstacle under the carry path (object footprint ~ +-5 cm around the path).
     start = robot.pos[:2]
     highest = -np.inf
@@ -448,6 +583,8 @@ class PickPlace:
     self.carry_z = max(robot.pos[2], highest + hang + 0.04)
     surface, _ = geo.ray_down(target_xy, 3.0, exclude=(self.obj,))
     self.release_z = surface + hang + (0.015 if self.relation == "on" else 0.02)
+    if self.insert is not None:
+      self.release_z = self.insert["floor"] + self.INSERT_CLEARANCE + hang
 
   # -- acting ---------------------------------------------------------------------------------------------
 
@@ -539,14 +676,31 @@ class PickPlace:
     if self.phase == "lower":
       goal = np.array([self.place_xy[0], self.place_xy[1], self.release_z])
       if np.linalg.norm(robot.pos - goal) < 0.008 or self.counter > 60:
-        self.phase, self.counter = "release", 0
+        self.phase, self.counter = ("release" if self.insert is None else "enter"), 0
       speed = 1.0 if robot.pos[2] > self.release_z + 0.06 else 0.4
       return robot.action(goal, self.grasp_rot, CLOSE, max_speed=speed)
+    if self.phase == "enter":  # straight in through the opening, just above the floor
+      goal = np.array([self.enter_xy[0], self.enter_xy[1], self.release_z])
+      if np.linalg.norm(robot.pos - goal) < 0.008 or self.counter > 60:
+        self.phase, self.counter = "release", 0
+      return robot.action(goal, self.grasp_rot, CLOSE, max_speed=0.4)
     if self.phase == "release":
       if self.counter >= 8:
         self.phase, self.counter = "retreat", 0
         self.retreat_goal = robot.pos + np.array([0, 0, 0.10])
+        if self.insert is not None:
+          self.phase = "withdraw"
+          self.withdraw_goal = robot.pos + np.append(self.insert["travel"] * self.insert["dir"], 0.0)
       return robot.action(robot.pos, self.grasp_rot, OPEN)
+    if self.phase == "withdraw":  # back out of the opening before rising
+      if np.linalg.norm(robot.pos - self.withdraw_goal) < 0.01 or self.counter > 40:
+        self.phase, self.counter = "retreat", 0
+        self.retreat_goal = robot.pos + np.array([0, 0, 0.10])
+        if not getattr(self, "push_done", False) and self._push_in_plan():
+          self.phase = "pushready"
+      return robot.action(self.withdraw_goal, self.grasp_rot, OPEN, max_speed=0.6)
+    if self.phase in ("pushready", "pushin"):
+      return self._push_in_act()
     if self.phase == "retreat":
       if robot.pos[2] > self.retreat_goal[2] - 0.02 or self.counter > 40:
         self.done = True
@@ -720,9 +874,11 @@ class PushJoint:
         rel = corners - anchor
         dist = np.linalg.norm(rel - np.outer(rel @ axis, axis), axis=1)
         ids = np.nonzero(dist > dist.max() - 0.015)[0]
-        # Several edges may be equally far: keep the cluster nearest the gripper.
+        # Several edges may be equally far: keep the one nearest the gripper (its corners at every height: a
+        # 3-D cluster kept only the bottom or only the top corners of a microwave door's edge, whichever came
+        # first, and the push went to the bottom, under the hand).
         nearest = ids[np.argmin(np.linalg.norm(corners[ids, :2] - robot_xy, axis=1))]
-        ids = ids[np.linalg.norm(corners[ids] - corners[nearest], axis=1) < 0.025]
+        ids = ids[np.linalg.norm(corners[ids, :2] - corners[nearest, :2], axis=1) < 0.025]
       self._corner_ids = ids
     pts = corners[self._corner_ids]
     point = pts.mean(axis=0)
@@ -738,6 +894,24 @@ class PushJoint:
     point = point + (proj.min() - point @ v) * v
     point[2] = max(point[2], pts[:, 2].max() - 0.015)
     return point, v
+
+  CLEARANCE = 0.06  # m the grip site keeps above what stands under its way to the push (closed fingertips ~1 cm
+  # below the site, the hand's +-10 cm span sampled +-5 cm around the path)
+
+  def _rise_height(self, start: np.ndarray, end: np.ndarray) -> float | None:
+    """Height to rise to before crossing from ``start`` to ``end`` (float64[3]) if the straight way passes less than
+    ``CLEARANCE`` above any box (an opened microwave door after the mug went in), else None."""
+    geo = self.x.geometry
+    highest, blocked = -np.inf, False
+    for s in np.linspace(0.0, 1.0, 12):
+      p = start + s * (end - start)
+      for dx, dy in ((0, 0), (0.05, 0), (-0.05, 0), (0, 0.05), (0, -0.05)):
+        z, _ = geo.ray_down(p[:2] + np.array([dx, dy]), 3.0)
+        highest = max(highest, z)
+        blocked |= z > p[2] - self.CLEARANCE
+    if not blocked:
+      return None
+    return float(max(end[2], highest + self.CLEARANCE))
 
   def act(self) -> np.ndarray:
     robot = self.x.robot
@@ -759,6 +933,13 @@ class PushJoint:
         start = point - 0.06 * v
     if self.phase == "approach":
       above = start + np.array([0, 0, 0.10])
+      if self.counter == 1:
+        self.rise_z = self._rise_height(robot.pos, above)
+      if self.rise_z is not None:  # first straight up: something stands under the straight way (the door)
+        goal = np.array([robot.pos[0], robot.pos[1], self.rise_z])
+        if robot.pos[2] > self.rise_z - 0.02 or self.counter > 40:
+          self.rise_z = None
+        return robot.action(goal, self.rot, CLOSE, max_speed=0.8)
       if np.linalg.norm(robot.pos - above) < 0.015 or self.counter > 120:
         self.phase, self.counter = "descend", 0
       return robot.action(above, self.rot, CLOSE, max_speed=0.8)

@@ -149,3 +149,69 @@ def points_in_boxes(points, centres, rots, half_sizes, margin: float = 0.0) -> n
   local = np.einsum("nji,pnj->pni", rots, points[:, None, :] - centres[None])  # [P, N, 3]
   inside = np.all(np.abs(local) <= np.asarray(half_sizes, np.float64)[None] + margin, axis=-1)
   return inside.any(axis=1)
+
+
+CLOSED_FINGER_BOX = ((-0.02, 0.02), (-0.01, 0.01), (-0.044, 0.009))  # both closed fingers (grip-site frame)
+
+
+def holding_hand_points(pos, rot) -> np.ndarray:
+  """Sample points float64[P, 3] of the hand and its closed fingers at grip-site pose ``pos``, ``rot`` (as
+  ``hand_points``; the closed fingers: +-2 cm along the closing axis). The hand's grid is 2.5 x 3.2 x 1.8 cm:
+  with a 5 mm collision margin it catches boxes thicker than 1.5 / 2.2 / 0.8 cm (a microwave's walls: >= 1.9)."""
+  local = np.concatenate([box_grid(HAND_BOX, (9, 3, 6)), box_grid(CLOSED_FINGER_BOX, (3, 2, 4))])
+  return local @ np.asarray(rot, np.float64).T + np.asarray(pos, np.float64)
+
+
+def insertion_pose(centres, rots, half_sizes, points, lo, hi, directions, step: float = 0.01,
+                   margin: float = 0.005, clear: float = 0.04):
+  """Where a held object can be set down inside a roofed region (a microwave) and the way in.
+
+  The object and the hand that holds it are the sample points ``points`` float[P, 3]: x, y relative to the
+  object's body origin, z absolute at the height it is carried in (the caller puts it just above the region's
+  floor). Candidate origins: a ``step`` grid over the region's horizontal box ``lo``..``hi`` float[2] (LIBERO's
+  ``in`` tests the body origin against it). A candidate is free when no point lies in an obstacle box
+  (``centres`` / ``rots`` / ``half_sizes`` as ``points_in_boxes``, grown by ``margin``: 5 mm); its way in along
+  one of ``directions`` float[K, 2] (unit, pointing out of the region; the first that works wins) is free when
+  the points are free at every ``step`` back along it until the innermost point is ``clear`` (4 cm) outside
+  the region's box.
+
+  Returns (origin xy float64[2], out direction float64[2], travel (m) from the origin to the outside point) of
+  the free candidate deepest inside the region (the largest distance of the origin to the box's sides, then the
+  nearest the region's centre), or None.
+  """
+  points = np.asarray(points, np.float64).reshape(-1, 3)
+  lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+  axes = [np.arange(lo[i] + step / 2, hi[i], step) for i in range(2)]
+  grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 2)  # [G, 2]
+  if grid.size == 0:
+    return None
+  depth = np.minimum(grid - lo, hi - grid).min(axis=1)
+  centre = 0.5 * (lo + hi)
+  order = np.lexsort((np.linalg.norm(grid - centre, axis=1), -np.round(depth, 4)))
+
+  def free(origins_xy) -> np.ndarray:  # bool[G]: all points of the object placed at each origin are free
+    origins = np.concatenate([origins_xy, np.zeros((len(origins_xy), 1))], axis=1)
+    pts = (points[None] + origins[:, None, :]).reshape(-1, 3)
+    hit = points_in_boxes(pts, centres, rots, half_sizes, margin).reshape(len(origins_xy), -1)
+    return ~hit.any(axis=1)
+
+  for start in range(0, len(order), 48):  # deepest candidates first, a batch at a time
+    batch = order[start:start + 48]
+    for g in batch[free(grid[batch])]:
+      result = _way_in(grid[g], directions, points, lo, hi, step, clear, free)
+      if result is not None:
+        return result
+  return None
+
+
+def _way_in(origin, directions, points, lo, hi, step, clear, free):
+  for d in np.asarray(directions, np.float64).reshape(-1, 2):
+    d = d / (np.linalg.norm(d) + 1e-12)
+    # Travel until the innermost point lies `clear` beyond the region's box along d.
+    face = float(np.where(d > 0, hi, lo) @ d)
+    inner = float((origin @ d) + (points[:, :2] @ d).min())
+    travel = max(face + clear - inner, 0.0)
+    steps = np.arange(step, travel + step, step)
+    if free(origin[None] + steps[:, None] * d[None]).all():
+      return origin.copy(), d, float(travel)
+  return None
