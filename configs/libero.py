@@ -36,16 +36,8 @@ fails at start naming the feature). Instructions: a closed word vocabulary of ev
 Stages and recipe follow ``configs/sim.py`` (read its docstring for the deviations from released LaMP): LaMP =
 stage 1 'motion' (VLM + Motion Expert, scene-flow flow matching) then stage 2 'action' (Motion Expert frozen);
 ``no_motion`` = one 'action' stage of the same total steps without Motion Expert and guidance. The step budget
-(200 + 800 at batch 16) is sized for about 20 minutes per variant on the shared, heavily loaded 2-core machine
-(the lead's README gives the measured figures); a from-scratch model this small is not expected to solve LIBERO.
-
-Measured once on libero_spatial (2-core box shared with other jobs, load average 5-7; 4 scripted demonstrations per
-task = 40 episodes, 64², K = 400, T = 8): LaMP 13 min 25 s wall (stage 1 motion loss 0.75 at step 200; stage 2
-action loss 0.094 at step 1000), w/o motion 8 min 47 s (action loss 0.044 at step 1000). Evaluation at 64² on
-initial states 0 and 1 of every task (2 episodes per task, 20 per variant): LaMP 3/20 = 15 % [5.2, 36.0]
-(task 3: 2/2, task 5: 1/2), w/o motion 1/20 = 5 % [0.9, 23.6] (task 6: 1/2); the intervals overlap, so no
-difference is shown. About 52 s per evaluation episode (220 steps when failing), policy round trip p50 17 ms
-(LaMP) / 14 ms (w/o motion): the full 50-state evaluation of a suite (500 episodes) would take about 7 h here.
+(200 + 800 at batch 16) fits a 2-core CPU machine: 13 min 25 s for LaMP and 8 min 47 s without motion, measured
+on a loaded box (README: all measured figures). A from-scratch model this small is not expected to solve LIBERO.
 
 Variants (``:variant``): '' (LaMP) · 'no_motion' · 'smoke' / 'smoke_no_motion' (tiny model, 3 + 3 steps, batch 4:
 proves the command end to end on any export with K = 400, T = 8).
