@@ -157,21 +157,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   stage2_opt = defaults.optimizer_config(lr=1e-3, end_lr=3e-6, warmup_steps=warmup, weight_decay=1e-4,
                                          clip_norm=1.0)
   motion_repeats, action_repeats = (1, 1) if smoke else (2, 4)
-  if use_motion:
-    c.stage_order = ("motion", "action")
-    c.stages = ml_collections.ConfigDict(dict(
-        motion=defaults.stage_config(motion_steps, frozen=(r"^guidance/", r"^action_expert/"), optimizer=stage1_opt,
-                                     model_overrides=dict(loss=dict(motion_weight=1.0, action_weight=0.0,
-                                                                    motion_repeats=motion_repeats))),
-        action=defaults.stage_config(action_steps, frozen=(r"^motion_expert/",), optimizer=stage2_opt,
-                                     model_overrides=dict(loss=dict(motion_weight=0.0, action_weight=1.0,
-                                                                    action_repeats=action_repeats)))))
-  else:
-    c.stage_order = ("action",)
-    c.stages = ml_collections.ConfigDict(dict(
-        action=defaults.stage_config(motion_steps + action_steps, frozen=(), optimizer=stage2_opt,
-                                     model_overrides=dict(loss=dict(motion_weight=0.0, action_weight=1.0,
-                                                                    action_repeats=action_repeats)))))
+  c.stage_order, c.stages = defaults.lamp_stages(use_motion, motion_steps, action_steps, stage1_opt, stage2_opt,
+                                                 motion_repeats, action_repeats)
   c.ema.decay = 0.0 if smoke else 0.999
   c.checkpoint.every_steps = 3 if smoke else 200
   c.checkpoint.max_to_keep = 2

@@ -56,6 +56,28 @@ def stage_config(steps: int, frozen=(), model_overrides: dict | None = None, dat
       optimizer=optimizer or optimizer_config()))
 
 
+def lamp_stages(use_motion: bool, motion_steps: int, action_steps: int, motion_optimizer, action_optimizer,
+                motion_repeats: int = 1, action_repeats: int = 1) -> tuple[tuple[str, ...], ml_collections.ConfigDict]:
+  """(stage_order, stages) of LaMP's two-stage recipe or of its w/o-motion ablation on the same step budget.
+
+  LaMP: 'motion' (scene-flow flow matching; guidance and Action Expert frozen) then 'action' (action flow
+  matching; Motion Expert frozen, as released). Ablation: one 'action' stage of ``motion_steps + action_steps``
+  with ``action_optimizer`` (nothing frozen; there is no Motion Expert). ``*_repeats``: flow-matching draws per
+  example (``lamp.model_config``: loss.*_repeats).
+  """
+  action_loss = dict(loss=dict(motion_weight=0.0, action_weight=1.0, action_repeats=action_repeats))
+  if not use_motion:
+    return ("action",), ml_collections.ConfigDict(dict(
+        action=stage_config(motion_steps + action_steps, frozen=(), optimizer=action_optimizer,
+                            model_overrides=action_loss)))
+  return ("motion", "action"), ml_collections.ConfigDict(dict(
+      motion=stage_config(motion_steps, frozen=(r"^guidance/", r"^action_expert/"), optimizer=motion_optimizer,
+                          model_overrides=dict(loss=dict(motion_weight=1.0, action_weight=0.0,
+                                                         motion_repeats=motion_repeats))),
+      action=stage_config(action_steps, frozen=(r"^motion_expert/",), optimizer=action_optimizer,
+                          model_overrides=action_loss)))
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
