@@ -7,7 +7,7 @@ The computation runs ``repeats`` times under ``jax.profiler`` (perfetto trace); 
 op events nested in it, e.g. a ``while`` minus its body's ops). Ops are grouped by kind from their HLO names:
 
   matmul   dot / convolution and the XLA:CPU library fusions that carry them (``ynn_fusion`` = YNNPACK,
-           ``onednn``; their fused epilogues count with them)
+           ``onednn``, GPU ``cublas`` gemms; their fused epilogues count with them; other custom calls count as other)
   layout   copy / transpose fusions (pure data movement: layout changes, stacking of scanned layers)
   loop     while / conditional bookkeeping (their bodies' ops are counted by kind)
   other    everything else (elementwise, reductions, dynamic slices, broadcasts, ...)
@@ -32,7 +32,7 @@ from typing import Any, Callable
 import jax
 
 KINDS = ("matmul", "layout", "loop", "other")
-_MATMUL = re.compile(r"^(dot|convolution|ynn_fusion|onednn|.*_dot_fusion|cublas|custom-call)")
+_MATMUL = re.compile(r"^(dot|convolution|ynn_fusion|onednn|.*_dot_fusion|cublas)")
 _LAYOUT = re.compile(r"^(copy|transpose)")
 _LOOP = re.compile(r"^(while|conditional|call)")
 
