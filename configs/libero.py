@@ -65,19 +65,10 @@ NUM_POINTS, FLOW_HORIZON = 400, 8
 
 
 def _data(model_cfg, batch_size: int, dataset_name, data_dir) -> ml_collections.ConfigDict:
-  d = data_config.default_data_config()
+  d = data_config.for_model(model_cfg, batch_size)
   entry = data_config.dataset_entry("", data_dir=data_dir, standardize="libero_")
   entry.name = dataset_name  # a field reference: follows libero.suite
   d.datasets = [entry]
-  d.batch_size = batch_size
-  d.window_size = 1
-  d.action_horizon = int(model_cfg.action_horizon)
-  d.max_action_dim = int(model_cfg.action_dim)
-  d.max_proprio_dim = int(model_cfg.proprio_dim)
-  d.image_size = (int(model_cfg.image_size), int(model_cfg.image_size))
-  d.cameras = tuple(model_cfg.image_keys)
-  d.scene_flow_num_points = model_cfg.motion.get_ref("num_keypoints")
-  d.scene_flow_horizon = model_cfg.motion.get_ref("num_steps")
   d.action_normalization = "bounds"
   d.proprio_normalization = "normal"
   # As configs/sim.py: no random resized crop of the fixed agentview camera (pixel position = table position),

@@ -40,17 +40,8 @@ MAX_WORDS = 12
 
 
 def _data(model_cfg, batch_size: int) -> ml_collections.ConfigDict:
-  d = data_config.default_data_config()
+  d = data_config.for_model(model_cfg, batch_size)
   d.datasets = [data_config.dataset_entry(f"lamp_sim_{SUITE}")]  # data_dir filled in after generation
-  d.batch_size = batch_size
-  d.window_size = 1
-  d.action_horizon = int(model_cfg.action_horizon)
-  d.max_action_dim = int(model_cfg.action_dim)
-  d.max_proprio_dim = int(model_cfg.proprio_dim)
-  d.image_size = (int(model_cfg.image_size), int(model_cfg.image_size))
-  d.cameras = tuple(model_cfg.image_keys)
-  d.scene_flow_num_points = model_cfg.motion.get_ref("num_keypoints")
-  d.scene_flow_horizon = model_cfg.motion.get_ref("num_steps")
   d.action_normalization = "bounds"
   d.proprio_normalization = "normal"
   # The instructions name colours (red / orange / yellow / purple ... are 20-40 degrees of hue apart): no hue

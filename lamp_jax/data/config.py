@@ -104,3 +104,20 @@ def default_data_config() -> ml_collections.ConfigDict:
   # 'reseed' = fold start_batch into the seed (instant, reproducible, but a different stream than uninterrupted).
   cfg.resume_mode = "skip"
   return cfg
+
+
+def for_model(model_cfg, batch_size: int) -> ml_collections.ConfigDict:
+  """``default_data_config`` with the fields a LaMP model fixes: one frame (window 1), its action horizon, action
+  / proprio dims, image size and cameras; scene-flow K / T as field references to ``model_cfg.motion`` (an
+  override of the model's num_keypoints / num_steps reaches the data)."""
+  d = default_data_config()
+  d.batch_size = batch_size
+  d.window_size = 1
+  d.action_horizon = int(model_cfg.action_horizon)
+  d.max_action_dim = int(model_cfg.action_dim)
+  d.max_proprio_dim = int(model_cfg.proprio_dim)
+  d.image_size = (int(model_cfg.image_size), int(model_cfg.image_size))
+  d.cameras = tuple(model_cfg.image_keys)
+  d.scene_flow_num_points = model_cfg.motion.get_ref("num_keypoints")
+  d.scene_flow_horizon = model_cfg.motion.get_ref("num_steps")
+  return d
