@@ -40,7 +40,7 @@ EXTRAS_REQUIRE = {
     ],
     # Converting checkpoints to / from PyTorch (Hugging Face transformers layout).
     "torch": ["torch==2.13.0", "transformers==5.23.0"],
-    # Ahead-of-time compilation for TPU topologies on a CPU host (python -m lamp_jax.aot).
+    # Ahead-of-time compilation for TPU topologies on a CPU host (python -m lamp_jax.perf.aot).
     "tpu-aot": ["libtpu==0.0.52"],
     "wandb": ["wandb"],
 }

@@ -2,7 +2,7 @@ r"""LaMP at paper size on Bridge V2 (cloud TPU pods). Schema: ``lamp_jax/trainin
 
   python -m lamp_jax.train --config=configs/bridge.py --workdir=gs://bucket/lamp/bridge \
       --config.data.data_dir=gs://bucket/tfds          # the directory holding bridge_dataset/1.0.0
-  python -m lamp_jax.aot --config=configs/bridge.py --topology=v5p:4x4x2   # memory plan, no TPU needed
+  python -m lamp_jax.perf.aot --config=configs/bridge.py --topology=v5p:4x4x2   # memory plan, no TPU needed
 
 Variants (``configs/bridge.py:<stage>[,<option>...]``):
   stage2 (default)  released LaMP Stage 2: VLM and Motion Expert frozen; gated guidance + Action Expert
@@ -31,7 +31,7 @@ Motion Expert 12 x 1024 (K=400, T=32), gated guidance, Action Expert DiT 24 x 10
 Mesh: FSDP over every device (``mesh.fsdp=-1``) and no tensor parallelism: each chip holds 1/N of every large
 parameter and of the optimizer state and the batch is split over all chips. Slices above 128 chips: SigLIP's
 width 1152 = 9 * 128 is not divisible by 256, so keep FSDP at <= 128 and data-parallelise the rest
-(``--config.mesh.fsdp=128 --config.mesh.data=-1``; ``python -m lamp_jax.aot`` shows the difference).
+(``--config.mesh.fsdp=128 --config.mesh.data=-1``; ``python -m lamp_jax.perf.aot`` shows the difference).
 """
 
 from __future__ import annotations

@@ -39,7 +39,8 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   workdirs = [w for w in args.workdirs.split(",") if w]
   names = [n for n in args.names.split(",") if n] or None
-  from lamp_jax.training import experiment, plots
+  from lamp_jax import experiment
+  from lamp_jax.eval import plots
 
   results = load_results(workdirs, names)
   out = args.out or os.path.join(workdirs[0], "plots", "compare_success.png")

@@ -44,7 +44,7 @@ def main(argv):
   from lamp_jax.training import multihost
 
   multihost.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  from lamp_jax.training import experiment
+  from lamp_jax import experiment
 
   config = _CONFIG.value
   multihost.check_same_config_across_hosts(config)
@@ -54,7 +54,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from lamp_jax import allocator
+  from lamp_jax.perf import allocator
 
   allocator.reexec_with_tcmalloc("lamp_jax.train")  # XLA:CPU runs 1.75x faster on it (allocator.py)
   flags.mark_flags_as_required(["config", "workdir"])

@@ -1,4 +1,4 @@
-"""python -m lamp_jax.aot: TPU facts, the plan's arithmetic, and (``pytest -m tpu``) a real TPU compile of the
+"""python -m lamp_jax.perf.aot: TPU facts, the plan's arithmetic, and (``pytest -m tpu``) a real TPU compile of the
 trainer's step for a tiny two-stage config on a 'v5e:2x2' topology."""
 
 import json
@@ -9,8 +9,8 @@ import types
 
 import pytest
 
-from lamp_jax import aot
-from lamp_jax.training import tpu_specs
+from lamp_jax.perf import aot
+from lamp_jax.perf import tpu_specs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 2**30
@@ -82,7 +82,7 @@ def test_tiny_two_stage_config_compiles_for_v5e_2x2():
   """The CLI end to end: compiles both stages of the trainer's toy two-stage config for 4 v5e chips."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
   proc = subprocess.run(
-      [sys.executable, "-m", "lamp_jax.aot", "--config=tests/toy_train_config.py:two_stage", "--topology=v5e:2x2",
+      [sys.executable, "-m", "lamp_jax.perf.aot", "--config=tests/toy_train_config.py:two_stage", "--topology=v5e:2x2",
        "--global_batch=12"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]
   plan = json.loads(proc.stdout)

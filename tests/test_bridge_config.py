@@ -100,7 +100,7 @@ SHARDING_SCRIPT = textwrap.dedent(r"""
   jax.config.update("jax_platforms", "cpu")
   from absl import flags
   from ml_collections import config_flags
-  from lamp_jax import aot
+  from lamp_jax.perf import aot
   from lamp_jax.training import optim, sharding as sharding_lib
 
   fv = flags.FlagValues()

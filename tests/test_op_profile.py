@@ -1,4 +1,4 @@
-"""lamp_jax.op_profile: op kinds, self times of nested trace events, and a real profiled computation."""
+"""lamp_jax.perf.op_profile: op kinds, self times of nested trace events, and a real profiled computation."""
 
 import json
 import math
@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from lamp_jax import op_profile
+from lamp_jax.perf import op_profile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

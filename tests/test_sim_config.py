@@ -84,7 +84,8 @@ def test_sim_model_variant_byte_budget_fits_every_instruction():
 def test_model_overrides_reach_the_generated_labels_and_mismatches_are_rejected_by_name():
   """Bug guarded: ``--config.model.motion.num_keypoints=256`` used to leave data.pipeline and the generation flags
   at 64 (the cache key too), so the run read 64-point labels for a 256-point model."""
-  from lamp_jax.training import defaults, experiment  # pylint: disable=g-import-not-at-top
+  from lamp_jax import experiment  # pylint: disable=g-import-not-at-top
+  from lamp_jax.training import defaults  # pylint: disable=g-import-not-at-top
 
   c = _sim_config("")
   base_dir = experiment.sim_dataset_dir(c, "/unused")

@@ -23,7 +23,6 @@ Observation dict (what policies receive)::
 from __future__ import annotations
 
 import dataclasses
-from importlib import resources
 from typing import Any
 
 import mujoco
@@ -31,6 +30,7 @@ import numpy as np
 
 from lamp_jax import specs
 from lamp_jax.sim import cameras as cameras_lib  # also sets MUJOCO_GL (lamp_jax/sim/__init__.py)
+from lamp_jax.sim import mjcf
 
 CAMERA_NAMES = ("front", "side", "wrist")  # image_0, image_1, image_2
 REFERENCE_CAMERA = "front"
@@ -55,15 +55,6 @@ _WRIST_OFFSET = np.array([0.0, 0.0, 0.135])  # wrist point in the hand frame
 OBJECT_NAMES = ("cube_0", "cube_1", "cube_2", "cylinder_0", "cylinder_1", "plate_0", "plate_1")
 OBJECT_HALF_HEIGHT = {"cube": 0.02, "cylinder": 0.022, "plate": 0.006}
 DRAWER_OPEN_MAX = 0.11
-
-
-def asset_path(name: str = "tabletop.xml") -> str:
-  """Path of an MJCF file shipped in ``lamp_jax/sim/assets``."""
-  return str(resources.files("lamp_jax.sim").joinpath("assets", name))
-
-
-def load_model() -> mujoco.MjModel:
-  return mujoco.MjModel.from_xml_path(asset_path())
 
 
 def rpy_to_quat(rpy: np.ndarray) -> np.ndarray:
@@ -116,7 +107,7 @@ class TabletopEnv:
     for name in cameras:
       if name not in CAMERA_NAMES:
         raise ValueError(f"unknown camera '{name}', expected one of {CAMERA_NAMES}")
-    self.model = load_model()
+    self.model = mjcf.load_model()
     self.data = mujoco.MjData(self.model)
     self.image_size = int(image_size)
     self.render_images = render
@@ -304,7 +295,7 @@ class TabletopEnv:
       return self._render_process.render(d.qpos, d.mocap_pos, d.mocap_quat, self.model.geom_rgba, requests)
     if self._renderer is None:
       self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
-    return [render_with(self._renderer, self.data, camera, kind) for camera, kind in requests]
+    return [mjcf.render_with(self._renderer, self.data, camera, kind) for camera, kind in requests]
 
   def render(self, camera: str, depth: bool = False, segmentation: bool = False) -> np.ndarray:
     """uint8[H, W, 3] RGB, or float32[H, W] z-depth (m), or int32[H, W] geom id (-1 = background)."""
@@ -334,23 +325,3 @@ class TabletopEnv:
     if self._render_process is not None:
       self._render_process.close()
       self._render_process = None
-
-
-def render_with(renderer: mujoco.Renderer, data: mujoco.MjData, camera: str, kind: str) -> np.ndarray:
-  """One render: 'rgb' uint8[H, W, 3] · 'depth' float32[H, W] z-depth (m) · 'segmentation' int32[H, W] geom id
-  (-1 = background)."""
-  if kind == "depth":
-    renderer.enable_depth_rendering()
-  elif kind == "segmentation":
-    renderer.enable_segmentation_rendering()
-  try:
-    renderer.update_scene(data, camera)
-    out = renderer.render()
-  finally:
-    renderer.disable_depth_rendering()
-    renderer.disable_segmentation_rendering()
-  if kind == "depth":
-    return out.astype(np.float32)
-  if kind == "segmentation":
-    return np.where(out[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM), out[..., 0], -1).astype(np.int32)
-  return out.copy()

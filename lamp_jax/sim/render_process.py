@@ -72,7 +72,7 @@ class RenderProcess:
 def _serve() -> None:
   import mujoco  # pylint: disable=g-import-not-at-top
 
-  from lamp_jax.sim import env as env_lib  # pylint: disable=g-import-not-at-top
+  from lamp_jax.sim import mjcf  # pylint: disable=g-import-not-at-top
 
   stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
   model = data = renderer = None
@@ -83,7 +83,7 @@ def _serve() -> None:
       break
     try:
       if message[0] == "init":
-        model = env_lib.load_model()
+        model = mjcf.load_model()
         data = mujoco.MjData(model)
         renderer = mujoco.Renderer(model, message[1], message[2])
         reply = ("ok", None)
@@ -95,7 +95,7 @@ def _serve() -> None:
         model.geom_rgba[:] = geom_rgba
         mujoco.mj_kinematics(model, data)
         mujoco.mj_camlight(model, data)
-        reply = ("ok", [env_lib.render_with(renderer, data, camera, kind) for camera, kind in requests])
+        reply = ("ok", [mjcf.render_with(renderer, data, camera, kind) for camera, kind in requests])
       elif message[0] == "close":
         pickle.dump(("ok", None), stdout)
         stdout.flush()

@@ -83,12 +83,3 @@ def read_jsonl(path: str) -> list[dict]:
     return []
   with open(path) as fh:
     return [json.loads(line) for line in fh if line.strip()]
-
-
-def host_matmul_roof(dtype: str = "float32") -> float:
-  """Measured matmul FLOP/s of one device of this host (``lamp_jax.roofline.measure_matmul_roof``)."""
-  import jax.numpy as jnp
-
-  from lamp_jax import roofline
-
-  return float(roofline.measure_matmul_roof(jnp.dtype(dtype)))

@@ -322,11 +322,13 @@ class Trainer:
     data: optional data source (``SyntheticData`` / ``PipelineData`` interface) replacing the config's.
     eval_fn: optional ``eval_fn(trainer, state, step) -> dict`` of scalars, run every ``eval.every_steps``.
     mesh: optional mesh replacing the one built from ``config.mesh``.
+    measure_matmul_roof: optional ``fn(dtype_name) -> FLOP/s`` of one device (``lamp_jax.perf.roofline``); with
+      ``logging.measure_roof`` the loop logs ``roof_fraction`` against it (measured once).
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, data=None,
                eval_fn: Callable[["Trainer", state_lib.TrainState, int], dict] | None = None,
-               mesh: Mesh | None = None):
+               mesh: Mesh | None = None, measure_matmul_roof: Callable[[str], float] | None = None):
     defaults.validate(config)
     self.config = config
     enable_compilation_cache(str(config.compilation_cache_dir))
@@ -366,6 +368,7 @@ class Trainer:
                                              wandb_project=str(config.logging.wandb_project),
                                              config_json=self.config_json)
     self._roof = None
+    self._measure_matmul_roof = measure_matmul_roof
     self._checkpoint_norm_stats = {}
     self.state_shardings = None
 
@@ -475,10 +478,11 @@ class Trainer:
 
   def host_roof(self) -> float | None:
     """Matmul FLOP/s roof of the whole job: one device's measured roof x devices (CPU: x processes, since
-    simulated CPU devices share the host's cores). None when ``logging.measure_roof`` is off."""
-    if self._roof is None and self.config.logging.get("measure_roof", False):
+    simulated CPU devices share the host's cores). None when ``logging.measure_roof`` is off or no
+    ``measure_matmul_roof`` was given."""
+    if self._roof is None and self._measure_matmul_roof and self.config.logging.get("measure_roof", False):
       dtype = "bfloat16" if self.config.compute_dtype == "bfloat16" else "float32"
-      per_device = metrics_lib.host_matmul_roof(dtype) or 0.0
+      per_device = float(self._measure_matmul_roof(dtype) or 0.0)
       on_cpu = jax.devices()[0].platform == "cpu"
       self._roof = per_device * (self.process_count if on_cpu else jax.device_count())
     return self._roof or None

@@ -19,6 +19,7 @@ import jax
 import ml_collections
 
 from lamp_jax.eval import stats
+from lamp_jax.perf import roofline
 from lamp_jax.training import trainer as trainer_lib
 
 
@@ -189,7 +190,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after_step: int | 
   if config.sim_data.enabled:
     point_data_config_at(config, ensure_sim_dataset(config, workdir))
   eval_fn = periodic_eval if (config.eval.enabled and int(config.eval.every_steps) > 0) else None
-  trainer = trainer_lib.Trainer(config, workdir, eval_fn=eval_fn)
+  trainer = trainer_lib.Trainer(config, workdir, eval_fn=eval_fn, measure_matmul_roof=roofline.measure_matmul_roof)
   try:
     state = trainer.train(until_step=stop_after_step)
     step = int(jax.device_get(state.step))
@@ -208,7 +209,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after_step: int | 
   finally:
     trainer.close()
   if is_main_process():
-    from lamp_jax.training import plots
+    from lamp_jax.eval import plots
 
     if result is not None:
       result["step"] = step

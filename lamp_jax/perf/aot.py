@@ -1,8 +1,8 @@
 r"""Ahead-of-time TPU plan: compile the real train step for a TPU topology on a CPU host, print memory as JSON.
 
   pip install libtpu          # (setup.py extra 'tpu-aot'); no TPU is needed, only the compiler
-  python -m lamp_jax.aot --config=configs/bridge.py --topology=v5p:4x4x2 [--global_batch=512] [--stage=stage2]
-  python -m lamp_jax.aot --config=configs/bridge.py --topology=v5e:16x16 --mesh=4,64,1 --out=plan.json
+  python -m lamp_jax.perf.aot --config=configs/bridge.py --topology=v5p:4x4x2 [--global_batch=512] [--stage=stage2]
+  python -m lamp_jax.perf.aot --config=configs/bridge.py --topology=v5e:16x16 --mesh=4,64,1 --out=plan.json
 
 What it does, per stage of the config (``stage_order``, or ``--stage``):
   1. ``jax.experimental.topologies.get_topology_desc(topology, 'tpu')`` gives the slice's devices (compile-only);
@@ -59,7 +59,7 @@ def topology_devices(topology: str) -> list:
   """Compile-only TPU devices of a topology string such as 'v5p:4x4x2' (needs libtpu)."""
   from jax.experimental import topologies
 
-  from lamp_jax.training import tpu_specs
+  from lamp_jax.perf import tpu_specs
 
   tpu_specs.parse_topology(topology)  # clear error on a malformed string before libtpu sees it
   # libtpu takes a machine-wide lock file; compile-only use never touches a chip, so several planning
@@ -167,7 +167,7 @@ def parameter_report(abstract_params, param_shardings, frozen_patterns, examples
 
 def memory_report(compiled, hbm_bytes: int) -> dict[str, Any]:
   """Per-device memory of a compiled executable against the device's HBM."""
-  from lamp_jax.training import tpu_specs
+  from lamp_jax.perf import tpu_specs
 
   m = compiled.memory_analysis()
   if m is None:
@@ -260,7 +260,7 @@ def plan_config(config, topology: str, global_batch: int | None = None, mesh: di
 
   from lamp_jax.training import sharding as sharding_lib
   from lamp_jax.training import state as state_lib
-  from lamp_jax.training import tpu_specs
+  from lamp_jax.perf import tpu_specs
 
   devices = topology_devices(topology)
   hbm = tpu_specs.hbm_bytes_per_device(devices[0])

@@ -1,4 +1,4 @@
-"""Published facts about Cloud TPU generations, used by the ahead-of-time plan (``python -m lamp_jax.aot``).
+"""Published facts about Cloud TPU generations, used by the ahead-of-time plan (``python -m lamp_jax.perf.aot``).
 
 Sources (Google Cloud TPU documentation, "System architecture" pages, as of 2025):
   v4   https://cloud.google.com/tpu/docs/v4     32 GiB HBM2 per chip, 2 TensorCores per chip, 4 chips per host,
