@@ -12,11 +12,12 @@ Variants (``configs/bridge.py:<stage>[,<option>...]``):
                     stage 1 reads a scene-flow-labelled dataset in the RLDS layout of ``lamp_jax/specs.py``
                     (``--config.data.flow_dataset=<tfds name>`` under ``data.data_dir``; UVD tracks of a 20x20
                     query grid over 32 future steps in image_0's camera). Not released by LaMP; the recipe
-                    follows TraceGen (batch 32, lr 2e-4, weight decay 0.05) as DESIGN section 2 says.
+                    follows TraceGen (batch 32, lr 2e-4, weight decay 0.05).
   stage1+2          both stages chained in one run (stage 1 then stage 2, each resumable).
 Options:
-  paligemma_npz     initialise the VLM from a big_vision PaliGemma ``.npz`` (``--config.init.paligemma_npz=``,
-                    local or gs://), e.g. ``pt_224.npz``.
+  paligemma_npz     initialise the VLM from a big_vision PaliGemma ``.npz`` (``--config.init.vlm.path=``,
+                    local or gs://), e.g. ``pt_224.npz`` (``--config.init.vlm.kind=hf_paligemma`` for a Hugging Face
+                    safetensors directory instead).
 Every variant tokenises with PaliGemma's SentencePiece model: ``--config.tokenizer.path=paligemma_tokenizer.model``.
   oxe[=<mixture>]   an Open X-Embodiment mixture instead of Bridge V2 alone. ``<mixture>`` is
                     ``<tfds name>@<weight>+<tfds name>@<weight>...`` (default ``bridge@1``: the OXE copy of Bridge);
@@ -25,7 +26,7 @@ Every variant tokenises with PaliGemma's SentencePiece model: ``--config.tokeniz
                     an unknown name fails at start listing the known ones).
                     Example: ``configs/bridge.py:stage2,oxe=bridge@1+my_oxe_dataset@0.5``.
 
-Model: ``lamp_jax.models.lamp.model_config('paper')`` — PaliGemma-3B (SigLIP So400m/14 at 224², Gemma 2B),
+Model: ``lamp_jax.models.lamp_config.model_config('paper')`` — PaliGemma-3B (SigLIP So400m/14 at 224², Gemma 2B),
 Motion Expert 12 x 1024 (K=400, T=32), gated guidance, Action Expert DiT 24 x 1024; chunk 10 x 7, proprio 8
 (Bridge's 7-D state zero-padded), bf16 activations, float32 parameters.
 Mesh: FSDP over every device (``mesh.fsdp=-1``) and no tensor parallelism: each chip holds 1/N of every large
@@ -39,8 +40,9 @@ from __future__ import annotations
 import ml_collections
 
 from lamp_jax.data import config as data_config
-from lamp_jax.models import lamp
+from lamp_jax.models import lamp_config
 from lamp_jax.training import defaults
+from lamp_jax.training import pretrained
 
 STAGES = ("stage1", "stage2", "stage1+2")
 OPTIONS = ("paligemma_npz", "oxe")
@@ -95,20 +97,10 @@ def parse_mixture(spec: str) -> list[tuple[str, float]]:
   return out
 
 
-def _pipeline(model_cfg: ml_collections.ConfigDict, datasets: list[ml_collections.ConfigDict]
-              ) -> ml_collections.ConfigDict:
+def _pipeline(model_cfg: ml_collections.ConfigDict, datasets: list) -> ml_collections.ConfigDict:
   """The data pipeline section matched to the model's cameras, image size, chunk and motion label shapes."""
-  p = data_config.default_data_config()
+  p = data_config.for_model(model_cfg, GLOBAL_BATCH)  # batch: replaced by the per-process share at run time
   p.datasets = datasets
-  p.batch_size = GLOBAL_BATCH  # replaced by the per-process share at run time
-  p.window_size = 1
-  p.action_horizon = model_cfg.action_horizon
-  p.max_action_dim = model_cfg.action_dim
-  p.max_proprio_dim = model_cfg.proprio_dim
-  p.image_size = (model_cfg.image_size, model_cfg.image_size)
-  p.cameras = tuple(model_cfg.image_keys)
-  p.scene_flow_num_points = model_cfg.motion.num_keypoints
-  p.scene_flow_horizon = model_cfg.motion.num_steps
   return p
 
 
@@ -116,8 +108,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   stage, options = parse_arg(arg)
   c = defaults.base_config()
   c.seed = 0
-  c.model_module = "lamp_jax.models.lamp"
-  c.model = lamp.model_config("paper")
+  c.model = lamp_config.model_config("paper")
   c.compute_dtype = "bfloat16"
 
   # --- data -------------------------------------------------------------------------------------------
@@ -143,11 +134,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   stage2_opt = defaults.optimizer_config(lr=1e-4, end_lr=1e-6, warmup_steps=0, weight_decay=1e-4, clip_norm=1.0)
   stage2 = defaults.stage_config(
       STAGE2_STEPS, frozen=FROZEN_STAGE2, optimizer=stage2_opt,
-      model_overrides=dict(loss=ml_collections.ConfigDict(dict(motion_weight=0.0, action_weight=1.0))))
+      model_overrides=dict(loss=dict(weights=dict(motion=0.0, action=1.0))))
   stage1_opt = defaults.optimizer_config(lr=2e-4, end_lr=2e-6, warmup_steps=0, weight_decay=0.05, clip_norm=1.0)
   stage1 = defaults.stage_config(
       STAGE1_STEPS, frozen=FROZEN_STAGE1, optimizer=stage1_opt,
-      model_overrides=dict(loss=ml_collections.ConfigDict(dict(motion_weight=1.0, action_weight=0.0))))
+      model_overrides=dict(loss=dict(weights=dict(motion=1.0, action=0.0))))
   c.stages = ml_collections.ConfigDict(dict(stage1=stage1, stage2=stage2))
   c.stage_order = {"stage1": ("stage1",), "stage2": ("stage2",), "stage1+2": ("stage1", "stage2")}[stage]
   if stage in ("stage1", "stage1+2"):
@@ -169,10 +160,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.tokenizer.max_len = c.model.max_token_len
 
   # --- pretrained VLM ---------------------------------------------------------------------------------------
-  # '' = random init. The paligemma_npz option makes the path required (None until set on the command line).
-  c.init = ml_collections.ConfigDict(dict(paligemma_npz=""))
-  if "paligemma_npz" in options:
-    c.init.paligemma_npz = ml_collections.config_dict.placeholder(str)
+  # path '' = random init. The paligemma_npz option makes the path required (None until set on the command line).
+  c.init = ml_collections.ConfigDict(dict(
+      vlm=pretrained.init_entry("big_vision_npz", "vlm", None if "paligemma_npz" in options else "")))
 
   # --- run bookkeeping ------------------------------------------------------------------------------------
   c.ema.decay = 0.0  # the released recipe keeps no EMA

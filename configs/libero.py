@@ -25,7 +25,7 @@ trainer (``eval``, the tabletop simulator) is off: LIBERO runs in its own enviro
 Evaluate at the training resolution (``--resolution=64``): the policy resizes other sizes bilinearly, which is not
 how the demonstrations were rendered.
 
-Model: ``lamp.model_config('sim')`` (64² images, patch 8, two cameras: image_0 agentview -> image_primary,
+Model: ``lamp_config.model_config('sim')`` (64² images, patch 8, two cameras: image_0 agentview -> image_primary,
 image_2 wrist -> image_wrist; state 8; action 7) with the export's scene flow: a 20 x 20 query grid (K = 400) over
 T = 8 future steps, patchified 5 x 5 x 2 frames = 64 motion tokens, as the sim config's 8 x 8 x 8 (patch 2).
 Regenerating with another ``--num-points`` / ``--flow-horizon`` needs the same values in
@@ -45,8 +45,9 @@ proves the command end to end on any export with K = 400, T = 8).
 
 import ml_collections
 
+from configs import common
 from lamp_jax.data import config as data_config
-from lamp_jax.models import lamp
+from lamp_jax.models import lamp_config
 from lamp_jax.training import defaults
 
 # Every word of the instructions of libero_spatial, libero_object, libero_goal and libero_10 (read from LIBERO's
@@ -65,54 +66,25 @@ NUM_POINTS, FLOW_HORIZON = 400, 8
 
 
 def _data(model_cfg, batch_size: int, dataset_name, data_dir) -> ml_collections.ConfigDict:
-  d = data_config.for_model(model_cfg, batch_size)
+  d = common.fixed_camera_data(model_cfg, batch_size)  # as configs/sim.py: agentview is a fixed camera
   entry = data_config.dataset_entry("", data_dir=data_dir, standardize="libero_")
   entry.name = dataset_name  # a field reference: follows libero.suite
   d.datasets = [entry]
-  d.action_normalization = "bounds"
-  d.proprio_normalization = "normal"
-  # As configs/sim.py: no random resized crop of the fixed agentview camera (pixel position = table position),
-  # no hue jitter (instructions and scenes are told apart by colour); brightness / contrast / saturation stay.
-  d.hue = 0.0
-  d.augment_cameras = ()
-  d.shuffle_buffer_size = 5000
-  d.num_parallel_calls = 2
-  d.num_parallel_reads = 2
-  d.deterministic = True  # resume reproduces the uninterrupted data stream
-  d.resume_mode = "skip"
   return d
 
 
-def _motion_for_export(m: ml_collections.ConfigDict, patch_size: int, frames_per_token: int) -> None:
+def _model(smoke: bool, use_motion: bool) -> ml_collections.ConfigDict:
+  m = lamp_config.model_config("sim")
+  m.use_motion = use_motion
   m.motion.num_keypoints, m.motion.num_steps = NUM_POINTS, FLOW_HORIZON
-  m.motion.patch_size, m.motion.frames_per_token = patch_size, frames_per_token
-
-
-def _model(use_motion: bool) -> ml_collections.ConfigDict:
-  m = lamp.model_config("sim")
-  m.use_motion = use_motion
+  if smoke:
+    common.smoke_lamp(m, image_size=24, width=24, mlp_dim=40, time_frequency_dim=16, max_words=MAX_WORDS,
+                      action_horizon=3, num_inference_steps=2)
+    m.motion.patch_size, m.motion.frames_per_token = 10, 4  # 2 x 2 x 2 = 8 tokens
+  else:
+    m.motion.patch_size, m.motion.frames_per_token = 5, 2  # 4 x 4 x 4 = 64 tokens, as the sim config
   m.max_token_len = MAX_WORDS
-  _motion_for_export(m, patch_size=5, frames_per_token=2)  # 4 x 4 x 4 = 64 tokens, as the sim config
-  m.motion.cond_len = lamp.prefix_length(m)  # every prefix token
-  return m
-
-
-def _smoke_model(use_motion: bool) -> ml_collections.ConfigDict:
-  m = lamp.model_config("sim")
-  m.vlm.image_size = 24
-  m.vlm.vision_overrides = ml_collections.ConfigDict(dict(width=24, depth=1, mlp_dim=40, num_heads=2, patch_size=8))
-  m.vlm.llm_overrides = ml_collections.ConfigDict(dict(width=24, depth=1, mlp_dim=40, num_heads=2, num_kv_heads=1,
-                                                       head_dim=12))
-  m.max_token_len = MAX_WORDS
-  _motion_for_export(m, patch_size=10, frames_per_token=4)  # 2 x 2 x 2 = 8 tokens
-  m.motion.width, m.motion.depth, m.motion.num_heads = 24, 1, 2
-  m.motion.cond_len = lamp.prefix_length(m)
-  m.motion.time_frequency_dim = 16
-  m.guidance.num_heads = 2
-  m.action.width, m.action.depth, m.action.num_heads, m.action.time_frequency_dim = 24, 2, 2, 16
-  m.action_horizon = 3
-  m.num_inference_steps = 2
-  m.use_motion = use_motion
+  common.every_prefix_token(m)
   return m
 
 
@@ -128,7 +100,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   suite = ml_collections.FieldReference(SUITE, field_type=str)
   data_dir = ml_collections.FieldReference("", field_type=str)
   c.libero = ml_collections.ConfigDict(dict(suite=suite, data_dir=data_dir))
-  c.model = _smoke_model(use_motion) if smoke else _model(use_motion)
+  c.model = _model(smoke, use_motion)
   batch = 4 if smoke else 16
   c.data.kind = "pipeline"
   c.data.global_batch_size = batch
@@ -138,18 +110,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.tokenizer.kind = "words"
   c.tokenizer.words = LIBERO_WORDS
   c.tokenizer.max_len = int(c.model.max_token_len)
-  c.compute_dtype = "float32"  # faster than bfloat16 on this CPU (DESIGN.md section 6)
+  c.compute_dtype = "float32"  # faster than bfloat16 on this CPU
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
 
   motion_steps, action_steps = (3, 3) if smoke else (200, 800)
-  warmup = 0 if smoke else 100
-  stage1_opt = defaults.optimizer_config(lr=1e-3, end_lr=3e-6, warmup_steps=warmup, weight_decay=0.05,
-                                         clip_norm=1.0)
-  stage2_opt = defaults.optimizer_config(lr=1e-3, end_lr=3e-6, warmup_steps=warmup, weight_decay=1e-4,
-                                         clip_norm=1.0)
+  stage1_opt, stage2_opt = common.cpu_optimizers(warmup_steps=0 if smoke else 100)
   motion_repeats, action_repeats = (1, 1) if smoke else (2, 4)
-  c.stage_order, c.stages = defaults.lamp_stages(use_motion, motion_steps, action_steps, stage1_opt, stage2_opt,
-                                                 motion_repeats, action_repeats)
+  c.stage_order, c.stages = common.lamp_stages(use_motion, motion_steps, action_steps, stage1_opt, stage2_opt,
+                                               motion_repeats=motion_repeats, action_repeats=action_repeats)
   c.ema.decay = 0.0 if smoke else 0.999
   c.checkpoint.every_steps = 3 if smoke else 200
   c.checkpoint.max_to_keep = 2

@@ -27,56 +27,28 @@ Variants (``:variant``): '' (LaMP) · 'no_motion' · 'smoke' / 'smoke_no_motion'
 
 import ml_collections
 
+from configs import common
 from lamp_jax.data import config as data_config
-from lamp_jax.models import lamp
+from lamp_jax.models import lamp_config
 from lamp_jax.sim import tasks
 from lamp_jax.training import defaults
 
 SUITE = "tabletop4"
 # Instructions are tokenised by whole words of the suite's vocabulary (tasks.INSTRUCTION_WORDS): the longest,
 # "put the yellow cylinder on the orange plate", is 8 words + bos + separator = 10 tokens, as PaliGemma's
-# SentencePiece would give; bytes would need 45 (lamp.model_config('sim') budgets 48 for them).
+# SentencePiece would give; bytes would need 45 (lamp_config.model_config('sim') budgets 48 for them).
 MAX_WORDS = 12
 
 
-def _data(model_cfg, batch_size: int) -> ml_collections.ConfigDict:
-  d = data_config.for_model(model_cfg, batch_size)
-  d.datasets = [data_config.dataset_entry(f"lamp_sim_{SUITE}")]  # data_dir filled in after generation
-  d.action_normalization = "bounds"
-  d.proprio_normalization = "normal"
-  # The instructions name colours (red / orange / yellow / purple ... are 20-40 degrees of hue apart): no hue
-  # jitter, which would turn one named colour into its neighbour. Brightness, contrast, saturation stay.
-  d.hue = 0.0
-  # No random resized crop of the front camera (Octo / openpi crop it): the fixed camera's pixel position is the
-  # object's table position here, and the short CPU schedule underfits rather than overfits (the policy fails
-  # the demonstrations' own seeds as often as held-out ones). Measured: 28.7 % without crop and lr 1e-3 vs
-  # 23.8 % with crop and lr 3e-4 (README). --config.data.pipeline.augment_cameras='("image_primary",)' restores it.
-  d.augment_cameras = ()
-  d.shuffle_buffer_size = 5000
-  d.num_parallel_calls = 2
-  d.num_parallel_reads = 2
-  d.deterministic = True  # Resume reproduces the uninterrupted data stream (resume_mode 'skip').
-  d.resume_mode = "skip"
-  return d
-
-
-def _smoke_model(use_motion: bool) -> ml_collections.ConfigDict:
-  m = lamp.model_config("sim")
-  m.vlm.image_size = 32
-  m.image_size = 32
-  m.vlm.vision_overrides = ml_collections.ConfigDict(dict(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=8))
-  m.vlm.llm_overrides = ml_collections.ConfigDict(dict(width=32, depth=1, mlp_dim=64, num_heads=2, num_kv_heads=1,
-                                                       head_dim=16))
-  m.max_token_len = MAX_WORDS
-  m.motion.num_keypoints, m.motion.num_steps = 16, 4
-  m.motion.width, m.motion.depth, m.motion.num_heads = 32, 1, 2
-  m.motion.cond_len = lamp.prefix_length(m)  # every prefix token
-  m.motion.time_frequency_dim = 32
-  m.guidance.num_heads = 2
-  m.action.width, m.action.depth, m.action.num_heads, m.action.time_frequency_dim = 32, 2, 2, 32
-  m.action_horizon = 4
-  m.num_inference_steps = 3
+def _model(smoke: bool, use_motion: bool) -> ml_collections.ConfigDict:
+  m = lamp_config.model_config("sim")
   m.use_motion = use_motion
+  if smoke:
+    common.smoke_lamp(m, image_size=32, width=32, mlp_dim=64, time_frequency_dim=32, max_words=MAX_WORDS,
+                      action_horizon=4, num_inference_steps=3)
+    m.motion.num_keypoints, m.motion.num_steps = 16, 4
+  m.max_token_len = MAX_WORDS
+  common.every_prefix_token(m)
   return m
 
 
@@ -89,24 +61,19 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
   c = defaults.base_config()
   c.seed = 0
-  if smoke:
-    c.model = _smoke_model(use_motion)
-  else:
-    c.model = lamp.model_config("sim")
-    c.model.use_motion = use_motion
-    c.model.max_token_len = MAX_WORDS
-    c.model.motion.cond_len = lamp.prefix_length(c.model)  # every prefix token
-  # ~36 GFLOP per stage-2 step at batch 32 (lamp.analytic_flops) against a measured ~210 GFLOP/s matmul roof.
+  c.model = _model(smoke, use_motion)
+  # ~36 GFLOP per stage-2 step at batch 32 (analytic_flops) against a measured ~210 GFLOP/s matmul roof.
   batch = 4 if smoke else 32
   c.data.kind = "pipeline"
   c.data.global_batch_size = batch
-  c.data.pipeline = _data(c.model, batch)
+  c.data.pipeline = common.fixed_camera_data(c.model, batch)
+  c.data.pipeline.datasets = [data_config.dataset_entry(f"lamp_sim_{SUITE}")]  # data_dir set after generation
   if smoke:
     c.data.pipeline.shuffle_buffer_size = 64
   c.tokenizer.kind = "words"
   c.tokenizer.words = " ".join(tasks.INSTRUCTION_WORDS)
   c.tokenizer.max_len = int(c.model.max_token_len)
-  c.compute_dtype = "float32"  # Measured faster than bfloat16 on this CPU (DESIGN.md section 6).
+  c.compute_dtype = "float32"  # Measured faster than bfloat16 on this CPU.
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
 
   c.sim_data.enabled = True
@@ -118,19 +85,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.sim_data.extra_flags = ("--workers=2",)
 
   motion_steps, action_steps = (3, 3) if smoke else (600, 2400)
-  # Small models (width 128) from scratch over a few thousand steps: peak lr 1e-3 after 100 warmup steps, cosine
-  # (released LaMP uses 1e-4 on a pretrained 3B VLM; 3e-4 here fitted visibly slower: motion loss 0.166 vs
-  # 0.118 after 300 steps).
-  stage1_opt = defaults.optimizer_config(lr=1e-3, end_lr=3e-6, warmup_steps=0 if smoke else 100,
-                                         weight_decay=0.05, clip_norm=1.0)  # TraceGen-style wd (DESIGN.md section 2)
-  stage2_opt = defaults.optimizer_config(lr=1e-3, end_lr=3e-6, warmup_steps=0 if smoke else 100,
-                                         weight_decay=1e-4, clip_norm=1.0)  # released LaMP stage 2 otherwise
-  # Flow-matching draws per example (lamp.model_config: loss.*_repeats). The experts are small next to the VLM
-  # here (per example: VLM 192 MFLOP, Motion Expert 66, Action Expert 34), so 4 action draws per example cost
-  # +27 % per stage-2 step for a 4x larger action-expert batch; released LaMP draws once (batch 512 on GPUs).
+  stage1_opt, stage2_opt = common.cpu_optimizers(warmup_steps=0 if smoke else 100)
+  # Flow-matching draws per example (lamp_config: loss.*_repeats). The experts are small next to the VLM here (per
+  # example: VLM 192 MFLOP, Motion Expert 66, Action Expert 34), so 4 action draws per example cost +27 % per
+  # stage-2 step for a 4x larger action-expert batch; released LaMP draws once (batch 512 on GPUs).
   motion_repeats, action_repeats = (1, 1) if smoke else (2, 4)
-  c.stage_order, c.stages = defaults.lamp_stages(use_motion, motion_steps, action_steps, stage1_opt, stage2_opt,
-                                                 motion_repeats, action_repeats)
+  c.stage_order, c.stages = common.lamp_stages(use_motion, motion_steps, action_steps, stage1_opt, stage2_opt,
+                                               motion_repeats=motion_repeats, action_repeats=action_repeats)
   c.ema.decay = 0.0 if smoke else 0.999
   c.checkpoint.every_steps = 3 if smoke else 200
   c.checkpoint.max_to_keep = 2

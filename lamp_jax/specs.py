@@ -50,6 +50,8 @@ gripper in [0, 1] (1 = open) before normalisation; datasets with other layouts a
 
 from __future__ import annotations
 
+import dataclasses
+
 # Top-level keys.
 OBSERVATION = "observation"
 TASK = "task"
@@ -76,6 +78,26 @@ TIMESTEP_PAD_MASK = "timestep_pad_mask"
 LANGUAGE_INSTRUCTION = "language_instruction"
 TOKENS = "tokens"
 TOKEN_MASK = "token_mask"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataRequirements:
+  """What a model reads from the batch: ``ModelLibrary.data_requirements(cfg)`` returns one; the data config is
+  derived from it (``data.config.from_requirements``) and checked against it before any work starts."""
+
+  cameras: tuple[str, ...]  # observation image keys read (current frame)
+  image_size: int  # square images, pixels
+  window: int = 1  # observation history W
+  action_horizon: int = 0  # H; 0 = no action labels read
+  action_dim: int = 0  # A
+  proprio_dim: int = 0  # S
+  scene_flow: tuple[int, int] | None = None  # (K, T) when the model reads scene flow
+  future_offsets: tuple[int, ...] = ()  # k of the observation/future frames read
+  future_cameras: tuple[str, ...] = ()
+  optical_flow: bool = False
+  actions_optional: bool = False  # True: trains on action-free data (latent-action pretraining)
+  text_tokens: int = 0  # token budget L of task/tokens (0 = no instruction read)
+  vocab_size: int = 0  # rows of the token embedding (the tokenizer's vocabulary must fit; 0 = not checked)
 
 
 def grid_query_uv(num_points: int):

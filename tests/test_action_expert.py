@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lamp_jax.models import action_expert, lamp
+from lamp_jax.models import action_expert, lamp_config
 
-CFG = lamp.model_config("tiny")
+CFG = lamp_config.model_config("tiny")
 B, H, A, S, P, DC = 2, 5, 7, 5, 9, 48
 FAST_COMPILE = {"xla_backend_optimization_level": 0}  # compile time dominates; same semantics
 

@@ -15,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _probe(**env):
   env = {**{k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.ENV_SWITCH)}, **env}
   proc = subprocess.run([sys.executable, "-m", "tests.allocator_probe", "--some-flag=1"], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=120)
+                        capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-2000:]
   return json.loads(proc.stdout.strip().splitlines()[-1]), proc
 

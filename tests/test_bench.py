@@ -1,6 +1,6 @@
-"""lamp_jax.bench --what=motion: builds only the Motion Expert and reports consistent figures.
+"""lamp_jax.bench (any model library) and lamp_jax.perf.motion_bench (LaMP's Motion Expert alone).
 
-Run as a subprocess: the bench module defines absl flags at import (as train / summary do), which must not be
+Run as subprocesses: the bench modules define absl flags at import (as train / summary do), which must not be
 defined twice in one test process."""
 
 import json
@@ -11,18 +11,23 @@ import sys
 
 import jax
 
-from lamp_jax.models import lamp
+from lamp_jax.models import lamp_config
+from lamp_jax.models import registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", LAMP_JAX_ALLOCATOR="system")
 
 
-def test_bench_motion_tiny_cli():
-  env = dict(os.environ, JAX_PLATFORMS="cpu", LAMP_JAX_ALLOCATOR="system")
-  out = subprocess.run([sys.executable, "-m", "lamp_jax.bench", "--config=configs/lamp.py:tiny", "--what=motion",
-                        "--repeats=2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=True)
-  result = json.loads(out.stdout[out.stdout.index("{"):])
+def _run(*args):
+  out = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=ENV, capture_output=True, text=True, check=True)
+  return json.loads(out.stdout[out.stdout.index("{"):])
+
+
+def test_motion_bench_tiny_cli():
+  result = _run("lamp_jax.perf.motion_bench", "--config=configs/lamp.py:tiny", "--repeats=2")
+  lamp = registry.get("lamp")
   cfg = lamp.model_config("tiny")
-  assert result["what"] == "motion" and result["prefix_tokens"] == lamp.prefix_length(cfg)
+  assert result["what"] == "motion" and result["prefix_tokens"] == lamp_config.prefix_length(cfg)
   n_params = sum(int(x.size) for x in jax.tree.leaves(lamp.abstract_params(cfg)["motion_expert"]))
   assert result["motion_expert_parameters"] == n_params
   # partial_steps + 1 expert calls against motion_reconstruction_steps calls.
@@ -31,3 +36,18 @@ def test_bench_motion_tiny_cli():
   assert all(v > 0 for v in result["latency_ms"].values())
   assert math.isclose(result["one_step_over_full_motion"],
                       result["latency_ms"]["motion_partial"] / result["latency_ms"]["motion_full"], rel_tol=1e-2)
+
+
+def test_bench_inference_times_the_library_variants_and_their_ratios():
+  result = _run("lamp_jax.bench", "--config=configs/lamp.py:tiny", "--what=inference", "--repeats=2",
+                "--with_reference")
+  lamp = registry.get("lamp")
+  names = set(lamp.bench_variants(lamp.model_config("tiny")))
+  assert set(result["latency_ms"]) == names | {f"reference/{n}" for n in names}
+  lat = result["latency_ms"]
+  assert math.isclose(result["ratios"]["with_over_without_motion"], lat["with_motion"] / lat["without_motion"],
+                      rel_tol=1e-2)
+  flops = result["analytic_gflops"]
+  # The rewrites save FLOPs; the ablation computes less than the model with motion.
+  assert flops["with_motion"] < flops["reference/with_motion"]
+  assert flops["without_motion"] < flops["with_motion"] < flops["full_motion"]

@@ -40,7 +40,7 @@ def test_checkpoint_policy_matches_model_and_picks_ema(tmp_path):
   assert ema_policy.window == cfg.window == 2
   proprio = np.stack([obs["state"][:cfg.proprio_dim]] * 2)[None]
   batch = {specs.OBSERVATION: {specs.PROPRIO: proprio}}
-  want = toy_model.build(cfg).apply({"params": state.ema_params}, batch, jax.random.PRNGKey(0),
+  want = toy_model.LIBRARY.build(cfg).apply({"params": state.ema_params}, batch, jax.random.PRNGKey(0),
                                     method="sample_actions")[0]
   np.testing.assert_allclose(actions, np.asarray(want), rtol=1e-6, atol=1e-6)
   raw_policy.reset("stack the red block on the blue block")

@@ -9,7 +9,9 @@ import pytest
 
 from lamp_jax import specs
 from lamp_jax.eval import input_reliance
-from lamp_jax.models import lamp
+from lamp_jax.models import lamp_config, registry
+
+lamp = registry.get("lamp")
 
 
 def test_an_ignored_input_has_ratio_one_and_used_inputs_do_not():

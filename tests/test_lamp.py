@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 from lamp_jax import specs
-from lamp_jax.models import lamp, motion_expert
+from lamp_jax.models import lamp as lamp_model
+from lamp_jax.models import lamp_config, motion_expert, registry
+
+lamp = registry.get("lamp")
 
 CFG = lamp.model_config("tiny")
 B = 2
@@ -31,7 +34,7 @@ def setup():
 
 def test_parameter_tree_top_level_and_axes(setup):
   _, params, _ = setup
-  assert set(params) == set(lamp.TOP_LEVEL)
+  assert set(params) == set(lamp_model.TOP_LEVEL)
   axes = lamp.logical_axes(CFG)
   assert jax.tree.structure(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)) == \
       jax.tree.structure(params)
@@ -50,9 +53,9 @@ def test_loss_ignores_masked_keypoints_and_padded_action_dims(setup):
                     compiler_options=FAST_COMPILE)
   rng = jax.random.key(3)
   loss, metrics = loss_fn(params, batch, rng)
-  assert set(metrics) >= {"loss", "loss/action_fm", "loss/motion_fm", "guidance/gate"}
-  assert np.isfinite(float(loss)) and float(metrics["loss/motion_fm"]) > 0 and float(metrics["loss/action_fm"]) > 0
-  np.testing.assert_allclose(loss, metrics["loss/action_fm"] + metrics["loss/motion_fm"], rtol=1e-6)
+  assert set(metrics) >= {"loss", "loss/action", "loss/motion", "guidance/gate"}
+  assert np.isfinite(float(loss)) and float(metrics["loss/motion"]) > 0 and float(metrics["loss/action"]) > 0
+  np.testing.assert_allclose(loss, metrics["loss/action"] + metrics["loss/motion"], rtol=1e-6)
 
   changed = copy.deepcopy(batch)
   changed[specs.ACTION][:, :, 5:] = 123.0
@@ -61,14 +64,14 @@ def test_loss_ignores_masked_keypoints_and_padded_action_dims(setup):
   changed[specs.SCENE_FLOW][1] = 9.0  # sample without motion labels
   changed[specs.SCENE_FLOW_QUERY][1] = 9.0
   loss2, metrics2 = loss_fn(params, changed, rng)
-  for key in ("loss/action_fm", "loss/motion_fm"):
+  for key in ("loss/action", "loss/motion"):
     np.testing.assert_allclose(metrics2[key], metrics[key], rtol=1e-6, err_msg=key)
   # A visible keypoint and a real action dim do change the loss.
   changed[specs.ACTION][:, :, 0] += 1.0
   visible = np.argwhere(batch[specs.SCENE_FLOW_MASK][0] & batch[specs.SCENE_FLOW_QUERY_MASK][0][:, None])[0]
   changed[specs.SCENE_FLOW][0, visible[0], visible[1]] += 0.01
   _, metrics3 = loss_fn(params, changed, rng)
-  for key in ("loss/action_fm", "loss/motion_fm"):
+  for key in ("loss/action", "loss/motion"):
     assert abs(float(metrics3[key]) - float(metrics[key])) > 1e-6, key
 
 
@@ -88,7 +91,7 @@ def test_loss_repeats_equal_a_tiled_batch(setup):
     return jax.jit(fn, compiler_options=FAST_COMPILE)(params, b, jax.random.key(5))[1]
 
   repeated, reference = loss(cfg, batch), loss(CFG, tiled)
-  for key in ("loss/motion_fm", "loss/action_fm"):
+  for key in ("loss/motion", "loss/action"):
     np.testing.assert_allclose(repeated[key], reference[key], rtol=2e-5, err_msg=key)
   assert lamp.analytic_flops(cfg, 1, "train_step") > lamp.analytic_flops(CFG, 1, "train_step")
   bad = copy.deepcopy(CFG)
@@ -107,7 +110,7 @@ def test_proprio_off_and_dropout(setup):
   def action_loss(model_cfg, b, train):
     fn = lambda p, bb, r: lamp.build(model_cfg).apply({"params": p}, bb, r, train=train,  # noqa: E731
                                                      method="compute_loss")
-    return float(jax.jit(fn, compiler_options=FAST_COMPILE)(params, b, rng)[1]["loss/action_fm"])
+    return float(jax.jit(fn, compiler_options=FAST_COMPILE)(params, b, rng)[1]["loss/action"])
 
   other = copy.deepcopy(batch)
   other[specs.OBSERVATION][specs.PROPRIO] = other[specs.OBSERVATION][specs.PROPRIO] * -3.0 + 1.0
@@ -132,14 +135,14 @@ def test_proprio_off_and_dropout(setup):
 def test_stage_configs_need_only_their_data(setup):
   _, params, batch = setup
   stage1 = copy.deepcopy(CFG)
-  stage1.loss.action_weight = 0.0  # motion only, action-free data
+  stage1.loss.weights.action = 0.0  # motion only, action-free data
   no_actions = {k: v for k, v in batch.items() if k not in (specs.ACTION, specs.ACTION_PAD_MASK)}
   loss, metrics = jax.eval_shape(
       lambda p, b: lamp.build(stage1).apply({"params": p}, b, jax.random.key(0), method="compute_loss"),
       params, no_actions)
   assert loss.shape == () and metrics["guidance/gate"].shape == ()
   stage2 = copy.deepcopy(CFG)
-  stage2.loss.motion_weight = 0.0
+  stage2.loss.weights.motion = 0.0
   no_flow = {k: v for k, v in batch.items() if not k.startswith("scene_flow") and k != specs.HAS_SCENE_FLOW}
   jax.eval_shape(lambda p, b: lamp.build(stage2).apply({"params": p}, b, jax.random.key(0), method="compute_loss"),
                  params, no_flow)
@@ -151,6 +154,17 @@ def test_stage_configs_need_only_their_data(setup):
   with pytest.raises(ValueError, match="use_motion"):
     jax.eval_shape(lambda p, b: lamp.build(ablation).apply({"params": p}, b, jax.random.key(0),
                                                            method="compute_loss"), params, batch)
+  # Named terms: an unknown term and all-zero weights are errors naming the field.
+  unknown = copy.deepcopy(CFG)
+  unknown.loss.weights.motion_image = 1.0
+  with pytest.raises(ValueError, match=r"model\.loss\.weights\.motion_image.*terms: \['motion', 'action'\]"):
+    jax.eval_shape(lambda p, b: lamp.build(unknown).apply({"params": p}, b, jax.random.key(0),
+                                                          method="compute_loss"), params, batch)
+  nothing = copy.deepcopy(CFG)
+  nothing.loss.weights.motion = nothing.loss.weights.action = 0.0
+  with pytest.raises(ValueError, match="nothing to train"):
+    jax.eval_shape(lambda p, b: lamp.build(nothing).apply({"params": p}, b, jax.random.key(0),
+                                                          method="compute_loss"), params, batch)
 
 
 def test_sample_actions_compiles_once_and_gate_zero_equals_no_motion(setup):
@@ -225,10 +239,10 @@ def test_bad_inputs_raise_clear_errors(setup):
 
 def test_all_variants_shapes_and_paper_size():
   counts = {}
-  for variant in lamp.VARIANTS:
+  for variant in lamp.variants:
     cfg = lamp.model_config(variant)
     params = lamp.abstract_params(cfg)
-    assert set(params) == set(lamp.TOP_LEVEL), variant
+    assert set(params) == set(lamp_model.TOP_LEVEL), variant
     counts[variant] = {k: _count(v) for k, v in params.items()}
     assert lamp.analytic_flops(cfg, 1, "sample_actions") < lamp.analytic_flops(cfg, 1, "sample_actions_full_motion")
   paper = counts["paper"]

@@ -6,7 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lamp_jax.models import lamp
+from lamp_jax.models import lamp_config, registry
+
+lamp = registry.get("lamp")
+from lamp_jax.models import flow_matching as fm
 from lamp_jax.models import motion_expert as me
 
 CFG = lamp.model_config("tiny")
@@ -219,5 +222,5 @@ def test_loss_weights_upweight_moving_valid_deltas_only():
   np.testing.assert_array_equal(weighted, expected)
   prediction = rs.normal(size=target.shape).astype(np.float32)
   err = np.square(prediction - target).sum(-1)
-  np.testing.assert_allclose(me.masked_mse(prediction, target, weighted[..., None]),
+  np.testing.assert_allclose(fm.masked_mse(prediction, target, weighted[..., None]),
                              (err * weighted).sum() / (3 * weighted.sum()), rtol=1e-6)

@@ -63,7 +63,7 @@ def test_bench_train_step_op_breakdown_tiny_cli():
   env = dict(os.environ, JAX_PLATFORMS="cpu", LAMP_JAX_ALLOCATOR="system")
   out = subprocess.run([sys.executable, "-m", "lamp_jax.bench", "--config=configs/lamp.py:tiny", "--what=train_step",
                         "--batch_size=3", "--repeats=2", "--op_breakdown"], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=300, check=True)
+                       text=True, check=True)
   result = json.loads(out.stdout[out.stdout.index("{"):])
   breakdown = result["op_breakdown"]
   assert math.isclose(sum(breakdown["share"].values()), 1.0, abs_tol=1e-3)

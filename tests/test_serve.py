@@ -162,7 +162,7 @@ def test_text_frame_and_garbage_bytes(served):
 
 def test_http_healthz(served):
   _, server = served
-  with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=10) as response:
+  with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz") as response:
     assert response.status == 200 and response.read() == b"OK\n"
 
 
@@ -170,7 +170,7 @@ def test_client_and_codec_import_no_jax_or_tensorflow():
   code = ("import sys; import lamp_jax.serving.client, lamp_jax.serving.codec; "
           "bad = [m for m in ('jax', 'tensorflow', 'flax', 'torch') if m in sys.modules]; "
           "assert not bad, bad")
-  subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+  subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
 def test_serve_cli_random_policy_end_to_end():

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from lamp_jax import tokenizer as tokenizer_lib
-from lamp_jax.models import lamp
+from lamp_jax.models import lamp_config, registry
+
+lamp = registry.get("lamp")
 from lamp_jax.sim import tasks
 from lamp_jax.training import trainer as trainer_lib
 
@@ -50,7 +52,7 @@ def test_every_sim_instruction_fits_the_token_budget_untruncated(variant):
   # The Motion Expert's condition holds the whole prefix: every camera's patches + the text tokens.
   patches = (int(config.model.image_size) // int(config.model.vlm.vision_overrides.patch_size)) ** 2
   assert int(config.model.motion.cond_len) >= len(config.model.image_keys) * patches + max_len
-  assert lamp.prefix_length(config.model) == len(config.model.image_keys) * patches + max_len
+  assert lamp_config.prefix_length(config.model) == len(config.model.image_keys) * patches + max_len
 
 
 def test_host_batch_preparer_rejects_or_counts_too_long_instructions_and_counts_unknown_words():

@@ -60,7 +60,7 @@ def _env(**extra):
 
 def test_eight_devices_shard_every_fsdp_parameter(tmp_path):
   proc = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES, str(tmp_path)], cwd=REPO, capture_output=True,
-                        text=True, timeout=300,
+                        text=True,
                         env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"))
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(proc.stdout.split("RESULT", 1)[1])
@@ -95,7 +95,7 @@ def _two_processes(workdir, *extra):
   outs = []
   for p in procs:
     try:
-      out, err = p.communicate(timeout=240)
+      out, err = p.communicate(timeout=1800)  # a hang guard, not a speed limit
     except subprocess.TimeoutExpired:
       for q in procs:
         q.kill()
@@ -128,7 +128,7 @@ def test_sigkill_then_same_command_resumes_bit_exact(tmp_path):
   cmd = [sys.executable, "-m", "lamp_jax.train", "--config=tests/toy_train_config.py",
          "--config.stages.main.steps=12", "--config.checkpoint.every_steps=3"]
   straight = subprocess.run(cmd + [f"--workdir={tmp_path / 'straight'}"], cwd=REPO, env=_env(),
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True)
   assert straight.returncode == 0, straight.stderr[-3000:]
   workdir = tmp_path / "killed"
   proc = subprocess.Popen(cmd + [f"--workdir={workdir}"], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
@@ -140,8 +140,7 @@ def test_sigkill_then_same_command_resumes_bit_exact(tmp_path):
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
   assert not (workdir / "checkpoints" / "12").exists()
-  resumed = subprocess.run(cmd + [f"--workdir={workdir}"], cwd=REPO, env=_env(), capture_output=True, text=True,
-                           timeout=300)
+  resumed = subprocess.run(cmd + [f"--workdir={workdir}"], cwd=REPO, env=_env(), capture_output=True, text=True)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed from" in resumed.stdout
   import numpy as np
@@ -177,7 +176,7 @@ def test_two_processes_read_their_own_files_checkpoint_and_resume(tmp_path):
          f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
          f"--process_id={i}", *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=env) for i in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
+    outs = [p.communicate(timeout=1800) for p in procs]
     for p, (_, err) in zip(procs, outs):
       assert p.returncode == 0, err[-3000:]
     return outs

@@ -11,6 +11,7 @@ import pytest
 
 from lamp_jax import specs
 from lamp_jax.training import defaults
+from lamp_jax.training import pretrained
 from lamp_jax.training import state as state_lib
 from lamp_jax.training import trainer as trainer_lib
 from tests import toy_train_config
@@ -62,7 +63,7 @@ def test_resume_is_bit_exact(tmp_path):
                             straight.params["motion_in"]["dense"]["kernel"])
   # Metrics were written as JSON lines, TensorBoard events exist.
   lines = open(tmp_path / "straight" / "metrics.jsonl").read().splitlines()
-  assert len(lines) == 5 and '"grad_norm"' in lines[0] and '"motion_loss"' in lines[0]
+  assert len(lines) == 5 and '"grad_norm"' in lines[0] and '"loss/motion"' in lines[0]
   assert '"split": "eval"' in lines[2] and '"mean_success": 0.25' in lines[2]
   assert os.listdir(tmp_path / "straight" / "tensorboard")
 
@@ -156,7 +157,7 @@ def test_unknown_config_field_is_rejected_by_the_cli(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "lamp_jax.train", "--config=tests/toy_train_config.py", f"--workdir={tmp_path}",
        "--config.stages.main.optimizer.lrr=0.1"],
-      cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+      cwd=REPO, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert proc.returncode != 0
   assert "lrr" in proc.stderr
   assert not os.path.exists(tmp_path / "checkpoints")
@@ -164,7 +165,9 @@ def test_unknown_config_field_is_rejected_by_the_cli(tmp_path):
 
 def _lamp_npz_config(npz_path):
   """Tiny LaMP run (synthetic data, 1 step) whose VLM starts from a big_vision .npz and stays frozen."""
-  from lamp_jax.models import lamp
+  from lamp_jax.models import registry
+
+  lamp = registry.get("lamp")
 
   config = defaults.base_config()
   config.model = lamp.model_config("tiny")
@@ -174,13 +177,16 @@ def _lamp_npz_config(npz_path):
   config.logging.progress_bar = False
   config.checkpoint.async_save = False
   config.stages.main = defaults.stage_config(1, frozen=(r"^vlm/",), optimizer=defaults.optimizer_config(lr=1e-2))
-  config.init = ml_collections.ConfigDict(dict(paligemma_npz=str(npz_path)))  # as configs/bridge.py
+  config.init = ml_collections.ConfigDict(dict(  # as configs/bridge.py
+      vlm=pretrained.init_entry("big_vision_npz", "vlm", str(npz_path))))
   return config
 
 
 def _npz_run(tmp_path, train: bool):
   """(npz tensors by name, step-0 state, trained state or None) of a tiny LaMP run initialised from an npz."""
-  from lamp_jax.models import lamp, paligemma
+  from lamp_jax.models import paligemma, registry
+
+  lamp = registry.get("lamp")
   from lamp_jax.models.weights import big_vision_npz, strict
 
   rs = np.random.RandomState(11)
@@ -226,7 +232,7 @@ def test_missing_paligemma_npz_is_an_error_naming_the_file(tmp_path):
   missing = tmp_path / "no_such_weights.npz"
   t = trainer_lib.Trainer(_lamp_npz_config(missing), str(tmp_path / "run"))
   try:
-    with pytest.raises(FileNotFoundError, match=r"init\.paligemma_npz: .*no_such_weights\.npz"):
+    with pytest.raises(FileNotFoundError, match=r"init\.vlm\.path: .*no_such_weights\.npz"):
       t.train()
   finally:
     t.close()

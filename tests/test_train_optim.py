@@ -122,9 +122,9 @@ def test_activation_constraints_act_only_inside_activation_sharding():
 def test_compute_dtype_and_stage_overrides_reach_the_model_config():
   config = toy_train_config.get_config("two_stage")
   config.compute_dtype = "bfloat16"
-  model_cfg = trainer_lib.stage_model_config(config, "action")
-  assert model_cfg.dtype == "bfloat16" and model_cfg.motion_loss_weight == 0.0
-  assert config.model.dtype == "float32" and config.model.motion_loss_weight == 1.0  # The run config is untouched.
+  model_cfg = defaults.stage_model_config(config, "action")
+  assert model_cfg.dtype == "bfloat16" and model_cfg.loss.weights.motion == 0.0
+  assert config.model.dtype == "float32" and config.model.loss.weights.motion == 1.0  # The run config is untouched.
   config.stages.action.model_overrides = ml_collections.ConfigDict(dict(no_such_field=1))
   with pytest.raises(ValueError, match=r"stages\.action\.model_overrides\.no_such_field"):
     defaults.validate(config)
@@ -134,7 +134,9 @@ def test_weight_decay_mask_does_not_count_the_stacked_layers_axis():
   """decay_vectors=False: a scanned [L, D] bias stack is a vector per layer (not decayed), an [L, D, F] kernel
   stack a matrix per layer (decayed); the real LaMP tree's scanned LayerNorm scales are vectors too."""
   import flax.linen as nn
-  from lamp_jax.models import lamp
+  from lamp_jax.models import registry
+
+  lamp = registry.get("lamp")
 
   boxed = {"blocks": {"bias": nn.Partitioned(jax.ShapeDtypeStruct((3, 5), jnp.float32), ("layers", "embed")),
                       "kernel": nn.Partitioned(jax.ShapeDtypeStruct((3, 5, 7), jnp.float32),

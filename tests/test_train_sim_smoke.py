@@ -19,7 +19,7 @@ def test_main_command_smoke_end_to_end(tmp_path):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3", "MUJOCO_GL": "egl",
          "LAMP_JAX_CACHE": str(tmp_path / "cache")}
   proc = subprocess.run([sys.executable, "-m", "lamp_jax.train", "--config=configs/sim.py:smoke",
-                         f"--workdir={workdir}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+                         f"--workdir={workdir}"], cwd=REPO, env=env, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-4000:]
   summary = json.loads(proc.stdout.strip().splitlines()[-1])
   assert summary["final_step"] == 6
@@ -32,8 +32,8 @@ def test_main_command_smoke_end_to_end(tmp_path):
   records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
   train = [r for r in records if r["split"] == "train"]
   assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
-  assert all(r["loss/motion_fm"] > 0 and r["loss/action_fm"] == 0 for r in train[:3])  # stage 1: motion
-  assert all(r["loss/motion_fm"] == 0 and r["loss/action_fm"] > 0 for r in train[3:])  # stage 2: action
+  assert all(r["loss/motion"] > 0 and r["loss/action"] == 0 for r in train[:3])  # stage 1: motion
+  assert all(r["loss/motion"] == 0 and r["loss/action"] > 0 for r in train[3:])  # stage 2: action
   assert all(0.0 < r["guidance/gate"] < 1.0 for r in train)
 
   result = json.load(open(workdir / "eval_results.json"))
@@ -46,7 +46,7 @@ def test_main_command_smoke_end_to_end(tmp_path):
   # Side-by-side table of two runs (here the same run twice).
   cmp = subprocess.run([sys.executable, "-m", "lamp_jax.compare", f"--workdirs={workdir},{workdir}",
                         "--names=LaMP,copy", f"--out={tmp_path / 'cmp.png'}"], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True)
   assert cmp.returncode == 0, cmp.stderr[-2000:]
   assert "LaMP" in cmp.stdout and "copy" in cmp.stdout and os.path.exists(tmp_path / "cmp.png")
 

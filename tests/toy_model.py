@@ -1,4 +1,5 @@
-"""A small model library with the same interface as ``lamp_jax.models.lamp``, for the trainer's tests.
+"""A small model library (``lamp_jax.models.interface``) for the trainer's tests: ``model.name`` is its import path
+``tests.toy_model``, as a user's method outside the package would be registered.
 
 Two parameter groups mirror LaMP's stages: 'motion_expert' regresses the scene flow from the proprio history
 (stage 1 loss), 'action_expert' regresses the action chunk from proprio + motion features (stage 2 loss).
@@ -14,14 +15,20 @@ import ml_collections
 import numpy as np
 
 from lamp_jax import specs
+from lamp_jax.models import interface
 from lamp_jax.models import layers
+from lamp_jax.models import losses
+
+NAME = "tests.toy_model"
+LOSS_TERMS = ("motion", "action")
 
 
 def model_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   width = {"tiny": 16, "sim": 32}[variant]
   return ml_collections.ConfigDict(dict(
-      width=width, mlp=2 * width, window=2, proprio_dim=5, action_horizon=3, action_dim=7, num_points=9,
-      flow_steps=2, motion_loss_weight=1.0, action_loss_weight=1.0, dtype="float32"))
+      name=NAME, variant=variant, width=width, mlp=2 * width, window=2, proprio_dim=5, action_horizon=3,
+      action_dim=7, num_points=9, flow_steps=2, dtype="float32",
+      loss=dict(weights=dict(motion=1.0, action=1.0))))
 
 
 class ToyPolicy(nn.Module):
@@ -65,26 +72,19 @@ class ToyPolicy(nn.Module):
     action = self._action(x, jax.lax.stop_gradient(motion_hidden)).reshape(x.shape[0], c.action_horizon, c.action_dim)
     mask = batch[specs.ACTION_PAD_MASK]
     action_loss = jnp.sum(jnp.square(action - batch[specs.ACTION]) * mask) / jnp.maximum(jnp.sum(mask), 1)
-    loss = c.motion_loss_weight * motion_loss + c.action_loss_weight * action_loss
-    return loss, {"motion_loss": motion_loss, "action_loss": action_loss}
+    weights = losses.active_weights(c.loss.weights, LOSS_TERMS, NAME)
+    values = {"motion": motion_loss, "action": action_loss}
+    return losses.weighted_total({k: v for k, v in values.items() if k in weights}, weights, LOSS_TERMS)
 
-  def sample_actions(self, batch, rng):
+  def sample_actions(self, batch, rng, noise=None):
+    del noise  # deterministic
     c = self.cfg
     x = self._features(batch)
     motion_hidden, _ = self._motion(x)
     return self._action(x, motion_hidden).reshape(x.shape[0], c.action_horizon, c.action_dim).astype(jnp.float32)
 
 
-def build(cfg: ml_collections.ConfigDict) -> ToyPolicy:
-  return ToyPolicy(cfg)
-
-
-def init_params(cfg, rng, batch):
-  init_rng, call_rng = jax.random.split(rng)
-  return build(cfg).init(init_rng, batch, call_rng, method="compute_loss")["params"]
-
-
-def dummy_batch(cfg, batch_size: int, seed: int = 0) -> dict:
+def dummy_batch(cfg, batch_size: int = 2, seed: int = 0) -> dict:
   """A learnable synthetic batch: actions and flow are fixed linear functions of the proprio history."""
   r = np.random.default_rng(seed)
   b, w, s = batch_size, cfg.window, cfg.proprio_dim
@@ -104,8 +104,32 @@ def dummy_batch(cfg, batch_size: int, seed: int = 0) -> dict:
   }
 
 
-def analytic_flops(cfg, batch_size: int, kind: str = "train_step") -> float:
-  c = cfg
-  fwd_per_example = 2 * (2 * (c.window * c.proprio_dim * c.width + c.width * c.mlp)
-                         + c.mlp * c.num_points * c.flow_steps * 3 + c.mlp * c.action_horizon * c.action_dim)
-  return float(batch_size * fwd_per_example * (3 if kind == "train_step" else 1))
+class ToyLibrary(interface.ModelLibrary):
+  name = NAME
+  variants = ("tiny", "sim")
+  methods = frozenset({"sample_actions"})
+  flop_modes = ("train_step", "sample_actions")
+
+  def model_config(self, variant: str = "tiny") -> ml_collections.ConfigDict:
+    return model_config(variant)
+
+  def build(self, cfg: ml_collections.ConfigDict) -> ToyPolicy:
+    return ToyPolicy(cfg)
+
+  def dummy_batch(self, cfg, batch_size: int = 2, seed: int = 0) -> dict:
+    return dummy_batch(cfg, batch_size, seed)
+
+  def data_requirements(self, cfg) -> specs.DataRequirements:
+    return specs.DataRequirements(cameras=(), image_size=0, window=int(cfg.window),
+                                  action_horizon=int(cfg.action_horizon), action_dim=int(cfg.action_dim),
+                                  proprio_dim=int(cfg.proprio_dim),
+                                  scene_flow=(int(cfg.num_points), int(cfg.flow_steps)))
+
+  def analytic_flops(self, cfg, batch_size: int, mode: str = "train_step") -> float:
+    c = cfg
+    fwd_per_example = 2 * (2 * (c.window * c.proprio_dim * c.width + c.width * c.mlp)
+                           + c.mlp * c.num_points * c.flow_steps * 3 + c.mlp * c.action_horizon * c.action_dim)
+    return float(batch_size * fwd_per_example * (3 if mode == "train_step" else 1))
+
+
+LIBRARY = ToyLibrary()

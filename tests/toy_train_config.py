@@ -20,7 +20,6 @@ def get_config(arg: str = ""):
   c.seed = 3
   c.compilation_cache_dir = os.path.join(tempfile.gettempdir(), "lamp_jax_tests_xla_cache")
   c.logging.measure_roof = False
-  c.model_module = "tests.toy_model"
   c.model = toy_model.model_config("tiny")
   c.data.global_batch_size = 8
   c.checkpoint.every_steps = 2
@@ -34,9 +33,9 @@ def get_config(arg: str = ""):
     c.stage_order = ("motion", "action")
     c.stages = ml_collections.ConfigDict(dict(
         motion=defaults.stage_config(3, frozen=(r"^action_",), optimizer=opt,
-                                     model_overrides=dict(action_loss_weight=0.0)),
+                                     model_overrides=dict(loss=dict(weights=dict(action=0.0)))),
         action=defaults.stage_config(3, frozen=(r"^motion_",), optimizer=opt,
-                                     model_overrides=dict(motion_loss_weight=0.0))))
+                                     model_overrides=dict(loss=dict(weights=dict(motion=0.0))))))
   elif arg in ("", "pipeline"):
     c.stages.main = defaults.stage_config(4, optimizer=opt)
     if arg == "pipeline":

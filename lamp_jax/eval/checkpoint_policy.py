@@ -25,18 +25,9 @@ import ml_collections
 import numpy as np
 
 from lamp_jax import specs
-
-
-def _load_config(config_json: dict) -> ml_collections.ConfigDict:
-  """The run config from its JSON copy (lists of dicts, e.g. data.pipeline.datasets, become ConfigDicts)."""
-  def convert(x):
-    if isinstance(x, dict):
-      return ml_collections.ConfigDict({k: convert(v) for k, v in x.items()})
-    if isinstance(x, list):
-      return tuple(convert(v) for v in x) if not any(isinstance(v, dict) for v in x) else [convert(v) for v in x]
-    return x
-
-  return convert(config_json)
+from lamp_jax.training import checkpoints as ckpt_lib
+from lamp_jax.training import defaults
+from lamp_jax.training import trainer as trainer_lib
 
 
 class CheckpointPolicy:
@@ -52,8 +43,6 @@ class CheckpointPolicy:
 
   def __init__(self, checkpoint_dir: str, step: int | None = None, use_ema: bool = True, seed: int = 0,
                stage: str | None = None):
-    from lamp_jax.training import checkpoints as ckpt_lib
-
     directory = os.path.abspath(checkpoint_dir)
     if not os.path.isdir(directory):
       raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
@@ -65,7 +54,7 @@ class CheckpointPolicy:
       if step is None:
         raise FileNotFoundError(f"no checkpoint in {directory}")
       meta, config_json, norm_json = checkpointer.restore_json(step)
-      config = _load_config(config_json)
+      config = ckpt_lib.config_from_json(config_json)
       model_cfg, lib = self._model_config(config, stage)
       abstract = self._abstract_params(lib, config, model_cfg)
       has_ema = float(config.ema.decay) > 0
@@ -94,32 +83,23 @@ class CheckpointPolicy:
 
   @staticmethod
   def _model_config(config: ml_collections.ConfigDict, stage: str | None):
-    from lamp_jax.training import trainer as trainer_lib
-
-    lib = trainer_lib.import_model_library(config)
+    lib = defaults.model_library(config)
+    if "sample_actions" not in lib.methods:
+      raise ValueError(f"config field model.name={lib.name!r}: this model has no sample_actions (not a policy)")
     stage = stage or config.stage_order[-1]
     if stage not in config.stages:
       raise ValueError(f"stage {stage!r} is not in the checkpoint's config (stages: {list(config.stages)})")
-    return trainer_lib.stage_model_config(config, stage), lib
+    return defaults.stage_model_config(config, stage), lib
 
   @staticmethod
   def _abstract_params(lib, config, model_cfg):
-    from lamp_jax.training import trainer as trainer_lib
-    import flax.linen as nn
-
-    batch = jax.tree.map(np.asarray, lib.dummy_batch(model_cfg, 1, 0))
-    batch = trainer_lib.HostBatchPreparer(config, model_cfg)(batch)
-    init = lib.init_variables if hasattr(lib, "init_variables") else lib.init_params
-    abstract = jax.eval_shape(lambda r: trainer_lib.unwrap_params(init(model_cfg, r, batch)),
-                              jax.random.PRNGKey(0))
+    del config
     device = jax.local_devices()[0]
     sharding = jax.sharding.SingleDeviceSharding(device)
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                        nn.meta.unbox(abstract))
+                        lib.abstract_params(model_cfg))
 
   def _setup(self, config, model_cfg, lib, params, norm_json, seed):
-    from lamp_jax.training import trainer as trainer_lib
-
     self.config = config
     self.model_cfg = model_cfg
     self.model = lib.build(model_cfg)

@@ -14,7 +14,7 @@ Why: the policies of ``configs/sim.py`` fail the pick-and-place families while i
 (``lamp_jax.eval.input_reliance``). This probe isolates the perception half: if the encoder cannot localise the
 object even under direct supervision within the steps the policy trains, behaviour cloning cannot either.
 
-Encoders: 'siglip' — the SigLIP tower of ``lamp.model_config('sim')`` (no instruction); 'vlm' — the whole sim
+Encoders: 'siglip' — the SigLIP tower of ``lamp_config.model_config('sim')`` (no instruction); 'vlm' — the whole sim
 PaliGemma (SigLIP + Gemma prefix with the instruction tokens, as the policy sees them); 'cnn' — three 3x3
 stride-2 convolutions with ReLU (a reference point, not part of any model here).
 Readouts over the encoder's tokens: 'mean' (average), 'attention' (one learned query, as a MAP head or the
@@ -147,10 +147,10 @@ class LocalisationProbe(nn.Module):
 
 
 def _vlm_config(stem: str, posemb: str, vision_overrides: dict | None):
-  from lamp_jax.models import lamp, paligemma  # pylint: disable=g-import-not-at-top
+  from lamp_jax.models import lamp_config, paligemma  # pylint: disable=g-import-not-at-top
   from lamp_jax.sim import tasks  # pylint: disable=g-import-not-at-top
 
-  cfg = lamp.model_config("sim").vlm
+  cfg = lamp_config.model_config("sim").vlm
   cfg.vocab_size = len(tasks.INSTRUCTION_WORDS) + 8
   cfg.vision_overrides.stem = stem
   cfg.vision_overrides.posemb = posemb

@@ -60,6 +60,54 @@ def sample_time(rng: jax.Array, shape: tuple[int, ...], *, alpha: float = PI0_BE
   return scale * (1.0 - b)
 
 
+TIME_DISTRIBUTIONS = ("uniform", "pi0_beta")
+
+
+def sample_tau(rng: jax.Array, batch_size: int, kind: str) -> jax.Array:
+  """Training times float32[batch_size] of a named distribution: 'uniform' (U[0, 1]) or 'pi0_beta'
+  (``sample_time``)."""
+  if kind == "uniform":
+    return jax.random.uniform(rng, (batch_size,), jnp.float32)
+  if kind == "pi0_beta":
+    return sample_time(rng, (batch_size,))
+  raise ValueError(f"unknown flow-matching time distribution {kind!r} (config field *.time_dist): "
+                   f"one of {TIME_DISTRIBUTIONS}")
+
+
+def masked_mse(prediction: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean squared error over unmasked entries (float32 scalar, 0 if nothing is valid).
+
+  prediction/target float[B, ...]; mask bool or float weights broadcastable to them (e.g. [B, K, T] -> add a
+  trailing axis): the weighted mean.
+  """
+  mask = jnp.broadcast_to(mask, prediction.shape).astype(jnp.float32)
+  err = jnp.square(prediction.astype(jnp.float32) - target.astype(jnp.float32))
+  return jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def flow_matching_loss(rng: jax.Array, data: jax.Array, predict_velocity: Callable[[jax.Array, jax.Array], jax.Array],
+                       *, time_dist: str, mask: jax.Array | None = None) -> jax.Array:
+  """The conditional flow-matching loss every generative head uses (actions, motion, motion images, latents).
+
+  Draws tau ~ ``time_dist`` per example and eps ~ N(0, I), forms x_tau = (1 - tau) eps + tau x and regresses
+  ``predict_velocity(x_tau float32[B, ...], tau float32[B]) -> float[B, ...]`` on v = x - eps.
+
+  Args:
+    rng: PRNG key (split into the time and noise draws).
+    data: x float32[B, ...] (masked entries should already be zeros: they then cannot influence the loss).
+    predict_velocity: the model's velocity for a noisy input and its times.
+    time_dist: 'uniform' | 'pi0_beta' (``sample_tau``).
+    mask: bool or float weights broadcastable to ``data`` (None = every entry).
+  Returns:
+    float32[] the (weighted) mean squared velocity error.
+  """
+  rng_t, rng_e = jax.random.split(rng)
+  tau = sample_tau(rng_t, data.shape[0], time_dist)
+  eps = jax.random.normal(rng_e, data.shape, jnp.float32)
+  velocity = predict_velocity(interpolate(data, eps, tau), tau)
+  return masked_mse(velocity, velocity_target(data, eps), jnp.ones((), bool) if mask is None else mask)
+
+
 def tau_from_pi0(t: jax.Array) -> jax.Array:
   """π0 time (t = 1 noise) -> our tau (tau = 0 noise)."""
   return 1.0 - t

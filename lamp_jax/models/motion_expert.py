@@ -81,17 +81,6 @@ def loss_weights(target: jax.Array, valid: jax.Array, moving_weight: float = 1.0
   return weights
 
 
-def masked_mse(prediction: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
-  """Mean squared error over unmasked entries (float32 scalar, 0 if nothing is valid).
-
-  prediction/target float[B, ...]; mask bool or float weights broadcastable to them (e.g. [B, K, T] -> add a
-  trailing axis): the weighted mean.
-  """
-  mask = jnp.broadcast_to(mask, prediction.shape).astype(jnp.float32)
-  err = jnp.square(prediction.astype(jnp.float32) - target.astype(jnp.float32))
-  return jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
 # ------------------------------------------------------------------------------------------ geometry
 def grid_side(cfg: ml_collections.ConfigDict) -> int:
   side = int(round(cfg.num_keypoints**0.5))

@@ -1,33 +1,28 @@
-"""Benchmarks of the LaMP policy; prints JSON.
+"""Benchmarks of any model library; prints JSON.
 
-  python -m lamp_jax.bench --config=configs/lamp.py:sim --what=inference
-  python -m lamp_jax.bench --config=configs/lamp.py:sim --what=train_step --batch_size=8
+  python -m lamp_jax.bench --config=configs/lamp.py:sim --what=inference [--with_reference]
+  python -m lamp_jax.bench --config=configs/lamp.py:sim --what=train_step --batch_size=8 [--op_breakdown]
 
-inference: median latency (ms) of the jitted ``sample_actions`` at --batch_size (default 1) after compilation,
-  with motion (one-step partial denoising), without motion (use_motion=False, same parameters) and with the full
-  ``motion_reconstruction_steps`` reconstruction; the motion representation alone (partial vs full, from given
-  VLM features); compile times; analytic FLOPs. Calls are interleaved round-robin so that load on a shared
-  host affects all variants alike; ratios are from the same run.
-  ``--with_reference`` also times, in the same round robin, the same model with the exact rewrites switched off
-  (motion.prune_last_condition=False, action.cache_context_kv=False, scan_unroll=1): a before / after under
-  identical load. ``analytic_ratios`` are the FLOP ratios, the floor of the latency ratios at equal efficiency.
-motion: the Motion Expert alone: one-step partial denoising vs the full reconstruction from random VLM features of
-  the prefix's shape, with only the Motion Expert's parameters built (random values). Feasible at the paper size
-  on a CPU host (``--config=configs/lamp.py:paper --config.model.dtype=float32``), where ``inference`` would need
-  the 3 B VLM.
-train_step: median time of a jitted AdamW step on compute_loss and its fraction of the host's matmul roof
-  (lamp_jax.perf.roofline) using analytic FLOPs. ``--op_breakdown`` adds where the step's time goes (lamp_jax.perf.op_profile):
-  the share of XLA op time in matmul kernels, layout copies, loop bookkeeping and other ops, the top ops, and
-  ``roof_fraction_if_only_matmul_ops`` = fraction_of_roof / share['matmul'], the most this model can reach here
-  while its matmul kernels run as they do.
+inference: median latency (ms) of the jitted ``sample_actions`` at --batch_size (default 1) after compilation, for
+  every inference variant the model's library declares (``ModelLibrary.bench_variants``; LaMP: with motion,
+  without motion, with the full motion reconstruction), with compile times, analytic FLOPs and the library's
+  named ratios (``bench_ratios``). Calls are interleaved round-robin so that load on a shared host affects all
+  variants alike; ratios are from the same run. ``--with_reference`` also times, in the same round robin, the
+  model with its exact rewrites switched off (``ModelLibrary.reference_config``): a before / after under identical
+  load. ``analytic_ratios`` are the FLOP ratios, the floor of the latency ratios at equal efficiency.
+train_step: median time of a jitted AdamW step on ``compute_loss`` and its fraction of the host's matmul roof
+  (lamp_jax.perf.roofline, measured in the same run) using analytic FLOPs. ``--op_breakdown`` adds where the
+  step's time goes (lamp_jax.perf.op_profile): the share of XLA op time in matmul kernels, layout copies, loop
+  bookkeeping and other ops, the top ops, and ``roof_fraction_if_only_matmul_ops`` = fraction_of_roof /
+  share['matmul'], the most this model can reach here while its matmul kernels run as they do.
+The Motion Expert alone (LaMP's one-step partial denoising vs full reconstruction, feasible at paper size on a
+CPU host): ``python -m lamp_jax.perf.motion_bench``.
 
-Model options are config values, e.g. ``--config.model.motion.scan_unroll=2 --config.model.action.scan_unroll=2``
-(unrolled layer scans, same parameters and math).
+Model options are config values, e.g. ``--config.model.motion.scan_unroll=2 --config.model.action.scan_unroll=2``.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import statistics
 import time
@@ -40,11 +35,12 @@ import optax
 import tqdm
 
 from lamp_jax import specs
+from lamp_jax.models import registry
 from lamp_jax.perf import op_profile, roofline
-from lamp_jax.models import lamp
+from lamp_jax.perf import timing
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with a `model` section (configs/lamp.py).")
-_WHAT = flags.DEFINE_enum("what", "inference", ["inference", "motion", "train_step"], "What to benchmark.")
+_WHAT = flags.DEFINE_enum("what", "inference", ["inference", "train_step"], "What to benchmark.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Batch size (default: 1 for inference, 8 for train_step).")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per variant.")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
@@ -55,192 +51,75 @@ _WITH_REFERENCE = flags.DEFINE_bool("with_reference", False, "inference: also ti
                                     "rewrites switched off (before / after in one run).")
 
 
-def reference_config(model_cfg):
-  """``model_cfg`` with the exact inference / training rewrites switched off (the plain computation)."""
-  ref = copy.deepcopy(model_cfg)
-  ref.motion.prune_last_condition = False
-  ref.action.cache_context_kv = False
-  ref.motion.scan_unroll = ref.action.scan_unroll = 1
-  return ref
+_LABEL_KEYS = (specs.ACTION, specs.ACTION_PAD_MASK, specs.SCENE_FLOW, specs.SCENE_FLOW_MASK, specs.SCENE_FLOW_QUERY,
+               specs.SCENE_FLOW_QUERY_MASK, specs.HAS_SCENE_FLOW, specs.OPTICAL_FLOW, specs.HAS_OPTICAL_FLOW)
 
 
-def _compile(fn, *args):
-  start = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
-  return compiled, time.perf_counter() - start
+def inference_batch(lib, model_cfg, batch_size, seed):
+  """``dummy_batch`` without the training labels (what a robot sends)."""
+  batch = lib.dummy_batch(model_cfg, batch_size, seed)
+  return {k: v for k, v in batch.items() if k not in _LABEL_KEYS}
 
 
-def _time_round_robin(calls: dict, repeats: int) -> tuple[dict, dict]:
-  """calls: name -> zero-arg callable returning arrays. Returns (name -> median seconds, name -> min seconds)."""
-  for fn in calls.values():  # warm-up
-    jax.block_until_ready(fn())
-  times = {name: [] for name in calls}
-  for _ in tqdm.trange(repeats, desc="timing", leave=False):
-    for name, fn in calls.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn())
-      times[name].append(time.perf_counter() - start)
-  return ({name: statistics.median(t) for name, t in times.items()}, {name: min(t) for name, t in times.items()})
-
-
-def _inference_batch(model_cfg, batch_size, seed):
-  batch = lamp.dummy_batch(model_cfg, batch_size, seed)
-  for key in (specs.ACTION, specs.ACTION_PAD_MASK, specs.SCENE_FLOW, specs.SCENE_FLOW_MASK,
-              specs.SCENE_FLOW_QUERY, specs.SCENE_FLOW_QUERY_MASK, specs.HAS_SCENE_FLOW):
-    batch.pop(key)
-  return batch
-
-
-def _motion_fns(model, full_steps: int):
-  """(one-step partial denoising, full ``full_steps`` reconstruction) of the Motion Expert from given VLM
-  features: functions (params, features, feature_mask, rng) -> hidden / (deltas, hidden)."""
-
-  def motion_partial(p, f, m, r):
-    return model.apply({"params": p}, f, m, r, method="motion_representation")
-
-  def motion_full(p, f, m, r):
-    return model.apply({"params": p}, f, m, r, method=lambda mdl, f, m, r: mdl._reconstruct(f, m, r, full_steps))
-
-  return motion_partial, motion_full
-
-
-def _inference_calls(model_cfg, params, batch, rng, prefix=""):
-  """name -> (function, args) of the timed inference variants of one model config."""
-  no_motion_cfg = copy.deepcopy(model_cfg)
-  no_motion_cfg.use_motion = False
-  no_motion_params = {k: v for k, v in params.items() if k in ("vlm", "action_expert")}
-  model, model_nm = lamp.build(model_cfg), lamp.build(no_motion_cfg)
-  full_steps = model_cfg.motion_reconstruction_steps
-
-  def with_motion(p, b, r):
-    return model.apply({"params": p}, b, r, method="sample_actions")
-
-  def without_motion(p, b, r):
-    return model_nm.apply({"params": p}, b, r, method="sample_actions")
-
-  def full_motion(p, b, r):
-    return model.apply({"params": p}, b, r, motion_steps=full_steps, method="sample_actions")
-
-  features, mask = jax.jit(lambda p, b: model.apply({"params": p}, b, method="encode"))(params, batch)
-  motion_partial, motion_full = _motion_fns(model, full_steps)
-  return {prefix + "sample_actions_with_motion": (with_motion, (params, batch, rng)),
-          prefix + "sample_actions_without_motion": (without_motion, (no_motion_params, batch, rng)),
-          prefix + "sample_actions_full_motion": (full_motion, (params, batch, rng)),
-          prefix + "motion_partial": (motion_partial, (params, features, mask, rng)),
-          prefix + "motion_full": (motion_full, (params, features, mask, rng))}
-
-
-def _ratios(latency, prefix=""):
-  def get(name):
-    return latency[prefix + name]
-
-  return {
-      "with_over_without_motion": get("sample_actions_with_motion") / get("sample_actions_without_motion"),
-      "one_step_over_full_motion": get("motion_partial") / get("motion_full"),
-      "sample_actions_one_step_over_full": get("sample_actions_with_motion") / get("sample_actions_full_motion"),
-  }
+def _ratios(latency: dict, named: dict, prefix: str = "") -> dict:
+  return {name: latency[prefix + a] / latency[prefix + b] for name, (a, b) in named.items()
+          if prefix + a in latency and prefix + b in latency}
 
 
 def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int, with_reference: bool = False) -> dict:
-  model_cfg = copy.deepcopy(model_cfg)
-  model_cfg.use_motion = True
-  batch = _inference_batch(model_cfg, batch_size, seed)
-  params = lamp.init_params(model_cfg, jax.random.key(seed), lamp.dummy_batch(model_cfg, batch_size, seed))
-  no_motion_cfg = copy.deepcopy(model_cfg)
-  no_motion_cfg.use_motion = False
-  full_steps = model_cfg.motion_reconstruction_steps
-  rng = jax.random.key(seed + 1)
-  variants = _inference_calls(model_cfg, params, batch, rng)
+  lib = registry.for_config(model_cfg)
+  if "sample_actions" not in lib.methods:
+    raise ValueError(f"model {lib.name!r} has no sample_actions to benchmark")
+  variants = dict(lib.bench_variants(model_cfg))
   if with_reference:
-    variants.update(_inference_calls(reference_config(model_cfg), params, batch, rng, prefix="reference/"))
+    reference = lib.reference_config(model_cfg)
+    if reference is None:
+      raise ValueError(f"--with_reference: model {lib.name!r} has no exact rewrites to switch off")
+    variants.update({f"reference/{name}": v for name, v in lib.bench_variants(reference).items()})
+  rng = jax.random.key(seed + 1)
+  calls, compile_s, flops, params_by_cfg = {}, {}, {}, {}
+  for name, variant in variants.items():
+    key = json.dumps(variant.cfg.to_dict(), sort_keys=True, default=str)
+    if key not in params_by_cfg:  # variants that differ only in their call share one parameter set
+      params_by_cfg[key] = lib.init_params(variant.cfg, jax.random.key(seed), lib.dummy_batch(variant.cfg, 1, seed))
+    params = params_by_cfg[key]
+    model = lib.build(variant.cfg)
+    kwargs = dict(variant.sample_kwargs)
+    batch = inference_batch(lib, variant.cfg, batch_size, seed)
 
-  compiled, compile_s = {}, {}
-  for name, (fn, args) in variants.items():
-    exe, seconds = _compile(fn, *args)
-    compiled[name] = (exe, args)
+    def sample(p, b, r, model=model, kwargs=kwargs):
+      return model.apply({"params": p}, b, r, method="sample_actions", **kwargs)
+
+    exe, seconds = timing.compile_call(sample, params, batch, rng)
+    calls[name] = (lambda e=exe, p=params, b=batch: e(p, b, rng))
     compile_s[name] = round(seconds, 3)
-  latency, fastest = _time_round_robin({n: (lambda e=e, a=a: e(*a)) for n, (e, a) in compiled.items()}, repeats)
-  flops = {
-      "sample_actions_with_motion": lamp.analytic_flops(model_cfg, batch_size, "sample_actions"),
-      "sample_actions_without_motion": lamp.analytic_flops(no_motion_cfg, batch_size, "sample_actions"),
-      "sample_actions_full_motion": lamp.analytic_flops(model_cfg, batch_size, "sample_actions_full_motion"),
-      "motion_partial": lamp.analytic_flops(model_cfg, batch_size, "motion_partial"),
-      "motion_full": lamp.analytic_flops(model_cfg, batch_size, "motion_full"),
-  }
+    flops[name] = lib.analytic_flops(variant.cfg, batch_size, variant.flop_mode)
+  latency, fastest = timing.time_round_robin(calls, repeats)
   result = {
-      "what": "inference", "variant": model_cfg.variant, "batch_size": batch_size, "repeats": repeats,
-      "partial_steps": model_cfg.partial_steps, "tau_infer": model_cfg.tau_infer,
-      "motion_reconstruction_steps": full_steps, "num_inference_steps": model_cfg.num_inference_steps,
+      "what": "inference", "model": lib.name, "variant": model_cfg.get("variant", ""), "batch_size": batch_size,
+      "repeats": repeats,
       "latency_ms": {k: round(v * 1e3, 3) for k, v in latency.items()},
       # Fastest call of each variant: less sensitive than the median to other load on a shared host.
       "min_latency_ms": {k: round(v * 1e3, 3) for k, v in fastest.items()},
       "compile_s": compile_s,
       "analytic_gflops": {k: round(v / 1e9, 4) for k, v in flops.items()},
-      "ratios": _ratios(latency),
-      "ratios_of_min_latency": _ratios(fastest),
-      "analytic_ratios": {
-          "with_over_without_motion": flops["sample_actions_with_motion"] / flops["sample_actions_without_motion"],
-          "one_step_over_full_motion": flops["motion_partial"] / flops["motion_full"],
-      },
+      "ratios": _ratios(latency, lib.bench_ratios),
+      "ratios_of_min_latency": _ratios(fastest, lib.bench_ratios),
+      "analytic_ratios": _ratios(flops, lib.bench_ratios),
   }
   if with_reference:
-    result["reference_ratios"] = _ratios(latency, "reference/")
-    result["reference_ratios_of_min_latency"] = _ratios(fastest, "reference/")
+    result["reference_ratios"] = _ratios(latency, lib.bench_ratios, "reference/")
+    result["reference_ratios_of_min_latency"] = _ratios(fastest, lib.bench_ratios, "reference/")
+    result["rewrite_speedup"] = {name: latency[f"reference/{name}"] / latency[name] for name in lib.bench_variants(
+        model_cfg)}
   return result
 
 
-def bench_motion(model_cfg, batch_size: int, repeats: int, seed: int) -> dict:
-  """Median latency of the Motion Expert's one-step partial denoising vs its full reconstruction (see module doc).
-
-  Only ``params['motion_expert']`` exists (random normal values, std 0.02): the LaMP methods that are timed
-  touch no other component."""
-  model_cfg = copy.deepcopy(model_cfg)
-  model_cfg.use_motion = True
-  abstract = lamp.abstract_params(model_cfg)["motion_expert"]
-  leaves, treedef = jax.tree.flatten(abstract)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  motion_params = jax.tree.unflatten(treedef, [0.02 * jax.random.normal(k, x.shape, x.dtype)
-                                               for k, x in zip(keys, leaves)])
-  params = {"motion_expert": motion_params}
-  model = lamp.build(model_cfg)
-  prefix = lamp.prefix_length(model_cfg)
-  width = _vlm_width(model_cfg)
-  features = jax.random.normal(jax.random.key(seed + 1), (batch_size, prefix, width), jnp.float32)
-  mask = jnp.ones((batch_size, prefix), bool)
-  rng = jax.random.key(seed + 2)
-  full_steps = model_cfg.motion_reconstruction_steps
-  compiled, compile_s = {}, {}
-  for name, fn in zip(("motion_partial", "motion_full"), _motion_fns(model, full_steps)):
-    compiled[name], seconds = _compile(fn, params, features, mask, rng)
-    compile_s[name] = round(seconds, 3)
-  latency, fastest = _time_round_robin(
-      {n: (lambda e=e: e(params, features, mask, rng)) for n, e in compiled.items()}, repeats)
-  flops = {k: lamp.analytic_flops(model_cfg, batch_size, k) for k in ("motion_partial", "motion_full")}
-  return {
-      "what": "motion", "variant": model_cfg.variant, "dtype": str(model_cfg.dtype), "batch_size": batch_size,
-      "repeats": repeats, "prefix_tokens": prefix, "partial_steps": model_cfg.partial_steps,
-      "motion_reconstruction_steps": full_steps,
-      "motion_expert_parameters": sum(int(x.size) for x in leaves),
-      "latency_ms": {k: round(v * 1e3, 3) for k, v in latency.items()},
-      "min_latency_ms": {k: round(v * 1e3, 3) for k, v in fastest.items()},
-      "compile_s": compile_s,
-      "analytic_gflops": {k: round(v / 1e9, 4) for k, v in flops.items()},
-      "one_step_over_full_motion": latency["motion_partial"] / latency["motion_full"],
-      "one_step_over_full_motion_of_min_latency": fastest["motion_partial"] / fastest["motion_full"],
-      "analytic_one_step_over_full_motion": flops["motion_partial"] / flops["motion_full"],
-  }
-
-
-def _vlm_width(model_cfg) -> int:
-  from lamp_jax.models import paligemma  # pylint: disable=g-import-not-at-top
-
-  return int(paligemma.config_from_dict(model_cfg.vlm).llm.width)
-
-
 def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int, op_breakdown: bool = False) -> dict:
-  batch = lamp.dummy_batch(model_cfg, batch_size, seed)
-  params = lamp.init_params(model_cfg, jax.random.key(seed), batch)
-  model = lamp.build(model_cfg)
+  lib = registry.for_config(model_cfg)
+  batch = lib.dummy_batch(model_cfg, batch_size, seed)
+  params = lib.init_params(model_cfg, jax.random.key(seed), batch)
+  model = lib.build(model_cfg)
   optimizer = optax.adamw(1e-4, b1=0.9, b2=0.95, weight_decay=1e-4)
   opt_state = optimizer.init(params)
 
@@ -264,10 +143,10 @@ def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int, op_bre
     jax.block_until_ready((params, metrics))
     times.append(time.perf_counter() - start)
   median = statistics.median(times)
-  flops = lamp.analytic_flops(model_cfg, batch_size, "train_step")
-  roof = roofline.measure_matmul_roof(jnp.dtype(model_cfg.dtype))
+  flops = lib.analytic_flops(model_cfg, batch_size, "train_step")
+  roof = roofline.measure_matmul_roof(jnp.dtype(model_cfg.get("dtype", "float32")))
   result = {
-      "what": "train_step", "variant": model_cfg.variant, "batch_size": batch_size, "repeats": repeats,
+      "what": "train_step", "model": lib.name, "variant": model_cfg.get("variant", ""), "batch_size": batch_size, "repeats": repeats,
       "median_step_s": round(median, 4), "compile_s": round(compile_s, 3),
       "analytic_gflops_per_step": round(flops / 1e9, 3), "achieved_gflops_per_s": round(flops / median / 1e9, 3),
       "matmul_roof_gflops_per_s": round(roof / 1e9, 3), "fraction_of_roof": flops / median / roof,
@@ -295,8 +174,6 @@ def main(argv):
   model_cfg = _CONFIG.value.model
   if _WHAT.value == "inference":
     result = bench_inference(model_cfg, _BATCH.value or 1, _REPEATS.value, _SEED.value, _WITH_REFERENCE.value)
-  elif _WHAT.value == "motion":
-    result = bench_motion(model_cfg, _BATCH.value or 1, _REPEATS.value, _SEED.value)
   else:
     result = bench_train_step(model_cfg, _BATCH.value or 8, _REPEATS.value, _SEED.value, _OP_BREAKDOWN.value)
   print(json.dumps(result, indent=2))

@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 
 STATE, META, CONFIG, NORM_STATS = "state", "meta", "config", "norm_stats"
@@ -87,3 +88,16 @@ class Checkpointer:
 def config_to_json(config) -> dict:
   """A ConfigDict as plain JSON-able data (tuples become lists)."""
   return json.loads(config.to_json_best_effort())
+
+
+def config_from_json(config_json: dict) -> ml_collections.ConfigDict:
+  """The run config from its JSON copy in a checkpoint (lists of dicts, e.g. data.pipeline.datasets, become lists
+  of ConfigDicts; other lists become tuples)."""
+  def convert(x):
+    if isinstance(x, dict):
+      return ml_collections.ConfigDict({k: convert(v) for k, v in x.items()})
+    if isinstance(x, list):
+      return tuple(convert(v) for v in x) if not any(isinstance(v, dict) for v in x) else [convert(v) for v in x]
+    return x
+
+  return convert(config_json)

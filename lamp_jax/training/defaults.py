@@ -3,11 +3,10 @@
 Fields (``ml_collections.ConfigDict``; every one can be overridden as ``--config.<path>=value``):
   seed                  int: model init, per-step RNG and data order all derive from it
   compilation_cache_dir JAX persistent compilation cache ('' = off): reruns / resumes skip XLA compiles
-  model_module          import path of the model library (``model_config``, ``build``, ``init_params``,
-                        ``dummy_batch``, ``analytic_flops``), e.g. 'lamp_jax.models.lamp'
-  model                 the model config (``<model_module>.model_config(variant)``)
-  compute_dtype         'float32' | 'bfloat16' activations (parameters stay float32); written into
-                        ``model.dtype`` when the model config has that field
+  model                 the model config; ``model.name`` names its library (``lamp_jax/models/registry.py``),
+                        e.g. ``registry.get('lamp').model_config('sim')``
+  compute_dtype         'float32' | 'bfloat16' activations (parameters stay float32); written into every
+                        ``dtype`` field of the model config
   data.kind             'synthetic' (``dummy_batch`` per (seed, step): benchmarks, tests) | 'pipeline'
                         (``lamp_jax.data.pipeline.make_train_iterator(data.pipeline, ...)``)
   data.global_batch_size  examples per train step over all processes
@@ -26,6 +25,8 @@ Fields (``ml_collections.ConfigDict``; every one can be overridden as ``--config
   eval                  enabled · suite · episodes_per_task (final evaluation) · every_steps (0 = only
                         after training) · periodic_episodes_per_task · execute_steps (actions executed per
                         chunk, 0 = all H) · use_ema · videos (1 = write one video per task) · seed (noise)
+  init                  (optional) named entries that load parameter subtrees from files before training
+                        (``training/pretrained.py``: PaliGemma .npz / HF safetensors, another run's checkpoint)
   sim_data              enabled · suite · episodes · out_dir (tfds data_dir, relative to the workdir unless
                         absolute; '' = shared cache keyed by the settings) · extra_flags (more
                         ``lamp_jax.sim.generate`` flags, e.g. '--image-size=64')
@@ -33,9 +34,13 @@ Fields (``ml_collections.ConfigDict``; every one can be overridden as ``--config
 
 from __future__ import annotations
 
+import copy
+
 import ml_collections
 
 from lamp_jax import tokenizer as tokenizer_lib
+from lamp_jax.models import interface
+from lamp_jax.models import registry
 from lamp_jax.training import sharding as sharding_lib
 
 
@@ -56,33 +61,10 @@ def stage_config(steps: int, frozen=(), model_overrides: dict | None = None, dat
       optimizer=optimizer or optimizer_config()))
 
 
-def lamp_stages(use_motion: bool, motion_steps: int, action_steps: int, motion_optimizer, action_optimizer,
-                motion_repeats: int = 1, action_repeats: int = 1) -> tuple[tuple[str, ...], ml_collections.ConfigDict]:
-  """(stage_order, stages) of LaMP's two-stage recipe or of its w/o-motion ablation on the same step budget.
-
-  LaMP: 'motion' (scene-flow flow matching; guidance and Action Expert frozen) then 'action' (action flow
-  matching; Motion Expert frozen, as released). Ablation: one 'action' stage of ``motion_steps + action_steps``
-  with ``action_optimizer`` (nothing frozen; there is no Motion Expert). ``*_repeats``: flow-matching draws per
-  example (``lamp.model_config``: loss.*_repeats).
-  """
-  action_loss = dict(loss=dict(motion_weight=0.0, action_weight=1.0, action_repeats=action_repeats))
-  if not use_motion:
-    return ("action",), ml_collections.ConfigDict(dict(
-        action=stage_config(motion_steps + action_steps, frozen=(), optimizer=action_optimizer,
-                            model_overrides=action_loss)))
-  return ("motion", "action"), ml_collections.ConfigDict(dict(
-      motion=stage_config(motion_steps, frozen=(r"^guidance/", r"^action_expert/"), optimizer=motion_optimizer,
-                          model_overrides=dict(loss=dict(motion_weight=1.0, action_weight=0.0,
-                                                         motion_repeats=motion_repeats))),
-      action=stage_config(action_steps, frozen=(r"^motion_expert/",), optimizer=action_optimizer,
-                          model_overrides=action_loss)))
-
-
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.compilation_cache_dir = ""
-  c.model_module = "lamp_jax.models.lamp"
   c.model = ml_collections.ConfigDict()
   c.compute_dtype = "float32"
   c.data = ml_collections.ConfigDict(dict(kind="synthetic", global_batch_size=8,
@@ -117,24 +99,26 @@ _DTYPES = ("float32", "bfloat16")
 
 
 def _check_model_matches_data(c: ml_collections.ConfigDict, fail) -> None:
-  """The pipeline must produce what the model reads: a model override on the command line (e.g.
-  ``--config.model.motion.num_keypoints=256``) that is not mirrored in ``data.pipeline`` is rejected here, by name,
-  instead of failing later with a shape error (or, for the generated simulator data, reading stale labels)."""
-  m, d = c.model, c.data.pipeline
-  pairs = [("image_keys", "cameras", lambda v: tuple(v)),
-           ("action_horizon", "action_horizon", int),
-           ("action_dim", "max_action_dim", int),
-           ("proprio_dim", "max_proprio_dim", int)]
-  for model_key, data_key, cast in pairs:
-    if model_key in m and data_key in d and cast(m[model_key]) != cast(d[data_key]):
-      fail(f"data.pipeline.{data_key}", f"{d[data_key]} does not match model.{model_key}={m[model_key]}")
-  if "image_size" in m and "image_size" in d and tuple(int(v) for v in d.image_size) != (int(m.image_size),) * 2:
-    fail("data.pipeline.image_size", f"{tuple(d.image_size)} does not match model.image_size={m.image_size}")
-  if "motion" in m and bool(m.get("use_motion", True)):
-    for model_key, data_key in (("num_keypoints", "scene_flow_num_points"), ("num_steps", "scene_flow_horizon")):
-      if int(m.motion[model_key]) != int(d[data_key]):
-        fail(f"data.pipeline.{data_key}", f"{d[data_key]} does not match model.motion.{model_key}="
-             f"{m.motion[model_key]}")
+  """The pipeline must produce what the model reads (``ModelLibrary.data_requirements``): a model override on the
+  command line (e.g. ``--config.model.motion.num_keypoints=256``) that is not mirrored in ``data.pipeline`` is
+  rejected here, by name, instead of failing later with a shape error (or, for the generated simulator data,
+  reading stale labels)."""
+  req = registry.for_config(c.model).data_requirements(c.model)
+  d = c.data.pipeline
+  checks = [("cameras", tuple(d.cameras) if "cameras" in d else None, tuple(req.cameras)),
+            ("image_size", tuple(int(v) for v in d.image_size) if "image_size" in d else None,
+             (req.image_size, req.image_size))]
+  if req.action_horizon:
+    checks += [("action_horizon", d.get("action_horizon"), req.action_horizon),
+               ("max_action_dim", d.get("max_action_dim"), req.action_dim)]
+  if req.proprio_dim:
+    checks.append(("max_proprio_dim", d.get("max_proprio_dim"), req.proprio_dim))
+  if req.scene_flow is not None:
+    checks += [("scene_flow_num_points", d.get("scene_flow_num_points"), req.scene_flow[0]),
+               ("scene_flow_horizon", d.get("scene_flow_horizon"), req.scene_flow[1])]
+  for field, have, want in checks:
+    if have is not None and have != want:
+      fail(f"data.pipeline.{field}", f"{have} does not match what the model reads ({want})")
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -199,3 +183,40 @@ def validate(c: ml_collections.ConfigDict) -> None:
     v = int(c.mesh[name])
     if v == 0 or v < -1:
       fail(f"mesh.{name}", f"must be a positive size or -1, got {v}")
+
+
+# ------------------------------------------------------------------------------------------ model of a stage
+def model_library(config: ml_collections.ConfigDict) -> interface.ModelLibrary:
+  """The model library of a run config (``config.model.name``; ``models/registry.py``)."""
+  return registry.for_config(config.model)
+
+
+def apply_overrides(base: ml_collections.ConfigDict, overrides, field: str) -> None:
+  """Recursively writes ``overrides`` (dict / ConfigDict) into ``base``; unknown keys raise naming ``field``."""
+  for key, value in overrides.items():
+    if key not in base:
+      raise ValueError(f"config field {field}.{key} is not a field of the target config "
+                       f"(fields: {sorted(base.keys())})")
+    if isinstance(base[key], ml_collections.ConfigDict) and isinstance(value, (dict, ml_collections.ConfigDict)):
+      apply_overrides(base[key], value, f"{field}.{key}")
+    else:
+      base[key] = value
+
+
+def _set_dtype_fields(cfg: ml_collections.ConfigDict, dtype: str) -> None:
+  """Writes ``dtype`` into every field named 'dtype' of ``cfg`` and its sub-configs."""
+  for key, value in cfg.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      _set_dtype_fields(value, dtype)
+    elif key == "dtype":
+      cfg[key] = dtype
+
+
+def stage_model_config(config: ml_collections.ConfigDict, stage_name: str) -> ml_collections.ConfigDict:
+  """``config.model`` with the compute dtype (written into every ``dtype`` field of the model config) and the
+  stage's ``model_overrides`` applied."""
+  model_cfg = copy.deepcopy(config.model)
+  with model_cfg.unlocked():
+    _set_dtype_fields(model_cfg, str(config.compute_dtype))
+    apply_overrides(model_cfg, config.stages[stage_name].model_overrides, f"stages.{stage_name}.model_overrides")
+  return model_cfg

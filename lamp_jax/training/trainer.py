@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib
 import json
 import logging
 import os
@@ -31,6 +30,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lamp_jax import specs
+from lamp_jax import tokenizer as tokenizer_lib
+from lamp_jax.models import interface
+from lamp_jax.models import registry
 from lamp_jax.training import checkpoints as ckpt_lib
 from lamp_jax.training import defaults
 from lamp_jax.training import metrics as metrics_lib
@@ -49,49 +51,6 @@ class NonFiniteError(RuntimeError):
 # ------------------------------------------------------------------------------------------------ model --
 
 
-def import_model_library(config: ml_collections.ConfigDict):
-  try:
-    lib = importlib.import_module(config.model_module)
-  except ImportError as e:
-    raise ValueError(f"config field model_module={config.model_module!r} cannot be imported: {e}") from e
-  for fn in ("build", "init_params", "dummy_batch"):
-    if not hasattr(lib, fn):
-      raise ValueError(f"config field model_module={config.model_module!r} has no function {fn!r} "
-                       "(a model library exposes model_config, build, init_params, dummy_batch)")
-  return lib
-
-
-def apply_overrides(base: ml_collections.ConfigDict, overrides, field: str) -> None:
-  """Recursively writes ``overrides`` (dict / ConfigDict) into ``base``; unknown keys raise naming ``field``."""
-  for key, value in overrides.items():
-    if key not in base:
-      raise ValueError(f"config field {field}.{key} is not a field of the target config "
-                       f"(fields: {sorted(base.keys())})")
-    if isinstance(base[key], ml_collections.ConfigDict) and isinstance(value, (dict, ml_collections.ConfigDict)):
-      apply_overrides(base[key], value, f"{field}.{key}")
-    else:
-      base[key] = value
-
-
-def stage_model_config(config: ml_collections.ConfigDict, stage_name: str) -> ml_collections.ConfigDict:
-  """``config.model`` with the compute dtype and the stage's ``model_overrides`` applied."""
-  model_cfg = copy.deepcopy(config.model)
-  with model_cfg.unlocked():
-    if "dtype" in model_cfg:
-      model_cfg.dtype = config.compute_dtype
-    if "vlm" in model_cfg and isinstance(model_cfg.vlm, ml_collections.ConfigDict) and "dtype" in model_cfg.vlm:
-      model_cfg.vlm.dtype = config.compute_dtype
-    apply_overrides(model_cfg, config.stages[stage_name].model_overrides, f"stages.{stage_name}.model_overrides")
-  return model_cfg
-
-
-def unwrap_params(variables: Any) -> Any:
-  """``init_params`` may return the 'params' collection or ``{'params': ...}``."""
-  if isinstance(variables, dict) and set(variables.keys()) == {"params"}:
-    return variables["params"]
-  return variables
-
-
 # ------------------------------------------------------------------------------------------------- data --
 
 
@@ -100,20 +59,19 @@ def _is_numeric(x) -> bool:
 
 
 def text_length(config: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict) -> int:
-  """Token length: the model's ``max_token_len`` when it has one, else ``tokenizer.max_len``."""
-  return int(model_cfg.get("max_token_len", config.tokenizer.max_len))
+  """Token length: the model's token budget (``data_requirements.text_tokens``) when it reads text, else
+  ``tokenizer.max_len``."""
+  budget = registry.for_config(model_cfg).data_requirements(model_cfg).text_tokens
+  return int(budget) if budget else int(config.tokenizer.max_len)
 
 
 def make_tokenizer(config: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict):
   """The run's tokenizer; its vocabulary must fit the model's embedding (checked, naming the fields)."""
-  from lamp_jax import tokenizer as tokenizer_lib
-
   tok = tokenizer_lib.from_config(config.tokenizer)
-  vlm = model_cfg.get("vlm", None)
-  vocab = vlm.get("vocab_size", None) if isinstance(vlm, ml_collections.ConfigDict) else None
-  if vocab is not None and tok.vocab_size > int(vocab):
-    raise ValueError(f"config field model.vlm.vocab_size={vocab} is smaller than the vocabulary of "
-                     f"tokenizer.kind={config.tokenizer.kind!r} ({tok.vocab_size})")
+  vocab = registry.for_config(model_cfg).data_requirements(model_cfg).vocab_size
+  if vocab and tok.vocab_size > int(vocab):
+    raise ValueError(f"the model's token embedding has {vocab} rows (config model.*.vocab_size), fewer than the "
+                     f"vocabulary of tokenizer.kind={config.tokenizer.kind!r} ({tok.vocab_size})")
   return tok
 
 
@@ -134,8 +92,6 @@ class HostBatchPreparer:
   def __call__(self, batch: dict) -> dict:
     task = batch.get(specs.TASK)
     if isinstance(task, dict) and specs.LANGUAGE_INSTRUCTION in task and specs.TOKENS not in task:
-      from lamp_jax import tokenizer as tokenizer_lib
-
       if self._tokenizer is None:
         self._tokenizer = make_tokenizer(self.config, self.model_cfg)
       texts = list(np.asarray(task[specs.LANGUAGE_INSTRUCTION]).reshape(-1))
@@ -175,7 +131,7 @@ class SyntheticData:
 
   kind = "synthetic"
 
-  def __init__(self, lib, config: ml_collections.ConfigDict, local_batch_size: int, process_index: int):
+  def __init__(self, lib: interface.ModelLibrary, config: ml_collections.ConfigDict, local_batch_size: int, process_index: int):
     self.lib = lib
     self.config = config
     self.local_batch_size = local_batch_size
@@ -183,7 +139,7 @@ class SyntheticData:
     self.norm_stats = None
 
   def batches(self, stage_index: int, stage_name: str, offset: int) -> Iterator[dict]:
-    model_cfg = stage_model_config(self.config, stage_name)
+    model_cfg = defaults.stage_model_config(self.config, stage_name)
     step = offset
     while True:
       seed = int(np.random.SeedSequence([int(self.config.seed), stage_index, step, self.process_index])
@@ -216,7 +172,7 @@ class PipelineData:
     data_cfg = copy.deepcopy(self.config.data.pipeline)
     with data_cfg.unlocked():
       data_cfg.batch_size = int(self.config.data.global_batch_size)  # The pipeline splits it per process.
-      apply_overrides(data_cfg, self.config.stages[stage_name].data_overrides,
+      defaults.apply_overrides(data_cfg, self.config.stages[stage_name].data_overrides,
                       f"stages.{stage_name}.data_overrides")
     return data_cfg
 
@@ -330,6 +286,7 @@ class Trainer:
                eval_fn: Callable[["Trainer", state_lib.TrainState, int], dict] | None = None,
                mesh: Mesh | None = None, measure_matmul_roof: Callable[[str], float] | None = None):
     defaults.validate(config)
+    pretrained.active_entries(config)  # a required init path that is unset fails here, naming the field
     self.config = config
     enable_compilation_cache(str(config.compilation_cache_dir))
     self.workdir = os.path.abspath(workdir)
@@ -348,7 +305,7 @@ class Trainer:
                        f"processes ({self.process_count})")
     self.global_batch_size = gbs
     self.local_batch_size = gbs // self.process_count
-    self.lib = import_model_library(config)
+    self.lib = defaults.model_library(config)
     if data is None:
       if config.data.kind == "synthetic":
         data = SyntheticData(self.lib, config, self.local_batch_size, self.process_index)
@@ -377,7 +334,7 @@ class Trainer:
   def stage(self, index: int) -> Stage:
     name = self.config.stage_order[index]
     scfg = self.config.stages[name]
-    model_cfg = stage_model_config(self.config, name)
+    model_cfg = defaults.stage_model_config(self.config, name)
     decay_mask = None
     if not scfg.optimizer.decay_vectors:  # needs the logical axes (stacked layers) of the boxed params
       decay_mask = optim.weight_decay_mask(jax.eval_shape(self._init_params_fn(model_cfg), jax.random.key(0)))
@@ -400,9 +357,8 @@ class Trainer:
   def _init_params_fn(self, model_cfg) -> Callable[[jax.Array], Any]:
     init_batch = jax.tree.map(np.asarray, self.lib.dummy_batch(model_cfg, 1, 0))
     init_batch = HostBatchPreparer(self.config, model_cfg)(init_batch)
-    if hasattr(self.lib, "init_variables"):  # Boxed parameters: logical axis names -> sharding rules.
-      return lambda rng: unwrap_params(self.lib.init_variables(model_cfg, rng, init_batch))
-    return lambda rng: unwrap_params(self.lib.init_params(model_cfg, rng, init_batch))
+    # Boxed parameters: their logical axis names -> the sharding rules.
+    return lambda rng: self.lib.init_variables(model_cfg, rng, init_batch)["params"]
 
   def abstract_state(self, stage: Stage) -> tuple[state_lib.TrainState, state_lib.TrainState]:
     """(abstract ``TrainState`` of ShapeDtypeStructs, its NamedShardings) of a stage; nothing is allocated."""
@@ -437,9 +393,7 @@ class Trainer:
 
   def initial_state(self, stage: Stage) -> state_lib.TrainState:
     """A fresh state: random initialisation, then the pretrained weights of ``config.init`` (if any)."""
-    npz = pretrained.paligemma_npz_path(self.config)
-    if npz and "://" not in npz and not os.path.isfile(npz):  # Fail before initialising a large model.
-      raise FileNotFoundError(f"config field init.paligemma_npz: {npz} does not exist")
+    pretrained.check_paths(self.config)  # Fail before initialising a large model.
     state, shardings = state_lib.create_train_state(self.init_params_fn(stage), stage.tx,
                                                     jax.random.PRNGKey(int(self.config.seed)), self.mesh,
                                                     self.rules, use_ema=float(self.config.ema.decay) > 0)
@@ -487,15 +441,8 @@ class Trainer:
       self._roof = per_device * (self.process_count if on_cpu else jax.device_count())
     return self._roof or None
 
-  def flops_per_step(self, stage: Stage) -> float | None:
-    fn = getattr(self.lib, "analytic_flops", None)
-    if fn is None:
-      return None
-    try:
-      return float(fn(stage.model_cfg, self.global_batch_size, "train_step"))
-    except Exception as e:  # noqa: BLE001 - FLOP counts are informative only.
-      log.warning("analytic_flops failed: %s", e)
-      return None
+  def flops_per_step(self, stage: Stage) -> float:
+    return float(self.lib.analytic_flops(stage.model_cfg, self.global_batch_size, "train_step"))
 
   # -- the loop ----------------------------------------------------------------------------------------
 
