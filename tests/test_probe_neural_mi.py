@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from lamp_jax.probe import gaussian_tasks, ksg, mutual_information, neural_mi
+from lamp_jax.probe import arrays, gaussian_tasks, ksg, mutual_information, neural_mi
 
 SMALL = neural_mi.NeuralMIConfig(batch_size=256, max_steps=600, hidden_dim=64, depth=2, eval_every=50,
                                  patience=4)
@@ -48,7 +48,7 @@ def test_ba_diagonal_marginal_overstates_by_the_total_correlation():
   # Same seed, same trained q(a | z): the difference is the marginal term alone, H_diag - H_full of the
   # (z-scored) train actions = their sample total correlation.
   splits = neural_mi.split_indices(N, SMALL, seed=0)
-  a_train = ksg.standardize(a[splits.train], "a")
+  a_train = arrays.standardize(a[splits.train], "a")
   total_correlation = (neural_mi.gaussian_entropy_nats(a_train, diagonal=True)
                        - neural_mi.gaussian_entropy_nats(a_train, diagonal=False)) / np.log(2)
   np.testing.assert_allclose(diagonal.bits - full.bits, total_correlation, atol=1e-5)

@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import spatial, special
 
-from lamp_jax.probe import gaussian_tasks
+from lamp_jax.probe import arrays, gaussian_tasks
 
 LN2 = math.log(2.0)
 BACKENDS = ("brute", "kdtree")
@@ -92,37 +92,10 @@ class KSGResult:
   a_dim: int
 
 
-def flatten_latents(z: np.ndarray, name: str = "z") -> np.ndarray:
-  """float[N, ...] -> float64[N, D]: every per-sample axis (codes, code dims) flattened into one."""
-  z = np.asarray(z, np.float64)
-  if z.ndim == 1:
-    return z[:, None]
-  if z.ndim < 1 or z.shape[0] == 0:
-    raise ValueError(f"{name}: expected an array [N, ...] with N > 0, got shape {z.shape}")
-  return z.reshape(z.shape[0], -1)
-
-
-def standardize(x: np.ndarray, name: str) -> np.ndarray:
-  """Per-dimension z-score of float[N, D] on its own statistics; constant dimensions become 0 (not NaN)."""
-  if not np.all(np.isfinite(x)):
-    bad = np.argwhere(~np.isfinite(x))[0]
-    raise ValueError(f"{name}: non-finite value at index {tuple(int(i) for i in bad)}")
-  std = x.std(0)
-  return (x - x.mean(0)) / np.where(std > 0, std, 1.0)
-
-
 def random_projection(z: np.ndarray, projection_dim: int, seed: int) -> np.ndarray:
   """float[N, D] -> float[N, projection_dim] by a seeded Gaussian matrix with N(0, 1/projection_dim) entries."""
-  matrix = np.random.default_rng(seed).normal(size=(z.shape[1], projection_dim)) / math.sqrt(projection_dim)
+  matrix = np.random.default_rng([seed, 2]).normal(size=(z.shape[1], projection_dim)) / math.sqrt(projection_dim)
   return z @ matrix
-
-
-def paired_inputs(z: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Checks and flattens a pair of sample arrays: float64[N, Dz], float64[N, Da]."""
-  z, a = flatten_latents(z, "z"), flatten_latents(a, "a")
-  if z.shape[0] != a.shape[0]:
-    raise ValueError(f"z has {z.shape[0]} samples but a has {a.shape[0]}: they must be paired row by row")
-  return z, a
 
 
 def _kdtree_counts(z: np.ndarray, a: np.ndarray, k: int, workers: int) -> tuple[np.ndarray, ...]:
@@ -219,14 +192,14 @@ def ksg_mutual_information(z: np.ndarray, a: np.ndarray, config: KSGConfig = KSG
   Returns:
     A ``KSGResult``; ``bits`` may be slightly negative for independent variables (estimator noise).
   """
-  z, a = paired_inputs(z, a)
+  z, a = arrays.paired_inputs(z, a)
   rng = np.random.default_rng(seed)
   if config.max_points is not None and z.shape[0] > config.max_points:
     keep = np.sort(rng.choice(z.shape[0], config.max_points, replace=False))
     z, a = z[keep], a[keep]
-  z, a = standardize(z, "z"), standardize(a, "a")
+  z, a = arrays.standardize(z, "z"), arrays.standardize(a, "a")
   if config.projection_dim is not None and z.shape[1] > config.projection_dim:
-    z = standardize(random_projection(z, config.projection_dim, seed), "projected z")
+    z = arrays.standardize(random_projection(z, config.projection_dim, seed), "projected z")
   if config.jitter > 0:
     z = z + config.jitter * rng.normal(size=z.shape)
     a = a + config.jitter * rng.normal(size=a.shape)

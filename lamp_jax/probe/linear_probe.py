@@ -36,7 +36,7 @@ import numpy as np
 import optax
 
 from lamp_jax.models import layers
-from lamp_jax.probe import ksg, networks
+from lamp_jax.probe import arrays, networks
 
 SCHEDULES = ("cosine", "constant")
 
@@ -98,7 +98,7 @@ class PCA:
 
   def transform(self, x: np.ndarray) -> np.ndarray:
     """float[N, D] -> float64[N, K] coefficients."""
-    x = ksg.flatten_latents(x)
+    x = arrays.flatten_latents(x)
     if x.shape[1] != self.mean.shape[0]:
       raise ValueError(f"PCA fitted on {self.mean.shape[0]} dimensions was given {x.shape[1]}")
     return (x - self.mean) @ self.components.T
@@ -110,7 +110,7 @@ class PCA:
 
 def fit_pca(x: np.ndarray, n_components: int) -> PCA:
   """PCA of float[N, ...] (flattened per row) keeping min(n_components, D, N) components."""
-  x = ksg.flatten_latents(x, "PCA input")
+  x = arrays.flatten_latents(x, "PCA input")
   mean = x.mean(0)
   _, singular, vt = np.linalg.svd(x - mean, full_matrices=False)
   keep = min(n_components, vt.shape[0])
@@ -141,7 +141,7 @@ class LinearProbe:
 
   def features(self, x: np.ndarray) -> np.ndarray:
     """The probe's standardised inputs float32[N, K] (PCA coefficients when it has a PCA)."""
-    x = self.pca.transform(x) if self.pca is not None else ksg.flatten_latents(x, "probe input")
+    x = self.pca.transform(x) if self.pca is not None else arrays.flatten_latents(x, "probe input")
     return ((x - self.x_mean) / self.x_std).astype(np.float32)
 
   def predict(self, x: np.ndarray) -> np.ndarray:
@@ -164,7 +164,7 @@ def fit_linear_probe(x_train: np.ndarray, y_train: np.ndarray, config: LinearPro
                      seed: int = 0, pca_inputs: bool = True) -> LinearProbe:
   """Trains the affine probe x -> y on the train split (PCA of x first when ``pca_inputs`` and
   ``config.n_components``)."""
-  x_train, y_train = ksg.paired_inputs(x_train, y_train)
+  x_train, y_train = arrays.paired_inputs(x_train, y_train, ("probe input", "probe target"))
   pca = fit_pca(x_train, config.n_components) if pca_inputs and config.n_components is not None else None
   x = pca.transform(x_train) if pca is not None else x_train
   probe = LinearProbe(pca=pca, x_mean=x.mean(0), x_std=_safe_std(x), y_mean=y_train.mean(0), y_std=_safe_std(y_train),
@@ -214,7 +214,7 @@ def least_squares_predictor(probe: LinearProbe, x_train: np.ndarray, y_train: np
 
   The trained probe should approach it; a gap means too few steps (few rows per batch, few epochs)."""
   features = np.c_[probe.features(x_train).astype(np.float64), np.ones(len(x_train))]
-  coefficients = np.linalg.lstsq(features, ksg.flatten_latents(y_train), rcond=None)[0]
+  coefficients = np.linalg.lstsq(features, arrays.flatten_latents(y_train), rcond=None)[0]
   return lambda x: np.c_[probe.features(x).astype(np.float64), np.ones(len(x))] @ coefficients
 
 
@@ -252,7 +252,7 @@ def _score(probe: LinearProbe, x_train: np.ndarray, y_train: np.ndarray,
   closed_form = least_squares_predictor(probe, x_train, y_train)
   scores, per_dim, reference, rows = {}, {}, {}, {}
   for name, (x, y) in {"train": (x_train, y_train), **eval_sets}.items():
-    x, y = ksg.paired_inputs(x, y)
+    x, y = arrays.paired_inputs(x, y, ("probe input", "probe target"))
     scores[name], dims = nmse(probe.predict(x), y)
     reference[name] = nmse(closed_form(x), y)[0]
     per_dim[name], rows[name] = [float(v) for v in dims], int(x.shape[0])
@@ -286,9 +286,9 @@ def inverse_probe(z_train: np.ndarray, a_train: np.ndarray, eval_sets: Mapping[s
   """
   if "train" in eval_sets:
     raise ValueError("eval_sets: the name 'train' is reserved for the train split's own NMSE")
-  z_train = ksg.flatten_latents(z_train, "z_train")
+  z_train = arrays.flatten_latents(z_train, "z_train")
   pca = fit_pca(z_train, config.n_components) if config.n_components is not None else None
-  to_target = pca.transform if pca is not None else (lambda z: ksg.flatten_latents(z, "z"))
+  to_target = pca.transform if pca is not None else (lambda z: arrays.flatten_latents(z, "z"))
   probe = fit_linear_probe(a_train, to_target(z_train), config, seed, pca_inputs=False)
   swapped = {name: (a, to_target(z)) for name, (z, a) in eval_sets.items()}
   return _score(probe, a_train, to_target(z_train), swapped, pca)

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lamp_jax.probe import ksg, neural_mi
+from lamp_jax.probe import arrays, ksg, neural_mi
 
 METHODS = ("ksg", "ba", "mine")
 
@@ -113,7 +113,7 @@ def estimate_mutual_information(z: np.ndarray, a: np.ndarray, method: str, seeds
   seeds = tuple(int(s) for s in seeds)
   if not seeds:
     raise ValueError("seeds is empty: give at least one seed")
-  z, a = ksg.paired_inputs(z, a)
+  z, a = arrays.paired_inputs(z, a)
   bits, details, mismatch_bits = [], [], []
   for seed in seeds:
     value, info = _estimate_once(method, z, a, seed, ksg_config, neural_config)

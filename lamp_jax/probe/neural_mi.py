@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lamp_jax.probe import ksg, networks
+from lamp_jax.probe import arrays, networks
 
 LN2 = math.log(2.0)
 METHODS = ("ba", "mine")
@@ -247,7 +247,7 @@ def estimate(method: str, z: np.ndarray, a: np.ndarray, config: NeuralMIConfig =
     config: training settings.
     seed: seeds the split, the initialisation, the minibatches and the shuffles.
   """
-  z, a = ksg.paired_inputs(z, a)
+  z, a = arrays.paired_inputs(z, a)
   splits = split_indices(z.shape[0], config, seed)
   z_mean, z_std = z[splits.train].mean(0), z[splits.train].std(0)
   a_mean, a_std = a[splits.train].mean(0), a[splits.train].std(0)

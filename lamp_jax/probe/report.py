@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from lamp_jax.probe import codes as codes_lib
-from lamp_jax.probe import ksg, linear_probe, mutual_information, neural_mi
+from lamp_jax.probe import arrays, ksg, linear_probe, mutual_information, neural_mi
 
 REPORT_VERSION = 1
 
@@ -84,7 +84,7 @@ def run_probes(z: np.ndarray, actions: np.ndarray, split: np.ndarray, codes: np.
     'linear_probe' and 'inverse_probe' (NMSE per split, closed-form reference), 'codes', 'rows', 'config'.
   """
   config = config if config is not None else default_config()
-  z, actions = ksg.paired_inputs(z, actions)
+  z, actions = arrays.paired_inputs(z, actions, ("z", "actions"))
   split = np.asarray(split).astype(str).reshape(-1)
   if split.shape[0] != z.shape[0]:
     raise ValueError(f"split has {split.shape[0]} entries but z has {z.shape[0]} rows")
@@ -215,7 +215,7 @@ def plot_latent_pca(z: np.ndarray, actions: np.ndarray, path: str, action_dim: i
                     max_points: int = 5000, seed: int = 0) -> str:
   """2-D PCA embedding of z coloured by ``actions[:, action_dim]`` (at most ``max_points``); writes ``path``."""
   plt = _pyplot()
-  z, actions = ksg.paired_inputs(z, actions)
+  z, actions = arrays.paired_inputs(z, actions, ("z", "actions"))
   if not 0 <= action_dim < actions.shape[1]:
     raise ValueError(f"action_dim={action_dim} is outside the {actions.shape[1]} action dimensions")
   if z.shape[0] > max_points:
