@@ -20,8 +20,10 @@ MINE: I(z; a) >= E_P[T(z, a)] − log E_{P_z ⊗ P_a}[exp T(z, a)]   (Donsker–
       capped near log(batch) for very high MI.
 
 Defaults (``NeuralMIConfig()``) are the paper's (batch 1024, up to 8000 steps, AdamW lr 1e-3, weight decay
-1e-5, clip 1.0, MLP hidden 1024, depth 4) and are sized for an accelerator: on a 2-core CPU one MINE step at
-these sizes costs tens of milliseconds per shuffle; tests use hidden 32-64, a few hundred steps.
+1e-5, clip 1.0, MLP hidden 1024, depth 4) and are sized for an accelerator: with a 512-d latent, one step took
+0.27 CPU-s (BA) and 1.4 CPU-s (MINE, 4 shuffles) on the 2-core CPU box, i.e. 36 min / 3.2 h for 8000 steps.
+On a CPU use e.g. hidden 256, depth 3, batch 512, 3000 steps (11 / 47 CPU-ms per step); the tests use
+hidden 64, depth 2, 600 steps.
 """
 
 from __future__ import annotations
