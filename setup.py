@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "ml_collections==1.1.0",
     "absl-py==2.5.1",
     "numpy>=1.26,<3",
+    "scipy==1.17.1",  # also a jax dependency; lamp_jax.probe imports it directly (KD-trees, digamma)
     "tensorflow-cpu==2.21.0",
     "tensorflow-datasets==4.9.10",
     "mujoco==4.0.0",
