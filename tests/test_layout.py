@@ -19,6 +19,7 @@ ALLOWED = {
     "data": {"specs"},
     "sim": {"specs"},
     "serving": set(),
+    "probe": {"models"},
     "libero": {"sim", "specs"},
     "training": {"models", "data", "specs", "tokenizer"},
     "perf": {"training", "models", "data", "specs", "tokenizer"},
