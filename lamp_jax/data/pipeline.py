@@ -92,12 +92,18 @@ def mixture_weights(data_cfg, stats: dict) -> np.ndarray:
   return weights / weights.sum()
 
 
+# Cut points of make_dataset(stop_after=...) for the per-stage profile (lamp_jax.data.profile), in order.
+STAGES = ("read", "parse", "shuffle", "decode", "augment", "batch")
+
+
 def _frames(opened, stats, data_cfg, *, which, seed, process_index, process_count, threads, counter, train,
-            repeat):
+            repeat, stop_after=""):
   files = rlds.file_instructions(opened, which, data_cfg.val_fraction)
   files, record_shard = rlds.shard_for_process(files, process_index, process_count)
   ds = rlds.episode_dataset(opened, files, data_cfg=data_cfg, seed=seed, shuffle=True, repeat=repeat,
                             counter=counter, record_shard=record_shard)
+  if stop_after == "read":
+    return ds
 
   @_graph_fn
   def episode(file_index, episode_index, serialized):
@@ -142,8 +148,15 @@ class DataIterator:
 
 
 def make_dataset(data_cfg, *, seed: int, process_index=None, process_count=None, train=True, repeat=True,
-                 start_batch: int = 0):
-  """Build the tf.data pipeline. Returns (dataset, statistics, weights, skip counter, per-process batch)."""
+                 start_batch: int = 0, stop_after: str = ""):
+  """Build the tf.data pipeline. Returns (dataset, statistics, weights, skip counter, per-process batch).
+
+  ``stop_after`` (one of :data:`STAGES`, '' = the whole pipeline) cuts it after that stage for the per-stage
+  profile: 'read' yields serialized episodes, 'parse' / 'shuffle' encoded frames, 'decode' decoded but not
+  augmented frames, 'augment' finished frames, 'batch' batches (no prefetch).
+  """
+  if stop_after and stop_after not in STAGES:
+    raise ValueError(f"stop_after='{stop_after}' is not one of {STAGES}")
   if process_index is None or process_count is None:
     import jax
 
@@ -172,7 +185,7 @@ def make_dataset(data_cfg, *, seed: int, process_index=None, process_count=None,
   frames = [
       _frames(opened, statistics[opened.name], data_cfg, which="train" if train else "val",
               seed=_derive_seed(base, i), process_index=process_index, process_count=process_count,
-              threads=threads[i], counter=counter, train=train, repeat=repeat)
+              threads=threads[i], counter=counter, train=train, repeat=repeat, stop_after=stop_after)
       for i, opened in enumerate(opened_list)
   ]
   if len(frames) == 1:
@@ -181,13 +194,22 @@ def make_dataset(data_cfg, *, seed: int, process_index=None, process_count=None,
     keep = [i for i, w in enumerate(weights) if w > 0]
     ds = tf.data.Dataset.sample_from_datasets([frames[i] for i in keep], [float(weights[i]) for i in keep],
                                               seed=_derive_seed(base, 2), stop_on_empty_dataset=False)
+  if stop_after in ("read", "parse"):
+    return ds, statistics, weights, counter, per_process_batch
   if train and data_cfg.shuffle_buffer_size > 1:
     ds = ds.shuffle(int(data_cfg.shuffle_buffer_size), seed=_derive_seed(base, 3),
                     reshuffle_each_iteration=True)
+  if stop_after == "shuffle":
+    return ds, statistics, weights, counter, per_process_batch
   ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=_derive_seed(base, 4)).batch(2))
-  ds = ds.map(_graph_fn(lambda frame, s: frame_transforms.decode_and_augment(frame, s, data_cfg, train)),
+  augment = train and stop_after != "decode"
+  ds = ds.map(_graph_fn(lambda frame, s: frame_transforms.decode_and_augment(frame, s, data_cfg, augment)),
               num_parallel_calls=max(1, int(data_cfg.num_parallel_calls)))
+  if stop_after in ("decode", "augment"):
+    return ds, statistics, weights, counter, per_process_batch
   ds = ds.batch(per_process_batch, drop_remainder=True)
+  if stop_after == "batch":
+    return ds, statistics, weights, counter, per_process_batch
   if start_batch and data_cfg.resume_mode == "skip":
     ds = ds.skip(int(start_batch))
   elif data_cfg.resume_mode not in ("skip", "reseed"):
