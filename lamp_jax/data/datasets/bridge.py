@@ -47,7 +47,6 @@ datasets.register(datasets.Standardization(
     requirements=requirements,
     # Octo maps primary=image_0, secondary=image_1; image_3 is Bridge's wrist camera (mostly missing).
     image_keys={"image_primary": "image_0", "image_secondary": "image_1", "image_wrist": "image_3"},
-    finite_keys=("steps/action", "steps/observation/state"),
     action_keys=("steps/action",),
     instruction_key="steps/language_instruction",
     action_normalization_mask=(True,) * 6 + (False,),

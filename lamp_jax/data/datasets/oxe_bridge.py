@@ -47,7 +47,6 @@ datasets.register(datasets.Standardization(
     fn=standardize,
     requirements=requirements,
     image_keys={"image_primary": "image", "image_secondary": "", "image_wrist": ""},
-    finite_keys=("steps/action/world_vector", "steps/action/rotation_delta", "steps/observation/state"),
     action_keys=("steps/action/world_vector", "steps/action/rotation_delta"),
     instruction_key="steps/observation/natural_language_instruction",
     action_normalization_mask=(True,) * 6 + (False,),
