@@ -13,7 +13,9 @@ False), episode validation on.
 
 Every measurement runs in its own subprocess (``--worker``) so that no other pipeline's threads share its CPU
 time: a round is ours, then Octo's when the ``octo`` package (with dlimp) imports, interleaved over ``--rounds``
-rounds; medians are reported. Octo is not on PyPI and does not install next to this project's TensorFlow, so
+rounds; medians are reported. ``--compare_repo=PATH`` adds a third pipeline: another lamp_jax checkout (e.g. main
+before a change) timed the same way, interleaved; on a busy machine its ratio to ours is the robust comparison.
+Octo is not on PyPI and does not install next to this project's TensorFlow, so
 here only our pipeline runs and the comparison is with ``OCTO_ANCHORS``: Octo + dlimp (TF 2.15) measured side by
 side with our pipeline on this kind of machine (2 cores) with the settings above. The goal is at least twice
 Octo's frames/s and at most 0.75x its CPU-s per 1000 frames; CPU-s per frame is the robust figure on a shared
@@ -101,6 +103,32 @@ def worker_ours(args) -> dict:
   return _time_batches(iterator, args.warmup, args.batches, cfg.batch_size)
 
 
+# The 'ours' worker as a self-contained script, for ``--compare_repo`` (another lamp_jax checkout, e.g. main before a
+# change): only the public data API, so that it runs against older versions too.
+_COMPARE_WORKER = """
+import json, sys, time
+from lamp_jax.data import config as c, pipeline
+version_dir, cameras, batches, warmup, stats_dir, seed = sys.argv[1:7]
+cfg = c.default_data_config()
+cfg.datasets = [c.dataset_entry({name!r}, data_dir=version_dir, standardize='bridge_dataset')]
+cfg.batch_size, cfg.window_size, cfg.action_horizon, cfg.image_size = 32, 1, 10, (224, 224)
+cfg.cameras = ('image_primary',) if cameras == '1' else ('image_primary', 'image_secondary')
+cfg.augment_cameras = tuple(cfg.cameras)
+if 'scene_flow' in cfg:
+  cfg.scene_flow = False
+cfg.shuffle_buffer_size, cfg.val_fraction, cfg.stats_cache_dir = 1000, 0.0, stats_dir
+it = pipeline.make_train_iterator(cfg, seed=int(seed), process_index=0, process_count=1)
+for _ in range(int(warmup)):
+  next(it)
+wall, cpu = time.perf_counter(), time.process_time()
+for _ in range(int(batches)):
+  next(it)
+wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+frames = int(batches) * 32
+print(json.dumps({{'frames_per_s': round(frames / wall, 2), 'cpu_s_per_1000_frames': round(1000 * cpu / frames, 3)}}))
+""".format(name=NAME)
+
+
 def octo_available() -> bool:
   import importlib.util
 
@@ -140,10 +168,17 @@ def statistics_pass_seconds(version_dir: str, cameras: int) -> float:
 
 
 def _run_worker(kind: str, args) -> dict:
-  command = [sys.executable, "-m", "lamp_jax.data.bench", f"--worker={kind}", f"--version_dir={args.version_dir}",
-             f"--cameras={args.cameras}", f"--batches={args.batches}", f"--warmup={args.warmup}",
-             f"--seed={args.seed}", f"--stats_dir={args.stats_dir}"]
-  out = subprocess.run(command, capture_output=True, text=True, check=False)
+  env = None
+  if kind == "compare":
+    command = [sys.executable, "-c", _COMPARE_WORKER, args.version_dir, str(args.cameras), str(args.batches),
+               str(args.warmup), args.stats_dir + "_compare", str(args.seed)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.abspath(args.compare_repo)] +
+                                                      [p for p in [os.environ.get("PYTHONPATH", "")] if p]))
+  else:
+    command = [sys.executable, "-m", "lamp_jax.data.bench", f"--worker={kind}", f"--version_dir={args.version_dir}",
+               f"--cameras={args.cameras}", f"--batches={args.batches}", f"--warmup={args.warmup}",
+               f"--seed={args.seed}", f"--stats_dir={args.stats_dir}"]
+  out = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
   if out.returncode:
     raise RuntimeError(f"benchmark worker '{kind}' failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -158,6 +193,9 @@ def main(argv=None) -> dict:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--data_dir", default="", help="keep the dataset here (default: a temporary directory)")
   parser.add_argument("--profile", action="store_true", help="also run the per-stage profile of our pipeline")
+  parser.add_argument("--compare_repo", default="",
+                      help="also time the pipeline of another lamp_jax checkout (e.g. main before a change), "
+                           "interleaved; reported as 'compare' with its ratios to ours")
   parser.add_argument("--profile_frames", type=int, default=2048)
   parser.add_argument("--worker", default="", choices=["", "ours", "octo"], help=argparse.SUPPRESS)
   parser.add_argument("--version_dir", default="", help=argparse.SUPPRESS)
@@ -180,7 +218,7 @@ def main(argv=None) -> dict:
                            "warmup": args.warmup, "rounds": args.rounds, "cpu_count": os.cpu_count()}}
     report["statistics_pass_s"] = round(statistics_pass_seconds(args.version_dir, args.cameras), 3)
     args.stats_dir = os.path.join(root, "statistics")
-    kinds = ["ours"] + (["octo"] if octo_available() else [])
+    kinds = ["ours"] + (["octo"] if octo_available() else []) + (["compare"] if args.compare_repo else [])
     for kind in kinds:  # statistics into the cache, compilation caches warm: not timed
       _run_worker(kind, argparse.Namespace(**{**vars(args), "batches": 1, "warmup": 1}))
     runs: dict[str, list] = {kind: [] for kind in kinds}
@@ -205,6 +243,11 @@ def main(argv=None) -> dict:
         "cpu_ratio": round(ours["cpu_s_per_1000_frames"] / octo["cpu_s_per_1000_frames"], 3),
         "goal": GOAL,
     }
+    if "compare" in report:
+      report["compare"]["repo"] = os.path.abspath(args.compare_repo)
+      report["vs_compare"] = {
+          "frames_per_s_ratio": round(ours["frames_per_s"] / report["compare"]["frames_per_s"], 3),
+          "cpu_ratio": round(ours["cpu_s_per_1000_frames"] / report["compare"]["cpu_s_per_1000_frames"], 3)}
     report["vs_octo"]["goal_met"] = bool(report["vs_octo"]["frames_per_s_ratio"] >= GOAL["frames_per_s_ratio"] and
                                          report["vs_octo"]["cpu_ratio"] <= GOAL["cpu_ratio"])
     if args.profile:

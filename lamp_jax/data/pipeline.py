@@ -20,7 +20,10 @@ Per-process seeds: every process folds its ``process_index`` into the seed and r
 
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -116,10 +119,37 @@ def _frames(opened, stats, data_cfg, *, which, seed, process_index, process_coun
     ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=_derive_seed(seed, 1)).batch(2))
     ds = ds.map(_graph_fn(lambda traj, s: traj_transforms.subsample(traj, int(data_cfg.subsample_length), s)),
                 num_parallel_calls=threads[1])
+  future_offsets = tuple(int(k) for k in data_cfg.get("future_offsets", ()))
+  future_cameras = tuple(data_cfg.get("future_cameras", ()))
   ds = ds.map(_graph_fn(lambda traj: traj_transforms.chunk(traj, int(data_cfg.window_size),
-                                                           int(data_cfg.action_horizon))),
+                                                           int(data_cfg.action_horizon), future_offsets,
+                                                           future_cameras)),
               num_parallel_calls=threads[1])
   return ds.unbatch()
+
+
+def _batch(ds: tf.data.Dataset, batch_size: int, data_cfg) -> tf.data.Dataset:
+  """Batch frames; scene-flow placeholders of datasets without labels (K = 1) are padded to K (zeros / False)."""
+  if not data_cfg.get("scene_flow", True):
+    return ds.batch(batch_size, drop_remainder=True)
+  k, t = int(data_cfg.scene_flow_num_points), int(data_cfg.scene_flow_horizon)
+  flow_shapes = {specs.SCENE_FLOW: [k, t, 3], specs.SCENE_FLOW_QUERY: [k, 3], specs.SCENE_FLOW_MASK: [k, t],
+                 specs.SCENE_FLOW_QUERY_MASK: [k]}
+  shapes = {key: flow_shapes.get(key, spec.shape) if not isinstance(spec, dict) else
+            tf.nest.map_structure(lambda x: x.shape, spec) for key, spec in ds.element_spec.items()}
+  return ds.padded_batch(batch_size, padded_shapes=shapes, drop_remainder=True)
+
+
+_LIVE_ITERATORS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_iterators() -> None:
+  """Stop every pipeline's threads before the interpreter shuts down: a tf.data thread still calling into Python
+  (the host augmentation, the episode reader) while Python finalises aborts the process."""
+  for iterator in list(_LIVE_ITERATORS):
+    iterator.close()
+  gc.collect()
 
 
 class DataIterator:
@@ -133,11 +163,18 @@ class DataIterator:
     self.names = names
     self.per_process_batch = per_process_batch
     self._iterator = dataset.as_numpy_iterator()
+    _LIVE_ITERATORS.add(self)
+
+  def close(self) -> None:
+    """Stop the pipeline's background threads (the iterator cannot be used afterwards)."""
+    self._iterator = None
 
   def __iter__(self):
     return self
 
   def __next__(self):
+    if self._iterator is None:
+      raise StopIteration
     try:
       return next(self._iterator)
     except tf.errors.OpError as exc:
@@ -168,6 +205,12 @@ def make_dataset(data_cfg, *, seed: int, process_index=None, process_count=None,
   unknown = set(data_cfg.cameras) - set(specs.IMAGE_KEYS)
   if unknown:
     raise errors.DataError(f"data.cameras has unknown keys {sorted(unknown)} (allowed: {specs.IMAGE_KEYS})")
+  not_read = set(data_cfg.get("future_cameras", ())) - set(data_cfg.cameras)
+  if not_read:
+    raise errors.DataError(f"data.future_cameras has {sorted(not_read)}, not in data.cameras {tuple(data_cfg.cameras)}"
+                           " (future frames get the augmentation of the camera's current frame)")
+  if any(int(k) < 1 for k in data_cfg.get("future_offsets", ())):
+    raise errors.DataError(f"data.future_offsets={tuple(data_cfg.future_offsets)}: every offset must be >= 1")
   for field in ("action_normalization", "proprio_normalization"):
     if data_cfg[field] not in normalization.MODES:
       raise errors.DataError(f"data.{field}='{data_cfg[field]}' is not one of {normalization.MODES}")
@@ -207,7 +250,7 @@ def make_dataset(data_cfg, *, seed: int, process_index=None, process_count=None,
               num_parallel_calls=max(1, int(data_cfg.num_parallel_calls)))
   if stop_after in ("decode", "augment"):
     return ds, statistics, weights, counter, per_process_batch
-  ds = ds.batch(per_process_batch, drop_remainder=True)
+  ds = _batch(ds, per_process_batch, data_cfg)
   if stop_after == "batch":
     return ds, statistics, weights, counter, per_process_batch
   if start_batch and data_cfg.resume_mode == "skip":

@@ -231,7 +231,9 @@ def open_dataset(entry, data_cfg) -> OpenedDataset:
     raise errors.DataError(f"unknown standardize_kwargs {sorted(unknown)} for standardisation "
                            f"'{standardization.name}'", dataset=entry.name)
   serialized = _flatten(builder.info.features.get_serialized_info())
-  requirements = dict(standardization.requirements(data_cfg, image_keys))
+  # Only the cameras the pipeline emits are read (and checked): data.cameras.
+  read_keys = {camera: key for camera, key in image_keys.items() if camera in tuple(data_cfg.cameras)}
+  requirements = dict(standardization.requirements(data_cfg, read_keys))
   optical_flow_key = ""
   if data_cfg.get("optical_flow", False) and standardization.optical_flow_key:
     flow_key = f"steps/observation/{standardization.optical_flow_key}"

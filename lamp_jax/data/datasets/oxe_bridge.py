@@ -46,7 +46,7 @@ datasets.register(datasets.Standardization(
     name="bridge",
     fn=standardize,
     requirements=requirements,
-    image_keys={"image_primary": "image", "image_secondary": "", "image_wrist": ""},
+    image_keys={"image_primary": "image", "image_secondary": "", "image_tertiary": "", "image_wrist": ""},
     action_keys=("steps/action/world_vector", "steps/action/rotation_delta"),
     instruction_key="steps/observation/natural_language_instruction",
     action_normalization_mask=(True,) * 6 + (False,),
