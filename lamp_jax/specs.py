@@ -47,6 +47,11 @@ Batch (a nested dict of numpy / jax arrays):
                                                    optical flow of the primary camera from t to t + k
   has_optical_flow     bool[B]                      (with optical_flow) False where the dataset has none
 
+What a model reads from this contract is declared once, as a :class:`DataRequirements` (cameras, image size,
+window, action horizon / dims, proprio dim, scene-flow (K, T), future-frame offsets and cameras, optical flow,
+whether actions are optional); ``lamp_jax.data.config.from_requirements`` builds the data config that produces
+it and ``check_requirements`` lists every data field that does not.
+
 UVD convention (owned here, used by the simulator, the data pipeline and the Motion Expert):
   * camera frame: OpenCV — x right, y down, z forward (along the optical axis).
   * u = x_pixel / image_width, v = y_pixel / image_height, both in [0, 1] for points inside the image, with

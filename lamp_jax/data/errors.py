@@ -113,5 +113,9 @@ def reraise_from_tf(exc: Exception, context: str) -> None:
     msg = text[text.index(MESSAGE_MARKER) + len(MESSAGE_MARKER):].strip()
     msg = msg.split("\n")[0].split("\t")[0]
     raise DataError(msg) from exc
-  raise DataError(f"{context}: TensorFlow error while reading data: {text.splitlines()[0] if text else exc!r}") \
-      from exc
+  first = text.splitlines()[0] if text else repr(exc)
+  if any(marker in text for marker in ("jpeg", "JPEG", "PNG", "DecodeImage", "DecodeJpeg", "DecodePng")):
+    raise DataError(f"{context}: an image failed to decode although its header passed the reader's checks "
+                    f"(lamp_jax.data.image_headers), so its file and episode are not known here: {first}",
+                    kind=CORRUPT_IMAGE) from exc
+  raise DataError(f"{context}: TensorFlow error while reading data: {first}") from exc

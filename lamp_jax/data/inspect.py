@@ -168,7 +168,8 @@ def main(argv=None) -> dict:
       "image_size": list(data_cfg.image_size), "augment": bool(data_cfg.augment and args.split == "train"),
       "action_horizon": int(data_cfg.action_horizon), "cpu_count": os.cpu_count(),
   }
-  report["skipped"] = iterator.skip_counts()
+  report["skipped"] = iterator.skip_counts()  # distinct bad episodes / files per dataset and kind
+  report["skipped_occurrences"] = iterator.skips.occurrences()  # every skip, pass after pass
   if args.profile:
     from lamp_jax.data import profile
 

@@ -3,10 +3,11 @@
 Per dataset (episode level, threads allocated by mixture weight):
   host-validated episode records (rlds.episode_dataset: this process's files, seeded file order, round-robin)
   -> decode + standardise + normalise + pad (traj_transforms.standard_trajectory)
-  -> optional subsample -> chunk (windows, action chunks, pad masks) -> unbatch to frames
+  -> chunk (windows, action chunks, future frames, pad masks) -> optional subsample -> unbatch to frames
 Mixture (frame level, images still encoded):
-  sample_from_datasets(weights) -> shuffle(shuffle_buffer_size) -> decode/resize/augment (frame_transforms)
-  -> batch(global batch / process_count, drop_remainder) -> prefetch
+  sample_from_datasets(weights) -> shuffle(shuffle_buffer_size) -> decode/resize/augment (frame_transforms;
+  the train-time crop and colour jitter on the host in OpenCV: augment) -> batch(global batch / process_count,
+  drop_remainder; scene-flow placeholders padded to K) -> prefetch
 The iterator yields numpy batches in the layout of lamp_jax/specs.py (language as bytes, host only);
 :func:`to_global_batch` turns one into global ``jax.Array``s on the mesh's data axes.
 
@@ -115,16 +116,16 @@ def _frames(opened, stats, data_cfg, *, which, seed, process_index, process_coun
     return traj_transforms.standard_trajectory(opened, steps, metadata, data_cfg, stats)
 
   ds = ds.map(episode, num_parallel_calls=threads[0])
-  if int(data_cfg.subsample_length) > 0 and train:
-    ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=_derive_seed(seed, 1)).batch(2))
-    ds = ds.map(_graph_fn(lambda traj, s: traj_transforms.subsample(traj, int(data_cfg.subsample_length), s)),
-                num_parallel_calls=threads[1])
   future_offsets = tuple(int(k) for k in data_cfg.get("future_offsets", ()))
   future_cameras = tuple(data_cfg.get("future_cameras", ()))
   ds = ds.map(_graph_fn(lambda traj: traj_transforms.chunk(traj, int(data_cfg.window_size),
                                                            int(data_cfg.action_horizon), future_offsets,
                                                            future_cameras)),
               num_parallel_calls=threads[1])
+  if int(data_cfg.subsample_length) > 0 and train:  # after chunking: kept steps keep their true chunks
+    ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=_derive_seed(seed, 1)).batch(2))
+    ds = ds.map(_graph_fn(lambda frames, s: traj_transforms.subsample(frames, int(data_cfg.subsample_length), s)),
+                num_parallel_calls=threads[1])
   return ds.unbatch()
 
 

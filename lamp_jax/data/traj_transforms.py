@@ -95,16 +95,21 @@ def standard_trajectory(opened, steps, metadata, data_cfg, stats) -> dict:
   return out
 
 
-def subsample(traj: dict, max_length: int, seed: tf.Tensor) -> dict:
-  """Keep a seeded random subset of ``max_length`` steps (in order) when the episode is longer (Octo)."""
-  length = tf.shape(traj["action"])[0]
+def subsample(frames: dict, max_length: int, seed: tf.Tensor) -> dict:
+  """Keep a seeded random subset of ``max_length`` steps (in order) of a longer episode (Octo).
+
+  Applied to the CHUNKED per-step examples (nested dict of [L, ...] tensors), as Octo does, so every kept step
+  keeps its true action chunk, window and future frames (subsampling before chunking would build chunks from
+  non-consecutive steps).
+  """
+  length = tf.shape(frames[specs.ACTION])[0]
 
   def pick():
     keys = tf.random.stateless_uniform([length], seed=seed)
     keep = tf.sort(tf.math.top_k(keys, k=max_length).indices)
-    return {k: tf.gather(v, keep) for k, v in traj.items()}
+    return tf.nest.map_structure(lambda v: tf.gather(v, keep), frames)
 
-  return tf.cond(length > max_length, pick, lambda: dict(traj))
+  return tf.cond(length > max_length, pick, lambda: tf.nest.map_structure(tf.identity, frames))
 
 
 def chunk_indices(length: tf.Tensor, window: int, horizon: int):
