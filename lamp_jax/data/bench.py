@@ -49,7 +49,7 @@ BASELINE = {1: {"frames_per_s": 125.0, "cpu_s_per_1000_frames": 6.15},
 GOAL = {"frames_per_s_ratio": 2.0, "cpu_ratio": 0.75}
 
 
-def build_dataset(root: str) -> str:
+def build_dataset(root: str, episodes: int = EPISODES, image_size: int = IMAGE_SIZE) -> str:
   """Write the benchmark's Bridge-layout dataset under ``root`` (once). Returns its version directory."""
   import numpy as np
 
@@ -59,10 +59,10 @@ def build_dataset(root: str) -> str:
   if os.path.exists(os.path.join(version_dir, "dataset_info.json")):
     return version_dir
   rng = np.random.default_rng(0)
-  size = (IMAGE_SIZE, IMAGE_SIZE)
-  lengths = rng.integers(int(LENGTH * 0.7), int(LENGTH * 1.3) + 1, EPISODES)
-  episodes = [synthetic.bridge_episode(rng, i, int(n), size, missing_cameras=(2, 3)) for i, n in enumerate(lengths)]
-  return synthetic.write(NAME, root, synthetic.bridge_features(size), episodes, num_shards=NUM_SHARDS)
+  size = (image_size, image_size)
+  lengths = rng.integers(int(LENGTH * 0.7), int(LENGTH * 1.3) + 1, episodes)
+  data = [synthetic.bridge_episode(rng, i, int(n), size, missing_cameras=(2, 3)) for i, n in enumerate(lengths)]
+  return synthetic.write(NAME, root, synthetic.bridge_features(size), data, num_shards=min(NUM_SHARDS, episodes))
 
 
 def data_config(version_dir: str, cameras: int, stats_dir: str):
@@ -197,7 +197,9 @@ def main(argv=None) -> dict:
                       help="also time the pipeline of another lamp_jax checkout (e.g. main before a change), "
                            "interleaved; reported as 'compare' with its ratios to ours")
   parser.add_argument("--profile_frames", type=int, default=2048)
-  parser.add_argument("--worker", default="", choices=["", "ours", "octo"], help=argparse.SUPPRESS)
+  parser.add_argument("--episodes", type=int, default=EPISODES, help="(smoke tests only) episodes of the dataset")
+  parser.add_argument("--image_size", type=int, default=IMAGE_SIZE, help="(smoke tests only) stored image size")
+  parser.add_argument("--worker", default="", choices=["", "ours", "octo", "compare"], help=argparse.SUPPRESS)
   parser.add_argument("--version_dir", default="", help=argparse.SUPPRESS)
   parser.add_argument("--stats_dir", default="", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -210,8 +212,8 @@ def main(argv=None) -> dict:
   root = os.path.expanduser(args.data_dir) if args.data_dir else tempfile.mkdtemp(prefix="lamp_data_bench_")
   try:
     start = time.perf_counter()
-    args.version_dir = build_dataset(root)
-    report = {"dataset": {"directory": args.version_dir, "episodes": EPISODES, "image_size": IMAGE_SIZE,
+    args.version_dir = build_dataset(root, args.episodes, args.image_size)
+    report = {"dataset": {"directory": args.version_dir, "episodes": args.episodes, "image_size": args.image_size,
                           "build_s": round(time.perf_counter() - start, 1)},
               "settings": {"cameras": args.cameras, "batch_size": 32, "window": 1, "action_horizon": 10,
                            "shuffle_buffer_size": 1000, "image_size": 224, "batches": args.batches,
