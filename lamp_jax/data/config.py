@@ -108,9 +108,13 @@ def default_data_config() -> ml_collections.ConfigDict:
   cfg.num_parallel_calls = 8  # threads for trajectory transforms (split by weight) and frame decode
   cfg.prefetch = 2  # batches
   cfg.ram_budget_gb = 0  # >0: tf.data autotune RAM budget
-  cfg.validate_episodes = True  # check every episode's keys/shapes/finite values on the host (names the file)
+  # Check every episode on the host the first time it is read: keys, shapes, NaN / inf in every float key, image
+  # headers (truncated / corrupt images), length; errors name the file, episode and key (or are counted skips).
+  cfg.validate_episodes = True
   # --- robustness / reproducibility ---------------------------------------------------------------------------
-  cfg.skip_bad = False  # True: bad episodes/files are counted and logged instead of raising DataError
+  # True: bad episodes / files are counted (once per dataset; per pass in SkipCounter.occurrences) and logged
+  # instead of raising DataError.
+  cfg.skip_bad = False
   cfg.deterministic = False  # fixed seed + deterministic tf.data ordering (slower: no out-of-order maps)
   # Resuming in deterministic mode: 'skip' = produce and drop start_batch batches (the exact same stream);
   # 'reseed' = fold start_batch into the seed (instant, reproducible, but a different stream than uninterrupted).
@@ -121,7 +125,8 @@ def default_data_config() -> ml_collections.ConfigDict:
 def for_model(model_cfg, batch_size: int) -> ml_collections.ConfigDict:
   """``default_data_config`` with the fields a LaMP model fixes: one frame (window 1), its action horizon, action
   / proprio dims, image size and cameras; scene-flow K / T as field references to ``model_cfg.motion`` (an
-  override of the model's num_keypoints / num_steps reaches the data)."""
+  override of the model's num_keypoints / num_steps reaches the data). Kept until its callers move to
+  :func:`from_requirements`, which gives the same config from the model's ``specs.DataRequirements``."""
   d = default_data_config()
   d.batch_size = batch_size
   d.window_size = 1
