@@ -7,7 +7,7 @@ Chunk indexing (checked against hand-computed trajectories in tests/test_data_tr
   observation window   indices t - W + 1 .. t, clamped to >= 0; timestep_pad_mask = index >= 0
   action chunk         indices t .. t + H - 1, clamped to <= L - 1 (the last action is repeated);
                        action_pad_mask = index <= L - 1 (and False on padded action dims)
-DESIGN.md notes a reported off-by-two in Octo's chunk indexing; ours is checked step by step against
+Octo's chunk indexing has a reported off-by-two; ours is checked step by step against
 hand-computed trajectories: the chunk of step 0 holds the episode's first min(H, L) real actions, the chunk of
 step L - 1 is [a_{L-1}] followed by H - 1 padded repeats.
 Future frames (``data.future_offsets`` k_1..k_F, cameras ``data.future_cameras``), for step t:
