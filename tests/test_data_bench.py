@@ -15,6 +15,7 @@ from lamp_jax.data import bench, pipeline, profile, synthetic
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # builds the pipeline six times (~25 s on a quiet 2-core box, 120 s on a loaded one)
 def test_stage_profile_rows(tmp_path):
   rng = np.random.default_rng(0)
   episodes = [synthetic.bridge_episode(rng, i, n, (20, 20), missing_cameras=(2, 3)) for i, n in enumerate([5, 7, 6])]
