@@ -28,6 +28,7 @@ INSTALL_REQUIRES = [
     "imageio-ffmpeg==0.8.1",
     "tensorboardX==2.6.5",
     "pillow==13.0.0",
+    "opencv-python-headless==4.14.0.94",  # train-time crop + colour jitter (lamp_jax/data/augment.py)
     "importlib_resources==7.1.0",  # tfds.dataset_builders.store_as_tfds_dataset imports it
 ]
 
