@@ -31,8 +31,10 @@ Batch (a nested dict of numpy / jax arrays):
                                                    occluded) at that step
   scene_flow_query_mask bool[B, K]                  True where the query point has valid depth
   has_scene_flow       bool[B]                      False for samples without motion labels (loss masked)
-  optical_flow         uint8[B, Himg, Wimg, 3]      (optional, when data.optical_flow is on) HSV-encoded dense
-                                                   optical flow of the primary camera from t to t + k
+  optical_flow         uint8[B, Himg, Wimg, 3]      (optional, when data.optical_flow is on) flow image of the
+                                                   primary camera's dense optical flow from t to t + k
+                                                   (lamp_jax.flow_image: hue = direction, saturation =
+                                                   magnitude, value 1; zero flow is white)
   has_optical_flow     bool[B]                      (with optical_flow) False where the dataset has none
 
 UVD convention (owned here, used by the simulator, the data pipeline and the Motion Expert):
