@@ -55,12 +55,11 @@ def tiny_outputs():
   batch = vae.dummy_batch(cfg, 3, seed=1)
   masked = {specs.OPTICAL_FLOW: batch[specs.OPTICAL_FLOW].copy(), specs.HAS_OPTICAL_FLOW: np.array([True, False, True])}
   masked[specs.OPTICAL_FLOW][1] = 0  # what the pipeline gives where a dataset has no flow
-  kept = {k: v[[0, 2]] for k, v in batch.items()}
   none = dict(masked, **{specs.HAS_OPTICAL_FLOW: np.zeros(3, bool)})
   model, mse = vae.build(cfg), vae.build(mse_cfg)
 
   @jax.jit
-  def run(params, batch, masked, kept, none):
+  def run(params, batch, masked, none):
     v = {"params": params}
     images = vae.images_from_uint8(batch[specs.OPTICAL_FLOW])
     rng = jax.random.key(5)
@@ -73,12 +72,11 @@ def tiny_outputs():
                reconstruction=model.apply(v, batch, rng))
     for name, m, b, train, key in (("eval", model, batch, False, 1), ("eval_other_rng", model, batch, False, 2),
                                    ("train", model, batch, True, 1), ("mse", mse, batch, False, 1),
-                                   ("masked", model, masked, False, 0), ("kept", model, kept, False, 0),
-                                   ("none", model, none, True, 0)):
+                                   ("masked", model, masked, False, 0), ("none", model, none, True, 0)):
       out[name] = m.apply(v, b, jax.random.key(key), train=train, method="compute_loss")
     return out
 
-  return jax.tree.map(np.asarray, run(params, batch, masked, kept, none))
+  return jax.tree.map(np.asarray, run(params, batch, masked, none))
 
 
 def test_sdxl_and_sd_sizes_match_diffusers():
@@ -137,9 +135,6 @@ def test_init_params():
   # The modules' own initialiser (model.init) has the same distribution.
   w = np.asarray(vae._TORCH_DEFAULT_INIT(jax.random.key(1), (3, 3, 20, 12))) * np.sqrt(3 * 3 * 20)  # pylint: disable=protected-access
   assert np.abs(w).max() <= 1 and abs(w.var() - 1 / 3) < 0.02
-  # Deterministic in the key.
-  again = nn.unbox(vae.init_variables(cfg, jax.random.key(0), batch))["params"]
-  jax.tree.map(np.testing.assert_array_equal, params, again)
 
 
 def test_latent_scaling_and_decode_latents_invert_each_other(tiny_outputs):
@@ -175,10 +170,15 @@ def test_loss_terms_in_closed_form(tiny_outputs):
 
 
 def test_examples_without_flow_are_excluded(tiny_outputs):
-  a, b = tiny_outputs["masked"][1], tiny_outputs["kept"][1]
-  for key in ("loss", "loss/reconstruction", "loss/kl"):
-    np.testing.assert_allclose(a[key], b[key], rtol=1e-6)
-  assert tiny_outputs["none"][0] == 0.0
+  # Example 1 has no flow (zeros, has_optical_flow False): the loss is that of examples 0 and 2 alone (GroupNorm
+  # is per example, so their outputs are those of the unmasked batch).
+  o = tiny_outputs
+  per_example = np.mean(np.abs(o["decoded_mean"] - o["images"]), axis=(1, 2, 3))
+  kl = 0.5 * np.sum(np.square(o["mean"]) + np.exp(o["logvar"]) - 1.0 - o["logvar"], axis=(1, 2, 3)) / (24 * 24 * 3)
+  metrics = o["masked"][1]
+  np.testing.assert_allclose(metrics["loss/reconstruction"], per_example[[0, 2]].mean(), rtol=1e-5)
+  np.testing.assert_allclose(metrics["loss/kl"], kl[[0, 2]].mean(), rtol=1e-5)
+  assert o["none"][0] == 0.0  # no example with flow: zero, not NaN
 
 
 def test_options_change_the_parameter_tree():
@@ -263,25 +263,26 @@ def test_dummy_batch_is_flow_images():
 
 
 def test_a_few_adam_steps_on_flow_images_reduce_the_loss():
-  cfg = tiny()
+  # One level (with the mid-block attention): compiling the train step is what costs here, per block.
+  cfg = tiny(block_out_channels=(12,), image_size=16)
   batch = jax.tree.map(jnp.asarray, vae.dummy_batch(cfg, 8, seed=0))
   params = vae.init_params(cfg, jax.random.key(0), batch)
   model = vae.build(cfg)
   tx = optax.adam(3e-3)
 
   @jax.jit
-  def train(params):
-    def step(carry, rng):
-      params, opt_state = carry
-      grads, metrics = jax.grad(
-          lambda p: model.apply({"params": p}, batch, rng, train=True, method="compute_loss"), has_aux=True)(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), metrics
+  def step(params, opt_state, rng):
+    grads, metrics = jax.grad(
+        lambda p: model.apply({"params": p}, batch, rng, train=True, method="compute_loss"), has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, metrics
 
-    return jax.lax.scan(step, (params, tx.init(params)), jax.random.split(jax.random.key(1), 40))[1]
-
-  metrics = train(params)  # per step, before its update
-  rec = np.asarray(metrics["loss/reconstruction"])
-  assert np.isfinite(np.asarray(metrics["loss"])).all()
+  opt_state, history = tx.init(params), []
+  for i in range(30):
+    params, opt_state, metrics = step(params, opt_state, jax.random.key(i))
+    history.append(metrics)  # of the parameters before the step
+  rec = np.array([float(m["loss/reconstruction"]) for m in history])
+  loss = np.array([float(m["loss"]) for m in history])
+  assert np.isfinite(loss).all()
   assert rec[-5:].mean() < 0.5 * rec[0], rec
-  assert np.asarray(metrics["loss"])[-5:].mean() < 0.5 * float(metrics["loss"][0])
+  assert loss[-5:].mean() < 0.5 * loss[0]
