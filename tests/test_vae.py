@@ -1,8 +1,6 @@
 """models.vae (AutoencoderKL in Flax): sizes, latent scaling, posterior and KL in closed form, loss masking,
 training from scratch on synthetic flow images. Parity with diffusers: test_vae_diffusers.py."""
 
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -133,7 +131,8 @@ def test_init_params():
   assert abs(pooled.mean()) < 0.01 and abs(pooled.var() - 1 / 3) < 0.01
   assert not np.allclose(kernels[0][:16], kernels[1][:16])
   # The modules' own initialiser (model.init) has the same distribution.
-  w = np.asarray(vae._TORCH_DEFAULT_INIT(jax.random.key(1), (3, 3, 20, 12))) * np.sqrt(3 * 3 * 20)  # pylint: disable=protected-access
+  init = vae._TORCH_DEFAULT_INIT  # pylint: disable=protected-access
+  w = np.asarray(init(jax.random.key(1), (3, 3, 20, 12))) * np.sqrt(3 * 3 * 20)
   assert np.abs(w).max() <= 1 and abs(w.var() - 1 / 3) < 0.02
 
 
@@ -209,8 +208,8 @@ def test_deterministic_encoder_without_double_z_and_bfloat16():
     v = {"params": params}
     mean, logvar = model.apply(v, images, method="encode")
     return (mean, logvar, model.apply(v, images, jax.random.key(3), method="latents"),
-            model.apply(v, batch, jax.random.key(0), method="compute_loss")[1], model.apply(v, batch, jax.random.key(1)),
-            bf16.apply(v, batch, jax.random.key(1)))
+            model.apply(v, batch, jax.random.key(0), method="compute_loss")[1],
+            model.apply(v, batch, jax.random.key(1)), bf16.apply(v, batch, jax.random.key(1)))
 
   mean, logvar, z, metrics, out32, out16 = run(params)
   assert logvar is None and metrics["loss/kl"] == 0.0

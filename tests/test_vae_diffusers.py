@@ -98,9 +98,9 @@ def test_round_trips_are_bit_exact(pair, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, diffusers_vae.load(out, cfg), params)
   # bfloat16 / float16 checkpoints load exactly (as their float32 values).
   half = diffusers_vae.load_state_dict({k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}, cfg)
-  kernel = "encoder/mid_block/attention/to_q/kernel"
-  np.testing.assert_array_equal(strict.flatten(half)[kernel],
-                                model.encoder.mid_block.attentions[0].to_q.weight.detach().to(torch.bfloat16).float().numpy().T)
+  to_q = model.encoder.mid_block.attentions[0].to_q.weight.detach()
+  np.testing.assert_array_equal(strict.flatten(half)["encoder/mid_block/attention/to_q/kernel"],
+                                to_q.to(torch.bfloat16).float().numpy().T)
 
 
 def test_older_attention_names_load(pair, tmp_path):
