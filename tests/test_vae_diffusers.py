@@ -145,6 +145,10 @@ def test_another_architecture_is_a_strict_error_naming_tensors(pair, tmp_path):
   with pytest.raises(strict.StrictLoadError, match=r"config.json: scaling_factor=0.13025 != model config "
                                                     r"scaling_factor=0.41"):
     diffusers_vae.load(tmp_path / "rescaled", cfg)
+  config_path = tmp_path / "rescaled" / "config.json"
+  config_path.write_text(json.dumps(dict(json.loads(config_path.read_text()), _class_name="UNet2DModel")))
+  with pytest.raises(strict.StrictLoadError, match="config.json: describes a UNet2DModel, not an AutoencoderKL"):
+    diffusers_vae.load(tmp_path / "rescaled", cfg)
 
 
 def test_export_is_strict_too(pair):

@@ -318,7 +318,11 @@ def load(path: str | os.PathLike, model_cfg: Any) -> dict[str, Any]:
   config_path = _config_json(source)
   if config_path is not None:
     with open(config_path) as f:
-      problems = _config_problems(json.load(f), model_cfg, config_path)
+      diffusers_cfg = json.load(f)
+    if diffusers_cfg.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
+      raise strict.StrictLoadError(source, mismatched=[
+          f"{config_path}: describes a {diffusers_cfg['_class_name']}, not an AutoencoderKL"])
+    problems = _config_problems(diffusers_cfg, model_cfg, config_path)
   return _load_tensors(source, tensors, names, model_cfg, problems)
 
 
