@@ -28,17 +28,20 @@ INSTALL_REQUIRES = [
     "imageio-ffmpeg==0.8.1",
     "tensorboardX==2.6.5",
     "pillow==13.0.0",
-    "opencv-python-headless==4.14.0.94",  # train-time crop + colour jitter (lamp_jax/data/augment.py)
+    # Train-time crop + colour jitter (lamp_jax/data/augment.py); optical-flow estimators (DIS, Farneback) for
+    # datasets without flow (lamp_jax/data/flow_estimation.py).
+    "opencv-python-headless==5.1.0.95",
     "importlib_resources==7.1.0",  # tfds.dataset_builders.store_as_tfds_dataset imports it
 ]
 
 EXTRAS_REQUIRE = {
-    # Tests: HF parity needs torch (CPU build) and transformers.
+    # Tests: HF parity needs torch (CPU build) and transformers; the VAE's parity / import tests need diffusers.
     "test": [
         "pytest==9.2.0",
         "pytest-xdist==3.8.0",
         "torch==2.13.0",
         "transformers==5.23.0",
+        "diffusers==0.42.1",
     ],
     # Converting checkpoints to / from PyTorch (Hugging Face transformers layout).
     "torch": ["torch==2.13.0", "transformers==5.23.0"],

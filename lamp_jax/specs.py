@@ -43,8 +43,10 @@ Batch (a nested dict of numpy / jax arrays):
   has_scene_flow       bool[B]                      False for samples without motion labels (loss masked)
                                                    (the five scene_flow* keys are absent when data.scene_flow is
                                                    False: the model reads no scene flow)
-  optical_flow         uint8[B, Himg, Wimg, 3]      (optional, when data.optical_flow is on) HSV-encoded dense
-                                                   optical flow of the primary camera from t to t + k
+  optical_flow         uint8[B, Himg, Wimg, 3]      (optional, when data.optical_flow is on) flow image of the
+                                                   primary camera's dense optical flow from t to t + k
+                                                   (lamp_jax.flow_image: hue = direction, saturation =
+                                                   magnitude, value 1; zero flow is white)
   has_optical_flow     bool[B]                      (with optical_flow) False where the dataset has none
 
 What a model reads from this contract is declared once, as a :class:`DataRequirements` (cameras, image size,
