@@ -10,6 +10,7 @@ import ml_collections
 
 from lamp_jax.data import config as data_config
 from lamp_jax.models import lamp_config
+from lamp_jax.models import registry
 from lamp_jax.training import defaults
 
 
@@ -49,6 +50,14 @@ def cpu_optimizers(warmup_steps: int) -> tuple[ml_collections.ConfigDict, ml_col
   return motion, action
 
 
+def data_for(model_cfg: ml_collections.ConfigDict, batch_size: int) -> ml_collections.ConfigDict:
+  """The pipeline config with every field the model fixes (``ModelLibrary.data_requirements``). A later command-line
+  override of a model field that the data must follow (e.g. ``model.motion.num_keypoints``) needs the matching
+  ``data.pipeline`` override too; the trainer checks both agree before any work and names the fields."""
+  lib = registry.for_config(model_cfg)
+  return data_config.from_requirements(lib.data_requirements(model_cfg), batch_size)
+
+
 def fixed_camera_data(model_cfg: ml_collections.ConfigDict, batch_size: int) -> ml_collections.ConfigDict:
   """The pipeline config of a small scene seen by fixed cameras (the built-in tabletop, LIBERO's agentview).
 
@@ -56,7 +65,7 @@ def fixed_camera_data(model_cfg: ml_collections.ConfigDict, batch_size: int) -> 
   ``--config.data.pipeline.augment_cameras='("image_primary",)'`` restores it) and no hue jitter (instructions
   name objects by colour, 20-40 degrees of hue apart); brightness / contrast / saturation stay. Deterministic,
   so that a resumed run reproduces the uninterrupted data stream (resume_mode 'skip')."""
-  d = data_config.for_model(model_cfg, batch_size)
+  d = data_for(model_cfg, batch_size)
   d.action_normalization = "bounds"
   d.proprio_normalization = "normal"
   d.hue = 0.0

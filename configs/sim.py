@@ -80,8 +80,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.sim_data.suite = SUITE
   c.sim_data.episodes = 4 if smoke else 600
   # Image size, scene-flow points and horizon of the generated labels follow data.pipeline
-  # (experiment.generation_flags), which follows the model (field references: an override of
-  # model.motion.num_keypoints / num_steps reaches the data; defaults.validate rejects any other mismatch).
+  # (experiment.generation_flags), which is derived from the model's data requirements; an override of
+  # model.motion.num_keypoints / num_steps needs data.pipeline.scene_flow_num_points / _horizon too
+  # (defaults.validate names both when they disagree).
   c.sim_data.extra_flags = ("--workers=2",)
 
   motion_steps, action_steps = (3, 3) if smoke else (600, 2400)

@@ -2,30 +2,29 @@
 
 from lamp_jax import specs
 from lamp_jax.data import config as data_config
-from lamp_jax.models import lamp
+from lamp_jax.models import registry
+
+lamp = registry.get("lamp")
 
 
-def lamp_requirements(model_cfg) -> specs.DataRequirements:
-  """What a LaMP model reads (what models/lamp.data_requirements is to return)."""
-  return specs.DataRequirements(
-      cameras=tuple(model_cfg.image_keys), image_size=int(model_cfg.image_size), window=1,
-      action_horizon=int(model_cfg.action_horizon), action_dim=int(model_cfg.action_dim),
-      proprio_dim=int(model_cfg.proprio_dim),
-      scene_flow=(int(model_cfg.motion.num_keypoints), int(model_cfg.motion.num_steps)))
-
-
-def test_from_requirements_is_for_model_for_lamp():
+def test_from_requirements_gives_what_a_lamp_model_reads():
   model_cfg = lamp.model_config("sim")
-  requirements = lamp_requirements(model_cfg)
-  expected = data_config.for_model(model_cfg, 24).to_dict()
-  assert data_config.from_requirements(requirements, 24).to_dict() == expected
-  assert data_config.check_requirements(data_config.for_model(model_cfg, 24), requirements) == []
+  requirements = lamp.data_requirements(model_cfg)
+  d = data_config.from_requirements(requirements, 24)
+  assert data_config.check_requirements(d, requirements) == []
+  assert d.batch_size == 24 and d.window_size == 1 and tuple(d.cameras) == tuple(model_cfg.image_keys)
+  assert (d.action_horizon, d.max_action_dim, d.max_proprio_dim) == (8, 7, 8)
+  assert d.image_size == (64, 64) and d.scene_flow
+  assert (d.scene_flow_num_points, d.scene_flow_horizon) == (64, 8)
+  ablation = lamp.model_config("sim")
+  ablation.use_motion = False
+  assert not data_config.from_requirements(lamp.data_requirements(ablation), 24).scene_flow
 
 
 def test_check_requirements_names_each_field_and_the_models_value():
   model_cfg = lamp.model_config("sim")
-  requirements = lamp_requirements(model_cfg)
-  d = data_config.for_model(model_cfg, 24)
+  requirements = lamp.data_requirements(model_cfg)
+  d = data_config.from_requirements(requirements, 24)
   d.image_size = (96, 96)
   d.action_horizon = 7
   d.scene_flow = False

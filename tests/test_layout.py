@@ -15,9 +15,10 @@ COMMANDS = {"train", "serve", "compare", "summary", "bench", "experiment"}
 ALLOWED = {
     "specs": set(),
     "tokenizer": set(),
-    "models": {"specs"},
-    "data": {"specs"},
-    "sim": {"specs"},
+    "flow_image": set(),
+    "models": {"specs", "flow_image"},
+    "data": {"specs", "flow_image"},
+    "sim": {"specs", "flow_image"},
     "serving": set(),
     "probe": {"models"},
     "libero": {"sim", "specs"},

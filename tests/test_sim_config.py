@@ -84,8 +84,9 @@ def test_sim_model_variant_byte_budget_fits_every_instruction():
 
 
 def test_model_overrides_reach_the_generated_labels_and_mismatches_are_rejected_by_name():
-  """Bug guarded: ``--config.model.motion.num_keypoints=256`` used to leave data.pipeline and the generation flags
-  at 64 (the cache key too), so the run read 64-point labels for a 256-point model."""
+  """Bug guarded: ``--config.model.motion.num_keypoints=256`` once left data.pipeline and the generation flags at 64
+  (the cache key too), so the run read 64-point labels for a 256-point model. Now the data config is derived from
+  the model's data requirements when the config is made, and a later model-only override is rejected by name."""
   from lamp_jax import experiment  # pylint: disable=g-import-not-at-top
   from lamp_jax.training import defaults  # pylint: disable=g-import-not-at-top
 
@@ -93,8 +94,11 @@ def test_model_overrides_reach_the_generated_labels_and_mismatches_are_rejected_
   base_dir = experiment.sim_dataset_dir(c, "/unused")
   assert experiment.generation_flags(c)[:3] == ["--image-size=64", "--num-points=64", "--flow-steps=8"]
   c.model.motion.num_keypoints, c.model.motion.num_steps = 256, 6
+  with pytest.raises(ValueError, match=r"data\.pipeline\.scene_flow_num_points, scene_flow_horizon=\(64, 8\) but "
+                     r"the model reads scene flow \(K, T\) = \(256, 6\)"):
+    defaults.validate(c)
+  c.data.pipeline.scene_flow_num_points, c.data.pipeline.scene_flow_horizon = 256, 6
   defaults.validate(c)
-  assert (c.data.pipeline.scene_flow_num_points, c.data.pipeline.scene_flow_horizon) == (256, 6)
   assert experiment.generation_flags(c)[:3] == ["--image-size=64", "--num-points=256", "--flow-steps=6"]
   assert experiment.sim_dataset_dir(c, "/unused") != base_dir  # another cache entry
   c.model.action_horizon = 5

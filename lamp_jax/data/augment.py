@@ -54,7 +54,7 @@ def jitter(image: np.ndarray, brightness: float, contrast: float, saturation: fl
   """uint8[h, w, 3] -> uint8[h, w, 3] colour jitter with the given factors (module docstring)."""
   bright = np.clip(_LEVELS + np.float32(brightness), 0.0, 1.0)
   if contrast != 1.0:
-    counts = np.stack([cv2.calcHist([image], [c], None, [256], [0, 256])[:, 0] for c in range(3)], axis=-1)
+    counts = np.stack([cv2.calcHist([image], [c], None, [256], [0, 256]).reshape(256) for c in range(3)], axis=-1)
     mean = (counts * bright[:, None]).sum(0) / np.float32(image.shape[0] * image.shape[1])
     table = np.clip((bright[:, None] - mean) * np.float32(contrast) + mean, 0.0, 1.0)
   else:

@@ -122,30 +122,11 @@ def default_data_config() -> ml_collections.ConfigDict:
   return cfg
 
 
-def for_model(model_cfg, batch_size: int) -> ml_collections.ConfigDict:
-  """``default_data_config`` with the fields a LaMP model fixes: one frame (window 1), its action horizon, action
-  / proprio dims, image size and cameras; scene-flow K / T as field references to ``model_cfg.motion`` (an
-  override of the model's num_keypoints / num_steps reaches the data). Kept until its callers move to
-  :func:`from_requirements`, which gives the same config from the model's ``specs.DataRequirements``."""
-  d = default_data_config()
-  d.batch_size = batch_size
-  d.window_size = 1
-  d.action_horizon = int(model_cfg.action_horizon)
-  d.max_action_dim = int(model_cfg.action_dim)
-  d.max_proprio_dim = int(model_cfg.proprio_dim)
-  d.image_size = (int(model_cfg.image_size), int(model_cfg.image_size))
-  d.cameras = tuple(model_cfg.image_keys)
-  d.scene_flow_num_points = model_cfg.motion.get_ref("num_keypoints")
-  d.scene_flow_horizon = model_cfg.motion.get_ref("num_steps")
-  return d
-
-
 def from_requirements(requirements, batch_size: int) -> ml_collections.ConfigDict:
   """``default_data_config`` with every field a model fixes, from its ``specs.DataRequirements``.
 
   Cameras, square image size, window, action horizon / dims (kept at their defaults where the model needs no
   actions: 0), proprio dim, scene flow (``scene_flow`` on with K / T, or off), future frames and optical flow.
-  For a LaMP model it gives the same config as :func:`for_model` (tests/test_data_config.py checks it).
   """
   d = default_data_config()
   d.batch_size = int(batch_size)
