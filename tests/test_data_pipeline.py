@@ -322,10 +322,13 @@ def test_val_split_and_inspect_cli(data, tmp_path):
       "  return ml_collections.ConfigDict({'data': cfg})\n")
   plot = tmp_path / "batch.png"
   report = inspect.main([f"--config={config_file}", "--num_batches=2", "--warmup=1", f"--plot={plot}",
-                         f"--output={tmp_path / 'r.json'}"])
+                         f"--output={tmp_path / 'r.json'}", "--config.data.batch_size=3"])
   assert json.loads((tmp_path / "r.json").read_text()) == json.loads(json.dumps(report))
   assert report["datasets"]["lamp_sim_tst"]["num_transitions"] == sum(SIM_LENGTHS)
-  assert report["batch"]["observation/image_primary"] == {"shape": [4, 1, 24, 24, 3], "dtype": "uint8"}
+  # --config.<field>=<value> overrides work as for every command (batch 4 in the file, 3 on the command line).
+  assert report["batch"]["observation/image_primary"] == {"shape": [3, 1, 24, 24, 3], "dtype": "uint8"}
+  with pytest.raises(SystemExit):
+    inspect.main([f"--config={config_file}", "--no_such_flag=1"])
   assert report["throughput"]["frames_per_s"] > 0 and report["throughput"]["cpu_s_per_1000_frames"] > 0
   assert plot.stat().st_size > 1000
 

@@ -1,6 +1,7 @@
 """Inspect a data config: dataset sizes, statistics, one batch's shapes and dtypes, throughput — as JSON.
 
-    python -m lamp_jax.data.inspect --config=configs/<name>.py[:variant] [--num_batches=20] [--plot=batch.png]
+    python -m lamp_jax.data.inspect --config=configs/<name>.py[:variant] [--config.<field>=<value> ...]
+        [--num_batches=20] [--plot=batch.png]
     python -m lamp_jax.data.inspect --config=... --profile      # + CPU-ms per frame of every stage
     python -m lamp_jax.data.inspect --bench=octo [--cameras=2]  # the Octo-compatible benchmark (data.bench)
 
@@ -25,19 +26,20 @@ import time
 import numpy as np
 
 
-def load_config(spec: str):
-  """'path/to/config.py[:arg]' -> the ConfigDict returned by get_config(arg)."""
-  path, _, arg = spec.partition(":")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"--config file not found: {path}")
-  module_spec = importlib.util.spec_from_file_location("_lamp_inspect_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise AttributeError(f"{path} defines no get_config(arg)")
-  config = module.get_config(arg) if arg else module.get_config()
+def load_config(config_args: list[str]):
+  """The run config of ``--config=path/to/config.py[:arg]`` with its ``--config.<field>=<value>`` overrides, parsed
+  exactly as every other command parses them (``ml_collections.config_flags``)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  if not any(a.startswith("--config=") for a in config_args):
+    raise SystemExit("--config=configs/<name>.py[:variant] is required")
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "run config", flag_values=flag_values, lock_config=True)
+  flag_values(["inspect"] + list(config_args))
+  config = flag_values.config
   if "data" not in config:
-    raise KeyError(f"{path}: get_config() returned a config without a 'data' field")
+    raise KeyError(f"{flag_values['config'].config_filename}: get_config() returned a config without a 'data' field")
   return config
 
 
@@ -115,7 +117,8 @@ def main(argv=None) -> dict:
 
     return bench.main(bench_args)
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", required=True, help="configs/<name>.py[:variant] with config.data")
+  parser.add_argument("--config", required=True, help="configs/<name>.py[:variant] with config.data; "
+                      "--config.<field>=<value> overrides follow, as for every command")
   parser.add_argument("--split", default="train", choices=["train", "val"])
   parser.add_argument("--num_batches", type=int, default=20, help="batches timed after warm-up")
   parser.add_argument("--warmup", type=int, default=3, help="batches before timing starts")
@@ -126,13 +129,17 @@ def main(argv=None) -> dict:
   parser.add_argument("--profile", action="store_true", help="add the per-stage profile (lamp_jax.data.profile)")
   parser.add_argument("--profile_frames", type=int, default=2048, help="frames timed per profiled stage")
   parser.add_argument("--bench", default="", help="'octo': run the Octo-compatible benchmark (lamp_jax.data.bench)")
-  args = parser.parse_args(argv)
+  args, unknown = parser.parse_known_args(argv)
+  overrides = [a for a in unknown if a.startswith("--config.")]
+  if len(overrides) != len(unknown):
+    parser.error(f"unrecognized arguments: {' '.join(a for a in unknown if a not in overrides)}")
+  config_args = [f"--config={args.config}"] + overrides
 
   from tqdm import tqdm
 
   from lamp_jax.data import pipeline
 
-  config = load_config(args.config)
+  config = load_config(config_args)
   data_cfg = data_config_of(config)
   if args.batch_size:
     data_cfg.batch_size = args.batch_size
