@@ -38,6 +38,11 @@ SUITE = "tabletop4"
 # "put the yellow cylinder on the orange plate", is 8 words + bos + separator = 10 tokens, as PaliGemma's
 # SentencePiece would give; bytes would need 45 (lamp_config.model_config('sim') budgets 48 for them).
 MAX_WORDS = 12
+# The methods this benchmark compares (python -m lamp_jax.ablate): method -> (variant, smoke variant).
+ABLATION_METHODS = {
+    "lamp": ("", "smoke"),
+    "no_motion": ("no_motion", "smoke_no_motion"),
+}
 
 
 def _model(smoke: bool, use_motion: bool) -> ml_collections.ConfigDict:

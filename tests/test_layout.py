@@ -11,7 +11,7 @@ PACKAGE = REPO / "lamp_jax"
 
 # Which lamp_jax units (sub-packages or top-level modules) each unit may import. A unit missing here is an error:
 # adding a package means deciding where it sits. Commands (train, serve, ...) sit on top and may import anything.
-COMMANDS = {"train", "serve", "compare", "summary", "bench", "experiment"}
+COMMANDS = {"train", "serve", "compare", "summary", "bench", "experiment", "ablate"}
 ALLOWED = {
     "specs": set(),
     "tokenizer": set(),
