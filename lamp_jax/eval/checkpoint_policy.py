@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 from typing import Any
 
 import jax
@@ -37,6 +38,19 @@ def _load_config(config_json: dict) -> ml_collections.ConfigDict:
     return x
 
   return convert(config_json)
+
+
+class CheckpointReadError(ValueError):
+  """The parameters of a checkpoint step cannot be read (a truncated, corrupt or incomplete checkpoint)."""
+
+  def __init__(self, directory: str, step: int, key: str, cause: Exception):
+    first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    first_line = first_line.split(" See full TensorStore details")[0]
+    arrays = sorted(set(re.findall(r"'path': '([^']+?)/?'", str(cause))) - {""})
+    arrays = [a.replace(".", "/") for a in arrays if a.startswith(key)]
+    where = f" (array {', '.join(arrays)})" if arrays else ""
+    super().__init__(f"checkpoint {directory} step {step}: cannot read {key!r}{where}: {first_line[:300]} -- the "
+                     "checkpoint is truncated, corrupt or was not written completely")
 
 
 class CheckpointPolicy:
@@ -70,7 +84,10 @@ class CheckpointPolicy:
       abstract = self._abstract_params(lib, config, model_cfg)
       has_ema = float(config.ema.decay) > 0
       key = "ema_params" if (use_ema and has_ema) else "params"
-      params = checkpointer.restore_params(step, abstract, key=key)
+      try:
+        params = checkpointer.restore_params(step, abstract, key=key)
+      except Exception as e:  # orbax / TensorStore raise bare Exceptions with pages of store specs
+        raise CheckpointReadError(directory, step, key, e) from e
     finally:
       checkpointer.close()
     self._setup(config, model_cfg, lib, params, norm_json, seed)
