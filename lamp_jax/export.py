@@ -263,12 +263,7 @@ def export_checkpoint(checkpoint: str, out_dir: str, *, step: int | None = None,
     raise ValueError(f"--ema: checkpoint {policy.checkpoint_dir} step {policy.step} has no EMA parameters "
                      f"(run config ema.decay={policy.config.ema.decay})")
   load_seconds = time.perf_counter() - start
-  checkpointer = ckpt_lib.Checkpointer(policy.checkpoint_dir, read_only=True, async_save=False)
-  try:
-    _, _, norm_json = checkpointer.restore_json(policy.step)
-  finally:
-    checkpointer.close()
-  inputs, normalization = _inputs_and_normalization(policy, policy.model_cfg, norm_json)
+  inputs, normalization = _inputs_and_normalization(policy, policy.model_cfg, policy.norm_stats_json)
   os.makedirs(out_dir, exist_ok=True)
   tokenizer = _tokenizer_json(policy.config, policy.max_len, out_dir)
   source = {"checkpoint": policy.checkpoint_dir, "step": int(policy.step), "params": policy.params_key,

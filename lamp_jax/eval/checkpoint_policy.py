@@ -150,6 +150,7 @@ class CheckpointPolicy:
                    else int(model_cfg.get("window", 1)))
     self.stats = None
     self.preprocessor = None
+    self.norm_stats_json = dict(norm_json or {})  # as saved with the checkpoint (lamp_jax.export writes it out)
     if self.data_cfg is not None:
       self._setup_data(norm_json)
     else:
