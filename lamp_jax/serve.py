@@ -36,7 +36,8 @@ def observation_spec(policy) -> dict[str, server_lib.ArraySpec] | None:
 
 
 def build_policy(checkpoint: str | None, policy: str | None, step: int | None, seed: int, use_ema: bool,
-                 export: str | None = None, backend: str | None = None, device: str = "cpu"):
+                 export: str | None = None, backend: str | None = None, device: str = "cpu",
+                 torch_threads: int = 0):
   """--checkpoint DIR, --export DIR or --policy SPEC ('random' | 'checkpoint:DIR') -> (policy, name)."""
   if sum(x is not None for x in (checkpoint, policy, export)) != 1:
     raise SystemExit("give exactly one of --checkpoint=DIR, --export=DIR or --policy=SPEC")
@@ -47,6 +48,10 @@ def build_policy(checkpoint: str | None, policy: str | None, step: int | None, s
       raise SystemExit("--export serves an export directory with --backend=torch; the JAX backend serves the "
                        "training checkpoint (--checkpoint=DIR)")
     import lamp_torch  # pylint: disable=g-import-not-at-top  (torch; no JAX)
+    import torch  # pylint: disable=g-import-not-at-top
+
+    if torch_threads:  # on a host shared with other jobs one intra-op thread can be much faster (README)
+      torch.set_num_threads(int(torch_threads))
 
     return lamp_torch.from_pretrained(export, device=device, seed=seed), f"export:{export} (torch, {device})"
   if backend == "torch":
@@ -72,6 +77,8 @@ def main(argv=None) -> None:
   p.add_argument("--backend", default=None, choices=BACKENDS,
                  help="'jax' (checkpoints, the default there) or 'torch' (export directories, the default there)")
   p.add_argument("--device", default="cpu", help="torch backend: 'cpu' or 'cuda'")
+  p.add_argument("--torch-threads", type=int, default=0,
+                 help="torch backend: intra-op CPU threads (0 = torch's default, one per core)")
   p.add_argument("--policy", default=None, help="instead of --checkpoint: 'random' or 'checkpoint:DIR'")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--no-ema", action="store_true", help="use the raw parameters even when EMA ones exist")
@@ -83,7 +90,8 @@ def main(argv=None) -> None:
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   kwargs = {"checkpoint": args.checkpoint, "policy": args.policy, "step": args.step, "seed": args.seed,
-            "use_ema": not args.no_ema, "export": args.export, "backend": args.backend, "device": args.device}
+            "use_ema": not args.no_ema, "export": args.export, "backend": args.backend, "device": args.device,
+            "torch_threads": args.torch_threads}
   if args.policy is not None and args.policy.startswith("checkpoint:"):
     kwargs["checkpoint"], kwargs["policy"] = args.policy[len("checkpoint:"):], None
   if kwargs["policy"] is not None or kwargs["export"] is not None:

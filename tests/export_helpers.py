@@ -9,6 +9,8 @@ import os
 
 import jax
 import numpy as np
+import pytest
+import torch
 
 from lamp_jax import export
 from lamp_jax import specs
@@ -21,6 +23,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # XLA CPU compilation dominates the JAX side of these tests; the unoptimised backend compiles several times
 # faster with the same semantics (tests/test_lamp.py does the same).
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+  """One torch intra-op thread for a test module (restored after): on the shared 2-core host torch's OpenMP pool
+  is 10-100x slower than one thread under load (``bench --what=torch_export``). Import it into a test module."""
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(threads)
 
 
 def sim_config(variant: str = ""):

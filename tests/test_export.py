@@ -25,6 +25,7 @@ from lamp_jax.models import lamp
 from lamp_jax.models.weights import hf_paligemma
 from lamp_jax.models.weights import strict
 from tests import export_helpers
+from tests.export_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from tests import toy_train_config
 
 TINY = lamp.model_config("tiny")
@@ -318,3 +319,17 @@ def test_vlm_tensors_load_into_transformers_paligemma(tmp_path):
   err = np.abs(ours.numpy()[real] - ref.hidden_states[-1].numpy()[real]).max()
   assert err <= 1e-4, err
   assert np.abs(ours.numpy()).max() > 1.0
+
+
+@pytest.mark.slow  # a subprocess compiling the tiny sample_actions (~1 min on 2 shared cores)
+def test_bench_torch_export_cli():
+  env = dict(os.environ, JAX_PLATFORMS="cpu", LAMP_JAX_ALLOCATOR="system")
+  out = subprocess.run([sys.executable, "-m", "lamp_jax.bench", "--config=configs/lamp.py:tiny",
+                        "--what=torch_export", "--repeats=2"], cwd=export_helpers.REPO, env=env,
+                       capture_output=True, text=True, timeout=600, check=True)
+  result = json.loads(out.stdout[out.stdout.index("{"):])
+  assert result["what"] == "torch_export" and result["max_abs_diff_torch_vs_jax"] <= 1e-4
+  assert result["file_bytes"] == result["predicted_bytes"]
+  assert set(result["latency_ms"]) == {"jax", "torch", "torch_1_thread"}
+  assert result["paper"]["float32"]["parameters"] == result["paper"]["bfloat16"]["parameters"] > 3.6e9
+  assert result["paper"]["bfloat16"]["bytes"] < 0.51 * result["paper"]["float32"]["bytes"]

@@ -23,6 +23,7 @@ from lamp_jax.models import lamp
 from lamp_jax.training import trainer as trainer_lib
 from lamp_torch import preprocess
 from tests import export_helpers
+from tests.export_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 FP32_TOLERANCE = 1e-4
 # bfloat16 activations (8-bit mantissa, relative step 2^-8 = 0.4 %) through ~10 layers: errors relative to the
