@@ -21,6 +21,13 @@ train_step: median time of a jitted AdamW step on compute_loss and its fraction 
   ``roof_fraction_if_only_matmul_ops`` = fraction_of_roof / share['matmul'], the most this model can reach here
   while its matmul kernels run as they do.
 
+torch_export: the PyTorch export (``lamp_jax.export`` -> ``lamp_torch``) against the JAX policy on this host:
+  ``sample_actions`` latency at --batch_size (default 1) of the jitted JAX model and of the exported PyTorch
+  model on the same inputs and injected noise (torch with its default intra-op threads and with one thread),
+  interleaved round-robin (their max abs difference is reported as a check), export time (cold: including the tracing that gives the layout; warm: mapping + writing) and file size
+  at the config's size, and the file size at the paper size computed from abstract shapes
+  (``lamp_jax.export.predicted_size``: nothing allocated) in float32 and bfloat16.
+
 Model options are config values, e.g. ``--config.model.motion.scan_unroll=2 --config.model.action.scan_unroll=2``
 (unrolled layer scans, same parameters and math).
 """
@@ -43,7 +50,8 @@ from lamp_jax import op_profile, roofline, specs
 from lamp_jax.models import lamp
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with a `model` section (configs/lamp.py).")
-_WHAT = flags.DEFINE_enum("what", "inference", ["inference", "motion", "train_step"], "What to benchmark.")
+_WHAT = flags.DEFINE_enum("what", "inference", ["inference", "motion", "train_step", "torch_export"],
+                          "What to benchmark.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Batch size (default: 1 for inference, 8 for train_step).")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per variant.")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
@@ -287,6 +295,81 @@ def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int, op_bre
   return result
 
 
+def bench_torch_export(model_cfg, batch_size: int, repeats: int, seed: int) -> dict:
+  """JAX vs exported PyTorch ``sample_actions`` latency and export figures (see the module docstring)."""
+  import os  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+
+  import lamp_torch  # pylint: disable=g-import-not-at-top
+  from lamp_jax import export  # pylint: disable=g-import-not-at-top
+
+  model_cfg = copy.deepcopy(model_cfg)
+  batch = _inference_batch(model_cfg, batch_size, seed)
+  params = jax.device_get(lamp.init_params(model_cfg, jax.random.key(seed),
+                                           lamp.dummy_batch(model_cfg, batch_size, seed)))
+  cameras = list(model_cfg.image_keys)
+  inputs = {"cameras": cameras, "camera_keys": {c: c for c in cameras}, "image_size": [model_cfg.image_size] * 2,
+            "resize": False, "state_key": "state", "proprio_dim": int(model_cfg.proprio_dim), "state_dim": None}
+  tokenizer = {"kind": "bytes", "words": "", "path": "", "max_len": int(model_cfg.max_token_len), "truncate": True}
+  with tempfile.TemporaryDirectory() as tmp:
+    export_s = {}
+    for name in ("cold", "warm"):
+      start = time.perf_counter()
+      info = export.export_params(params, model_cfg, os.path.join(tmp, name), inputs=inputs, normalization=None,
+                                  tokenizer=tokenizer, source={"bench": True})
+      export_s[name] = round(time.perf_counter() - start, 3)
+    start = time.perf_counter()
+    policy = lamp_torch.from_pretrained(os.path.join(tmp, "warm"))
+    load_s = time.perf_counter() - start
+
+  model = lamp.build(model_cfg)
+  rs = np.random.RandomState(seed + 1)
+  noise = {k: rs.normal(size=v).astype(np.float32) for k, v in policy.model.noise_shapes(batch_size).items()}
+  obs = batch[specs.OBSERVATION]
+  images = np.stack([obs[k][:, -1].astype(np.float32) / 127.5 - 1.0 for k in cameras], axis=1)
+  torch_inputs = {"images": torch.from_numpy(images),
+                  "image_mask": torch.from_numpy(np.stack([obs[specs.IMAGE_MASK][k][:, -1] for k in cameras], 1)),
+                  "tokens": torch.from_numpy(batch[specs.TASK][specs.TOKENS]),
+                  "token_mask": torch.from_numpy(batch[specs.TASK][specs.TOKEN_MASK]),
+                  "proprio": torch.from_numpy(np.array(obs[specs.PROPRIO][:, -1]))}
+  torch_noise = {k: torch.from_numpy(v) for k, v in noise.items()}
+  jax_params = jax.tree.map(jnp.asarray, params)
+  fn = lambda p, b, n: model.apply({"params": p}, b, jax.random.key(0), noise=n, method="sample_actions")  # noqa
+  compiled, compile_s = _compile(fn, jax_params, batch, noise)
+
+  default_threads = torch.get_num_threads()
+
+  def torch_call(threads):
+    def call():
+      torch.set_num_threads(threads)
+      with torch.inference_mode():
+        return policy.model.sample_actions(torch_inputs, torch_noise).numpy()
+    return call
+
+  # torch's intra-op threads (OpenMP) on a host shared with other jobs: one thread can beat all of them.
+  calls = {"jax": lambda: compiled(jax_params, batch, noise), "torch": torch_call(default_threads),
+           "torch_1_thread": torch_call(1)}
+  latency, fastest = _time_round_robin(calls, repeats)
+  torch.set_num_threads(default_threads)
+  max_abs_diff = float(np.abs(np.asarray(calls["jax"]()) - calls["torch"]()).max())
+  paper = lamp.model_config("paper")
+  return {
+      "what": "torch_export", "variant": model_cfg.variant, "use_motion": bool(model_cfg.use_motion),
+      "batch_size": batch_size, "repeats": repeats, "torch_threads": default_threads,
+      "latency_ms": {k: round(v * 1e3, 3) for k, v in latency.items()},
+      "min_latency_ms": {k: round(v * 1e3, 3) for k, v in fastest.items()},
+      "torch_over_jax": {k: latency[k] / latency["jax"] for k in ("torch", "torch_1_thread")},
+      "torch_over_jax_of_min_latency": {k: fastest[k] / fastest["jax"] for k in ("torch", "torch_1_thread")},
+      "max_abs_diff_torch_vs_jax": max_abs_diff, "jax_compile_s": round(compile_s, 3),
+      "export_s": export_s, "torch_load_s": round(load_s, 3), "file_bytes": info["bytes"],
+      "tensors": info["tensors"], "predicted_bytes": export.predicted_size(model_cfg)["bytes"],
+      "paper": {"float32": export.predicted_size(paper), "bfloat16": export.predicted_size(paper, "bfloat16")},
+  }
+
+
 def main(argv):
   del argv
   if _CONFIG.value is None:
@@ -296,6 +379,8 @@ def main(argv):
     result = bench_inference(model_cfg, _BATCH.value or 1, _REPEATS.value, _SEED.value, _WITH_REFERENCE.value)
   elif _WHAT.value == "motion":
     result = bench_motion(model_cfg, _BATCH.value or 1, _REPEATS.value, _SEED.value)
+  elif _WHAT.value == "torch_export":
+    result = bench_torch_export(model_cfg, _BATCH.value or 1, _REPEATS.value, _SEED.value)
   else:
     result = bench_train_step(model_cfg, _BATCH.value or 8, _REPEATS.value, _SEED.value, _OP_BREAKDOWN.value)
   print(json.dumps(result, indent=2))
