@@ -95,6 +95,9 @@ def write_safetensors(tensors: Mapping[str, np.ndarray], path: str, metadata: Ma
     specs_[name] = TensorSpec(dtype=np.dtype(value.dtype).name, shape=list(value.shape),
                               data_ptr=value.ctypes.data, data_len=value.nbytes)
   serialize_file(specs_, path, metadata=dict(metadata or {}))
+  umask = os.umask(0)  # safetensors creates the file 0600; give it the permissions of any other file written here
+  os.umask(umask)
+  os.chmod(path, 0o666 & ~umask)
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:

@@ -205,6 +205,9 @@ def test_config_and_tensors_disagree_or_files_are_damaged(tmp_path):
 
 def test_file_size_from_shapes_alone_equals_the_written_file(tmp_path):
   info = _export(export_helpers.random_params(TINY, seed=5), TINY, tmp_path)
+  umask = os.umask(0)
+  os.umask(umask)
+  assert os.stat(tmp_path / export_format.MODEL_FILE).st_mode & 0o777 == 0o666 & ~umask  # not safetensors' 0600
   predicted = export.predicted_size(TINY)
   assert predicted["bytes"] == info["bytes"] == os.path.getsize(tmp_path / export_format.MODEL_FILE)
   assert predicted["tensors"] == info["tensors"]
