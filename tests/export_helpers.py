@@ -15,7 +15,7 @@ import torch
 from lamp_jax import export
 from lamp_jax import specs
 from lamp_jax.data import normalization
-from lamp_jax.models import lamp
+from lamp_jax.eval import checkpoint_policy
 from lamp_jax.training import checkpoints as ckpt_lib
 from lamp_jax.training import trainer as trainer_lib
 
@@ -95,3 +95,20 @@ def raw_observation(rng: np.random.Generator, size=(48, 40)) -> dict:
   return {"image_0": rng.integers(0, 256, size + (3,), dtype=np.uint8),
           "image_2": rng.integers(0, 256, size + (3,), dtype=np.uint8),
           "state": rng.normal(size=specs.SIM_STATE_DIM).astype(np.float32)}
+
+
+class FixedNoiseCheckpointPolicy(checkpoint_policy.CheckpointPolicy):
+  """The JAX checkpoint policy with ``noise`` injected into ``sample_actions`` (same preprocessing and
+  un-normalisation; compiled once with the fast backend). Set ``policy.noise`` before the first call."""
+
+  noise: dict
+  _compiled = None
+
+  def __call__(self, observation):
+    batch = self.observation_batch(observation)
+    if self._compiled is None:
+      fn = lambda p, b, n: self.model.apply({"params": p}, b, jax.random.key(0), noise=n,  # noqa: E731
+                                            method="sample_actions")
+      self._compiled = jax.jit(fn).lower(self.params, batch, self.noise).compile(FAST_COMPILE)
+    actions = np.asarray(self._compiled(self.params, batch, self.noise), np.float32)[0]
+    return np.asarray(self.preprocessor.unnormalize_actions(actions)[:, :specs.ACTION_DIM], np.float32)

@@ -17,7 +17,6 @@ import torch
 import lamp_torch
 from lamp_jax import specs
 from lamp_jax.data import frame_transforms
-from lamp_jax.eval import checkpoint_policy
 from lamp_jax import export
 from lamp_jax.models import lamp
 from lamp_jax.training import trainer as trainer_lib
@@ -234,29 +233,13 @@ def test_resize_is_bit_exact_with_the_pipeline_resize():
     np.testing.assert_array_equal(preprocess.resize(images[0], (h, w)), want[0])
 
 
-class FixedNoiseCheckpointPolicy(checkpoint_policy.CheckpointPolicy):
-  """The JAX policy with ``noise`` injected (the same preprocessing and un-normalisation)."""
-
-  noise: dict
-  _compiled = None
-
-  def __call__(self, observation):
-    batch = self.observation_batch(observation)
-    if self._compiled is None:
-      fn = lambda p, b, n: self.model.apply({"params": p}, b, jax.random.key(0), noise=n,  # noqa: E731
-                                            method="sample_actions")
-      self._compiled = jax.jit(fn).lower(self.params, batch, self.noise).compile(export_helpers.FAST_COMPILE)
-    actions = self._compiled(self.params, batch, self.noise)
-    return np.asarray(self.preprocessor.unnormalize_actions(np.asarray(actions, np.float32)[0])[:, :7], np.float32)
-
-
 @pytest.fixture(scope="module")
 def sim_smoke(tmp_path_factory):
   """A configs/sim.py:smoke checkpoint with random parameters, its JAX policy and its PyTorch export."""
   root = tmp_path_factory.mktemp("sim_smoke")
   export_helpers.sim_checkpoint(root / "run")
   export.export_checkpoint(str(root / "run"), str(root / "export"))
-  jax_policy = FixedNoiseCheckpointPolicy(str(root / "run"))
+  jax_policy = export_helpers.FixedNoiseCheckpointPolicy(str(root / "run"))
   torch_policy = lamp_torch.from_pretrained(str(root / "export"))
   rs = np.random.RandomState(0)
   jax_policy.noise = {k: rs.normal(size=s).astype(np.float32) for k, s in torch_policy.model.noise_shapes(1).items()}

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 import torch
@@ -17,7 +16,6 @@ import torch
 import lamp_torch
 from lamp_jax import export
 from lamp_jax import serve
-from lamp_jax.eval import checkpoint_policy
 from lamp_jax.models import lamp
 from lamp_jax.serving import client as client_lib
 from lamp_jax.serving import server as server_lib
@@ -25,22 +23,6 @@ from tests import export_helpers
 from tests.export_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 INSTRUCTION = "stack the red cube on the blue cube"
-
-
-class FixedNoiseCheckpointPolicy(checkpoint_policy.CheckpointPolicy):
-  """The JAX checkpoint policy with injected noise (same preprocessing and un-normalisation)."""
-
-  noise: dict
-  _compiled = None
-
-  def __call__(self, observation):
-    batch = self.observation_batch(observation)
-    if self._compiled is None:
-      fn = lambda p, b, n: self.model.apply({"params": p}, b, jax.random.key(0), noise=n,  # noqa: E731
-                                            method="sample_actions")
-      self._compiled = jax.jit(fn).lower(self.params, batch, self.noise).compile(export_helpers.FAST_COMPILE)
-    actions = np.asarray(self._compiled(self.params, batch, self.noise), np.float32)[0]
-    return np.asarray(self.preprocessor.unnormalize_actions(actions)[:, :7], np.float32)
 
 
 class FixedNoiseExportedPolicy(lamp_torch.ExportedPolicy):
@@ -59,7 +41,7 @@ def exported(tmp_path_factory):
 
 
 def test_served_torch_and_jax_policies_return_the_same_actions(exported):
-  jax_policy = FixedNoiseCheckpointPolicy(str(exported / "run"))
+  jax_policy = export_helpers.FixedNoiseCheckpointPolicy(str(exported / "run"))
   torch_policy = FixedNoiseExportedPolicy(str(exported / "export"))
   rs = np.random.RandomState(0)
   noise = {k: rs.normal(size=s).astype(np.float32) for k, s in torch_policy.model.noise_shapes(1).items()}
