@@ -9,6 +9,7 @@ import copy
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -149,11 +150,25 @@ def _component_errors(model_cfg, tmp_path):
   return errors
 
 
+def _options(model_cfg):
+  """Every option that changes the computation: conv stem, sin-cos positions, camera embeddings, 3-D RoPE, pooled
+  condition, unscanned stacks, unpruned last motion block, no cached context K/V, proprio off."""
+  model_cfg = copy.deepcopy(model_cfg)
+  model_cfg.vlm.vision_overrides = ml_collections.ConfigDict(dict(stem="conv", stem_width=6, posemb="sincos2d"))
+  model_cfg.vlm.camera_embeddings = 2
+  model_cfg.motion.use_rope, model_cfg.motion.cond_pool, model_cfg.motion.cond_len = True, 3, 10
+  model_cfg.motion.scan_layers = model_cfg.action.scan_layers = False
+  model_cfg.motion.prune_last_condition, model_cfg.action.cache_context_kv = False, False
+  model_cfg.use_proprio, model_cfg.partial_steps, model_cfg.num_inference_steps = False, 2, 3
+  return model_cfg
+
+
 CONFIGS = {
     "tiny": lambda: lamp.model_config("tiny"),
     "tiny_no_motion": lambda: _no_motion(lamp.model_config("tiny")),
     "tiny_bf16": lambda: _bf16(lamp.model_config("tiny")),
     "sim": _sim_model,
+    "tiny_options": lambda: _options(lamp.model_config("tiny")),
 }
 
 
@@ -191,6 +206,11 @@ def test_float32_without_motion_matches_jax(component_errors):
 @pytest.mark.slow  # a second model size: ~40 s of XLA compilation on 2 cores
 def test_float32_at_the_sim_size_matches_jax(component_errors):
   _check_float32(component_errors("sim"))
+
+
+@pytest.mark.slow  # ~40 s of XLA compilation on 2 cores
+def test_float32_with_every_model_option_matches_jax(component_errors):
+  _check_float32(component_errors("tiny_options"))
 
 
 @pytest.mark.slow  # ~40 s of XLA compilation on 2 cores
