@@ -13,10 +13,10 @@ import pytest
 
 from lamp_jax import tokenizer as tokenizer_lib
 from lamp_jax.models import lamp_config, registry
-
-lamp = registry.get("lamp")
 from lamp_jax.sim import tasks
 from lamp_jax.training import trainer as trainer_lib
+
+lamp = registry.get("lamp")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -48,7 +48,8 @@ class LaMP(nn.Module):
   """The LaMP policy. All methods take the specs.py batch and an explicit PRNG key ``rng``.
 
   * ``compute_loss(batch, rng, *, train=True) -> (loss float32[], metrics)``
-  * ``sample_actions(batch, rng, *, num_steps=None, motion_steps=None, gate_override=None) -> float32[B, H, A]``
+  * ``sample_actions(batch, rng, *, num_steps=None, motion_steps=None, gate_override=None, noise=None)
+    -> float32[B, H, A]``
   * ``reconstruct_motion(batch, rng, *, num_steps=10) -> float32[B, K, T, 3]``
   * ``__call__(batch, rng)``: runs every component once (used by ``init``).
   """
@@ -121,13 +122,15 @@ class LaMP(nn.Module):
     m = self.config.motion
     return (batch_size, m.num_keypoints, m.num_steps, 3)
 
-  def motion_representation(self, features, feature_mask, rng):
+  def motion_representation(self, features, feature_mask, rng, noise=None):
     """One-step partial denoising: ``partial_steps`` Euler steps 0 -> tau_infer from noise, then one more
     evaluation at tau_infer whose last-block hidden state float[B, N, Dm] is returned (partial_steps + 1
-    expert calls, unrolled so that it is differentiable)."""
+    expert calls, unrolled so that it is differentiable). ``noise`` float32[B, K, T, 3] replaces the draw from
+    ``rng`` (parity tests against other implementations)."""
     cfg = self.config
     b = features.shape[0]
-    x = jax.random.normal(rng, self._motion_shape(b), jnp.float32)
+    x = (jax.random.normal(rng, self._motion_shape(b), jnp.float32) if noise is None
+         else _given_noise(noise, self._motion_shape(b), "motion"))
     dt = cfg.tau_infer / cfg.partial_steps
     for i in range(cfg.partial_steps):
       velocity, _ = self.motion_expert(x, jnp.full((b,), i * dt, jnp.float32), features, feature_mask)
@@ -147,15 +150,19 @@ class LaMP(nn.Module):
 
     return fm.euler_integrate_module(self, step, x0, num_steps, hidden0)
 
-  def guide(self, features, feature_mask, rng, *, motion_steps=None, gate_override=None):
+  def guide(self, features, feature_mask, rng, *, motion_steps=None, gate_override=None, motion_noise=None):
     """Guided features float[B, P, Dv] and the gate (float32[]); identity when ``use_motion`` is False.
 
-    motion_steps=None: one-step partial denoising; an int n: hidden state of an n-step full reconstruction.
+    motion_steps=None: one-step partial denoising (``motion_noise`` replaces its random start); an int n:
+    hidden state of an n-step full reconstruction.
     """
     if not self.config.use_motion:
       return features, jnp.zeros((), jnp.float32)
     if motion_steps is None:
-      hidden = self.motion_representation(features, feature_mask, rng)
+      hidden = self.motion_representation(features, feature_mask, rng, noise=motion_noise)
+    elif motion_noise is not None:
+      raise ValueError("noise['motion'] is the start of the one-step partial denoising; it cannot be given with "
+                       "motion_steps (a full reconstruction)")
     else:
       _, hidden = self._reconstruct(features, feature_mask, rng, motion_steps)
     return self.guidance(features, hidden, gate_override)
@@ -237,19 +244,31 @@ class LaMP(nn.Module):
     return total, metrics
 
   def sample_actions(self, batch, rng, *, num_steps: int | None = None, motion_steps: int | None = None,
-                     gate_override=None):
+                     gate_override=None, noise=None):
     """Normalised action chunk float32[B, H, A]: VLM prefix once, motion partial denoising (or, with
     ``motion_steps``, an n-step full reconstruction for cost comparison), guidance, Euler integration of the
     Action Expert over ``num_steps`` (default config num_inference_steps). Jit the caller's
-    ``model.apply(..., method='sample_actions')``: one XLA computation, no Python-side state."""
+    ``model.apply(..., method='sample_actions')``: one XLA computation, no Python-side state.
+
+    ``noise``: optional {'motion': float32[B, K, T, 3], 'action': float32[B, H, A]} replacing the random draws
+    (the motion entry only when use_motion; parity tests of exported models feed both sides the same noise).
+    """
     cfg = self.config
     num_steps = cfg.num_inference_steps if num_steps is None else num_steps
+    noise = dict(noise or {})
+    unknown = set(noise) - ({"motion", "action"} if cfg.use_motion else {"action"})
+    if unknown:
+      raise ValueError(f"sample_actions noise has unexpected entries {sorted(unknown)}; expected 'action'"
+                       + (" and 'motion'" if cfg.use_motion else " (use_motion=False has no motion noise)"))
     features, mask = self.encode(batch)
     rng_motion, rng_action = jax.random.split(rng)
-    guided, _ = self.guide(features, mask, rng_motion, motion_steps=motion_steps, gate_override=gate_override)
+    guided, _ = self.guide(features, mask, rng_motion, motion_steps=motion_steps, gate_override=gate_override,
+                           motion_noise=noise.get("motion"))
     proprio = self._proprio(batch)
     b = features.shape[0]
-    x0 = jax.random.normal(rng_action, (b, cfg.action_horizon, cfg.action_dim), jnp.float32)
+    action_shape = (b, cfg.action_horizon, cfg.action_dim)
+    x0 = (jax.random.normal(rng_action, action_shape, jnp.float32) if noise.get("action") is None
+          else _given_noise(noise["action"], action_shape, "action"))
 
     # The guided features are fixed during integration: project the cross-attention keys / values once.
     context_kv = self.action_expert.context_kv(guided) if cfg.action.get("cache_context_kv", True) else None
@@ -277,6 +296,14 @@ class LaMP(nn.Module):
       uv = jnp.asarray(specs.grid_query_uv(self.config.motion.num_keypoints))
       query = jnp.broadcast_to(jnp.concatenate([uv, jnp.zeros_like(uv[:, :1])], -1)[None], (b,) + (uv.shape[0], 3))
     return motion_lib.target_to_tracks(query, deltas, self.config.motion.delta_scale)
+
+
+def _given_noise(noise, shape: tuple[int, ...], name: str) -> jax.Array:
+  """Injected noise as float32 of the expected ``shape``; another shape raises naming ``noise[name]``."""
+  noise = jnp.asarray(noise, jnp.float32)
+  if tuple(noise.shape) != tuple(shape):
+    raise ValueError(f"sample_actions noise[{name!r}] has shape {tuple(noise.shape)}; expected {tuple(shape)}")
+  return noise
 
 
 # ------------------------------------------------------------------------------------------ helpers
