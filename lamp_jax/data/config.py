@@ -107,9 +107,10 @@ def default_data_config() -> ml_collections.ConfigDict:
 
 
 def for_model(model_cfg, batch_size: int) -> ml_collections.ConfigDict:
-  """``default_data_config`` with the fields a LaMP model fixes: one frame (window 1), its action horizon, action
-  / proprio dims, image size and cameras; scene-flow K / T as field references to ``model_cfg.motion`` (an
-  override of the model's num_keypoints / num_steps reaches the data)."""
+  """``default_data_config`` with the fields a policy config fixes: one frame (window 1), its action horizon, action
+  / proprio dims, image size and cameras; for a model with a ``motion`` section (LaMP), scene-flow K / T as field
+  references to ``model_cfg.motion`` (an override of the model's num_keypoints / num_steps reaches the data). A
+  model without one (π0) reads no scene flow: K / T keep their defaults unless the caller sets them."""
   d = default_data_config()
   d.batch_size = batch_size
   d.window_size = 1
@@ -118,6 +119,7 @@ def for_model(model_cfg, batch_size: int) -> ml_collections.ConfigDict:
   d.max_proprio_dim = int(model_cfg.proprio_dim)
   d.image_size = (int(model_cfg.image_size), int(model_cfg.image_size))
   d.cameras = tuple(model_cfg.image_keys)
-  d.scene_flow_num_points = model_cfg.motion.get_ref("num_keypoints")
-  d.scene_flow_horizon = model_cfg.motion.get_ref("num_steps")
+  if "motion" in model_cfg:
+    d.scene_flow_num_points = model_cfg.motion.get_ref("num_keypoints")
+    d.scene_flow_horizon = model_cfg.motion.get_ref("num_steps")
   return d
