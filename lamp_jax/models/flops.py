@@ -107,3 +107,13 @@ def dit_context_kv(action_cfg: ml_collections.ConfigDict, prefix: int, feature_w
   """The cross-attention keys + values of the prefix features in every cross-attention block."""
   return float((action_cfg.depth // 2) * 2 * prefix * feature_width * action_cfg.width * 2)
 
+
+def gemma_expert_call(expert, horizon: int, action_dim: int, proprio_dim: int, prefix: int) -> float:
+  """One π0 Gemma action-expert evaluation (``pi0_expert.Pi0ActionExpert``, a ``gemma.GemmaConfig`` ``expert``):
+  the 1 + ``horizon`` suffix tokens through every layer, attending to the ``prefix`` cached VLM keys / values
+  (projected by the VLM pass, not here) and their own; the state / action / action-time MLP / output projections."""
+  tokens = 1 + horizon
+  d = expert.width
+  layers = expert.depth * gemma_layer(expert, tokens, keys=prefix + tokens, kv_tokens=tokens)
+  embed = 2 * proprio_dim * d + 2 * horizon * (action_dim * d + 2 * d * d + d * d)
+  return float(layers + embed + 2 * horizon * d * action_dim)
