@@ -1,5 +1,5 @@
-"""Serving an exported policy: the same websocket / msgpack protocol and client as the JAX policy, the same
-actions through the client (loopback), per-policy observation validation, and a serving process that never
+"""Serving an exported policy (LaMP and π0): the same websocket / msgpack protocol and client as the JAX policy, the
+same actions through the client (loopback), per-policy observation validation, and a serving process that never
 imports jax, flax or tensorflow."""
 
 from __future__ import annotations
@@ -34,11 +34,16 @@ class FixedNoiseExportedPolicy(lamp_torch.ExportedPolicy):
     return {k: torch.from_numpy(v) for k, v in self.noise.items()}
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-  root = tmp_path_factory.mktemp("serve")
-  export_helpers.sim_checkpoint(root / "run")
+# Model kind -> the configs/sim.py variant checkpointed (random parameters) and exported for the serving tests.
+SIM_VARIANTS = {"lamp": "smoke", "pi0": "smoke_pi0"}
+
+
+@pytest.fixture(scope="module", params=sorted(SIM_VARIANTS))
+def exported(request, tmp_path_factory):
+  root = tmp_path_factory.mktemp(f"serve_{request.param}")
+  export_helpers.sim_checkpoint(root / "run", SIM_VARIANTS[request.param])
   export.export_checkpoint(str(root / "run"), str(root / "export"))
+  assert json.loads((root / "export" / "config.json").read_text())["kind"] == request.param
   return root
 
 
