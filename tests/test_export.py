@@ -453,15 +453,16 @@ def test_vlm_tensors_load_into_transformers_paligemma(tmp_path):
 
 
 @pytest.mark.slow  # a subprocess compiling the tiny sample_actions (~1 min on 2 shared cores)
-def test_bench_torch_export_cli():
+@pytest.mark.parametrize("config, paper_parameters", [("configs/lamp.py:tiny", 3.6e9), ("configs/pi0.py:tiny", 3.2e9)])
+def test_bench_torch_export_cli(config, paper_parameters):
   env = dict(os.environ, JAX_PLATFORMS="cpu", LAMP_JAX_ALLOCATOR="system")
-  out = subprocess.run([sys.executable, "-m", "lamp_jax.perf.export_bench", "--config=configs/lamp.py:tiny",
-                        "--repeats=2"], cwd=export_helpers.REPO, env=env, capture_output=True, text=True, check=True)
+  out = subprocess.run([sys.executable, "-m", "lamp_jax.perf.export_bench", f"--config={config}", "--repeats=2"],
+                       cwd=export_helpers.REPO, env=env, capture_output=True, text=True, check=True)
   result = json.loads(out.stdout[out.stdout.index("{"):])
   assert result["what"] == "torch_export" and result["max_abs_diff_torch_vs_jax"] <= 1e-4
   assert result["file_bytes"] == result["predicted_bytes"]
   assert set(result["latency_ms"]) == {"jax", "torch", "torch_1_thread"}
-  assert result["paper"]["float32"]["parameters"] == result["paper"]["bfloat16"]["parameters"] > 3.6e9
+  assert result["paper"]["float32"]["parameters"] == result["paper"]["bfloat16"]["parameters"] > paper_parameters
   assert result["paper"]["bfloat16"]["bytes"] < 0.51 * result["paper"]["float32"]["bytes"]
 
 
