@@ -37,6 +37,7 @@ from lamp_jax.training import checkpoints as ckpt_lib
 from lamp_jax.training import defaults
 from lamp_jax.training import metrics as metrics_lib
 from lamp_jax.training import optim
+from lamp_jax.training import preflight
 from lamp_jax.training import pretrained
 from lamp_jax.training import sharding as sharding_lib
 from lamp_jax.training import state as state_lib
@@ -273,7 +274,7 @@ class Trainer:
   """Runs the config's stages from scratch or from the latest checkpoint in ``<workdir>/checkpoints``.
 
   Args:
-    config: a run config (``training/defaults.py``), validated here.
+    config: a run config (``training/defaults.py``), checked here (``preflight.check_run_config``: every stage).
     workdir: checkpoints, metrics.jsonl, TensorBoard events and plots go here.
     data: optional data source (``SyntheticData`` / ``PipelineData`` interface) replacing the config's.
     eval_fn: optional ``eval_fn(trainer, state, step) -> dict`` of scalars, run every ``eval.every_steps``.
@@ -285,8 +286,7 @@ class Trainer:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, data=None,
                eval_fn: Callable[["Trainer", state_lib.TrainState, int], dict] | None = None,
                mesh: Mesh | None = None, measure_matmul_roof: Callable[[str], float] | None = None):
-    defaults.validate(config)
-    pretrained.active_entries(config)  # a required init path that is unset fails here, naming the field
+    preflight.check_run_config(config)  # every field of every stage, before any work (cached per config)
     self.config = config
     enable_compilation_cache(str(config.compilation_cache_dir))
     self.workdir = os.path.abspath(workdir)
