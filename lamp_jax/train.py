@@ -15,8 +15,10 @@ Several processes (TPU pod hosts, or two processes on localhost with ``--coordin
 ``--num_processes``, ``--process_id``) run the same command; only process 0 logs and writes plots.
 
 Every field of every stage is checked before step 1 (``training/preflight.py``). A config error -- an unknown
-``--config.<path>`` override, a config file that does not load, a value that cannot work -- prints
-``error: config field <full.path>: <what>`` and exits with status 2.
+``--config.<path>`` override, a config file that does not load, a value that cannot work, a workdir whose
+checkpoints hold another model -- prints ``error: config field <full.path>: <what>`` (the model mismatch lists
+the differing parameters and fields on the following lines) and exits with status 2; a workdir whose
+checkpoints are all corrupted prints ``error: ...`` and exits with status 1.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 EXIT_CONFIG_ERROR = 2
+EXIT_NO_INTACT_CHECKPOINT = 1
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file: configs/<name>.py[:variant].",
                                           lock_config=True)
@@ -144,6 +147,8 @@ def main(argv):
   multihost.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from lamp_jax import experiment
 
+  from lamp_jax.training import checkpoint_compat
+  from lamp_jax.training import checkpoints
   from lamp_jax.training import preflight
 
   config = _CONFIG.value
@@ -158,8 +163,10 @@ def main(argv):
   multihost.check_same_config_across_hosts(config)
   try:
     result = experiment.run(config, _WORKDIR.value, stop_after_step=_STOP_AFTER.value)
-  except preflight.ConfigError as e:
+  except (preflight.ConfigError, checkpoint_compat.CheckpointMismatchError) as e:
     _fail(str(e))
+  except checkpoints.NoIntactCheckpointError as e:
+    _fail(str(e), EXIT_NO_INTACT_CHECKPOINT)
   if result is not None and experiment.is_main_process():
     print(json.dumps({"workdir": os.path.abspath(_WORKDIR.value), **result.get("summary", {})}), flush=True)
 

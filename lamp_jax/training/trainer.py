@@ -9,6 +9,13 @@ So a run resumed from step N reproduces an uninterrupted run bit for bit on CPU.
 
 Non-finite loss or gradient norm: the step leaves the state unchanged (guarded on device), the loop stops with
 ``NonFiniteError`` before any further checkpoint is written, so the last good checkpoint stays the latest.
+
+Resume is checked (``train``): the checkpoint's arrays are compared with the state the config builds first
+(``checkpoint_compat``: a different model is an error listing the differing parameter paths and config fields),
+then restored and verified against their checksums (``checkpoints``/``integrity``). A corrupted or incomplete
+latest step is reported by step and array, moved to ``<workdir>/corrupted_checkpoints/`` and the run falls back
+to the newest intact step; when no step is intact the run stops (``NoIntactCheckpointError``) without touching
+anything. ``metrics.jsonl`` rows of the steps replayed after the resume point are replaced, not duplicated.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from lamp_jax import specs
 from lamp_jax import tokenizer as tokenizer_lib
 from lamp_jax.models import interface
 from lamp_jax.models import registry
+from lamp_jax.training import checkpoint_compat
 from lamp_jax.training import checkpoints as ckpt_lib
 from lamp_jax.training import defaults
 from lamp_jax.training import metrics as metrics_lib
@@ -402,14 +410,68 @@ class Trainer:
     return state
 
   def restore(self, step: int) -> tuple[state_lib.TrainState, int]:
-    meta, _, norm_stats = self.checkpointer.restore_json(step)
-    self._checkpoint_norm_stats = norm_stats
+    """The verified state of checkpoint ``step`` and its stage index.
+
+    Raises:
+      checkpoint_compat.CheckpointMismatchError: the checkpoint holds another model or optimizer state than the
+        config builds (lists the arrays and the config fields that differ).
+      checkpoints.CheckpointCorruptError: an item is unreadable or an array fails its checksum / is non-finite.
+    """
+    meta, stored_config, norm_stats = self.checkpointer.restore_json(step)
     index = int(meta.get("stage_index", self.stage_index_of_checkpoint(step)))
+    if not 0 <= index < len(self.config.stage_order):
+      raise checkpoint_compat.CheckpointMismatchError(
+          f"checkpoint step {step} in {self.checkpointer.directory} is of stage {index} "
+          f"({meta.get('stage_name')!r}) but config field stage_order has {len(self.config.stage_order)} stages "
+          f"{tuple(self.config.stage_order)}")
     stage = self.stage(index)
     abstract, shardings = self.abstract_state(stage)
+    differing = checkpoint_compat.check_restorable(
+        self.checkpointer.directory, step, self.checkpointer.state_layout(step),
+        checkpoint_compat.abstract_layout(abstract), stored_config, self.config_json)
+    if differing and self.is_main:
+      log.warning("resuming step %d with a config that differs from the checkpoint's in %d fields "
+                  "(checkpoint -> now): %s", step, len(differing), "; ".join(differing[:checkpoint_compat.MAX_LISTED]))
     state = self.checkpointer.restore_state(step, state_lib.abstract_with_shardings(abstract, shardings))
+    self._checkpoint_norm_stats = norm_stats
     self.state_shardings = shardings
     return state, index
+
+  def restore_latest_intact(self) -> tuple[state_lib.TrainState, int, int] | None:
+    """(state, stage index, step) of the newest checkpoint that restores and verifies, or None without any.
+
+    Newer corrupted steps are reported (a warning per step naming its bad arrays) and moved to
+    ``<workdir>/corrupted_checkpoints`` so the run can write those steps again. Raises
+    ``NoIntactCheckpointError`` (moving nothing) when every step is corrupted, and lets a
+    ``CheckpointMismatchError`` through (another model is not corruption: every step would fail the same way).
+    """
+    corrupted: list[ckpt_lib.CheckpointCorruptError] = []
+    for step in sorted(self.checkpointer.all_steps(), reverse=True):
+      try:
+        state, index = self.restore(step)
+      except ckpt_lib.CheckpointCorruptError as e:
+        corrupted.append(e)
+        if self.is_main:
+          log.warning("%s", e)
+          print(f"[train] WARNING: {e}", flush=True)
+        continue
+      if corrupted:
+        if self.is_main:
+          for e in corrupted:
+            moved = self.checkpointer.quarantine(e)
+            print(f"[train] WARNING: checkpoint step {e.step} is corrupted and was moved to {moved}; falling back "
+                  f"to step {step}", flush=True)
+        if self.process_count > 1:
+          from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+          multihost_utils.sync_global_devices("lamp_jax_quarantine")
+          self.checkpointer.manager.reload()
+      return state, index, step
+    if corrupted:
+      raise ckpt_lib.NoIntactCheckpointError(
+          f"no intact checkpoint in {self.checkpointer.directory}: every step is corrupted or incomplete "
+          f"(nothing was moved): " + " | ".join(str(e) for e in corrupted))
+    return None
 
   def check_stage(self, stage: Stage) -> None:
     if stage.frozen:
@@ -450,10 +512,9 @@ class Trainer:
     """Runs (or resumes) the stages; stops early, with a checkpoint, once ``until_step`` is reached."""
     until = self.total_steps if until_step is None else min(int(until_step), self.total_steps)
     self.host_roof()  # Timed once, before the step timings start.
-    latest = self.checkpointer.latest_step()
-    if latest is not None:
-      state, index = self.restore(latest)
-      step = latest
+    resumed = self.restore_latest_intact()
+    if resumed is not None:
+      state, index, step = resumed
       if self.is_main:
         print(f"[train] resumed from {self.checkpointer.directory} at step {step} "
               f"(stage {self.config.stage_order[index]!r})", flush=True)
@@ -462,6 +523,9 @@ class Trainer:
       stage0 = self.stage(0)
       self.check_stage(stage0)
       state = self.initial_state(stage0)
+    dropped = self.metrics.start(step)
+    if dropped and self.is_main:
+      print(f"[train] metrics.jsonl: {dropped} rows after step {step} dropped (those steps are replayed)", flush=True)
     try:
       while index < len(self.config.stage_order) and step < until:
         stage = self.stage(index)
