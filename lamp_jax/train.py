@@ -18,7 +18,9 @@ Every field of every stage is checked before step 1 (``training/preflight.py``).
 ``--config.<path>`` override, a config file that does not load, a value that cannot work, a workdir whose
 checkpoints hold another model -- prints ``error: config field <full.path>: <what>`` (the model mismatch lists
 the differing parameters and fields on the following lines) and exits with status 2; a workdir whose
-checkpoints are all corrupted prints ``error: ...`` and exits with status 1.
+checkpoints are all corrupted, a checkpoint / metrics.jsonl that cannot be written (a full disk), or a corrupt data
+file met while training prints ``error: ...`` (naming the step / file) and exits with status 1; what was already
+written stays intact and rerunning the same command resumes.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 EXIT_CONFIG_ERROR = 2
-EXIT_NO_INTACT_CHECKPOINT = 1
+EXIT_RUN_ERROR = 1
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file: configs/<name>.py[:variant].",
                                           lock_config=True)
@@ -147,8 +149,10 @@ def main(argv):
   multihost.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from lamp_jax import experiment
 
+  from lamp_jax.data import errors as data_errors
   from lamp_jax.training import checkpoint_compat
   from lamp_jax.training import checkpoints
+  from lamp_jax.training import metrics
   from lamp_jax.training import preflight
 
   config = _CONFIG.value
@@ -165,8 +169,15 @@ def main(argv):
     result = experiment.run(config, _WORKDIR.value, stop_after_step=_STOP_AFTER.value)
   except (preflight.ConfigError, checkpoint_compat.CheckpointMismatchError) as e:
     _fail(str(e))
-  except checkpoints.NoIntactCheckpointError as e:
-    _fail(str(e), EXIT_NO_INTACT_CHECKPOINT)
+  except (checkpoints.NoIntactCheckpointError, checkpoints.CheckpointWriteError, metrics.MetricsWriteError) as e:
+    _fail(str(e), EXIT_RUN_ERROR)
+  except data_errors.DataError as e:  # a corrupt / missing data file met while training
+    reader = checkpoints.Checkpointer(checkpoints.checkpoint_dir(_WORKDIR.value), read_only=True, async_save=False)
+    latest = reader.latest_step()
+    reader.close()
+    _fail(f"{str(e).replace(data_errors.MESSAGE_MARKER, '')} -- the checkpoints written so far are intact "
+          f"(newest: step {latest}); repair or replace the file (or set data.pipeline.skip_bad=True to skip bad "
+          "files, counted) and rerun the same command to resume", EXIT_RUN_ERROR)
   if result is not None and experiment.is_main_process():
     print(json.dumps({"workdir": os.path.abspath(_WORKDIR.value), **result.get("summary", {})}), flush=True)
 

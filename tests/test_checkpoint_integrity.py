@@ -316,3 +316,31 @@ def test_config_from_json_round_trip_keeps_fields():  # the stored config the mi
   back = ckpt_lib.config_from_json(ckpt_lib.config_to_json(config))
   assert checkpoint_compat.config_diff(ckpt_lib.config_to_json(config), ckpt_lib.config_to_json(back)) == []
   assert isinstance(back.stages.main, ml_collections.ConfigDict)
+
+
+def test_a_failed_write_names_the_step_keeps_the_previous_one_and_the_rerun_is_exact(runs, tmp_path, monkeypatch):
+  """A full disk while step 4 is saved (simulated: orbax's save raises ENOSPC): CheckpointWriteError names step 4
+  and the intact step 2; rerunning resumes from step 2 and ends bit for bit like the uninterrupted run."""
+  import errno
+
+  import orbax.checkpoint as ocp
+
+  config, straight, _ = runs
+  workdir = tmp_path / "run"
+  real_save = ocp.CheckpointManager.save
+
+  def save(manager, step, *args, **kwargs):
+    if step == 4:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real_save(manager, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+  t = trainer_lib.Trainer(config, str(workdir))
+  with pytest.raises(ckpt_lib.CheckpointWriteError, match=r"checkpoint step 4 could not be written to .*No space "
+                     r"left on device.*the newest complete checkpoint is step 2 \(intact\)"):
+    t.train()
+  t.close()  # no second error from the cleanup
+  monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2"]
+  _assert_states_equal(_run(config, workdir), straight)
+  assert [r["step"] for r in metrics_lib.read_jsonl(str(workdir / "metrics.jsonl"))] == [1, 2, 3, 4, 5, 6]

@@ -17,6 +17,11 @@ match its checksum, or a non-finite value raise ``CheckpointCorruptError`` namin
 Checkpoints written before the checksums existed (no 'integrity' in meta) are checked for finiteness only.
 The trainer then falls back to the newest intact step and moves the corrupted ones aside with ``quarantine``
 (to ``<workdir>/corrupted_checkpoints/<step>``, with a REASON.txt): nothing is deleted.
+
+A save that fails (a full disk, a file system error), synchronously or in orbax's background thread, raises
+``CheckpointWriteError`` naming the step and the newest complete checkpoint, which stays intact; the incomplete
+step is left in orbax's temporary directory and removed at the next start. orbax's asyncio tasks log every
+failed array write once more as "Task exception was never retrieved"; those duplicates are dropped from the log.
 """
 
 from __future__ import annotations
@@ -65,6 +70,22 @@ class NonFiniteStateError(ValueError):
   """A state with NaN / inf values was about to be saved."""
 
 
+class CheckpointWriteError(RuntimeError):
+  """A checkpoint could not be written; the newest complete one is intact."""
+
+
+class _DropOrbaxWriteTaskErrors(logging.Filter):
+  """asyncio logs each failed array write of an orbax save as an unretrieved task exception (hundreds of
+  tracebacks for one full disk); ``CheckpointWriteError`` reports the failure once."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not (message.startswith("Task exception was never retrieved") and "orbax" in message)
+
+
+logging.getLogger("asyncio").addFilter(_DropOrbaxWriteTaskErrors())
+
+
 def describe_exception(e: BaseException, limit: int = 400) -> str:
   """'Type: message' on one line, cut to ``limit`` characters; orbax's advice to restore non-strictly (which
   would hide the problem) is removed."""
@@ -85,6 +106,7 @@ class Checkpointer:
         enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=(STATE, META, CONFIG, NORM_STATS, INTEGRITY))
+    self._pending: int | None = None  # the step an asynchronous save is writing
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -100,13 +122,37 @@ class Checkpointer:
     if bad:
       raise NonFiniteStateError(f"refusing to write checkpoint step {step} in {self.directory}: the state has "
                                 f"non-finite values ({'; '.join(bad[:MAX_LISTED])})")
-    self.manager.save(int(step), args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardSave(state),
-        META: ocp.args.JsonSave(dict(meta, integrity=integrity.FORMAT)),
-        CONFIG: ocp.args.JsonSave(config_json),
-        NORM_STATS: ocp.args.JsonSave(norm_stats or {}),
-        INTEGRITY: ocp.args.JsonSave(integrity.to_json(records)),
-    }), force=True)
+    try:
+      self.manager.save(int(step), args=ocp.args.Composite(**{
+          STATE: ocp.args.StandardSave(state),
+          META: ocp.args.JsonSave(dict(meta, integrity=integrity.FORMAT)),
+          CONFIG: ocp.args.JsonSave(config_json),
+          NORM_STATS: ocp.args.JsonSave(norm_stats or {}),
+          INTEGRITY: ocp.args.JsonSave(integrity.to_json(records)),
+      }), force=True)
+    except Exception as e:  # pylint: disable=broad-except  (this save, or the previous one in the background)
+      raise self._write_error(e, int(step)) from e
+    self._pending = int(step)
+
+  def _write_error(self, e: BaseException, step: int | None) -> CheckpointWriteError:
+    """The error of a failed save: the step whose write failed (the pending asynchronous one when it never
+    completed, else ``step``) and the newest complete checkpoint."""
+    pending, self._pending = self._pending, None
+    try:
+      self.manager.wait_until_finished()  # let a pending save settle (it may have completed after all)
+    except Exception:  # pylint: disable=broad-except
+      pass
+    try:
+      self.manager.reload()
+      steps, latest = self.all_steps(), self.manager.latest_step()
+    except Exception:  # pylint: disable=broad-except
+      steps, latest = [], None
+    failed = pending if pending is not None and (step is None or pending not in steps) else step
+    kept = (f"the newest complete checkpoint is step {latest} (intact)" if latest is not None
+            else "there is no complete checkpoint yet")
+    return CheckpointWriteError(
+        f"checkpoint step {failed} could not be written to {self.directory} ({describe_exception(e)}); {kept}: "
+        "free space or fix the file system, then rerun the same command to resume")
 
   def _corrupt(self, step: int, problems: list[str]) -> CheckpointCorruptError:
     return CheckpointCorruptError(self.directory, step, problems)
@@ -220,7 +266,12 @@ class Checkpointer:
     return target
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Waits for the asynchronous save; its failure raises ``CheckpointWriteError``."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._write_error(e, None) from e
+    self._pending = None
 
   def close(self) -> None:
     self.manager.close()

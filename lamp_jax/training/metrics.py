@@ -23,6 +23,10 @@ from typing import Any, Mapping
 import numpy as np
 
 
+class MetricsWriteError(OSError):
+  """metrics.jsonl could not be written (e.g. a full disk); the rows written so far are kept."""
+
+
 def _to_float(v: Any) -> float | None:
   try:
     f = float(np.asarray(v))
@@ -80,8 +84,12 @@ class MetricsWriter:
       f = _to_float(v)
       if f is not None:
         clean[k] = f if math.isfinite(f) else str(f)
-    with open(self.path, "a") as fh:
-      fh.write(json.dumps({"step": int(step), "split": split, **clean}) + "\n")
+    try:
+      with open(self.path, "a") as fh:
+        fh.write(json.dumps({"step": int(step), "split": split, **clean}) + "\n")
+    except OSError as e:
+      raise MetricsWriteError(e.errno, f"{self.path} could not be written at step {step}: {e.strerror or e} (a "
+                              "cut-off last line is dropped when the run resumes)") from e
     if self._tb is not None:
       for k, v in clean.items():
         if isinstance(v, float):
@@ -90,12 +98,19 @@ class MetricsWriter:
       self._wandb.log({f"{split}/{k}": v for k, v in clean.items()}, step=int(step))
 
   def flush(self) -> None:
+    """Flushes TensorBoard (best effort: a failure is logged; metrics.jsonl is the record)."""
     if self._tb is not None:
-      self._tb.flush()
+      try:
+        self._tb.flush()
+      except OSError as e:
+        logging.warning("TensorBoard events in %s could not be flushed: %s", self._tb_dir, e)
 
   def close(self) -> None:
     if self._tb is not None:
-      self._tb.close()
+      try:
+        self._tb.close()
+      except OSError as e:
+        logging.warning("TensorBoard events in %s could not be closed: %s", self._tb_dir, e)
       self._tb = None
     if self._wandb is not None:
       self._wandb.finish()

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import time
 from typing import Any, Callable, Iterator
 
@@ -540,9 +541,23 @@ class Trainer:
         state = self._run_stage(stage, state, step, until)
         step = int(jax.device_get(state.step))
     finally:
-      self.checkpointer.wait()
-      self.metrics.flush()
+      self._finish_io()
     return state
+
+  def _finish_io(self, close: bool = False) -> None:
+    """Waits for the pending checkpoint and flushes (or closes) the metrics. While an error is already propagating
+    their own failures are logged, not raised, so the first error is the one reported."""
+    in_flight = sys.exc_info()[1] is not None
+    steps = [self.checkpointer.wait] + ([self.checkpointer.close, self.metrics.close] if close else
+                                        [self.metrics.flush])
+    for fn in steps:
+      try:
+        fn()
+      except Exception as e:  # pylint: disable=broad-except
+        if not in_flight:
+          raise
+        log.warning("while stopping after an error, %s failed too: %s", getattr(fn, "__qualname__", fn),
+                    ckpt_lib.describe_exception(e))
 
   def _run_stage(self, stage: Stage, state: state_lib.TrainState, step: int, until: int) -> state_lib.TrainState:
     cfg = self.config
@@ -627,6 +642,4 @@ class Trainer:
           f"step {latest} in {self.checkpointer.directory}.")
 
   def close(self) -> None:
-    self.checkpointer.wait()
-    self.checkpointer.close()
-    self.metrics.close()
+    self._finish_io(close=True)
