@@ -293,3 +293,16 @@ def test_serve_cli_random_policy_end_to_end():
     except subprocess.TimeoutExpired:
       proc.kill()
       proc.wait()
+
+
+def test_load_bench_counts_every_request(served):
+  from lamp_jax.perf import serve_load
+
+  _, server = served
+  result = serve_load.run_load("127.0.0.1", server.port, clients=4, requests=5, image_size=9)
+  assert result["ok"] == 20 and result["errors"] == 0 and result["first_errors"] == []
+  ms = result["round_trip_ms"]
+  assert 0 < ms["p50"] <= ms["p90"] <= ms["p99"] <= ms["max"]
+  obs = serve_load.observation_from_spec({"image_0": {"dtype": "uint8", "shape": [-1, -1, 3]},
+                                          "state": {"dtype": "float32", "shape": [5]}}, np.random.default_rng(0), 9)
+  assert obs["image_0"].shape == (9, 9, 3) and obs["state"].shape == (5,) and obs["state"].dtype == np.float32
