@@ -87,13 +87,16 @@ logging.getLogger("asyncio").addFilter(_DropOrbaxWriteTaskErrors())
 
 
 def describe_exception(e: BaseException, limit: int = 400) -> str:
-  """'Type: message' on one line, cut to ``limit`` characters; orbax's advice to restore non-strictly (which
-  would hide the problem) is removed."""
+  """'Type: message' on one line, at most ``limit`` characters (the middle of a longer one is cut); orbax's
+  advice to restore non-strictly (which would hide the problem) is removed."""
   text = " ".join(str(e).split())
   text = text.split(" See full TensorStore details")[0]  # a repr of the whole spec follows
   text = re.sub(r"[^.;]*\bstrict\s*=\s*False\b[^.;]*[.;]?", "", text).strip()
   text = f"{type(e).__name__}: {text}" if text else type(e).__name__
-  return text if len(text) <= limit else text[:limit - 3] + "..."
+  if len(text) <= limit:
+    return text
+  half = (limit - 5) // 2  # keep both ends: the operation at the start, the OS reason at the end
+  return f"{text[:half]} ... {text[-half:]}"
 
 
 class Checkpointer:
@@ -150,8 +153,12 @@ class Checkpointer:
     failed = pending if pending is not None and (step is None or pending not in steps) else step
     kept = (f"the newest complete checkpoint is step {latest} (intact)" if latest is not None
             else "there is no complete checkpoint yet")
+    root = e
+    while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
+      root = root.__cause__ or root.__context__
+    why = describe_exception(e) if root is e else f"{describe_exception(e, 200)}, caused by {describe_exception(root)}"
     return CheckpointWriteError(
-        f"checkpoint step {failed} could not be written to {self.directory} ({describe_exception(e)}); {kept}: "
+        f"checkpoint step {failed} could not be written to {self.directory} ({why}); {kept}: "
         "free space or fix the file system, then rerun the same command to resume")
 
   def _corrupt(self, step: int, problems: list[str]) -> CheckpointCorruptError:
