@@ -119,3 +119,17 @@ def test_cli_config_errors_are_one_line_with_status_2(tmp_path, override, line):
   lines = [x for x in proc.stderr.splitlines() if x.strip()]
   assert len(lines) == 1 and lines[0].startswith(line), proc.stderr
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_files_are_checked_before_any_work(tmp_path):
+  config = _two_stage()
+  config.tokenizer.kind = "sentencepiece"  # without tokenizer.path
+  with pytest.raises(preflight.ConfigError, match=r"config field tokenizer: ValueError: tokenizer\.kind="
+                     r"'sentencepiece' needs tokenizer\.path"):
+    experiment.run(config, str(tmp_path / "a"))
+  config = _two_stage()
+  config.init = ml_collections.ConfigDict(dict(
+      motion=pretrained.init_entry("checkpoint", "motion_in", str(tmp_path / "no_such_run"))))
+  with pytest.raises(preflight.ConfigError, match=r"config field init\.motion\.path: .*no_such_run does not exist"):
+    experiment.run(config, str(tmp_path / "b"))
+  assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")

@@ -10,10 +10,13 @@ first problem:
   2. the values ``defaults.validate`` checks (kinds, positive sizes, stage list, mesh, data <-> model);
   3. ``config.init`` entries (``pretrained.active_entries``: required paths set, known kinds);
   4. per stage of ``stage_order``: its model config builds (``defaults.stage_model_config`` + ``registry``), its
-     data overrides still match what that model reads, its optimizer builds, the tokenizer fits the model's
-     vocabulary, the parameters and one ``compute_loss`` call trace abstractly (``jax.eval_shape``: no array is
+     data overrides still match what that model reads, its optimizer builds, the parameters and one
+     ``compute_loss`` call trace abstractly (``jax.eval_shape``: no array is
      allocated, so the loss weights are checked against the model's terms), its ``frozen`` regexes each match a
      parameter, and the ``init`` targets exist in the model.
+
+``check_files(config)`` adds what needs files (the tokenizer, which must fit each stage's vocabulary, and the
+local files of ``config.init``); ``lamp_jax.train`` runs it before any work for a workdir that starts fresh.
 
 The abstract trace is the only non-trivial cost (about a second per stage for the simulator's LaMP on a CPU,
 nothing next to generating data or compiling the train step); a config that passed is remembered for the process
@@ -148,12 +151,6 @@ def check_stage(config: ml_collections.ConfigDict, name: str, params_cache: dict
     optim.make_optimizer(scfg.optimizer, tuple(scfg.frozen), int(scfg.steps))
   except (ValueError, TypeError) as e:
     raise _as_config_error(e, f"{field}.optimizer") from None
-  from lamp_jax.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top  (cycle)
-
-  try:
-    trainer_lib.make_tokenizer(config, model_cfg)
-  except (ValueError, TypeError, OSError) as e:
-    raise _as_config_error(e, "tokenizer") from None
   rng = jax.ShapeDtypeStruct((2,), np.uint32)
   try:  # Anything the model raises while building or tracing is this stage's model config not working.
     batch = _abstract_batch(config, lib, model_cfg)
@@ -206,3 +203,20 @@ def check_run_config(config: ml_collections.ConfigDict) -> None:
     if name == config.stage_order[0]:
       _check_init_targets(config, params)  # a fresh state is initialised (and loaded) for the first stage
   _PASSED.add(key)
+
+
+def check_files(config: ml_collections.ConfigDict, fresh: bool = True) -> None:
+  """The checks that read files: the tokenizer builds and fits each stage's vocabulary; with ``fresh`` (a run
+  without checkpoints) every local ``config.init`` file exists. ``ConfigError`` naming the field."""
+  from lamp_jax.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top  (import cycle)
+
+  for name in config.stage_order:
+    try:
+      trainer_lib.make_tokenizer(config, defaults.stage_model_config(config, name))
+    except (ValueError, TypeError, OSError) as e:
+      raise _as_config_error(e, "tokenizer") from None
+  if fresh:
+    try:
+      pretrained.check_paths(config)
+    except FileNotFoundError as e:
+      raise _as_config_error(e, "init") from None

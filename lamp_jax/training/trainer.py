@@ -290,12 +290,18 @@ class Trainer:
     mesh: optional mesh replacing the one built from ``config.mesh``.
     measure_matmul_roof: optional ``fn(dtype_name) -> FLOP/s`` of one device (``lamp_jax.perf.roofline``); with
       ``logging.measure_roof`` the loop logs ``roof_fraction`` against it (measured once).
+    check_config: run ``preflight.check_run_config`` (every stage traced abstractly); False only for tools that
+      never train and trace the stages themselves (``lamp_jax.perf.aot``), where ``defaults.validate`` runs.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, data=None,
                eval_fn: Callable[["Trainer", state_lib.TrainState, int], dict] | None = None,
-               mesh: Mesh | None = None, measure_matmul_roof: Callable[[str], float] | None = None):
-    preflight.check_run_config(config)  # every field of every stage, before any work (cached per config)
+               mesh: Mesh | None = None, measure_matmul_roof: Callable[[str], float] | None = None,
+               check_config: bool = True):
+    if check_config:
+      preflight.check_run_config(config)  # every field of every stage, before any work (cached per config)
+    else:
+      defaults.validate(config)
     self.config = config
     enable_compilation_cache(str(config.compilation_cache_dir))
     self.workdir = os.path.abspath(workdir)
