@@ -34,6 +34,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -229,13 +230,27 @@ class Checkpointer:
     meta, _, _ = self.restore_json(step)
     records = self.integrity_records(step, meta)
     self._require_items(step, (STATE,))
+    state, error = None, None
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state)}))
       state = out[STATE]
     except Exception as e:  # pylint: disable=broad-except
-      raise self._corrupt(step, [f"item {STATE} unreadable ({describe_exception(e)})"]) from e
+      error = e
+    self._agree_readable(step, error, STATE)
     self._verify(step, state, records, prefix="")
     return state
+
+  def _agree_readable(self, step: int, error: BaseException | None, what: str) -> None:
+    """Raises ``CheckpointCorruptError`` when the read failed here or, with several processes (each reads its own
+    shards), on any of them: all processes then take the same fallback, before the verification's collectives."""
+    ok = error is None
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+      ok = bool(np.all(multihost_utils.process_allgather(np.array([ok]))))
+    if not ok:
+      why = describe_exception(error) if error is not None else "unreadable on another process"
+      raise self._corrupt(step, [f"{what} unreadable ({why})"]) from error
 
   def restore_params(self, step: int, abstract_params: Any, key: str = "params") -> Any:
     """Restores only ``state.<key>`` ('params' or 'ema_params') via a partial restore of the state item, verified
@@ -248,11 +263,13 @@ class Checkpointer:
     restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=getattr(x, "sharding", None))
                                 if getattr(x, "sharding", None) is not None else ocp.RestoreArgs(),
                                 abstract_params)
+    tree, error = None, None
     try:
       tree = handler.restore(path, args=ocp.args.PyTreeRestore(
           item={key: abstract_params}, restore_args={key: restore_args}, partial_restore=True))
     except Exception as e:  # pylint: disable=broad-except
-      raise self._corrupt(step, [f"{key} of item {STATE} unreadable ({describe_exception(e)})"]) from e
+      error = e
+    self._agree_readable(step, error, f"{key} of item {STATE}")
     self._verify(step, tree[key], records, prefix=f"{key}/")
     return tree[key]
 

@@ -556,14 +556,18 @@ class Trainer:
     in_flight = sys.exc_info()[1] is not None
     steps = [self.checkpointer.wait] + ([self.checkpointer.close, self.metrics.close] if close else
                                         [self.metrics.flush])
-    for fn in steps:
+    first = None
+    for fn in steps:  # every step runs (a failed wait must not leave the files open)
       try:
         fn()
       except Exception as e:  # pylint: disable=broad-except
-        if not in_flight:
-          raise
-        log.warning("while stopping after an error, %s failed too: %s", getattr(fn, "__qualname__", fn),
-                    ckpt_lib.describe_exception(e))
+        if first is None and not in_flight:
+          first = e
+        else:
+          log.warning("while stopping after an error, %s failed too: %s", getattr(fn, "__qualname__", fn),
+                      ckpt_lib.describe_exception(e))
+    if first is not None:
+      raise first
 
   def _run_stage(self, stage: Stage, state: state_lib.TrainState, step: int, until: int) -> state_lib.TrainState:
     cfg = self.config
