@@ -394,8 +394,9 @@ def sim_smoke(tmp_path_factory):
   return root, jax_policy, torch_policy
 
 
-def test_raw_observations_give_the_checkpoint_policys_actions(sim_smoke):
-  """Resize (48x40 -> 32x32), proprio normalisation with the statistics' mask, word tokens, un-normalisation."""
+def test_raw_observations_give_the_checkpoint_policys_actions(sim_smoke, monkeypatch):
+  """Resize (48x40 -> 32x32), proprio normalisation with the statistics' mask, word tokens, un-normalisation; a
+  camera the robot does not send."""
   _, jax_policy, torch_policy = sim_smoke
   rng = np.random.default_rng(1)
   instruction = "put the red cube on the blue plate"
@@ -415,9 +416,14 @@ def test_raw_observations_give_the_checkpoint_policys_actions(sim_smoke):
                                       noise={k: torch.from_numpy(v) for k, v in jax_policy.noise.items()})
     assert got.shape == (1, torch_policy.action_horizon, 7) and got.dtype == np.float32
     assert np.abs(got[0] - want).max() <= FP32_TOLERANCE * max(1.0, np.abs(want).max())
-  # A camera the robot does not send: zeros and masked out on both sides.
+  # A camera the robot does not send: the JAX CheckpointPolicy's observation_spec requires every camera (a clear
+  # error); the exported policy fills zeros and masks the camera out, which the JAX preprocessing below the check
+  # does too (the same actions).
   observation = export_helpers.raw_observation(rng)
   del observation["image_2"]
+  with pytest.raises(ValueError, match=r"missing observation keys \['image_2'\]"):
+    jax_policy(observation)
+  monkeypatch.setattr(jax_policy, "check_observation", lambda observation: None)
   np.testing.assert_allclose(torch_policy.sample_actions(
       {**observation, "instruction": instruction}, noise={k: torch.from_numpy(v) for k, v in jax_policy.noise.items()}
   )[0], jax_policy(observation), atol=FP32_TOLERANCE)
