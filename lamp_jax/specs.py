@@ -8,6 +8,7 @@ Axis letters used in shapes across the code base:
   B batch · W observation window (history, the current frame is the last) · H/W_img image height/width
   C channels · Hz action horizon (chunk length; written ``H`` in action shapes) · A action dim (padded)
   S proprio dim · K scene-flow keypoints · T future flow steps · L text tokens
+  F future frames (one per offset k of ``DataRequirements.future_offsets``, in that order)
 
 Batch (a nested dict of numpy / jax arrays):
 
@@ -15,9 +16,16 @@ Batch (a nested dict of numpy / jax arrays):
     image_primary      uint8[B, W, Himg, Wimg, 3]  third-person reference camera (scene flow lives in it)
     image_wrist        uint8[B, W, Himg, Wimg, 3]  wrist camera (optional key)
     image_secondary    uint8[B, W, Himg, Wimg, 3]  second third-person camera (optional key)
+    image_tertiary     uint8[B, W, Himg, Wimg, 3]  third third-person camera (optional key; Bridge image_2,
+                                                   the simulator's 'top' camera)
     image_mask         dict name -> bool[B, W]     False where the camera is missing (image is zeros)
     proprio            float32[B, W, S]             normalised proprioceptive state
     timestep_pad_mask  bool[B, W]                   False for window steps before the episode start
+    future/<camera>    uint8[B, F, Himg, Wimg, 3]   (latent action models) the camera's frames o_{t+k} at
+                                                   the future offsets k of DataRequirements.future_offsets
+                                                   (synchronised with the current frame o_t of every camera)
+    future_pad_mask    bool[B, F]                   False where t + k lies past the episode end: the pair
+                                                   (o_t, o_{t+k}) is padding and must not enter any loss
   task/
     language_instruction  object/bytes[B]           raw text; tokenised on the host by lamp_jax.tokenizer
     tokens             int32[B, L]                  (added by the trainer) token ids, right padded
@@ -69,10 +77,13 @@ HAS_OPTICAL_FLOW = "has_optical_flow"
 IMAGE_PRIMARY = "image_primary"
 IMAGE_WRIST = "image_wrist"
 IMAGE_SECONDARY = "image_secondary"
-IMAGE_KEYS = (IMAGE_PRIMARY, IMAGE_WRIST, IMAGE_SECONDARY)
+IMAGE_TERTIARY = "image_tertiary"
+IMAGE_KEYS = (IMAGE_PRIMARY, IMAGE_WRIST, IMAGE_SECONDARY, IMAGE_TERTIARY)
 IMAGE_MASK = "image_mask"
 PROPRIO = "proprio"
 TIMESTEP_PAD_MASK = "timestep_pad_mask"
+FUTURE = "future"  # observation/future/<camera>: uint8[B, F, H, W, 3]
+FUTURE_PAD_MASK = "future_pad_mask"  # observation/future_pad_mask: bool[B, F]
 
 # task/ keys.
 LANGUAGE_INSTRUCTION = "language_instruction"
