@@ -19,6 +19,11 @@ is the library's ``name``):
                                ``compute_loss``) and, for policies, 'sample_actions'; ``flop_modes`` lists all
   methods                      the optional module methods the model has (``OPTIONAL_METHODS``); shared code
                                checks membership here, never ``hasattr``
+  inference_config(cfg)        (optional) the config of what ``sample_actions`` runs, without training-only
+                               parts (e.g. an auxiliary head); export keeps only its parameters
+  report(cfg, params, batches, out_dir)  (optional) figures of a trained model on held-out batches, written by
+                               ``python -m lamp_jax.train`` after the last stage (``report.json``; e.g. a VAE's
+                               reconstruction error and latent statistics, with a PNG); None = nothing to report
 Derived (not overridden): ``init_variables`` (boxed, logical axis names), ``init_params``, ``abstract_variables``,
 ``abstract_params``, ``logical_axes`` (``jax.eval_shape``: nothing allocated), ``loss_weights``.
 
@@ -33,6 +38,7 @@ The module (flax linen; pure ``init`` / ``apply``; every method takes the batch 
         so that two implementations can be compared on identical draws
   encode_latent(batch, rng) -> dict              latent action models: pre-quantisation latent and codes
   reconstruct_motion(batch, rng, ...)            models with a motion head: the decoded motion for plots
+  reconstruct_motion_image(batch, rng, ...)      models with a motion-image head: the decoded flow image
 
 Stages (``training/defaults.py``) change term weights through ``model_overrides.loss.weights.<term>`` and freeze
 parameters by path regexes; both are checked against the model before any work starts.
@@ -110,6 +116,21 @@ class ModelLibrary(abc.ABC):
     """The inference calls ``lamp_jax.bench`` times side by side (round robin, one run): by default
     ``sample_actions`` alone; a library adds its ablations (e.g. without its motion prior)."""
     return {"sample_actions": BenchVariant(cfg)}
+
+  def inference_config(self, cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config of the model ``sample_actions`` runs: ``cfg`` without training-only parts (an auxiliary head
+    that inference never calls). Its parameter tree is a subtree of ``cfg``'s; export keeps only it."""
+    return cfg
+
+  def report(self, cfg: ml_collections.ConfigDict, params: Any, batches: list[dict], out_dir: str) -> dict | None:
+    """Figures of trained ``params`` on held-out ``batches`` (numpy, the data pipeline's layout), files written
+    into ``out_dir``; ``python -m lamp_jax.train`` writes the result to ``<workdir>/report.json`` after the last
+    stage. None (default): the model has nothing to report (policies are evaluated closed-loop instead)."""
+    del cfg, params, batches, out_dir
+    return None
+
+  # Held-out batches ``report`` reads (0: no report).
+  report_batches: int = 0
 
   def reference_config(self, cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
     """``cfg`` with the model's exact rewrites (same math, faster) switched off: the plain computation that
