@@ -10,7 +10,9 @@ from __future__ import annotations
 import ml_collections
 
 from lamp_jax.models import motion_expert as motion_lib
+from lamp_jax.models import motion_image as motion_image_lib
 from lamp_jax.models import paligemma
+from lamp_jax.models import vae as vae_lib
 
 
 def transformer_layer(tokens: int, width: int, mlp_dim: int, *, context: int | None = None,
@@ -103,3 +105,30 @@ def dit_action_call(action_cfg: ml_collections.ConfigDict, horizon: int, action_
 def dit_context_kv(action_cfg: ml_collections.ConfigDict, prefix: int, feature_width: int) -> float:
   """The cross-attention keys + values of the prefix features in every cross-attention block."""
   return float((action_cfg.depth // 2) * 2 * prefix * feature_width * action_cfg.width * 2)
+
+
+def motion_image_call(head_cfg: ml_collections.ConfigDict, vae_cfg, image_size: int, prefix: int,
+                      feature_width: int) -> float:
+  """One motion-image head evaluation (``motion_image.MotionImageDiT``) on the latent of an ``image_size`` flow
+  image, cross-attending to ``prefix`` VLM features of ``feature_width``: patch in / out, ``depth`` blocks of
+  self-attention + MLP, cross-attention (keys / values projected from the prefix in every block) and 9 adaLN
+  modulations, the time embedding and the final modulation."""
+  c = head_cfg
+  tokens = motion_image_lib.num_tokens(c, vae_cfg, image_size)
+  _, _, channels = motion_image_lib.latent_shape(vae_cfg, image_size)
+  width, p = int(c.width), int(c.patch_size)
+  block = (transformer_layer(tokens, width, int(c.mlp_ratio) * width)
+           + transformer_layer(tokens, width, 0, context=prefix, context_width=feature_width)
+           + 2 * 9 * width * width)
+  embed = 2 * int(c.time_frequency_dim) * width + 2 * width * width + 2 * 2 * width * width
+  return float(int(c.depth) * block + embed + 2 * 2 * tokens * p * p * channels * width)
+
+
+def vae_encoder(vae_cfg, image_size: int) -> float:
+  """The VAE encoder on one ``image_size`` x ``image_size`` image (``vae.encoder_flops``)."""
+  return vae_lib.encoder_flops(vae_cfg, image_size)
+
+
+def vae_decoder(vae_cfg, image_size: int) -> float:
+  """The VAE decoder from the latent of an ``image_size`` image (``vae.decoder_flops``)."""
+  return vae_lib.decoder_flops(vae_cfg, image_size)
