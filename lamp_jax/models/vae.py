@@ -600,21 +600,21 @@ def dummy_batch(model_cfg: ml_collections.ConfigDict, batch_size: int = 2, seed:
 
 
 # ------------------------------------------------------------------------------------------ FLOPs
-def _conv(size: int, kernel: int, c_in: int, c_out: int) -> float:
+def _conv_flops(size: int, kernel: int, c_in: int, c_out: int) -> float:
   return 2.0 * size * size * kernel * kernel * c_in * c_out
 
 
-def _resnet(size: int, c_in: int, c_out: int) -> float:
-  return _conv(size, 3, c_in, c_out) + _conv(size, 3, c_out, c_out) + (_conv(size, 1, c_in, c_out)
-                                                                        if c_in != c_out else 0.0)
+def _resnet_flops(size: int, c_in: int, c_out: int) -> float:
+  shortcut = _conv_flops(size, 1, c_in, c_out) if c_in != c_out else 0.0
+  return _conv_flops(size, 3, c_in, c_out) + _conv_flops(size, 3, c_out, c_out) + shortcut
 
 
-def _vae_mid(arch, size: int, channels: int) -> float:
+def _mid_flops(arch, size: int, channels: int) -> float:
   attention = 0.0
   if arch.mid_block_add_attention:
     positions = size * size
     attention = 4 * 2 * positions * channels * channels + 2 * 2 * positions * positions * channels
-  return 2 * _resnet(size, channels, channels) + attention
+  return 2 * _resnet_flops(size, channels, channels) + attention
 
 
 def encoder_flops(vae_cfg, image_size: int) -> float:
@@ -623,18 +623,18 @@ def encoder_flops(vae_cfg, image_size: int) -> float:
   arch = config_from_dict(vae_cfg)
   chans = arch.block_out_channels
   size = int(image_size)
-  total = _conv(size, 3, arch.in_channels, chans[0])
+  total = _conv_flops(size, 3, arch.in_channels, chans[0])
   c_prev = chans[0]
   for i, c in enumerate(chans):
     for _ in range(arch.layers_per_block):
-      total += _resnet(size, c_prev, c)
+      total += _resnet_flops(size, c_prev, c)
       c_prev = c
     if i < len(chans) - 1:
       size //= 2
-      total += _conv(size, 3, c, c)  # the stride-2 conv, counted at its output size
-  total += _vae_mid(arch, size, chans[-1]) + _conv(size, 3, chans[-1], arch.moment_channels)
+      total += _conv_flops(size, 3, c, c)  # the stride-2 conv, counted at its output size
+  total += _mid_flops(arch, size, chans[-1]) + _conv_flops(size, 3, chans[-1], arch.moment_channels)
   if arch.use_quant_conv:
-    total += _conv(size, 1, arch.moment_channels, arch.moment_channels)
+    total += _conv_flops(size, 1, arch.moment_channels, arch.moment_channels)
   return float(total)
 
 
@@ -643,17 +643,17 @@ def decoder_flops(vae_cfg, image_size: int) -> float:
   arch = config_from_dict(vae_cfg)
   chans = tuple(reversed(arch.block_out_channels))
   size = int(image_size) // arch.downsample_factor
-  total = _conv(size, 1, arch.latent_channels, arch.latent_channels) if arch.use_post_quant_conv else 0.0
-  total += _conv(size, 3, arch.latent_channels, chans[0]) + _vae_mid(arch, size, chans[0])
+  total = _conv_flops(size, 1, arch.latent_channels, arch.latent_channels) if arch.use_post_quant_conv else 0.0
+  total += _conv_flops(size, 3, arch.latent_channels, chans[0]) + _mid_flops(arch, size, chans[0])
   c_prev = chans[0]
   for i, c in enumerate(chans):
     for _ in range(arch.layers_per_block + 1):
-      total += _resnet(size, c_prev, c)
+      total += _resnet_flops(size, c_prev, c)
       c_prev = c
     if i < len(chans) - 1:
       size *= 2
-      total += _conv(size, 3, c, c)
-  return float(total + _conv(size, 3, chans[-1], arch.out_channels))
+      total += _conv_flops(size, 3, c, c)
+  return float(total + _conv_flops(size, 3, chans[-1], arch.out_channels))
 
 
 # ------------------------------------------------------------------------------------------ the library
