@@ -3,6 +3,7 @@ against a reference written from the parameters, gradients (into the VLM, never 
 reconstruction, analytic FLOPs against traced matmul FLOPs, clear errors."""
 
 import copy
+import functools
 import math
 
 import jax
@@ -75,29 +76,32 @@ def test_parameter_tree_axes_and_data_requirements(setup):
   assert set(lamp.abstract_params(lamp.inference_config(CFG))) == {"vlm", "action_expert"}
 
 
+def plain_config():
+  cfg = copy.deepcopy(CFG)
+  cfg.motion_image.enabled = False
+  cfg.loss.weights.motion_image = 0.0
+  return cfg
+
+
 def test_sample_actions_is_the_policy_without_the_head(setup):
-  """Same outputs for the same parameters and noise, and the same compiled work: the head never runs."""
-  model, params, batch = setup
+  """Same outputs for the same parameters and noise (given or drawn), and the same compiled work: the head
+  never runs."""
+  _, params, batch = setup
   obs = {k: batch[k] for k in (specs.OBSERVATION, specs.TASK)}
-  plain_cfg = copy.deepcopy(CFG)
-  plain_cfg.motion_image.enabled = False
-  plain_cfg.loss.weights.motion_image = 0.0
   noise = {"action": np.random.RandomState(3).normal(size=(B, CFG.action_horizon, CFG.action_dim)).astype(np.float32)}
 
   def compiled(cfg, p):
-    fn = lambda p, b, r: lamp.build(cfg).apply({"params": p}, b, r, noise=noise, method="sample_actions")  # noqa: E731
-    return jax.jit(fn).lower(p, obs, jax.random.key(0)).compile()
+    def sample(p, b, r):
+      model = lamp.build(cfg)
+      return (model.apply({"params": p}, b, r, noise=noise, method="sample_actions"),
+              model.apply({"params": p}, b, r, method="sample_actions"))
+    return jax.jit(sample).lower(p, obs, jax.random.key(0)).compile()
 
-  with_head, plain = compiled(CFG, params), compiled(plain_cfg, without_head(params))
-  np.testing.assert_array_equal(with_head(params, obs, jax.random.key(0)),
-                                plain(without_head(params), obs, jax.random.key(0)))
-  # Drawn noise too (the head draws nothing when sampling).
-  draw = lambda cfg, p: jax.jit(lambda p, b, r: lamp.build(cfg).apply(  # noqa: E731
-      {"params": p}, b, r, method="sample_actions"), compiler_options=FAST_COMPILE)(p, obs, jax.random.key(7))
-  np.testing.assert_array_equal(draw(CFG, params), draw(plain_cfg, without_head(params)))
-  cost = lambda exe: exe.cost_analysis()["flops"]  # noqa: E731
-  assert cost(with_head) == cost(plain)
-  assert lamp.analytic_flops(CFG, 1, "sample_actions") == lamp.analytic_flops(plain_cfg, 1, "sample_actions")
+  with_head, plain = compiled(CFG, params), compiled(plain_config(), without_head(params))
+  for a, b in zip(with_head(params, obs, jax.random.key(7)), plain(without_head(params), obs, jax.random.key(7))):
+    np.testing.assert_array_equal(a, b)
+  assert with_head.cost_analysis()["flops"] == plain.cost_analysis()["flops"]
+  assert lamp.analytic_flops(CFG, 1, "sample_actions") == lamp.analytic_flops(plain_config(), 1, "sample_actions")
   assert lamp.bench_variants(CFG).keys() == {"with_motion_image_head", "without_motion_image_head"}
 
 
@@ -107,7 +111,7 @@ def reference_loss(params, batch, rng):
   model = lamp.build(CFG)
   features, mask = model.apply({"params": params}, batch, method="encode")
   vae = vae_lib.AutoencoderKL(CFG.vae)
-  images = batch[specs.OPTICAL_FLOW].astype(np.float32) / 127.5 - 1.0
+  images = batch[specs.OPTICAL_FLOW].astype(jnp.float32) / 127.5 - 1.0
   mean, _ = vae.apply({"params": params["vae"]}, images, method="encode")
   z = CFG.vae.scaling_factor * (mean - CFG.vae.shift_factor)
   present = batch[specs.HAS_OPTICAL_FLOW]
@@ -122,48 +126,40 @@ def reference_loss(params, batch, rng):
   return jnp.sum(per_example * present) / jnp.sum(present)
 
 
-def test_loss_equals_the_reference_and_masks_examples_without_flow(setup):
-  model, params, batch = setup
+def test_loss_reference_masking_streams_and_gradients(setup):
+  """The 'motion_image' term equals the reference; examples without a flow image do not count; the head draws
+  from its own stream (the action term equals the policy's without the head); its gradient trains the head AND
+  the shared VLM, never the VAE (frozen in every stage; stop_gradient also saves its backward pass) nor the
+  action expert. One compiled function for all of it."""
+  _, params, batch = setup
   batch = copy.deepcopy(batch)
   batch[specs.HAS_OPTICAL_FLOW][1] = False
-  rng = jax.random.key(4)
-  loss_fn = jax.jit(lambda p, b, r: model.apply({"params": p}, b, r, method="compute_loss"),
-                    compiler_options=FAST_COMPILE)
-  loss, metrics = loss_fn(params, batch, rng)
-  np.testing.assert_allclose(metrics["loss/motion_image"], reference_loss(params, batch, rng), rtol=2e-5)
-  np.testing.assert_allclose(loss, metrics["loss/action"] + metrics["loss/motion_image"], rtol=1e-6)
-
-  changed = copy.deepcopy(batch)
-  changed[specs.OPTICAL_FLOW][1] = 255 - changed[specs.OPTICAL_FLOW][1]  # the example without flow
-  np.testing.assert_allclose(loss_fn(params, changed, rng)[1]["loss/motion_image"], metrics["loss/motion_image"],
-                             rtol=1e-6)
-  changed[specs.OPTICAL_FLOW][0] = 255 - changed[specs.OPTICAL_FLOW][0]  # an example with flow
-  assert abs(float(loss_fn(params, changed, rng)[1]["loss/motion_image"] - metrics["loss/motion_image"])) > 1e-4
-
-  # The head has its own random stream: the action term is the one of the policy without the head.
-  plain_cfg = copy.deepcopy(CFG)
-  plain_cfg.motion_image.enabled = False
-  plain_cfg.loss.weights.motion_image = 0.0
-  plain = jax.jit(lambda p, b, r: lamp.build(plain_cfg).apply({"params": p}, b, r, method="compute_loss"),
-                  compiler_options=FAST_COMPILE)(without_head(params), batch, rng)[1]
-  assert float(plain["loss/motion_image"]) == 0.0
-  np.testing.assert_allclose(plain["loss/action"], metrics["loss/action"], rtol=1e-6)
-
-
-def test_gradients_reach_the_vlm_but_never_the_vae(setup):
-  """Joint learning: the motion-image term trains the head AND the shared VLM; the VAE (and its input) get no
-  gradient at all (it is frozen in every stage; stop_gradient also saves its backward pass)."""
-  model, params, batch = setup
+  absent_changed = copy.deepcopy(batch)
+  absent_changed[specs.OPTICAL_FLOW][1] = 255 - absent_changed[specs.OPTICAL_FLOW][1]
+  present_changed = copy.deepcopy(absent_changed)
+  present_changed[specs.OPTICAL_FLOW][0] = 255 - present_changed[specs.OPTICAL_FLOW][0]
   image_only = copy.deepcopy(CFG)
   image_only.loss.weights.action = 0.0
+  rng = jax.random.key(4)
 
-  def term(p):
-    return lamp.build(image_only).apply({"params": p}, batch, jax.random.key(2), method="compute_loss")[0]
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  def run(p, batches):
+    loss = lambda cfg, q, b: lamp.build(cfg).apply({"params": q}, b, rng, method="compute_loss")  # noqa: E731
+    total, metrics = loss(CFG, p, batches[0])
+    others = [loss(CFG, p, b)[1]["loss/motion_image"] for b in batches[1:]]
+    plain = loss(plain_config(), without_head(p), batches[0])[1]
+    grads = jax.grad(lambda q: loss(image_only, q, batches[0])[0])(p)
+    return total, metrics, others, plain, reference_loss(p, batches[0], rng), grads
 
-  grads = jax.jit(jax.grad(term), compiler_options=FAST_COMPILE)(params)
+  total, metrics, (absent, present), plain, reference, grads = run(params, [batch, absent_changed, present_changed])
+  np.testing.assert_allclose(metrics["loss/motion_image"], reference, rtol=2e-5)
+  np.testing.assert_allclose(total, metrics["loss/action"] + metrics["loss/motion_image"], rtol=1e-6)
+  np.testing.assert_allclose(absent, metrics["loss/motion_image"], rtol=1e-6)
+  assert abs(float(present - metrics["loss/motion_image"])) > 1e-4
+  assert float(plain["loss/motion_image"]) == 0.0
+  np.testing.assert_allclose(plain["loss/action"], metrics["loss/action"], rtol=1e-6)
   norm = lambda tree: float(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree)))  # noqa: E731
-  assert norm(grads["vae"]) == 0.0
-  assert norm(grads["action_expert"]) == 0.0
+  assert norm(grads["vae"]) == 0.0 and norm(grads["action_expert"]) == 0.0
   assert norm(grads["motion_image"]) > 0.0 and norm(grads["vlm"]) > 0.0
 
 
