@@ -37,11 +37,13 @@ from safetensors import TensorSpec, serialize_file
 
 from lamp_jax import export_format
 from lamp_jax import specs
+from lamp_jax.eval import checkpoint_policy
 from lamp_jax.models import interface
 from lamp_jax.models import paligemma
 from lamp_jax.models import registry
 from lamp_jax.models.weights import strict
 from lamp_jax.models.weights import torch_export
+from lamp_jax.training import checkpoints as ckpt_lib
 
 # Model config ``name`` -> model library (``abstract_params`` / ``logical_axes`` of a model config).
 # The model kinds (``model.name``) with a PyTorch port: the keys of ``lamp_torch.registry.MODEL_KINDS``
@@ -148,9 +150,7 @@ def _config_json(config: ml_collections.ConfigDict) -> dict:
 
 def model_config_from_json(model_json: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """The model ConfigDict of a config.json ``model`` section (lists of scalars become tuples, as in training)."""
-  from lamp_jax.eval import checkpoint_policy  # pylint: disable=import-outside-toplevel
-
-  return checkpoint_policy._load_config(dict(model_json))  # pylint: disable=protected-access
+  return ckpt_lib.config_from_json(dict(model_json))
 
 
 def _inputs_and_normalization(policy, model_cfg, norm_json: Mapping[str, Any]) -> tuple[dict, dict | None]:
@@ -249,8 +249,6 @@ def export_checkpoint(checkpoint: str, out_dir: str, *, step: int | None = None,
   Returns:
     ``export_params``' figures plus 'step', 'params' and 'load_seconds'.
   """
-  from lamp_jax.eval import checkpoint_policy  # pylint: disable=import-outside-toplevel
-  from lamp_jax.training import checkpoints as ckpt_lib  # pylint: disable=import-outside-toplevel
 
   directory = os.path.abspath(checkpoint)
   if os.path.isdir(os.path.join(directory, "checkpoints")):

@@ -17,6 +17,7 @@ from lamp_jax import specs
 from lamp_jax.data import normalization
 from lamp_jax.eval import checkpoint_policy
 from lamp_jax.training import checkpoints as ckpt_lib
+from lamp_jax.training import defaults
 from lamp_jax.training import trainer as trainer_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,7 +83,7 @@ def sim_checkpoint(workdir, variant: str = "smoke", seed: int = 0, ema_decay: fl
   Returns (run config, stage model config, params, ema params)."""
   config = sim_config(variant)
   config.ema.decay = ema_decay
-  model_cfg = trainer_lib.stage_model_config(config, config.stage_order[-1])
+  model_cfg = defaults.stage_model_config(config, config.stage_order[-1])
   params = random_params(model_cfg, seed)
   ema = random_params(model_cfg, seed + 1)
   name = config.data.pipeline.datasets[0].name

@@ -26,6 +26,7 @@ from lamp_jax.models.weights import hf_paligemma
 from lamp_jax.models.weights import strict
 from tests import export_helpers
 from tests.export_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+from tests import toy_model
 from tests import toy_train_config
 
 lamp = registry.get("lamp")
@@ -225,9 +226,9 @@ def test_paper_size_export_is_computed_without_allocating():
 
 def _toy_checkpoint(workdir):
   config = toy_train_config.get_config("")
-  params = jax.tree.map(np.asarray, __import__("tests.toy_model", fromlist=["x"]).init_params(
-      config.model, jax.random.PRNGKey(0), __import__("tests.toy_model", fromlist=["x"]).dummy_batch(
-          config.model, 1, 0)))
+  toy = toy_model.LIBRARY
+  params = jax.tree.map(np.asarray, toy.init_params(config.model, jax.random.PRNGKey(0),
+                                                    toy.dummy_batch(config.model, 1, 0)))
   export_helpers.write_checkpoint(workdir, config, params)
 
 
@@ -281,7 +282,7 @@ def test_requiring_ema_of_a_run_without_it_is_an_error(tmp_path):
 
 def test_bad_checkpoints_give_clear_errors(tmp_path):
   _toy_checkpoint(tmp_path / "toy")
-  with pytest.raises(ValueError, match=r"cannot export a model of kind None \(config field model.name\); "
+  with pytest.raises(ValueError, match=r"cannot export a model of kind 'tests.toy_model' \(config field model.name\); "
                      r"exportable kinds: \['lamp'\]"):
     export.export_checkpoint(str(tmp_path / "toy"), str(tmp_path / "out"))
   export_helpers.sim_checkpoint(tmp_path / "run")

@@ -20,6 +20,7 @@ from lamp_jax import specs
 from lamp_jax.data import frame_transforms
 from lamp_jax import export
 from lamp_jax.models import registry
+from lamp_jax.training import defaults
 from lamp_jax.training import trainer as trainer_lib
 from lamp_torch import preprocess
 from tests import export_helpers
@@ -37,7 +38,7 @@ B = 2
 
 def _sim_model():
   config = export_helpers.sim_config("")
-  return trainer_lib.stage_model_config(config, config.stage_order[-1])
+  return defaults.stage_model_config(config, config.stage_order[-1])
 
 
 def _bf16(model_cfg):

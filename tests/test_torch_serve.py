@@ -22,6 +22,8 @@ from lamp_jax.serving import server as server_lib
 from tests import export_helpers
 from tests.export_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
+lamp = registry.get("lamp")
+
 INSTRUCTION = "stack the red cube on the blue cube"
 
 
@@ -142,8 +144,6 @@ import lamp_torch
 sampled = lamp_torch.from_pretrained(export_dir).sample_actions({**obs, "instruction": "open the drawer"})
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("jax", "jaxlib", "flax", "tensorflow", "optax", "orbax"))
 import torch
-
-lamp = registry.get("lamp")
 print(json.dumps({"loaded": loaded, "policy": health["policy"], "actions": actions.tolist(),
                   "sampled_shape": list(sampled.shape), "threads": torch.get_num_threads()}))
 """

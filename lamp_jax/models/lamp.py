@@ -43,6 +43,7 @@ from lamp_jax.models import lamp_config
 from lamp_jax.models import losses
 from lamp_jax.models import motion_expert as motion_lib
 from lamp_jax.models import motion_image as motion_image_lib
+from lamp_jax.models import observation
 from lamp_jax.models import paligemma
 from lamp_jax.models import vae as vae_lib
 
@@ -79,55 +80,13 @@ class LaMP(nn.Module):
       self.motion_image = motion_image_lib.MotionImageDiT(cfg.motion_image, dtype=dtype)
 
   # ---------------------------------------------------------------------------------------- inputs
-  def _images(self, batch):
-    """Current frame of each configured camera -> (float32[B, C, Hi, Wi, 3] in [-1, 1], bool[B, C])."""
-    obs = batch[specs.OBSERVATION]
-    present = [k for k in self.config.image_keys if k in obs]
-    if not present:
-      raise ValueError(f"batch['observation'] has none of the configured cameras image_keys="
-                       f"{tuple(self.config.image_keys)}; it has {sorted(obs)}")
-    ref = obs[present[0]]
-    b, size = ref.shape[0], self.config.image_size
-    images, masks = [], []
-    for key in self.config.image_keys:
-      if key not in obs:  # optional camera: zeros, masked out.
-        images.append(jnp.zeros((b, size, size, 3), jnp.float32))
-        masks.append(jnp.zeros((b,), bool))
-        continue
-      img = obs[key]
-      if img.ndim != 5 or img.shape[2:] != (size, size, 3):
-        raise ValueError(f"batch['observation'][{key!r}] has shape {img.shape}; expected uint8[B, W, {size}, "
-                         f"{size}, 3] (config image_size={size})")
-      images.append(img[:, -1].astype(jnp.float32) / 127.5 - 1.0)
-      mask = obs.get(specs.IMAGE_MASK, {}).get(key)
-      masks.append(jnp.ones((b,), bool) if mask is None else mask[:, -1].astype(bool))
-    return jnp.stack(images, axis=1), jnp.stack(masks, axis=1)
-
   def _proprio(self, batch, dropout_rng=None):
-    """Current normalised proprio float32[B, S]: zeros when ``use_proprio`` is False; with ``dropout_rng`` (training
-    only) each example's proprio is zeroed with probability ``proprio_dropout``."""
-    proprio = batch[specs.OBSERVATION][specs.PROPRIO]
-    if proprio.shape[-1] != self.config.proprio_dim:
-      raise ValueError(f"batch['observation']['proprio'] has {proprio.shape[-1]} dims; config proprio_dim="
-                       f"{self.config.proprio_dim}")
-    proprio = proprio[:, -1].astype(jnp.float32)
-    if not self.config.get("use_proprio", True):
-      return jnp.zeros_like(proprio)
-    p = float(self.config.get("proprio_dropout", 0.0))
-    if not 0.0 <= p < 1.0:
-      raise ValueError(f"config proprio_dropout must be in [0, 1), got {p}")
-    if dropout_rng is not None and p > 0.0:
-      keep = jax.random.bernoulli(dropout_rng, 1.0 - p, (proprio.shape[0], 1))
-      proprio = jnp.where(keep, proprio, 0.0)
-    return proprio
+    """Current normalised proprio float32[B, S] (``observation.current_proprio``: use_proprio, proprio_dropout)."""
+    return observation.current_proprio(batch, self.config, dropout_rng)
 
   def encode(self, batch):
     """VLM prefix features: (float[B, P, Dv], bool[B, P])."""
-    task = batch[specs.TASK]
-    if specs.TOKENS not in task:
-      raise ValueError("batch['task'] has no 'tokens': tokenise language_instruction with lamp_jax.tokenizer")
-    images, image_mask = self._images(batch)
-    out = self.vlm(images, image_mask, task[specs.TOKENS].astype(jnp.int32), task[specs.TOKEN_MASK].astype(bool))
+    out = self.vlm(*observation.vlm_inputs(batch, self.config))
     return out["last_hidden"], out["prefix_mask"]
 
   # ---------------------------------------------------------------------------------------- motion
@@ -359,28 +318,20 @@ def dummy_batch(model_cfg: ml_collections.ConfigDict, batch_size: int = 2, seed:
                 window: int = 1) -> dict:
   """A random numpy batch following specs.py (with tokens, without the raw language_instruction)."""
   rs = np.random.RandomState(seed)
-  b, size = batch_size, model_cfg.image_size
-  vocab = paligemma.config_from_dict(model_cfg.vlm).llm.vocab_size
-  obs = {key: rs.randint(0, 256, (b, window, size, size, 3)).astype(np.uint8) for key in model_cfg.image_keys}
-  obs[specs.IMAGE_MASK] = {key: np.ones((b, window), bool) for key in model_cfg.image_keys}
-  obs[specs.PROPRIO] = rs.randn(b, window, model_cfg.proprio_dim).astype(np.float32)
-  obs[specs.TIMESTEP_PAD_MASK] = np.ones((b, window), bool)
-  length = model_cfg.max_token_len
-  lengths = rs.randint(1, length + 1, (b,))
-  token_mask = np.arange(length)[None] < lengths[:, None]
-  tokens = np.where(token_mask, rs.randint(1, vocab, (b, length)), 0).astype(np.int32)
+  b = batch_size
+  inputs = observation.dummy_inputs(model_cfg, b, rs, paligemma.config_from_dict(model_cfg.vlm).llm.vocab_size,
+                                    window=window)
   m = model_cfg.motion
   k, t = m.num_keypoints, m.num_steps
   uv = specs.grid_query_uv(k)
   query = np.concatenate([np.broadcast_to(uv, (b, k, 2)), rs.uniform(0.5, 1.5, (b, k, 1))], -1).astype(np.float32)
   steps = rs.uniform(-0.8, 0.8, (b, k, t, 3)) * np.asarray(m.delta_scale)
   flow = (query[:, :, None] + np.cumsum(steps, axis=2)).astype(np.float32)
-  extra = (motion_image_lib.dummy_flow_images(model_cfg.vae, b, int(size), seed) if _has_motion_image(model_cfg)
-           else {})
+  extra = (motion_image_lib.dummy_flow_images(model_cfg.vae, b, int(model_cfg.image_size), seed)
+           if _has_motion_image(model_cfg) else {})
   return {
       **extra,
-      specs.OBSERVATION: obs,
-      specs.TASK: {specs.TOKENS: tokens, specs.TOKEN_MASK: token_mask},
+      **inputs,
       specs.ACTION: rs.uniform(-1, 1, (b, model_cfg.action_horizon, model_cfg.action_dim)).astype(np.float32),
       specs.ACTION_PAD_MASK: np.ones((b, model_cfg.action_horizon, model_cfg.action_dim), bool),
       specs.SCENE_FLOW: flow,
