@@ -1,8 +1,11 @@
-"""One experiment end to end: (generate the simulator dataset) -> train the stages -> (closed-loop eval) ->
-success table + plots. Called by ``python -m lamp_jax.train``.
+"""One experiment end to end: (generate the simulator dataset) -> (train its prerequisites once) -> train the
+stages -> (closed-loop eval) -> success table + plots. Called by ``python -m lamp_jax.train``.
 
 Outputs in the workdir: ``checkpoints/``, ``metrics.jsonl``, ``tensorboard/``, ``eval_results.json`` (final
-closed-loop evaluation), ``plots/loss_curves.png`` and ``plots/success_per_task.png``.
+closed-loop evaluation), ``plots/loss_curves.png`` and ``plots/success_per_task.png``; for a model whose library
+reports held-out figures (``ModelLibrary.report``, e.g. a VAE): ``report.json`` and ``plots/report.png``.
+Prerequisites (``config.prerequisites``, ``training/prerequisites.py``; e.g. the VAE of a motion-image policy)
+are trained first, once, in their own directories, and their results written into this run's config.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import ml_collections
 from lamp_jax.eval import stats
 from lamp_jax.perf import roofline
 from lamp_jax.training import preflight
+from lamp_jax.training import prerequisites as prerequisites_lib
 from lamp_jax.training import trainer as trainer_lib
 
 
@@ -42,11 +46,18 @@ def generation_flags(config: ml_collections.ConfigDict) -> list[str]:
                      "images")
   derived = [f"--image-size={height}", f"--num-points={int(d.scene_flow_num_points)}",
              f"--flow-steps={int(d.scene_flow_horizon)}"]
+  if d.get("optical_flow", False):
+    # Exact flow images spanning the action chunk (k = data.action_horizon), with the data's normaliser.
+    derived.append(f"--optical-flow-steps={int(d.action_horizon)}")
+    if float(d.get("optical_flow_max_magnitude", 0.0)) > 0:
+      derived.append(f"--optical-flow-max-magnitude={float(d.optical_flow_max_magnitude)}")
   extra = [str(f) for f in config.sim_data.extra_flags]
   for flag in extra:
-    if flag.split("=")[0] in ("--image-size", "--num-points", "--flow-steps"):
+    if flag.split("=")[0] in ("--image-size", "--num-points", "--flow-steps", "--optical-flow-steps",
+                              "--optical-flow-max-magnitude"):
       raise ValueError(f"config field sim_data.extra_flags: {flag} is derived from data.pipeline (image_size, "
-                       "scene_flow_num_points, scene_flow_horizon); set it there instead")
+                       "scene_flow_num_points, scene_flow_horizon, optical_flow with action_horizon and "
+                       "optical_flow_max_magnitude); set it there instead")
   return derived + extra
 
 
@@ -100,6 +111,73 @@ def point_data_config_at(config: ml_collections.ConfigDict, version_dir: str) ->
   """Writes the generated dataset's directory into the (first) pipeline dataset entry."""
   with config.unlocked():
     config.data.pipeline.datasets[0].data_dir = version_dir
+
+
+# ---------------------------------------------------------------------------------------- prerequisites --
+
+
+def ensure_prerequisites(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
+  """Trains every ``config.prerequisites`` run that has no complete report yet (resuming it when interrupted),
+  then writes each into ``config`` (its init entry's path, its ``report_fields``). Returns {name: report}."""
+  reports = {}
+  for name, entry in prerequisites_lib.active(config).items():
+    directory = prerequisites_lib.run_dir(name, entry, workdir)
+    report = prerequisites_lib.finished_report(directory, entry.config)
+    if report is None:
+      if is_main_process():
+        print(f"[train] prerequisite {name!r}: training it in {directory}", flush=True)
+      run(entry.config, directory)
+      report = prerequisites_lib.finished_report(directory, entry.config)
+      if report is None:
+        raise RuntimeError(f"prerequisite {name!r} (config field prerequisites.{name}) finished without a complete "
+                           f"{prerequisites_lib.REPORT_FILE} in {directory}: its model library must report "
+                           "(ModelLibrary.report)")
+    elif is_main_process():
+      print(f"[train] prerequisite {name!r}: done in {directory}", flush=True)
+    prerequisites_lib.apply(config, name, entry, directory, report)
+    reports[name] = report
+  return reports
+
+
+def write_report(trainer: trainer_lib.Trainer, state, workdir: str) -> dict | None:
+  """The library's held-out figures of the trained (EMA) parameters (``ModelLibrary.report``) in report.json, its
+  image rows in plots/report.png; None when the library reports nothing."""
+  lib = trainer.lib
+  if not lib.report_batches:
+    return None
+  cfg = trainer.config
+  model_cfg = trainer.stage(len(cfg.stage_order) - 1).model_cfg
+  params = host_params(state.ema_params if state.ema_params is not None else state.params)
+  if cfg.data.kind == "pipeline":
+    from lamp_jax.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+
+    data_cfg = trainer.data.stage_data_config(cfg.stage_order[-1])
+    iterator = pipeline_lib.make_val_iterator(data_cfg, seed=int(cfg.seed))
+    try:
+      batches = [next(iterator) for _ in range(int(lib.report_batches))]
+    finally:
+      iterator.close()
+  else:
+    batches = [lib.dummy_batch(model_cfg, trainer.local_batch_size, 10_000 + i) for i in range(lib.report_batches)]
+  if not is_main_process():
+    return None
+  report = lib.report(model_cfg, params, batches, workdir)
+  if report is None:
+    return None
+  rows = report.pop("image_rows", None)
+  if rows:
+    from lamp_jax.eval import plots  # pylint: disable=g-import-not-at-top
+
+    report["plot"] = plots.image_rows(rows, os.path.join(workdir, "plots", "report.png"),
+                                      title=f"{lib.name}: held-out examples")
+  report["step"] = int(jax.device_get(state.step))
+  path = os.path.join(workdir, prerequisites_lib.REPORT_FILE)
+  with open(path + ".tmp", "w") as fh:
+    json.dump(report, fh, indent=1)
+  os.replace(path + ".tmp", path)
+  print(f"[train] {lib.name} report: " + ", ".join(f"{k}={v:.4g}" for k, v in report.items()
+                                                    if isinstance(v, float)), flush=True)
+  return report
 
 
 # ------------------------------------------------------------------------------------------- evaluation --
@@ -205,6 +283,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after_step: int | 
   os.makedirs(workdir, exist_ok=True)
   if config.sim_data.enabled:
     point_data_config_at(config, ensure_sim_dataset(config, workdir))
+  ensure_prerequisites(config, workdir)
   eval_fn = periodic_eval if (config.eval.enabled and int(config.eval.every_steps) > 0) else None
   trainer = trainer_lib.Trainer(config, workdir, eval_fn=eval_fn, measure_matmul_roof=roofline.measure_matmul_roof)
   try:
@@ -222,6 +301,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after_step: int | 
     elif config.eval.enabled:
       result = evaluate_state(trainer, state, video_dir=os.path.join(workdir, "videos")
                               if int(config.eval.videos) else None)
+    if trainer.lib.report_batches and prerequisites_lib.finished_report(workdir, config) is None:
+      report = write_report(trainer, state, workdir)
+      if report is not None:
+        summary["report"] = {k: v for k, v in report.items() if isinstance(v, (int, float))}
   finally:
     trainer.close()
   if is_main_process():

@@ -227,9 +227,14 @@ Serve without JAX: `python -m lamp_jax.serve --export=<this dir> --backend=torch
 # ------------------------------------------------------------------------------------------ export / import
 def export_params(params: Any, model_cfg: ml_collections.ConfigDict, out_dir: str, *, inputs: dict,
                   normalization: dict | None, tokenizer: dict, source: dict) -> dict:
-  """Writes an export directory from a parameter tree. Returns {'tensors', 'bytes', 'seconds', 'dtypes'}."""
+  """Writes an export directory from a parameter tree. Returns {'tensors', 'bytes', 'seconds', 'dtypes'}.
+
+  Only what ``sample_actions`` runs is exported: the library's ``inference_config`` of ``model_cfg`` (e.g. LaMP
+  without its training-only motion-image head) is written to config.json, and the top-level subtrees it drops
+  (e.g. params['motion_image'] and params['vae']) are left out of the tensors; everything else stays strict."""
   start = time.perf_counter()
   kind = kind_of(model_cfg)
+  params, model_cfg = _inference_only(params, model_cfg)
   entries, abstract = layout(model_cfg)
   tensors = torch_export.to_torch_tensors(params, entries, abstract)
   os.makedirs(out_dir, exist_ok=True)
@@ -251,6 +256,16 @@ def export_params(params: Any, model_cfg: ml_collections.ConfigDict, out_dir: st
                           version=export_format.FORMAT_VERSION, count=len(tensors), size=size / 1e6,
                           dtypes=", ".join(dtypes)))
   return {"tensors": len(tensors), "bytes": size, "seconds": time.perf_counter() - start, "dtypes": dtypes}
+
+
+def _inference_only(params: Any, model_cfg: ml_collections.ConfigDict) -> tuple[Any, ml_collections.ConfigDict]:
+  """(params without the top-level subtrees inference never reads, the library's ``inference_config``)."""
+  lib = _library(model_cfg.get("name", None))
+  inference_cfg = lib.inference_config(model_cfg)
+  if inference_cfg.to_dict() == model_cfg.to_dict():
+    return params, model_cfg
+  dropped = set(lib.abstract_params(model_cfg)) - set(layout(inference_cfg)[1])
+  return {k: v for k, v in params.items() if k not in dropped}, inference_cfg
 
 
 def export_checkpoint(checkpoint: str, out_dir: str, *, step: int | None = None, ema: bool | None = None,

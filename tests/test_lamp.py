@@ -157,8 +157,9 @@ def test_stage_configs_need_only_their_data(setup):
                                                            method="compute_loss"), params, batch)
   # Named terms: an unknown term and all-zero weights are errors naming the field.
   unknown = copy.deepcopy(CFG)
-  unknown.loss.weights.motion_image = 1.0
-  with pytest.raises(ValueError, match=r"model\.loss\.weights\.motion_image.*terms: \['motion', 'action'\]"):
+  unknown.loss.weights.depth_image = 1.0
+  with pytest.raises(ValueError,
+                     match=r"model\.loss\.weights\.depth_image.*terms: \['motion', 'action', 'motion_image'\]"):
     jax.eval_shape(lambda p, b: lamp.build(unknown).apply({"params": p}, b, jax.random.key(0),
                                                           method="compute_loss"), params, batch)
   nothing = copy.deepcopy(CFG)

@@ -122,3 +122,27 @@ def test_every_variant_reads_the_same_generated_dataset():
   for variants in (("", "no_motion", "pi0"), ("smoke", "smoke_no_motion", "smoke_pi0")):
     dirs = {experiment.sim_dataset_dir(_sim_config(v), "/unused") for v in variants}
     assert len(dirs) == 1, (variants, dirs)
+
+
+def test_motion_image_variants_share_one_dataset_with_their_vae_and_differ_from_the_ablation_only_by_flow():
+  """The motion-image policy is the w/o-motion ablation + the head: the same generation settings plus the exact
+  optical-flow images (k = the action horizon), its VAE run reads the very same generated dataset (generated
+  once), the head's stages keep the ablation's total step budget, and the VAE is frozen in every stage."""
+  from lamp_jax import experiment  # pylint: disable=g-import-not-at-top
+  from lamp_jax.training import defaults  # pylint: disable=g-import-not-at-top
+
+  for smoke in ("", "smoke_"):
+    ablation, policy, vae = (_sim_config(smoke + v) for v in ("no_motion", "motion_image", "vae"))
+    horizon = int(policy.model.action_horizon)
+    assert sorted(experiment.generation_flags(policy)) == sorted(experiment.generation_flags(ablation)
+                                                                 + [f"--optical-flow-steps={horizon}"])
+    assert experiment.sim_dataset_dir(policy, "/unused") == experiment.sim_dataset_dir(vae, "/unused")
+    assert experiment.sim_dataset_dir(policy, "/unused") != experiment.sim_dataset_dir(ablation, "/unused")
+    assert policy.stage_order == ("warmup", "joint")
+    assert sum(int(policy.stages[s].steps) for s in policy.stage_order) == int(ablation.stages.action.steps)
+    for stage in policy.stage_order:
+      assert any("vae" in pattern for pattern in policy.stages[stage].frozen), stage
+    assert policy.prerequisites.vae.config.to_dict() == vae.to_dict()
+    assert policy.model.vae.scaling_factor == 0.0  # filled in from the VAE run's report before training
+    for stage in policy.stage_order:
+      defaults.stage_model_config(policy, stage)  # every stage's overrides name real fields

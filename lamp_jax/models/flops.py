@@ -117,6 +117,39 @@ def dit_context_kv(action_cfg: ml_collections.ConfigDict, prefix: int, feature_w
   return float((action_cfg.depth // 2) * 2 * prefix * feature_width * action_cfg.width * 2)
 
 
+def motion_image_call(head_cfg: ml_collections.ConfigDict, vae_cfg, image_size: int, prefix: int,
+                      feature_width: int) -> float:
+  """One motion-image head evaluation (``motion_image.MotionImageDiT``) on the latent of an ``image_size`` flow
+  image, cross-attending to ``prefix`` VLM features of ``feature_width``: patch in / out, ``depth`` blocks of
+  self-attention + MLP, cross-attention (keys / values projected from the prefix in every block) and 9 adaLN
+  modulations, the time embedding and the final modulation."""
+  from lamp_jax.models import motion_image as motion_image_lib  # deferred (see motion_expert_call)
+
+  c = head_cfg
+  tokens = motion_image_lib.num_tokens(c, vae_cfg, image_size)
+  _, _, channels = motion_image_lib.latent_shape(vae_cfg, image_size)
+  width, p = int(c.width), int(c.patch_size)
+  block = (transformer_layer(tokens, width, int(c.mlp_ratio) * width)
+           + transformer_layer(tokens, width, 0, context=prefix, context_width=feature_width)
+           + 2 * 9 * width * width)
+  embed = 2 * int(c.time_frequency_dim) * width + 2 * width * width + 2 * 2 * width * width
+  return float(int(c.depth) * block + embed + 2 * 2 * tokens * p * p * channels * width)
+
+
+def vae_encoder(vae_cfg, image_size: int) -> float:
+  """The VAE encoder on one ``image_size`` x ``image_size`` image (``vae.encoder_flops``)."""
+  from lamp_jax.models import vae as vae_lib  # deferred (see motion_expert_call)
+
+  return vae_lib.encoder_flops(vae_cfg, image_size)
+
+
+def vae_decoder(vae_cfg, image_size: int) -> float:
+  """The VAE decoder from the latent of an ``image_size`` image (``vae.decoder_flops``)."""
+  from lamp_jax.models import vae as vae_lib  # deferred (see motion_expert_call)
+
+  return vae_lib.decoder_flops(vae_cfg, image_size)
+
+
 def gemma_expert_call(expert, horizon: int, action_dim: int, proprio_dim: int, prefix: int) -> float:
   """One π0 Gemma action-expert evaluation (``pi0_expert.Pi0ActionExpert``, a ``gemma.GemmaConfig`` ``expert``):
   the 1 + ``horizon`` suffix tokens through every layer, attending to the ``prefix`` cached VLM keys / values

@@ -3,9 +3,11 @@
 ``model_config(variant)`` -> ConfigDict with:
   name 'lamp' · variant · dtype (expert activations; ``vlm.dtype`` follows it) · vlm (``paligemma.config_from_dict``)
   image_keys · image_size (follows vlm.image_size) · max_token_len · motion · guidance (num_heads, gate_init_logit)
-  action (kind 'dit', ...) · use_motion · use_proprio · proprio_dropout · loss (weights {motion, action},
-  motion_repeats, action_repeats) · num_inference_steps · tau_infer · partial_steps · motion_reconstruction_steps
-  action_horizon · action_dim · proprio_dim.
+  action (kind 'dit', ...) · use_motion · use_proprio · proprio_dropout · loss (weights {motion, action,
+  motion_image}, motion_repeats, action_repeats) · num_inference_steps · tau_infer · partial_steps ·
+  motion_reconstruction_steps · action_horizon · action_dim · proprio_dim · motion_image (the optional joint
+  motion-image diffusion head, ``models/motion_image.py``; off by default) · vae (the frozen VAE of that head:
+  a ``models/vae.py`` model config, its image_size following image_size; read only when motion_image.enabled).
 
 Where the paper and the released code disagree the field defaults to the released code (stated per field).
 Speed options (exact rewrites, same math, on by default): ``motion.scan_unroll`` / ``action.scan_unroll`` (layers
@@ -19,7 +21,9 @@ import ml_collections
 
 from lamp_jax import specs
 from lamp_jax.models import flops
+from lamp_jax.models import motion_image
 from lamp_jax.models import paligemma
+from lamp_jax.models import vae
 
 NAME = "lamp"
 VARIANTS = ("tiny", "sim", "paper")
@@ -69,7 +73,10 @@ _TABLE = {
         motion=dict(num_keypoints=16, num_steps=6, width=40, depth=2, num_heads=4, mlp_ratio=2, cond_len=29,
                     time_frequency_dim=32),
         guidance_heads=3, action=dict(width=36, depth=2, num_heads=3, mlp_ratio=2, time_frequency_dim=32),
-        action_horizon=5, action_dim=7, proprio_dim=5),
+        action_horizon=5, action_dim=7, proprio_dim=5,
+        # 24-pixel flow images -> 12 x 12 x 4 latents (tiny VAE, 2 levels) -> 4 x 4 tokens of 3 x 3 patches.
+        motion_image=dict(width=44, depth=2, num_heads=4, mlp_ratio=2, patch_size=3, time_frequency_dim=32),
+        vae="tiny"),
     "sim": dict(
         dtype="float32", vlm=("tiny", _SIM_VLM), image_keys=(specs.IMAGE_PRIMARY, specs.IMAGE_WRIST),
         # The longest built-in instruction ("put the yellow cylinder on the orange plate", 43 bytes) + bos + "\n" =
@@ -78,12 +85,18 @@ _TABLE = {
         motion=dict(num_keypoints=64, num_steps=8, width=64, depth=2, num_heads=2, cond_len=2 * 64 + 48,
                     time_frequency_dim=64),
         guidance_heads=2, action=dict(width=128, depth=4, num_heads=2, time_frequency_dim=128),
-        action_horizon=8, action_dim=specs.ACTION_DIM, proprio_dim=specs.SIM_STATE_DIM),
+        action_horizon=8, action_dim=specs.ACTION_DIM, proprio_dim=specs.SIM_STATE_DIM,
+        # 64-pixel flow images -> 8 x 8 x 4 latents of the 'sim' VAE -> 64 tokens (patch 1); the Motion Expert's
+        # size (0.25 M parameters, 12 % of the w/o-motion policy: the paper's head is 11 % of pi0).
+        motion_image=dict(width=64, depth=2, num_heads=2, patch_size=1, time_frequency_dim=64), vae="sim"),
     "paper": dict(
         dtype="bfloat16", vlm=("paligemma_3b", {}), image_keys=(specs.IMAGE_PRIMARY,), max_token_len=48,
         # Released cond length 256; here the condition holds the whole prefix (256 image + 48 text tokens).
         motion=dict(cond_len=304), guidance_heads=8, action={},
-        action_horizon=10, action_dim=specs.ACTION_DIM, proprio_dim=specs.SIM_STATE_DIM),
+        action_horizon=10, action_dim=specs.ACTION_DIM, proprio_dim=specs.SIM_STATE_DIM,
+        # The paper's head: 6 blocks over the SDXL VAE's 28 x 28 x 4 latent of a 224-pixel flow image (patch 2:
+        # 196 tokens), 0.37 B parameters.
+        motion_image={}, vae="sdxl"),
 }
 
 
@@ -109,8 +122,11 @@ def model_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   # 'action' = flow matching of the action chunk. *_repeats: flow-matching draws (tau, eps) per example and term,
   # sharing one VLM pass (and one guidance pass). 1 = released LaMP / pi0. R > 1 tiles the expert's inputs R
   # times: R x the expert's cost, a lower-variance gradient for the same encoder cost.
-  cfg.loss = ml_collections.ConfigDict(dict(weights=ml_collections.ConfigDict(dict(motion=1.0, action=1.0)),
-                                            motion_repeats=1, action_repeats=1))
+  # 'motion_image' = flow matching of the VAE latents of the optical-flow image (the motion-image head; needs
+  # motion_image.enabled and the optical_flow keys).
+  cfg.loss = ml_collections.ConfigDict(dict(
+      weights=ml_collections.ConfigDict(dict(motion=1.0, action=1.0, motion_image=0.0)), motion_repeats=1,
+      action_repeats=1))
   # Proprio input of the Action Expert. use_proprio=False feeds zeros (the normalised mean state) always;
   # proprio_dropout=p zeroes it for a random fraction p of the training examples (never when sampling), so that
   # the policy cannot predict every action from the state alone and has to read the cameras (the "copycat"
@@ -126,6 +142,11 @@ def model_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   cfg.motion = motion_config(**row["motion"])
   cfg.action = action_config(**row["action"])
   cfg.action_horizon, cfg.action_dim, cfg.proprio_dim = row["action_horizon"], row["action_dim"], row["proprio_dim"]
+  # Joint motion-image diffusion (off: enable with motion_image.enabled=True and loss.weights.motion_image > 0).
+  cfg.motion_image = motion_image.motion_image_config(**row["motion_image"])
+  cfg.vae = vae.model_config(row["vae"])
+  cfg.vae.image_size = cfg.get_ref("image_size")  # the flow images have the cameras' size
+  cfg.vae.dtype = cfg.get_ref("dtype")
   return cfg
 
 
