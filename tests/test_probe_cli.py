@@ -144,6 +144,7 @@ def test_targets_are_net_actions_z_scored_with_the_train_rows(run):
   assert set(split.tolist()) == {"train", "test"} and out["stride"] == 1
   train = split == "train"
   np.testing.assert_allclose(out["targets"][train].mean(0), 0, atol=1e-9)
+  assert out["target_names"] == lam_latents.ACTION_NAMES and out["constant_dims"] == ()  # all vary here
   np.testing.assert_allclose(out["targets"], out["horizon_stats"].normalize(out["net_actions"]))
   # k = 1: the net action is the raw first action of the chunk (gripper raw: bridge does not normalise it).
   statistics = pipeline.dataset_statistics(lam_latents.data_config(out["lam"]))["tst_lam_probe"]
@@ -221,7 +222,7 @@ def test_the_notebook_runs_on_the_tiny_checkpoint(run, tmp_path, monkeypatch):
   import nbformat  # pylint: disable=g-import-not-at-top
 
   notebook = nbformat.read(REPO / "notebooks" / "probe_latent_actions.ipynb", as_version=4)
-  for key, value in dict(LAMP_PROBE_CHECKPOINT=run["workdir"], LAMP_PROBE_QUICK="1", LAMP_PROBE_TRAIN_BATCHES="3",
+  for key, value in dict(LAMP_PROBE_CHECKPOINT=run["workdir"], LAMP_PROBE_QUICK="1", LAMP_PROBE_SEEDS="0", LAMP_PROBE_TRAIN_BATCHES="3",
                          LAMP_PROBE_TEST_BATCHES="2", PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
                          TF_CPP_MIN_LOG_LEVEL="3").items():
     monkeypatch.setenv(key, value)

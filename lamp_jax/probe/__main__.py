@@ -2,7 +2,7 @@ r"""Probe a trained latent action model: MI by estimator, linear-probe NMSE, cod
 
   python -m lamp_jax.probe --checkpoint=/tmp/lam_sim_mvp --batches=16 --test_batches=8 --out=/tmp/probe
   python -m lamp_jax.probe --checkpoint=/tmp/lam_sim_mvp --step=1000 --view=image_secondary \
-      --config.data.pipeline.data_dir=... --probe.methods="('ksg', 'ba')" --probe.neural.max_steps=3000 \
+      --config.data.pipeline.datasets.0.data_dir=/data --probe.methods="('ksg', 'ba')" --probe.neural.max_steps=3000 \
       --probe.neural.hidden_dim=256 --probe.neural.depth=3 --probe.neural.batch_size=512
 
 Restores the LAM (verified against its checksums, every parameter array checked against the model the config
@@ -38,7 +38,7 @@ _VIEW = flags.DEFINE_string("view", None, "Camera whose pairs are probed (defaul
 _OFFSET_INDEX = flags.DEFINE_integer("offset_index", 0, "Which of model.future_offsets is the pair's k.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the data stream and the quantiser's key.")
 _OUT = flags.DEFINE_string("out", None, "Directory for report.json and the PNG plots (default: none written).")
-_NO_EMA = flags.DEFINE_bool("no_ema", False, "Probe the raw parameters even when the run kept EMA ones.")
+_EMA = flags.DEFINE_bool("ema", True, "Probe the EMA parameters when the run kept them (--noema: the raw ones).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "tqdm progress bars (on stderr).")
 
 PREFIXES = ("--config.", "--probe.")
@@ -77,6 +77,7 @@ def probe_checkpoint(checkpoint: str, *, step: int | None = None, config_overrid
       "stride": latents["stride"], "dataset": latents["dataset"], "examples": latents["examples"],
       "dropped_pairs": latents["dropped"], "latent": "pre-quantisation z, flattened [L * Dc]",
       "target": "net relative action over k (probe.targets), z-scored with the train rows' statistics",
+      "target_dims": list(latents["target_names"]), "constant_dims_left_out": list(latents["constant_dims"]),
   }
   if out:
     os.makedirs(out, exist_ok=True)
@@ -96,7 +97,7 @@ def main(argv: Sequence[str]) -> None:
       _CHECKPOINT.value, step=_STEP.value, config_overrides=_OVERRIDES["config"],
       probe_overrides=_OVERRIDES["probe"], batches=_BATCHES.value, test_batches=_TEST_BATCHES.value,
       view=_VIEW.value, offset_index=_OFFSET_INDEX.value, seed=_SEED.value, out=_OUT.value,
-      use_ema=not _NO_EMA.value, progress=_PROGRESS.value)
+      use_ema=_EMA.value, progress=_PROGRESS.value)
   sys.stdout.write(json.dumps(report, indent=1) + "\n")
   sys.stdout.flush()
 

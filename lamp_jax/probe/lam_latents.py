@@ -16,7 +16,11 @@ never crosses an episode end; or the camera missing, ``image_mask`` False) are d
 Probing target (``probe.targets``, MVP-LAM): the batch's action chunk a_t .. a_{t+k-1} (the LAM configs keep
 ``data.action_horizon`` = the largest offset; inside the episode whenever the pair is valid) de-normalised with
 the pipeline's statistics and mode (``data.action_normalization``: 'normal', 'bounds', ...), the six continuous
-deltas summed and the last gripper kept (``probe.net_action``), z-scored with the train rows' statistics.
+deltas summed and the last gripper kept (``probe.net_action``), z-scored with the train rows' statistics;
+dimensions constant on the train rows (no information, no entropy) are left out and named.
+
+The pipeline gives no episode ids: the test rows are whole held-out episodes, the rows within a split are not
+grouped by episode. Single-dataset runs only (one dataset's statistics de-normalise the actions).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from lamp_jax.probe import targets as targets_lib
 
 LAM_NAME = "lam"
 TRAIN, TEST = "train", "test"
+ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")  # specs.py's action layout
 
 
 @dataclasses.dataclass
@@ -348,8 +353,9 @@ def latents_from_checkpoint(checkpoint: str | LoadedLAM, *, step: int | None = N
 
   Returns:
     dict: 'z' float32[N, L * Dc], 'codes' int32[N, L], 'quantized' float32[N, L * Dc], 'actions' float32[N, k, A]
-    (normalised chunks), 'net_actions' float64[N, 7] (raw net action over k), 'targets' float64[N, 7] (z-scored
-    with the train rows' ``HorizonStatistics``), 'split' str[N] ('train' | 'test'), 'horizon_stats', 'view',
+    (normalised chunks), 'net_actions' float64[N, 7] (raw net action over k), 'targets' float64[N, D] (z-scored
+    with the train rows' ``HorizonStatistics``; the D dimensions that vary on the train rows, named by
+    'target_names'; 'constant_dims' names the others), 'split' str[N] ('train' | 'test'), 'horizon_stats', 'view',
     'stride' (k), 'codebook_size', 'code_length', 'code_dim', 'step', 'dropped' {split: invalid pairs},
     'examples' {split: examples read}, 'dataset'.
   """
@@ -406,12 +412,17 @@ def latents_from_checkpoint(checkpoint: str | LoadedLAM, *, step: int | None = N
                        "end-effector layout (lamp_jax/specs.py)")
     net[name] = targets_lib.net_action(raw[..., :targets_lib.ACTION_DIM])
   horizon = targets_lib.HorizonStatistics.of(net[TRAIN], k)
+  # A dimension constant on the train rows (e.g. the simulator's roll and pitch) carries no information and has
+  # no entropy (the neural estimators refuse it): it is left out of the targets and named.
+  varying = np.flatnonzero(horizon.std > 1e-12)
   order = (TRAIN, TEST)
   cat = lambda key: np.concatenate([parts[n][key] for n in order])  # noqa: E731
   return {
       "z": cat("z"), "codes": cat("codes"), "quantized": cat("quantized"), "actions": cat("action"),
       "net_actions": np.concatenate([net[n] for n in order]),
-      "targets": horizon.normalize(np.concatenate([net[n] for n in order])),
+      "targets": horizon.normalize(np.concatenate([net[n] for n in order]))[:, varying],
+      "target_names": tuple(ACTION_NAMES[i] for i in varying),
+      "constant_dims": tuple(ACTION_NAMES[i] for i in range(targets_lib.ACTION_DIM) if i not in set(varying)),
       "split": np.concatenate([np.full(parts[n]["z"].shape[0], n) for n in order]),
       "horizon_stats": horizon, "view": view, "stride": k, "offset_index": offset_index,
       "codebook_size": int(lam.model_cfg.vq.num_codes), "code_length": int(lam.model_cfg.vq.code_length),
