@@ -43,7 +43,8 @@ EXTRAS_REQUIRE = {
         "transformers==5.23.0",
         "diffusers==0.42.1",
     ],
-    # Converting checkpoints to / from PyTorch (Hugging Face transformers layout).
+    # Converting checkpoints to / from PyTorch (Hugging Face transformers layout) and serving exported policies
+    # with lamp_torch (python -m lamp_jax.serve --export=DIR --backend=torch).
     "torch": ["torch==2.13.0", "transformers==5.23.0"],
     # Ahead-of-time compilation for TPU topologies on a CPU host (python -m lamp_jax.perf.aot).
     "tpu-aot": ["libtpu==0.0.52"],
@@ -57,7 +58,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["lamp_jax", "lamp_jax.*"]),
+    # lamp_torch: the JAX-free PyTorch port of exported policies (needs the 'torch' extra).
+    packages=find_packages(include=["lamp_jax", "lamp_jax.*", "lamp_torch", "lamp_torch.*"]),
     package_data={"lamp_jax": ["sim/assets/*", "sim/assets/**/*"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,

@@ -1,4 +1,5 @@
-"""What the run configs share: LaMP's two-stage recipe, the CPU-budget optimizers and data knobs, smoke sizes.
+"""What the run configs share: LaMP's two-stage recipe, the one-stage recipe of a policy without a motion prior (π0),
+the CPU-budget optimizers and data knobs, smoke sizes.
 
 Config files import it as ``from configs import common``: run the commands from the repository root (as the
 README does), where ``configs`` is importable.
@@ -37,6 +38,17 @@ def lamp_stages(use_motion: bool, motion_steps: int, action_steps: int, motion_o
                                    model_overrides=loss(1.0, 0.0, motion_repeats=motion_repeats)),
       action=defaults.stage_config(action_steps, frozen=action_frozen, optimizer=action_optimizer,
                                    model_overrides=loss(0.0, 1.0, action_repeats=action_repeats))))
+
+
+def action_stage(steps: int, optimizer, *, action_repeats: int = 1) -> tuple[tuple[str, ...],
+                                                                             ml_collections.ConfigDict]:
+  """(stage_order, stages) of one 'action' stage of ``steps`` with ``optimizer``, nothing frozen, loss term 'action'
+  only: a policy without a motion prior (π0) on the budget of LaMP's w/o-motion ablation (``lamp_stages`` with
+  use_motion=False: the same steps, optimizer and ``action_repeats``)."""
+  return ("action",), ml_collections.ConfigDict(dict(
+      action=defaults.stage_config(steps, frozen=(), optimizer=optimizer,
+                                   model_overrides=dict(loss=dict(weights=dict(action=1.0),
+                                                                  action_repeats=action_repeats)))))
 
 
 def cpu_optimizers(warmup_steps: int) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
@@ -95,6 +107,23 @@ def smoke_lamp(model_cfg: ml_collections.ConfigDict, *, image_size: int, width: 
   m.guidance.num_heads = 2
   m.action.width, m.action.depth, m.action.num_heads = width, 2, 2
   m.action.time_frequency_dim = time_frequency_dim
+  m.action_horizon = action_horizon
+  m.num_inference_steps = num_inference_steps
+  return m
+
+
+def smoke_pi0(model_cfg: ml_collections.ConfigDict, *, image_size: int, width: int, mlp_dim: int, max_words: int,
+              action_horizon: int, num_inference_steps: int) -> ml_collections.ConfigDict:
+  """``model_cfg`` (a 'sim' π0 config) shrunk to smoke-test size: the VLM towers of ``smoke_lamp`` (one layer of
+  ``width``) and a one-layer Gemma expert of the same width, heads and head dim (it attends to the VLM's K/V)."""
+  m = model_cfg
+  m.vlm.image_size = image_size
+  m.vlm.vision_overrides = ml_collections.ConfigDict(dict(width=width, depth=1, mlp_dim=mlp_dim, num_heads=2,
+                                                          patch_size=8))
+  llm = dict(width=width, depth=1, mlp_dim=mlp_dim, num_heads=2, num_kv_heads=1, head_dim=width // 2)
+  m.vlm.llm_overrides = ml_collections.ConfigDict(llm)
+  m.action.overrides = ml_collections.ConfigDict(llm)
+  m.max_token_len = max_words
   m.action_horizon = action_horizon
   m.num_inference_steps = num_inference_steps
   return m

@@ -7,6 +7,7 @@ from lamp_jax.models import registry
 lamp = registry.get("lamp")
 
 
+
 def test_from_requirements_gives_what_a_lamp_model_reads():
   model_cfg = lamp.model_config("sim")
   requirements = lamp.data_requirements(model_cfg)

@@ -11,11 +11,13 @@ PACKAGE = REPO / "lamp_jax"
 
 # Which lamp_jax units (sub-packages or top-level modules) each unit may import. A unit missing here is an error:
 # adding a package means deciding where it sits. Commands (train, serve, ...) sit on top and may import anything.
-COMMANDS = {"train", "serve", "compare", "summary", "bench", "experiment"}
+COMMANDS = {"train", "serve", "compare", "summary", "bench", "experiment", "ablate", "export"}
 ALLOWED = {
     "specs": set(),
     "tokenizer": set(),
     "flow_image": set(),
+    "allocator": set(),
+    "export_format": set(),
     "models": {"specs", "flow_image"},
     "data": {"specs", "flow_image"},
     "sim": {"specs", "flow_image"},
@@ -23,8 +25,9 @@ ALLOWED = {
     "probe": {"models"},
     "libero": {"sim", "specs"},
     "training": {"models", "data", "specs", "tokenizer"},
-    "perf": {"training", "models", "data", "specs", "tokenizer"},
-    "eval": {"training", "models", "data", "sim", "libero", "serving", "perf", "specs", "tokenizer"},
+    "eval": {"training", "models", "data", "sim", "libero", "serving", "specs", "tokenizer", "allocator"},
+    # The benchmark and planning tools sit on top, beside the commands.
+    "perf": {"training", "models", "data", "specs", "tokenizer", "eval", "export", "export_format", "allocator", "serving"},
 }
 
 
@@ -124,3 +127,13 @@ def test_nothing_cites_files_outside_the_repository():
       if pattern.search(text):
         offenders.append(str(path.relative_to(REPO)))
   assert not offenders, offenders
+
+
+def test_the_torch_port_imports_only_jax_free_modules_of_lamp_jax():
+  """lamp_torch serves exported policies in a process without JAX: of lamp_jax it may import only modules whose own
+  imports are JAX-free (checked by import inspection in tests/test_torch_serve.py)."""
+  allowed = {"lamp_jax.export_format", "lamp_jax.tokenizer", "lamp_jax.data", "lamp_jax.data.normalization"}
+  used = set()
+  for path in (REPO / "lamp_torch").rglob("*.py"):
+    used |= {m for m in _imports(path)}
+  assert used <= allowed, sorted(used - allowed)

@@ -13,10 +13,10 @@ import pytest
 
 from lamp_jax import tokenizer as tokenizer_lib
 from lamp_jax.models import lamp_config, registry
-
-lamp = registry.get("lamp")
 from lamp_jax.sim import tasks
 from lamp_jax.training import trainer as trainer_lib
+
+lamp = registry.get("lamp")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -112,3 +112,13 @@ def test_model_overrides_reach_the_generated_labels_and_mismatches_are_rejected_
   c.sim_data.extra_flags = ("--num-points=16",)
   with pytest.raises(ValueError, match=r"sim_data\.extra_flags"):
     experiment.generation_flags(c)
+
+
+def test_every_variant_reads_the_same_generated_dataset():
+  """LaMP, its ablation and π0 compare on the same demonstrations: one cache entry per budget (bug guarded: the
+  ablation once asked for scene-flow labels of another size, so it would have generated its own dataset)."""
+  from lamp_jax import experiment  # pylint: disable=g-import-not-at-top
+
+  for variants in (("", "no_motion", "pi0"), ("smoke", "smoke_no_motion", "smoke_pi0")):
+    dirs = {experiment.sim_dataset_dir(_sim_config(v), "/unused") for v in variants}
+    assert len(dirs) == 1, (variants, dirs)

@@ -34,9 +34,11 @@ def load_config(config_args: list[str]):
 
   if not any(a.startswith("--config=") for a in config_args):
     raise SystemExit("--config=configs/<name>.py[:variant] is required")
+  argv = ["inspect"] + list(config_args)
   flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "run config", flag_values=flag_values, lock_config=True)
-  flag_values(["inspect"] + list(config_args))
+  config_flags.DEFINE_config_file("config", None, "run config", flag_values=flag_values, lock_config=True,
+                                  sys_argv=argv)
+  flag_values(argv)
   config = flag_values.config
   if "data" not in config:
     raise KeyError(f"{flag_values['config'].config_filename}: get_config() returned a config without a 'data' field")

@@ -1,7 +1,7 @@
 """Timing and memory helpers of the benchmarks: compile once, then interleave the timed calls (round robin) so
 that load on a shared host affects every variant alike; per call the wall time and the process CPU time (all
 threads) are recorded, and the host's load beside them. Memory: the peak / current resident set of the process
-and each compiled executable's own buffer plan (``executable_memory``)."""
+and each compiled executable's own buffer plan (``executable_memory``). The inference batch a robot would send."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import time
 
 import jax
 import tqdm
+
+from lamp_jax import specs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,3 +87,13 @@ def executable_memory(compiled) -> dict:
             "temporaries": gb("temp_size_in_bytes"), "aliased": gb("alias_size_in_bytes")}
   result["live"] = result["arguments"] + result["outputs"] - result["aliased"] + result["temporaries"]
   return {k: round(v, 4) for k, v in result.items()}
+
+
+_LABEL_KEYS = (specs.ACTION, specs.ACTION_PAD_MASK, specs.SCENE_FLOW, specs.SCENE_FLOW_MASK, specs.SCENE_FLOW_QUERY,
+               specs.SCENE_FLOW_QUERY_MASK, specs.HAS_SCENE_FLOW, specs.OPTICAL_FLOW, specs.HAS_OPTICAL_FLOW)
+
+
+def inference_batch(lib, model_cfg, batch_size, seed):
+  """``dummy_batch`` without the training labels (what a robot sends)."""
+  batch = lib.dummy_batch(model_cfg, batch_size, seed)
+  return {k: v for k, v in batch.items() if k not in _LABEL_KEYS}
