@@ -39,6 +39,7 @@ from lamp_jax.models import flops
 from lamp_jax.models import flow_matching as fm
 from lamp_jax.models import guidance as guidance_lib
 from lamp_jax.models import interface
+from lamp_jax.models import layers
 from lamp_jax.models import lamp_config
 from lamp_jax.models import losses
 from lamp_jax.models import motion_expert as motion_lib
@@ -72,9 +73,12 @@ class LaMP(nn.Module):
     dtype = jnp.dtype(cfg.dtype)
     self.vlm_config = paligemma.config_from_dict(cfg.vlm)
     self.vlm = paligemma.PaliGemma(self.vlm_config)
-    self.motion_expert = motion_lib.MotionExpert(cfg.motion, dtype=dtype)
-    self.guidance = guidance_lib.GatedMotionGuidance(cfg.guidance, width=self.vlm_config.llm.width, dtype=dtype)
-    self.action_expert = action_lib.build_action_expert(cfg.action, dtype)
+    attention = cfg.get("attention", "heads_major")
+    layers.check_attention_implementation(attention, "config field model.attention")
+    self.motion_expert = motion_lib.MotionExpert(cfg.motion, dtype=dtype, attention=attention)
+    self.guidance = guidance_lib.GatedMotionGuidance(cfg.guidance, width=self.vlm_config.llm.width, dtype=dtype,
+                                                     attention=attention)
+    self.action_expert = action_lib.build_action_expert(cfg.action, dtype, attention=attention)
     if _has_motion_image(cfg):
       self.vae = vae_lib.AutoencoderKL(cfg.vae)
       self.motion_image = motion_image_lib.MotionImageDiT(cfg.motion_image, dtype=dtype)
@@ -388,8 +392,10 @@ class LaMPLibrary(interface.ModelLibrary):
             "full_motion": interface.BenchVariant(with_motion, full, "sample_actions_full_motion")}
 
   def reference_config(self, cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Motion Expert's pruned last block, cached action cross-attention keys / values and unrolled scans off."""
+    """Motion Expert's pruned last block, cached action cross-attention keys / values, unrolled scans and the
+    heads-major attention (``layers.ATTENTION_IMPLEMENTATIONS``: 'plain' instead) off."""
     ref = copy.deepcopy(cfg)
+    ref.attention = "plain"  # the VLM follows (vlm.attention refers to it)
     ref.motion.prune_last_condition = False
     ref.action.cache_context_kv = False
     ref.motion.scan_unroll = ref.action.scan_unroll = 1

@@ -1,7 +1,8 @@
 """LaMP model configs: the named variants as a table, and the derived sizes.
 
 ``model_config(variant)`` -> ConfigDict with:
-  name 'lamp' · variant · dtype (expert activations; ``vlm.dtype`` follows it) · vlm (``paligemma.config_from_dict``)
+  name 'lamp' · variant · dtype (expert activations; ``vlm.dtype`` follows it) · attention (``vlm.attention``
+  follows it) · vlm (``paligemma.config_from_dict``)
   image_keys · image_size (follows vlm.image_size) · max_token_len · motion · guidance (num_heads, gate_init_logit)
   action (kind 'dit', ...) · use_motion · use_proprio · proprio_dropout · loss (weights {motion, action,
   motion_image}, motion_repeats, action_repeats) · num_inference_steps · tau_infer · partial_steps ·
@@ -10,7 +11,8 @@
   a ``models/vae.py`` model config, its image_size following image_size; read only when motion_image.enabled).
 
 Where the paper and the released code disagree the field defaults to the released code (stated per field).
-Speed options (exact rewrites, same math, on by default): ``motion.scan_unroll`` / ``action.scan_unroll`` (layers
+Speed options (exact rewrites, same math, on by default): ``attention`` ('heads_major'; 'plain' is the reference,
+'jax_xla' / 'jax_cudnn' use ``jax.nn.dot_product_attention``), ``motion.scan_unroll`` / ``action.scan_unroll`` (layers
 per scan iteration), ``motion.prune_last_condition``, ``action.cache_context_kv``; ``motion.cond_pool`` changes
 the model (1 = released). ``python -m lamp_jax.bench`` times them.
 """
@@ -26,7 +28,7 @@ from lamp_jax.models import paligemma
 from lamp_jax.models import vae
 
 NAME = "lamp"
-VARIANTS = ("tiny", "sim", "paper")
+VARIANTS = ("tiny", "sim", "paper", "openpi_dummy")
 
 
 def motion_config(**overrides) -> ml_collections.ConfigDict:
@@ -67,6 +69,14 @@ def action_config(**overrides) -> ml_collections.ConfigDict:
 _SIM_VLM = dict(vision_variant="S/16", llm_variant="dummy", image_size=64, vocab_size=1024,
                 vision_overrides=dict(width=128, depth=2, mlp_dim=256, num_heads=2, patch_size=8),
                 llm_overrides=dict(width=128, depth=2, mlp_dim=256, num_heads=2, num_kv_heads=1, head_dim=64))
+# 'openpi_dummy': the sizes of openpi's π0 test model, the speed anchor of ``python -m lamp_jax.bench`` (docs/results.md,
+# "Speed"): SigLIP S with patch 14 at 224² (256 patches per camera), openpi's 'dummy' Gemma (width 64, 4 layers, the
+# full 257,152-row vocabulary), three cameras, 48 prompt tokens, horizon 10, action dim 8, proprio 8, float32, and
+# in place of π0's dummy Gemma action expert a DiT of the same analytic cost (width 64, 8 layers). π0 has no motion:
+# the preset is the w/o-motion ablation; its motion section (sim-sized, condition = the whole 816-token prefix)
+# serves the bench's with-motion variant.
+_OPENPI_DUMMY_VLM = dict(vision_variant="S/16", llm_variant="dummy", image_size=224,
+                         vision_overrides=dict(patch_size=14))
 _TABLE = {
     "tiny": dict(
         dtype="float32", vlm=("tiny", {}), image_keys=(specs.IMAGE_PRIMARY, specs.IMAGE_WRIST), max_token_len=7,
@@ -97,6 +107,14 @@ _TABLE = {
         # The paper's head: 6 blocks over the SDXL VAE's 28 x 28 x 4 latent of a 224-pixel flow image (patch 2:
         # 196 tokens), 0.37 B parameters.
         motion_image={}, vae="sdxl"),
+    "openpi_dummy": dict(
+        dtype="float32", vlm=("tiny", _OPENPI_DUMMY_VLM),
+        image_keys=(specs.IMAGE_PRIMARY, specs.IMAGE_SECONDARY, specs.IMAGE_WRIST), max_token_len=48,
+        motion=dict(num_keypoints=64, num_steps=8, width=64, depth=2, num_heads=2, cond_len=3 * 256 + 48,
+                    time_frequency_dim=64),
+        guidance_heads=2, action=dict(width=64, depth=8, num_heads=4, time_frequency_dim=64),
+        action_horizon=10, action_dim=8, proprio_dim=8, use_motion=False,
+        motion_image={}, vae="sdxl"),
 }
 
 
@@ -114,19 +132,22 @@ def model_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   for key, value in vlm_overrides.items():
     cfg.vlm[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
   cfg.vlm.dtype = cfg.get_ref("dtype")  # the VLM computes in the model's dtype (the trainer sets compute_dtype)
+  # Attention implementation of every component (layers.ATTENTION_IMPLEMENTATIONS; all compute the same function).
+  cfg.attention = "heads_major"
+  cfg.vlm.attention = cfg.get_ref("attention")
   cfg.image_keys = row["image_keys"]
   cfg.image_size = cfg.vlm.get_ref("image_size")  # follows vlm.image_size
   cfg.max_token_len = row["max_token_len"]
-  cfg.use_motion = True
+  cfg.use_motion = row.get("use_motion", True)
   # Named loss terms (interface.py): 'motion' = flow matching of the scene-flow deltas (needs scene_flow keys),
   # 'action' = flow matching of the action chunk. *_repeats: flow-matching draws (tau, eps) per example and term,
   # sharing one VLM pass (and one guidance pass). 1 = released LaMP / pi0. R > 1 tiles the expert's inputs R
   # times: R x the expert's cost, a lower-variance gradient for the same encoder cost.
+  # The w/o-motion ablation has no motion term (compute_loss rejects one).
   # 'motion_image' = flow matching of the VAE latents of the optical-flow image (the motion-image head; needs
   # motion_image.enabled and the optical_flow keys).
-  cfg.loss = ml_collections.ConfigDict(dict(
-      weights=ml_collections.ConfigDict(dict(motion=1.0, action=1.0, motion_image=0.0)), motion_repeats=1,
-      action_repeats=1))
+  weights = ml_collections.ConfigDict(dict(motion=1.0 if cfg.use_motion else 0.0, action=1.0, motion_image=0.0))
+  cfg.loss = ml_collections.ConfigDict(dict(weights=weights, motion_repeats=1, action_repeats=1))
   # Proprio input of the Action Expert. use_proprio=False feeds zeros (the normalised mean state) always;
   # proprio_dropout=p zeroes it for a random fraction p of the training examples (never when sampling), so that
   # the policy cannot predict every action from the state alone and has to read the cameras (the "copycat"
