@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ml_collections
 
+from lamp_jax.models import film_cnn
 from lamp_jax.models import motion_expert as motion_lib
 from lamp_jax.models import paligemma
+from lamp_jax.models import prefix_encoder
 
 
 def transformer_layer(tokens: int, width: int, mlp_dim: int, *, context: int | None = None,
@@ -39,13 +41,21 @@ def gemma_layer(llm, tokens: int, keys: int | None = None, kv_tokens: int | None
 
 
 def image_patches(vlm_cfg: ml_collections.ConfigDict) -> int:
-  vision = paligemma.config_from_dict(vlm_cfg).vision
-  return (vision.image_size // vision.patch_size) ** 2
+  """Prefix tokens of one camera (SigLIP patches, or the FiLM-CNN grid + keypoint tokens)."""
+  return prefix_encoder.tokens_per_image(vlm_cfg)
 
 
 def prefix_length(vlm_cfg: ml_collections.ConfigDict, num_cameras: int, text_tokens: int) -> int:
   """VLM prefix tokens: every camera's patches + the text tokens."""
   return num_cameras * image_patches(vlm_cfg) + int(text_tokens)
+
+
+def prefix_encoder_call(vlm_cfg: ml_collections.ConfigDict, num_cameras: int, text_tokens: int) -> float:
+  """The prefix encoder of ``vlm.kind`` ('paligemma': :func:`paligemma_prefix`; 'film_cnn': its convolutions)."""
+  if prefix_encoder.kind_of(vlm_cfg) == film_cnn.KIND:
+    cfg = film_cnn.config_from_dict(vlm_cfg, int(text_tokens), num_cameras)
+    return film_cnn.prefix_flops(cfg, num_cameras, int(text_tokens))
+  return paligemma_prefix(vlm_cfg, num_cameras, text_tokens)
 
 
 def paligemma_prefix(vlm_cfg: ml_collections.ConfigDict, num_cameras: int, text_tokens: int) -> float:

@@ -36,7 +36,7 @@ from lamp_jax.models import interface
 from lamp_jax.models import lamp_config
 from lamp_jax.models import losses
 from lamp_jax.models import motion_expert as motion_lib
-from lamp_jax.models import paligemma
+from lamp_jax.models import prefix_encoder
 
 NAME = lamp_config.NAME
 TOP_LEVEL = ("vlm", "motion_expert", "guidance", "action_expert")
@@ -58,10 +58,11 @@ class LaMP(nn.Module):
   def setup(self):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
-    self.vlm_config = paligemma.config_from_dict(cfg.vlm)
-    self.vlm = paligemma.PaliGemma(self.vlm_config)
+    # 'vlm': the prefix encoder of vlm.kind (PaliGemma by default; prefix_encoder.py).
+    self.vlm = prefix_encoder.build(cfg.vlm, int(cfg.max_token_len), len(cfg.image_keys))
     self.motion_expert = motion_lib.MotionExpert(cfg.motion, dtype=dtype)
-    self.guidance = guidance_lib.GatedMotionGuidance(cfg.guidance, width=self.vlm_config.llm.width, dtype=dtype)
+    self.guidance = guidance_lib.GatedMotionGuidance(cfg.guidance, width=prefix_encoder.width(cfg.vlm),
+                                                     dtype=dtype)
     self.action_expert = action_lib.build_action_expert(cfg.action, dtype)
 
   # ---------------------------------------------------------------------------------------- inputs
@@ -285,7 +286,7 @@ def dummy_batch(model_cfg: ml_collections.ConfigDict, batch_size: int = 2, seed:
   """A random numpy batch following specs.py (with tokens, without the raw language_instruction)."""
   rs = np.random.RandomState(seed)
   b, size = batch_size, model_cfg.image_size
-  vocab = paligemma.config_from_dict(model_cfg.vlm).llm.vocab_size
+  vocab = prefix_encoder.vocab_size(model_cfg.vlm)
   obs = {key: rs.randint(0, 256, (b, window, size, size, 3)).astype(np.uint8) for key in model_cfg.image_keys}
   obs[specs.IMAGE_MASK] = {key: np.ones((b, window), bool) for key in model_cfg.image_keys}
   obs[specs.PROPRIO] = rs.randn(b, window, model_cfg.proprio_dim).astype(np.float32)
@@ -369,7 +370,7 @@ class LaMPLibrary(interface.ModelLibrary):
         cameras=tuple(cfg.image_keys), image_size=int(cfg.image_size), window=1,
         action_horizon=int(cfg.action_horizon), action_dim=int(cfg.action_dim), proprio_dim=int(cfg.proprio_dim),
         scene_flow=(int(motion.num_keypoints), int(motion.num_steps)) if cfg.use_motion else None,
-        text_tokens=int(cfg.max_token_len), vocab_size=int(paligemma.config_from_dict(cfg.vlm).llm.vocab_size))
+        text_tokens=int(cfg.max_token_len), vocab_size=int(prefix_encoder.vocab_size(cfg.vlm)))
 
   def analytic_flops(self, cfg: ml_collections.ConfigDict, batch_size: int, mode: str) -> float:
     """Modes: 'sample_actions' (VLM + partial_steps + 1 motion calls + guidance + num_inference_steps action
@@ -380,8 +381,8 @@ class LaMPLibrary(interface.ModelLibrary):
     block (motion.prune_last_condition) and, when sampling, the action cross-attention keys / values projected
     once (action.cache_context_kv)."""
     prefix = lamp_config.prefix_length(cfg)
-    width = paligemma.config_from_dict(cfg.vlm).llm.width
-    vlm = flops.paligemma_prefix(cfg.vlm, len(cfg.image_keys), int(cfg.max_token_len))
+    width = prefix_encoder.width(cfg.vlm)
+    vlm = flops.prefix_encoder_call(cfg.vlm, len(cfg.image_keys), int(cfg.max_token_len))
     motion_call = flops.motion_expert_call(cfg.motion, prefix, width)
     guidance = flops.gated_guidance(cfg.motion, prefix, width)
     action_call = flops.dit_action_call(cfg.action, cfg.action_horizon, cfg.action_dim, cfg.proprio_dim, prefix,

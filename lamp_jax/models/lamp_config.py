@@ -1,7 +1,9 @@
 """LaMP model configs: the named variants as a table, and the derived sizes.
 
 ``model_config(variant)`` -> ConfigDict with:
-  name 'lamp' · variant · dtype (expert activations; ``vlm.dtype`` follows it) · vlm (``paligemma.config_from_dict``)
+  name 'lamp' · variant · dtype (expert activations; ``vlm.dtype`` follows it) · vlm (the prefix encoder:
+  ``vlm.kind`` 'paligemma' (default, ``paligemma.config_from_dict``) | 'film_cnn' (sizes in ``vlm.film_cnn``,
+  ``film_cnn.py``), see ``prefix_encoder.py``)
   image_keys · image_size (follows vlm.image_size) · max_token_len · motion · guidance (num_heads, gate_init_logit)
   action (kind 'dit', ...) · use_motion · use_proprio · proprio_dropout · loss (weights {motion, action},
   motion_repeats, action_repeats) · num_inference_steps · tau_infer · partial_steps · motion_reconstruction_steps
@@ -18,6 +20,7 @@ from __future__ import annotations
 import ml_collections
 
 from lamp_jax import specs
+from lamp_jax.models import film_cnn
 from lamp_jax.models import flops
 from lamp_jax.models import paligemma
 
@@ -101,6 +104,10 @@ def model_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   for key, value in vlm_overrides.items():
     cfg.vlm[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
   cfg.vlm.dtype = cfg.get_ref("dtype")  # the VLM computes in the model's dtype (the trainer sets compute_dtype)
+  # Prefix encoder (prefix_encoder.py): 'paligemma' (the VLM above) or 'film_cnn' (an instruction-conditioned CNN
+  # for from-scratch CPU runs; it reads image_size, vocab_size and dtype above and its sizes here).
+  cfg.vlm.kind = "paligemma"
+  cfg.vlm.film_cnn = film_cnn.default_config_dict()
   cfg.image_keys = row["image_keys"]
   cfg.image_size = cfg.vlm.get_ref("image_size")  # follows vlm.image_size
   cfg.max_token_len = row["max_token_len"]
