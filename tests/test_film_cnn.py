@@ -14,7 +14,8 @@ from lamp_jax.models import film_cnn, flops, lamp_config, prefix_encoder, regist
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 CFG = film_cnn.FiLMCNNConfig(image_size=24, vocab_size=17, max_text_len=7, num_cameras=2, width=13,
-                             channels=(5, 7, 11), strides=(1, 2, 2), text_width=9, cond_width=11, keypoints=3)
+                             channels=(5, 7, 11), kernels=(2, 3, 3), strides=(2, 1, 2), text_width=9, cond_width=11,
+                             keypoints=3)
 B, C, L = 3, 2, 7
 
 
@@ -42,7 +43,7 @@ def test_prefix_layout_mask_and_logical_axes(encoder):
   variables, params, _, apply = encoder
   out = apply(params, *_inputs())
   tokens_per_image = CFG.grid**2 + CFG.keypoints
-  assert CFG.grid == 6 and CFG.tokens_per_image == tokens_per_image == 39
+  assert CFG.grid == 6 and CFG.tokens_per_image == tokens_per_image == 39 and CFG.keypoint_stage == 1
   assert out["last_hidden"].shape == (B, C * tokens_per_image + L, CFG.width)
   images, image_mask, tokens, token_mask = _inputs()
   image_mask[1, 0] = False
@@ -147,15 +148,16 @@ def test_config_errors_name_the_field():
   with pytest.raises(ValueError, match="model.vlm.film_cnn has unknown keys"):
     prefix_encoder.width(vlm)
   with pytest.raises(ValueError, match="not divisible by the total stride"):
-    film_cnn.FiLMCNNConfig(image_size=20, vocab_size=5, max_text_len=3, channels=(4, 4, 4), strides=(2, 2, 2))
+    film_cnn.FiLMCNNConfig(image_size=20, vocab_size=5, max_text_len=3, channels=(4, 4, 4), kernels=(3, 3, 3),
+                           strides=(2, 2, 2))
 
 
 def _lamp_film_config(keypoints: int = 2) -> ml_collections.ConfigDict:
   cfg = lamp_config.model_config("tiny")
   cfg.vlm.kind = "film_cnn"
   cfg.vlm.vocab_size = 37
-  cfg.vlm.film_cnn.update(dict(width=15, channels=(5, 7), strides=(2, 4), text_width=9, cond_width=11,
-                               keypoints=keypoints))
+  cfg.vlm.film_cnn.update(dict(width=15, channels=(5, 7), kernels=(2, 3), strides=(2, 4), text_width=9,
+                               cond_width=11, keypoints=keypoints))
   cfg.motion.cond_len = lamp_config.prefix_length(cfg)
   return cfg
 

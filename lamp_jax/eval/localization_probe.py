@@ -48,8 +48,9 @@ import tqdm
 
 PROBE_SEED_OFFSET = 9_000_000  # tasks.EVAL_SEED_OFFSET and the demonstration seeds lie far below
 FAMILIES = ("put_on_plate", "stack")
-ENCODERS, READOUTS, TASKS = ("siglip", "vlm", "film_cnn", "cnn"), ("mean", "attention", "flatten", "text_attention"), ("single",
-                                                                                                      "named")
+ENCODERS = ("siglip", "vlm", "film_cnn", "cnn")
+READOUTS = ("mean", "attention", "flatten", "text_attention")
+TASKS = ("single", "named")
 SHAPES = ("cube", "cylinder", "plate")  # tasks.shape_of names
 MAX_WORDS = 12  # instruction token budget (configs/sim.py)
 MAX_OBJECTS = 6

@@ -18,10 +18,11 @@ Data flow (B batch, C cameras, L text tokens, G = image_size / prod(strides), K 
   text (padding zeroed, flattened IN ORDER) -> MLP -> instruction float[B, Dc]
        order-aware: "stack the red cube on the blue cube" != "stack the blue cube on the red cube"
   images float[B, C, H, W, 3] + (u, v) coordinate channels
-       -> S x [conv 3x3 stride s_i -> GroupNorm -> FiLM: x * (1 + gamma_i) + beta_i -> ReLU]
+       -> S x [conv k_i x k_i stride s_i -> GroupNorm -> FiLM: x * (1 + gamma_i) + beta_i -> ReLU]
+          (k_i == s_i: a patchify convolution, no padding; otherwise 'SAME' padding)
           (gamma_i, beta_i) = Dense(instruction), zero-initialised (identity FiLM at init)
        -> feature map float[B * C, G, G, c_S] -> Dense -> G * G grid tokens + position + camera embeddings
-       (K > 0) spatial softmax over the stage-(S-1) feature map -> K expected (u, v) per camera
+       (K > 0) spatial softmax over the finest feature map of stride below G's -> K expected (u, v) per camera
             -> sin-cos features -> Dense + keypoint embedding -> K keypoint tokens per camera
   text -> Dense -> L text tokens
   prefix = [cam_0 grid | cam_0 keypoints | cam_1 grid | ... | text]  -> LayerNorm -> float[B, P, D]
@@ -60,10 +61,12 @@ class FiLMCNNConfig:
   max_text_len: L, the token budget (``model.max_token_len``); instructions are flattened over L positions.
   num_cameras: cameras with their own learned embedding (more cameras in a batch is an error).
   width: D, width of every output token.
-  channels / strides: one conv stage per entry (3x3 kernels).
+  channels / kernels / strides: one conv stage per entry. XLA:CPU runs 3x3 convolutions on large maps slowly
+    (memory bound: a 3x3 conv over 64x64x32 costs ~4x one over 16x16x64 in a training step), so the default
+    patchifies 4x4 first (a 4x4 stride-4 conv: 4 px per cell, about one cube), then convolves at 16x16 and 8x8.
   text_width: Dt, word embedding width.  cond_width: Dc, instruction embedding width (FiLM input).
-  keypoints: K spatial-softmax keypoints per camera (0 = none), read from the feature map of the last stage but
-    one (the finest map whose stride is below the grid's), or of the only stage.
+  keypoints: K spatial-softmax keypoints per camera (0 = none), read from the output of the last stage whose
+    total stride is below the grid's (for the default, the 16x16 map), or of the last stage when none is.
   """
 
   image_size: int
@@ -71,19 +74,21 @@ class FiLMCNNConfig:
   max_text_len: int
   num_cameras: int = 2
   width: int = 128
-  channels: tuple[int, ...] = (32, 64, 128, 128)
-  strides: tuple[int, ...] = (1, 2, 2, 2)
+  channels: tuple[int, ...] = (64, 64, 128, 128)
+  kernels: tuple[int, ...] = (4, 3, 3, 3)
+  strides: tuple[int, ...] = (4, 1, 2, 1)
   text_width: int = 64
   cond_width: int = 128
   keypoints: int = 0
   dtype: str = "float32"
 
   def __post_init__(self):
-    if len(self.channels) != len(self.strides) or not self.channels:
-      raise ValueError(f"FiLMCNNConfig: channels {self.channels} and strides {self.strides} need the same "
-                       "non-zero length (one conv stage per entry)")
-    if any(s < 1 for s in self.strides) or any(c < 1 for c in self.channels):
-      raise ValueError(f"FiLMCNNConfig: strides {self.strides} and channels {self.channels} must be >= 1")
+    if not len(self.channels) == len(self.kernels) == len(self.strides) or not self.channels:
+      raise ValueError(f"FiLMCNNConfig: channels {self.channels}, kernels {self.kernels} and strides "
+                       f"{self.strides} need the same non-zero length (one conv stage per entry)")
+    if min(self.strides) < 1 or min(self.channels) < 1 or min(self.kernels) < 1:
+      raise ValueError(f"FiLMCNNConfig: channels {self.channels}, kernels {self.kernels} and strides "
+                       f"{self.strides} must be >= 1")
     total = int(np.prod(self.strides))
     if self.image_size % total:
       raise ValueError(f"FiLMCNNConfig: image_size={self.image_size} is not divisible by the total stride {total} "
@@ -107,7 +112,15 @@ class FiLMCNNConfig:
   @property
   def keypoint_stage(self) -> int:
     """Index of the conv stage whose output the spatial softmax reads."""
-    return max(len(self.channels) - 2, 0)
+    total, finer = int(np.prod(self.strides)), len(self.strides) - 1
+    for i in range(len(self.strides)):
+      if int(np.prod(self.strides[:i + 1])) < total:
+        finer = i
+    return finer
+
+  def stage_size(self, stage: int) -> int:
+    """Side of the feature map after conv stage ``stage``."""
+    return self.image_size // int(np.prod(self.strides[:stage + 1]))
 
 
 def default_config_dict() -> ml_collections.ConfigDict:
@@ -116,7 +129,8 @@ def default_config_dict() -> ml_collections.ConfigDict:
   num_cameras from image_keys)."""
   defaults = FiLMCNNConfig(image_size=64, vocab_size=1, max_text_len=1)
   return ml_collections.ConfigDict(dict(
-      width=defaults.width, channels=defaults.channels, strides=defaults.strides, text_width=defaults.text_width,
+      width=defaults.width, channels=defaults.channels, kernels=defaults.kernels, strides=defaults.strides,
+      text_width=defaults.text_width,
       cond_width=defaults.cond_width, keypoints=defaults.keypoints))
 
 
@@ -126,8 +140,8 @@ def config_from_dict(vlm_cfg: ml_collections.ConfigDict, max_text_len: int, num_
     raise ValueError("config field model.vlm.vocab_size must be set for vlm.kind='film_cnn' (the word embedding "
                      "has one row per token id)")
   film = dict(vlm_cfg.get("film_cnn", None) or {})
-  film["channels"] = tuple(int(c) for c in film.get("channels", FiLMCNNConfig.channels))
-  film["strides"] = tuple(int(s) for s in film.get("strides", FiLMCNNConfig.strides))
+  for field in ("channels", "kernels", "strides"):
+    film[field] = tuple(int(v) for v in film.get(field, getattr(FiLMCNNConfig, field)))
   known = {f.name for f in dataclasses.fields(FiLMCNNConfig)}
   unknown = sorted(set(film) - known)
   if unknown:
@@ -159,8 +173,10 @@ def spatial_softmax(logits: jax.Array) -> jax.Array:
   return jnp.einsum("npk,pc->nkc", probs, uv)
 
 
-def _conv(features: int, stride: int, in_axis: str, dtype, name: str) -> nn.Conv:
-  return nn.Conv(features, (3, 3), strides=(stride, stride), padding="SAME", dtype=dtype, param_dtype=jnp.float32,
+def _conv(features: int, kernel: int, stride: int, in_axis: str, dtype, name: str) -> nn.Conv:
+  padding = "VALID" if kernel == stride else "SAME"  # kernel == stride: patchify
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding, dtype=dtype,
+                 param_dtype=jnp.float32,
                  name=name, kernel_init=layers.param_with_axes(nn.initializers.he_normal(), (None, None, in_axis,
                                                                                               "stem")),
                  bias_init=layers.param_with_axes(nn.initializers.zeros_init(), ("stem",)))
@@ -232,8 +248,8 @@ class FiLMCNNEncoder(nn.Module):
     coords = jnp.broadcast_to(jnp.asarray(coordinate_channels(h, w)), (b * c, h, w, 2))
     x = jnp.concatenate([images.reshape(b * c, h, w, 3), coords], axis=-1).astype(dtype)
     keypoint_source = None
-    for i, (channels, stride) in enumerate(zip(cfg.channels, cfg.strides)):
-      x = _conv(channels, stride, "patch_in" if i == 0 else "stem", dtype, f"conv_{i}")(x)
+    for i, (channels, kernel, stride) in enumerate(zip(cfg.channels, cfg.kernels, cfg.strides)):
+      x = _conv(channels, kernel, stride, "patch_in" if i == 0 else "stem", dtype, f"conv_{i}")(x)
       x = _group_norm(channels, f"norm_{i}")(x.astype(jnp.float32))
       film = layers.DenseGeneral(2 * channels, ("cond", "stem"), dtype=jnp.float32, name=f"film_{i}",
                                  kernel_init=nn.initializers.zeros_init())(instruction)
@@ -280,16 +296,15 @@ class FiLMCNNEncoder(nn.Module):
 
 def prefix_flops(cfg: FiLMCNNConfig, num_cameras: int, text_tokens: int) -> float:
   """Matmul FLOPs of one forward (convolutions, FiLM, projections; 2 per multiply-add), per example."""
-  size, fan_in, total = cfg.image_size, 3 + 2, 0.0
-  for channels, stride in zip(cfg.channels, cfg.strides):
-    size //= stride
-    total += 2.0 * size * size * 9 * fan_in * channels + 2.0 * cfg.cond_width * 2 * channels
+  fan_in, total = 3 + 2, 0.0
+  for i, (channels, kernel) in enumerate(zip(cfg.channels, cfg.kernels)):
+    size = cfg.stage_size(i)
+    total += 2.0 * size * size * kernel**2 * fan_in * channels + 2.0 * cfg.cond_width * 2 * channels
     fan_in = channels
   grid = cfg.grid**2
   total += 2.0 * grid * cfg.channels[-1] * cfg.width
   if cfg.keypoints:
-    stage_size = cfg.image_size // int(np.prod(cfg.strides[:cfg.keypoint_stage + 1]))
-    total += 2.0 * stage_size**2 * cfg.channels[cfg.keypoint_stage] * cfg.keypoints
+    total += 2.0 * cfg.stage_size(cfg.keypoint_stage)**2 * cfg.channels[cfg.keypoint_stage] * cfg.keypoints
     total += 2.0 * cfg.keypoints * (4 * KEYPOINT_FREQUENCIES + 2) * cfg.width
   total *= num_cameras
   instruction = 2.0 * cfg.max_text_len * cfg.text_width * cfg.cond_width + 2.0 * cfg.cond_width**2
