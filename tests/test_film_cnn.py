@@ -130,7 +130,7 @@ def test_prefix_flops_match_xla_count():
   compiled = jax.jit(lambda p, *a: module.apply({"params": p}, *a)).lower(params, *inputs).compile()
   xla = compiled.cost_analysis()
   xla = xla[0] if isinstance(xla, (list, tuple)) else xla
-  analytic = B * film_cnn.prefix_flops(CFG, C, L)
+  analytic = B * flops.film_cnn_prefix(CFG, C, L)
   assert 0.85 < analytic / float(xla["flops"]) <= 1.0, (analytic, xla["flops"])
 
 

@@ -49,7 +49,7 @@ import tqdm
 PROBE_SEED_OFFSET = 9_000_000  # tasks.EVAL_SEED_OFFSET and the demonstration seeds lie far below
 FAMILIES = ("put_on_plate", "stack")
 ENCODERS = ("siglip", "vlm", "film_cnn", "cnn")
-READOUTS = ("mean", "attention", "flatten", "text_attention")
+READOUTS = ("mean", "attention", "flatten", "text_attention", "keypoint", "heatmap")
 TASKS = ("single", "named")
 SHAPES = ("cube", "cylinder", "plate")  # tasks.shape_of names
 MAX_WORDS = 12  # instruction token budget (configs/sim.py)
@@ -127,6 +127,9 @@ class LocalisationProbe(nn.Module):
     if self.readout == "text_attention" and self.encoder in ("vlm", "film_cnn"):
       raise ValueError("readout 'text_attention' is for --encoder=siglip / cnn (the VLM and the FiLM-CNN read the "
                        "instruction themselves)")
+    if self.readout in ("keypoint", "heatmap") and (self.encoder != "film_cnn" or not self.vlm_config.keypoints):
+      raise ValueError(f"readout {self.readout!r} reads the first spatial-softmax keypoint of --encoder=film_cnn "
+                       "(needs --keypoints >= 1)")
     if self.encoder == "cnn":
       h = CNNEncoder(name="cnn")(images)
     elif self.encoder == "siglip":
@@ -135,6 +138,9 @@ class LocalisationProbe(nn.Module):
       encoder = (film_cnn.FiLMCNNEncoder(self.vlm_config, name="vlm") if self.encoder == "film_cnn"
                  else paligemma.PaliGemma(self.vlm_config, name="vlm"))
       out = encoder(images[:, None], jnp.ones((images.shape[0], 1), bool), tokens, token_mask)
+      if self.readout in ("keypoint", "heatmap"):
+        # (u, v) of keypoint 0 and its logits float32[B, h * w] over the feature map.
+        return out["keypoints"][:, 0, 0], out["keypoint_logits"][:, 0, ..., 0].reshape(images.shape[0], -1)
       h = jnp.where(out["prefix_mask"][..., None], out["last_hidden"], 0.0)
     h = h.astype(jnp.float32)
     if self.readout == "mean":
@@ -227,7 +233,8 @@ def pretrain_tower(data: dict, vlm_config, *, steps: int, num_heldout: int, batc
   for _ in tqdm.trange(steps, desc="dense pretraining", disable=not progress, leave=False):
     idx = rng.integers(0, num_train, batch_size)
     params, opt_state, _ = train_step(params, opt_state, images[idx], labels[idx])
-  predict = jax.jit(model.apply)
+  predict = jax.jit(lambda *args: model.apply(*args)[0] if readout in ("keypoint", "heatmap") else
+                    model.apply(*args))
   predicted = np.concatenate([np.asarray(predict(params, images[i:i + 100])).argmax(-1)
                               for i in range(num_train, len(images), 100)])
   truth = labels[num_train:]
@@ -280,13 +287,24 @@ def run_probe(data: dict, *, encoder: str = "siglip", readout: str = "attention"
   optimizer = _adamw(lr, steps)
   opt_state = optimizer.init(params)
 
+  def loss_fn(p, x, t, m, y):
+    if readout not in ("keypoint", "heatmap"):
+      return jnp.mean((model.apply(p, x, t, m) - y) ** 2)
+    uv_pred, logits = model.apply(p, x, t, m)
+    if readout == "keypoint":  # regression through the spatial softmax
+      return jnp.mean((uv_pred - y) ** 2)
+    side = int(round(logits.shape[-1] ** 0.5))  # cross-entropy against the feature-map cell holding (u, v)
+    cell = jnp.clip((y * side).astype(jnp.int32), 0, side - 1)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, cell[:, 1] * side + cell[:, 0]).mean()
+
   @jax.jit
   def train_step(params, opt_state, x, t, m, y):
-    loss, grads = jax.value_and_grad(lambda p: jnp.mean((model.apply(p, x, t, m) - y) ** 2))(params)
+    loss, grads = jax.value_and_grad(loss_fn)(params, x, t, m, y)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
-  predict = jax.jit(model.apply)
+  predict = jax.jit(lambda *args: model.apply(*args)[0] if readout in ("keypoint", "heatmap") else
+                    model.apply(*args))
   heldout = slice(num_train, len(uv))
 
   def heldout_rmse_px(params):

@@ -25,13 +25,16 @@ Data flow (B batch, C cameras, L text tokens, G = image_size / prod(strides), K 
        (K > 0) spatial softmax over the finest feature map of stride below G's -> K expected (u, v) per camera
             -> sin-cos features -> Dense + keypoint embedding -> K keypoint tokens per camera
   text -> Dense -> L text tokens
-  prefix = [cam_0 grid | cam_0 keypoints | cam_1 grid | ... | text]  -> LayerNorm -> float[B, P, D]
+  prefix = [cam_0 grid | cam_0 keypoints | cam_1 grid | ... | text]
+       -> (transformer_depth > 0) pre-LN self-attention + MLP blocks over the real prefix tokens (a hybrid: every
+          token can gather where the lit-up object is, as ViT tokens do; the CNN tokens alone are local)
+       -> LayerNorm -> float[B, P, D]
   prefix_mask bool[B, P]: a missing camera's tokens and padded text tokens are False.
   P = C * (G * G + K) + L.
 
 Parameter tree ('vlm' in LaMP): word_embedding[V, Dt], text_position[L, Dt], instruction_0/1 (MLP),
 conv_i, norm_i, film_i, grid_proj, grid_position[G*G, D], camera_embedding[C, D], (keypoint_logits, keypoint_proj,
-keypoint_embedding[C*K, D] when K > 0), text_proj, out_norm. Every parameter carries logical axis names
+keypoint_embedding[K, D] when K > 0), text_proj, (block_j when transformer_depth > 0), out_norm. Every parameter carries logical axis names
 (``layers.py``): conv channels 'stem', the first conv's fan-in 'patch_in', token width 'embed', instruction
 width 'cond', vocabulary 'vocab'.
 """
@@ -40,12 +43,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lamp_jax.models import dit
 from lamp_jax.models import layers
 
 KIND = "film_cnn"
@@ -80,6 +85,9 @@ class FiLMCNNConfig:
   text_width: int = 64
   cond_width: int = 128
   keypoints: int = 0
+  transformer_depth: int = 0
+  num_heads: int = 2
+  mlp_ratio: int = 2
   dtype: str = "float32"
 
   def __post_init__(self):
@@ -96,8 +104,11 @@ class FiLMCNNConfig:
     for field in ("vocab_size", "max_text_len", "num_cameras", "width", "text_width", "cond_width"):
       if int(getattr(self, field)) < 1:
         raise ValueError(f"FiLMCNNConfig: {field} must be >= 1, got {getattr(self, field)}")
-    if self.keypoints < 0:
-      raise ValueError(f"FiLMCNNConfig: keypoints must be >= 0, got {self.keypoints}")
+    if self.keypoints < 0 or self.transformer_depth < 0:
+      raise ValueError(f"FiLMCNNConfig: keypoints and transformer_depth must be >= 0, got {self.keypoints}, "
+                       f"{self.transformer_depth}")
+    if self.transformer_depth and (self.num_heads < 1 or self.width % self.num_heads):
+      raise ValueError(f"FiLMCNNConfig: num_heads={self.num_heads} must divide width={self.width}")
 
   @property
   def grid(self) -> int:
@@ -131,7 +142,8 @@ def default_config_dict() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       width=defaults.width, channels=defaults.channels, kernels=defaults.kernels, strides=defaults.strides,
       text_width=defaults.text_width,
-      cond_width=defaults.cond_width, keypoints=defaults.keypoints))
+      cond_width=defaults.cond_width, keypoints=defaults.keypoints, transformer_depth=defaults.transformer_depth,
+      num_heads=defaults.num_heads, mlp_ratio=defaults.mlp_ratio))
 
 
 def config_from_dict(vlm_cfg: ml_collections.ConfigDict, max_text_len: int, num_cameras: int) -> FiLMCNNConfig:
@@ -190,7 +202,9 @@ def _group_norm(channels: int, name: str) -> nn.GroupNorm:
 
 class FiLMCNNEncoder(nn.Module):
   """The encoder (module docstring). ``__call__(images, image_mask, tokens, token_mask)`` returns the VLM prefix
-  contract: dict(last_hidden=float[B, P, D], prefix_mask=bool[B, P]).
+  contract: dict(last_hidden=float[B, P, D], prefix_mask=bool[B, P]); with keypoints (K > 0) also
+  'keypoint_logits' float32[B, C, h, w, K] (the spatial-softmax logits over the h x w feature map) and
+  'keypoints' float32[B, C, K, 2] (their expected (u, v) in [0, 1], ``specs`` convention).
 
   Args (of ``__call__``):
     images: float32[B, C, H, W, 3] in [-1, 1].
@@ -267,13 +281,15 @@ class FiLMCNNEncoder(nn.Module):
                                                                               (None, "embed")),
                                   (cfg.num_cameras, cfg.width), jnp.float32)
     grid = grid.reshape(b, c, cfg.grid**2, cfg.width) + grid_position[None, None].astype(dtype)
-    per_camera = [grid]
+    per_camera, extras = [grid], {}
     if cfg.keypoints:
       logits = nn.Conv(cfg.keypoints, (1, 1), dtype=jnp.float32, param_dtype=jnp.float32, name="keypoint_logits",
                        kernel_init=layers.param_with_axes(nn.initializers.lecun_normal(), (None, None, "stem",
                                                                                             "stem")),
                        bias_init=layers.param_with_axes(nn.initializers.zeros_init(), ("stem",)))(keypoint_source)
       uv = spatial_softmax(logits)  # [B * C, K, 2] in [0, 1]
+      extras["keypoint_logits"] = logits.reshape((b, c) + logits.shape[1:])
+      extras["keypoints"] = uv.reshape(b, c, cfg.keypoints, 2)
       freqs = jnp.pi * 2.0 ** jnp.arange(KEYPOINT_FREQUENCIES, dtype=jnp.float32)
       angles = (uv[..., None] * freqs).reshape(b * c, cfg.keypoints, 2 * KEYPOINT_FREQUENCIES)
       features = jnp.concatenate([jnp.sin(angles), jnp.cos(angles), uv * 2.0 - 1.0], axis=-1).astype(dtype)
@@ -289,24 +305,28 @@ class FiLMCNNEncoder(nn.Module):
 
     text_tokens = layers.DenseGeneral(cfg.width, ("embed", "embed"), dtype=dtype, name="text_proj")(text)
     hidden = jnp.concatenate([image_tokens, text_tokens.astype(dtype)], axis=1)
-    hidden = layers.LayerNorm(dtype=dtype, name="out_norm")(hidden)
     prefix_mask = jnp.concatenate([image_token_mask, token_mask], axis=1)
-    return {"last_hidden": hidden, "prefix_mask": prefix_mask}
+    for j in range(cfg.transformer_depth):
+      hidden = Block(cfg.num_heads, cfg.mlp_ratio * cfg.width, dtype, name=f"block_{j}")(hidden, prefix_mask)
+    hidden = layers.LayerNorm(dtype=dtype, name="out_norm")(hidden)
+    return {"last_hidden": hidden, "prefix_mask": prefix_mask, **extras}
 
 
-def prefix_flops(cfg: FiLMCNNConfig, num_cameras: int, text_tokens: int) -> float:
-  """Matmul FLOPs of one forward (convolutions, FiLM, projections; 2 per multiply-add), per example."""
-  fan_in, total = 3 + 2, 0.0
-  for i, (channels, kernel) in enumerate(zip(cfg.channels, cfg.kernels)):
-    size = cfg.stage_size(i)
-    total += 2.0 * size * size * kernel**2 * fan_in * channels + 2.0 * cfg.cond_width * 2 * channels
-    fan_in = channels
-  grid = cfg.grid**2
-  total += 2.0 * grid * cfg.channels[-1] * cfg.width
-  if cfg.keypoints:
-    total += 2.0 * cfg.stage_size(cfg.keypoint_stage)**2 * cfg.channels[cfg.keypoint_stage] * cfg.keypoints
-    total += 2.0 * cfg.keypoints * (4 * KEYPOINT_FREQUENCIES + 2) * cfg.width
-  total *= num_cameras
-  instruction = 2.0 * cfg.max_text_len * cfg.text_width * cfg.cond_width + 2.0 * cfg.cond_width**2
-  return float(total + instruction + 2.0 * text_tokens * cfg.text_width * cfg.width)
+class Block(nn.Module):
+  """Pre-LN transformer block over the prefix: x + Attn(LN(x)) then x + MLP(LN(x)); padded tokens are never
+  attended to. ``__call__(x float[B, P, D], mask bool[B, P]) -> float[B, P, D]``."""
 
+  num_heads: int
+  mlp_dim: int
+  dtype: str | jnp.dtype = "float32"
+
+  @nn.compact
+  def __call__(self, x, mask):
+    dtype = jnp.dtype(self.dtype)
+    width = x.shape[-1]
+    attention_mask = jnp.broadcast_to(mask[:, None, :], (x.shape[0], x.shape[1], x.shape[1]))
+    h = layers.LayerNorm(dtype=dtype, name="attention_norm")(x)
+    x = x + dit.Attention(self.num_heads, width // self.num_heads, dtype=dtype, name="attention")(
+        h, mask=attention_mask)
+    h = layers.LayerNorm(dtype=dtype, name="mlp_norm")(x)
+    return x + dit.Mlp(self.mlp_dim, dtype=dtype, name="mlp")(h)
