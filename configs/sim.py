@@ -23,6 +23,14 @@ on the 2-core machine (see the README for measured figures).
 
 Variants (``:variant``): '' (LaMP) · 'no_motion' · 'smoke' / 'smoke_no_motion' (tiny sizes, a few steps,
 4 demonstrations, 1 evaluation episode per task: proves the command end to end).
+
+FiLM-CNN variants (opt-in; no success rates measured yet, so the default keeps the from-scratch PaliGemma):
+'film_cnn' / 'film_cnn_no_motion' / 'smoke_film_cnn' / 'smoke_film_cnn_no_motion' replace the prefix encoder by
+an instruction-FiLM-conditioned CNN (``model.vlm.kind='film_cnn'``, lamp_jax/models/film_cnn.py) whose
+spatial-softmax keypoints 0 and 1 are first trained by a grounding stage 0 to find the named object and
+receptacle on labelled renders of random scenes (``grounding``, lamp_jax/training/grounding.py).
+
+  python -m lamp_jax.train --config=configs/sim.py:film_cnn --workdir=/tmp/lamp_sim_film_cnn
 """
 
 import ml_collections
@@ -40,10 +48,12 @@ SUITE = "tabletop4"
 MAX_WORDS = 12
 
 
-# The prefix encoder: an instruction-FiLM-conditioned CNN (lamp_jax/models/film_cnn.py) with spatial-softmax
-# keypoints, 0 and 1 grounded by stage 0 on the named object and receptacle (lamp_jax/training/grounding.py).
-# 'paligemma' (the from-scratch SigLIP + Gemma of the earlier default) is the ':paligemma' variants.
+# The ':film_cnn' variants' prefix encoder: an instruction-FiLM-conditioned CNN (lamp_jax/models/film_cnn.py)
+# with spatial-softmax keypoints, 0 and 1 grounded by stage 0 on the named object and receptacle
+# (lamp_jax/training/grounding.py). The other variants keep the from-scratch PaliGemma ('paligemma').
 FILM_KEYPOINTS = 4
+VARIANTS = ("", "no_motion", "smoke", "smoke_no_motion", "film_cnn", "film_cnn_no_motion", "smoke_film_cnn",
+            "smoke_film_cnn_no_motion")
 
 
 def _model(smoke: bool, use_motion: bool, encoder: str) -> ml_collections.ConfigDict:
@@ -65,12 +75,11 @@ def _model(smoke: bool, use_motion: bool, encoder: str) -> ml_collections.Config
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  variants = ("", "no_motion", "smoke", "smoke_no_motion", "paligemma", "paligemma_no_motion")
-  if arg not in variants:
-    raise ValueError(f"unknown variant {arg!r} of configs/sim.py (variants: {variants})")
+  if arg not in VARIANTS:
+    raise ValueError(f"unknown variant {arg!r} of configs/sim.py (variants: {VARIANTS})")
   smoke = arg.startswith("smoke")
   use_motion = "no_motion" not in arg
-  encoder = "paligemma" if arg.startswith("paligemma") else "film_cnn"
+  encoder = "film_cnn" if "film_cnn" in arg else "paligemma"
 
   c = defaults.base_config()
   c.seed = 0
@@ -96,8 +105,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # (experiment.generation_flags), which follows the model (field references: an override of
   # model.motion.num_keypoints / num_steps reaches the data; defaults.validate rejects any other mismatch).
   c.sim_data.extra_flags = ("--workers=2",)
-  # Stage 0: the encoder learns where the instruction's object and receptacle are in both cameras, on labelled
-  # renders of random scenes (cached), before the policy stages.
+  # Stage 0 (':film_cnn' variants): the encoder learns where the instruction's object and receptacle are in both
+  # cameras, on labelled renders of random scenes (cached), before the policy stages.
   c.grounding.enabled = encoder == "film_cnn"
   if smoke:
     c.grounding.update(dict(scenes=24, heldout=8, steps=2, batch_size=4, eval_every=2))

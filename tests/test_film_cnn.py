@@ -31,7 +31,7 @@ def _inputs(seed=0, length=L):
 def encoder():
   """The module, random parameters with every FiLM kernel non-zero (init makes FiLM the identity), and apply."""
   module = film_cnn.FiLMCNNEncoder(CFG)
-  variables = jax.jit(module.init)(jax.random.key(0), *_inputs())
+  variables = jax.jit(module.init, compiler_options=FAST_COMPILE)(jax.random.key(0), *_inputs())
   params = nn.unbox(variables)["params"]
   rs = np.random.RandomState(1)
   random = jax.tree.map(lambda x: jnp.asarray(rs.normal(0.0, 0.3, x.shape), jnp.float32), params)
@@ -125,7 +125,7 @@ def test_prefix_flops_match_xla_count():
   element-wise work XLA also counts (norms, FiLM, softmax: a few per cent here)."""
   module = film_cnn.FiLMCNNEncoder(CFG)
   inputs = _inputs()
-  variables = jax.jit(module.init)(jax.random.key(0), *inputs)
+  variables = jax.jit(module.init, compiler_options=FAST_COMPILE)(jax.random.key(0), *inputs)
   params = nn.unbox(variables)["params"]
   compiled = jax.jit(lambda p, *a: module.apply({"params": p}, *a)).lower(params, *inputs).compile()
   xla = compiled.cost_analysis()
@@ -162,6 +162,7 @@ def _lamp_film_config(keypoints: int = 2) -> ml_collections.ConfigDict:
   return cfg
 
 
+@pytest.mark.slow  # ~130 s at load 7 on the 2-core box (two LaMP compilations)
 def test_lamp_with_film_cnn_trains_and_samples():
   """vlm.kind='film_cnn': the parameter tree keeps its top level (the encoder under 'vlm'), the prefix length the
   experts are sized for is the encoder's, and the loss has a gradient into the encoder (sampling reads the prefix
