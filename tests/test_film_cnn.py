@@ -201,3 +201,13 @@ def test_default_kind_keeps_the_paligemma_tree():
   assert jax.tree.structure(lamp.abstract_params(old)) == jax.tree.structure(lamp.abstract_params(cfg))
   assert flops.prefix_length(old.vlm, 2, 7) == flops.prefix_length(cfg.vlm, 2, 7)
   assert specs.IMAGE_PRIMARY in cfg.image_keys
+
+
+def test_export_refuses_a_film_cnn_encoder_by_name():
+  """lamp_torch implements the PaliGemma prefix only: the export names model.vlm.kind instead of failing inside
+  the tensor layout; the default kind stays exportable."""
+  from lamp_jax import export  # pylint: disable=g-import-not-at-top
+
+  assert export.kind_of(lamp_config.model_config("tiny")) == "lamp"
+  with pytest.raises(ValueError, match=r"model\.vlm\.kind='film_cnn'"):
+    export.layout(_lamp_film_config())

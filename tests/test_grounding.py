@@ -89,7 +89,7 @@ def test_stage0_learns_and_its_encoder_loads_into_the_policy(scenes, tmp_path):
                                      cond_width=11, keypoints=3))
   model_cfg.max_token_len = 12  # the longest instruction: 10 words + bos + separator
   model_cfg.motion.cond_len = lamp_config.prefix_length(model_cfg)
-  data = dict(scenes, cameras=("front", "wrist"))
+  data = dict(scenes, cameras=("front", "wrist"), roles=grounding_data.ROLES)
   words = tokenizer_lib.WordTokenizer(tasks.INSTRUCTION_WORDS)
   data["tokens"], data["token_mask"] = tokenizer_lib.tokenize_prompts(
       words, [str(t) for t in data["instructions"]], int(model_cfg.max_token_len))

@@ -45,7 +45,6 @@ from lamp_jax import tokenizer as tokenizer_lib
 from lamp_jax.models import film_cnn
 from lamp_jax.models import prefix_encoder
 from lamp_jax.models.weights import strict
-from lamp_jax.sim import grounding as grounding_data
 
 # The simulator camera behind each batch image key (the lamp_sim dataset's standardisation:
 # image_primary <- image_0 'front', image_secondary <- image_1 'side', image_wrist <- image_2 'wrist').
@@ -82,9 +81,9 @@ def expected_uv(logits: jax.Array) -> jax.Array:
   return jnp.stack([(probs.sum(-2) * centres).sum(-1), (probs.sum(-1) * centres).sum(-1)], axis=-1)
 
 
-def role_logits(out: dict) -> jax.Array:
-  """The encoder output's keypoint logits of the roles: float32[B, C, R, h * w]."""
-  logits = out["keypoint_logits"][..., :len(grounding_data.ROLES)]  # [B, C, h, w, R]
+def role_logits(out: dict, num_roles: int) -> jax.Array:
+  """The encoder output's keypoint logits of the first ``num_roles`` keypoints: float32[B, C, R, h * w]."""
+  logits = out["keypoint_logits"][..., :num_roles]  # [B, C, h, w, R]
   b, c, h, w, r = logits.shape
   return jnp.moveaxis(logits, -1, 2).reshape(b, c, r, h * w)
 
@@ -97,14 +96,15 @@ def heatmap_loss(logits: jax.Array, uv: jax.Array, valid: jax.Array) -> jax.Arra
   return (ce * valid).sum() / jnp.maximum(valid.sum(), 1.0)
 
 
-def _encoder_config(model_cfg: ml_collections.ConfigDict, text_length: int) -> film_cnn.FiLMCNNConfig:
+def _encoder_config(model_cfg: ml_collections.ConfigDict, text_length: int,
+                    roles: tuple[str, ...]) -> film_cnn.FiLMCNNConfig:
   if prefix_encoder.kind_of(model_cfg.vlm) != film_cnn.KIND:
     raise ValueError("config field grounding.enabled needs model.vlm.kind='film_cnn' (stage 0 trains its "
                      f"keypoints), got {prefix_encoder.kind_of(model_cfg.vlm)!r}")
   cfg = film_cnn.config_from_dict(model_cfg.vlm, text_length, len(model_cfg.image_keys))
-  if cfg.keypoints < len(grounding_data.ROLES):
+  if cfg.keypoints < len(roles):
     raise ValueError(f"config field model.vlm.film_cnn.keypoints={cfg.keypoints}: grounding needs one keypoint per "
-                     f"role {grounding_data.ROLES}")
+                     f"role {roles}")
   return cfg
 
 
@@ -132,7 +132,7 @@ def evaluate(apply_fn, params, data: dict, indices: np.ndarray, image_size: int,
   valid = data["valid"][indices]
   out = {}
   for j, camera in enumerate(data["cameras"]):
-    for k, role in enumerate(grounding_data.ROLES):
+    for k, role in enumerate(data["roles"]):
       m = valid[:, j, k]
       if m.any():
         out[f"{camera}/{role}"] = {
@@ -148,8 +148,9 @@ def _inputs(data: dict, idx: np.ndarray):
 
 def train_encoder(data: dict, encoder_cfg: film_cnn.FiLMCNNConfig, g: ml_collections.ConfigDict, seed: int,
                   log=print) -> tuple[dict, dict]:
-  """Stage 0 on ``data`` (images uint8[N, C, H, W, 3], tokens, token_mask, uv, valid, cameras; the last
-  ``g.heldout`` scenes held out). Returns (the encoder's parameters, result dict)."""
+  """Stage 0 on ``data`` (images uint8[N, C, H, W, 3], tokens, token_mask, uv float[N, C, R, 2], valid
+  bool[N, C, R], cameras, roles (R names); the last ``g.heldout`` scenes held out). Returns (the encoder's
+  parameters, result dict)."""
   n = len(data["images"])
   num_train = n - int(g.heldout)
   if num_train < int(g.batch_size) or int(g.heldout) < 1:
@@ -163,7 +164,7 @@ def train_encoder(data: dict, encoder_cfg: film_cnn.FiLMCNNConfig, g: ml_collect
   opt_state = optimizer.init(params)
 
   def logits_fn(p, images, image_mask, tokens, token_mask):
-    return role_logits(module.apply({"params": p}, images, image_mask, tokens, token_mask))
+    return role_logits(module.apply({"params": p}, images, image_mask, tokens, token_mask), len(data["roles"]))
 
   @jax.jit
   def train_step(p, opt_state, inputs, uv, valid):
@@ -188,9 +189,21 @@ def train_encoder(data: dict, encoder_cfg: film_cnn.FiLMCNNConfig, g: ml_collect
   return jax.device_get(params), result
 
 
-def run(config: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Stage 0 of a run (reused when ``<workdir>/grounding/`` holds a finished one). Returns dict(params_path,
-  result)."""
+def run(config: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict, workdir: str, load_scenes,
+        roles: tuple[str, ...]) -> dict[str, Any]:
+  """Stage 0 of a run (reused when ``<workdir>/grounding/`` holds a finished one).
+
+  Args:
+    config: the run config (``config.grounding``, tokenizer, seed).
+    model_cfg: the model config of the run's first stage (``model.vlm``, ``model.image_keys``).
+    workdir: the run's workdir; outputs go to ``<workdir>/grounding/``.
+    load_scenes: ``(num_scenes, image_size, cameras, progress) -> (data, path)``, the labelled scenes (the
+      simulator's ``lamp_jax.sim.grounding.load_or_render``, passed in by ``lamp_jax.experiment``: training does
+      not import the simulator); data holds images, instructions, uv and valid of ``roles``.
+    roles: the label roles, one keypoint each (keypoint r learns role r).
+  Returns:
+    dict(params_path, result).
+  """
   from lamp_jax.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 
   g = config.grounding
@@ -200,16 +213,15 @@ def run(config: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
     with open(result_path) as fh:
       return {"params_path": params_path, "result": json.load(fh)}
   text_length = trainer_lib.text_length(config, model_cfg)
-  encoder_cfg = _encoder_config(model_cfg, text_length)
+  encoder_cfg = _encoder_config(model_cfg, text_length, tuple(roles))
   cameras = _cameras(model_cfg)
-  data, data_path = grounding_data.load_or_render(int(g.scenes), encoder_cfg.image_size, cameras,
-                                                  progress=bool(config.logging.progress_bar))
+  data, data_path = load_scenes(int(g.scenes), encoder_cfg.image_size, cameras, bool(config.logging.progress_bar))
   tokenizer = trainer_lib.make_tokenizer(config, model_cfg)
   data["tokens"], data["token_mask"] = tokenizer_lib.tokenize_prompts(
       tokenizer, [str(t) for t in data["instructions"]], text_length)
-  data["cameras"] = cameras
+  data["cameras"], data["roles"] = cameras, tuple(roles)
   params, result = train_encoder(data, encoder_cfg, g, seed=int(config.seed))
-  result.update(data=data_path, cameras=list(cameras), roles=list(grounding_data.ROLES))
+  result.update(data=data_path, cameras=list(cameras), roles=list(roles))
   os.makedirs(out_dir, exist_ok=True)
   np.savez(params_path + ".partial.npz", **{k: np.asarray(v) for k, v in strict.flatten(params).items()})
   os.replace(params_path + ".partial.npz", params_path)

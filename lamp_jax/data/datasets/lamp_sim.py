@@ -46,8 +46,9 @@ def _register(name: str, proprio_normalization_mask: tuple[bool, ...]) -> None:
       prefix=True,
       fn=standardize,
       requirements=requirements,
-      image_keys={"image_primary": "image_0", "image_secondary": "image_1", "image_wrist": "image_2"},
-      finite_keys=("steps/action", "steps/observation/state", f"steps/{specs.SCENE_FLOW}"),
+      # Two third-person cameras (front, side) and the wrist camera; no third third-person view.
+      image_keys={"image_primary": "image_0", "image_secondary": "image_1", "image_tertiary": "",
+                  "image_wrist": "image_2"},
       action_keys=("steps/action",),
       instruction_key="steps/language_instruction",
       action_normalization_mask=(True,) * 6 + (False,),
