@@ -233,8 +233,7 @@ def pretrain_tower(data: dict, vlm_config, *, steps: int, num_heldout: int, batc
   for _ in tqdm.trange(steps, desc="dense pretraining", disable=not progress, leave=False):
     idx = rng.integers(0, num_train, batch_size)
     params, opt_state, _ = train_step(params, opt_state, images[idx], labels[idx])
-  predict = jax.jit(lambda *args: model.apply(*args)[0] if readout in ("keypoint", "heatmap") else
-                    model.apply(*args))
+  predict = jax.jit(model.apply)
   predicted = np.concatenate([np.asarray(predict(params, images[i:i + 100])).argmax(-1)
                               for i in range(num_train, len(images), 100)])
   truth = labels[num_train:]
