@@ -167,12 +167,22 @@ class Stage:
   schedule: optax.Schedule
   frozen: tuple[str, ...]
   grad_accum_steps: int
+  lib: interface.ModelLibrary | None = None  # for its state collections and ``after_update``
+
+
+# The key of ``ModelLibrary.after_update`` is fold_in(step key, this); the loss keeps the step key itself.
+AFTER_UPDATE_STREAM = 0x0AF7
 
 
 def make_train_step(stage: Stage, ema_decay: float, ema_warmup: bool) -> Callable:
-  """The (un-jitted) train step: (state, batch) -> (state, scalar metrics)."""
+  """The (un-jitted) train step: (state, batch) -> (state, scalar metrics).
+
+  Models with state collections (``ModelLibrary.state_collections``): ``compute_loss`` runs with them mutable,
+  the written collections become ``state.model_state`` and ``after_update`` follows the optimizer update (its
+  changes to frozen parameters are dropped; its metrics join the step's)."""
   frozen = stage.frozen
   model = stage.model
+  collections = tuple(stage.lib.state_collections) if stage.lib is not None else ()
 
   def train_step(state: state_lib.TrainState, batch: dict):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -180,20 +190,32 @@ def make_train_step(stage: Stage, ema_decay: float, ema_warmup: bool) -> Callabl
 
     def loss_fn(params):
       params = jax.tree.map(lambda p, lab: jax.lax.stop_gradient(p) if lab == optim.FROZEN else p, params, labels)
-      loss, aux = model.apply({"params": params}, batch, rng, train=True, method="compute_loss")
-      return loss, aux
+      if not collections:
+        loss, aux = model.apply({"params": params}, batch, rng, train=True, method="compute_loss")
+        return loss, (aux, None)
+      variables = {"params": params, **{name: state.model_state[name] for name in collections}}
+      (loss, aux), written = model.apply(variables, batch, rng, train=True, method="compute_loss",
+                                         mutable=list(collections))
+      return loss, (aux, {name: written[name] for name in collections})
 
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (aux, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = stage.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    extra_metrics = {}
+    if collections:
+      updated, model_state, extra_metrics = stage.lib.after_update(
+          stage.model_cfg, params, model_state, jax.random.fold_in(rng, AFTER_UPDATE_STREAM))
+      params = jax.tree.map(lambda lab, new, old: old if lab == optim.FROZEN else new, labels, updated, params)
     ema = state.ema_params
     if ema is not None:
       ema = optim.ema_update(ema, params, state.step, ema_decay, ema_warmup)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
+                              model_state=model_state)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
     metrics = {k: jnp.mean(v.astype(jnp.float32)) for k, v in aux.items()} if isinstance(aux, dict) else {}
+    metrics.update({k: jnp.asarray(v, jnp.float32) for k, v in extra_metrics.items()})
     metrics.update(loss=loss.astype(jnp.float32), grad_norm=grad_norm, finite=finite)
     return new_state, metrics
 
@@ -291,7 +313,7 @@ class Trainer:
     start, end = self.stage_bounds[index]
     return Stage(index=index, name=name, start=start, end=end, model_cfg=model_cfg,
                  model=self.lib.build(model_cfg), tx=tx, schedule=schedule, frozen=tuple(scfg.frozen),
-                 grad_accum_steps=int(scfg.optimizer.grad_accum_steps))
+                 grad_accum_steps=int(scfg.optimizer.grad_accum_steps), lib=self.lib)
 
   def stage_index_of_checkpoint(self, step: int) -> int:
     """The stage whose optimizer a checkpoint at ``step`` holds (a stage's last step belongs to it)."""
@@ -303,17 +325,28 @@ class Trainer:
   def init_params_fn(self, stage: Stage) -> Callable[[jax.Array], Any]:
     return self._init_params_fn(stage.model_cfg)
 
-  def _init_params_fn(self, model_cfg) -> Callable[[jax.Array], Any]:
+  def _init_batch(self, model_cfg) -> dict:
     init_batch = jax.tree.map(np.asarray, self.lib.dummy_batch(model_cfg, 1, 0))
-    init_batch = HostBatchPreparer(self.config, model_cfg)(init_batch)
+    return HostBatchPreparer(self.config, model_cfg)(init_batch)
+
+  def _init_params_fn(self, model_cfg) -> Callable[[jax.Array], Any]:
+    init_batch = self._init_batch(model_cfg)
     # Boxed parameters: their logical axis names -> the sharding rules.
     return lambda rng: self.lib.init_variables(model_cfg, rng, init_batch)["params"]
+
+  def init_model_state_fn(self, stage: Stage) -> Callable[[jax.Array], Any] | None:
+    """``rng -> {collection: tree}`` of the model's state collections; None when it has none."""
+    if not self.lib.state_collections:
+      return None
+    init_batch = self._init_batch(stage.model_cfg)
+    return lambda rng: self.lib.init_model_state(stage.model_cfg, rng, init_batch)
 
   def abstract_state(self, stage: Stage) -> tuple[state_lib.TrainState, state_lib.TrainState]:
     """(abstract ``TrainState`` of ShapeDtypeStructs, its NamedShardings) of a stage; nothing is allocated."""
     return state_lib.abstract_train_state(self.init_params_fn(stage), stage.tx,
                                           jax.random.PRNGKey(int(self.config.seed)), self.mesh, self.rules,
-                                          use_ema=float(self.config.ema.decay) > 0)
+                                          use_ema=float(self.config.ema.decay) > 0,
+                                          init_model_state_fn=self.init_model_state_fn(stage))
 
   def abstract_batch(self, stage: Stage, global_batch: int | None = None) -> dict:
     """The stage's global batch as ``jax.ShapeDtypeStruct``s carrying the trainer's batch sharding (the tree the
@@ -345,7 +378,8 @@ class Trainer:
     pretrained.check_paths(self.config)  # Fail before initialising a large model.
     state, shardings = state_lib.create_train_state(self.init_params_fn(stage), stage.tx,
                                                     jax.random.PRNGKey(int(self.config.seed)), self.mesh,
-                                                    self.rules, use_ema=float(self.config.ema.decay) > 0)
+                                                    self.rules, use_ema=float(self.config.ema.decay) > 0,
+                                                    init_model_state_fn=self.init_model_state_fn(stage))
     state = pretrained.apply_pretrained(state, shardings, self.config, stage.model_cfg)
     self.state_shardings = shardings
     return state
