@@ -180,6 +180,31 @@ def write_report(trainer: trainer_lib.Trainer, state, workdir: str) -> dict | No
   return report
 
 
+# ----------------------------------------------------------------------------------------- grounding ----
+
+
+def ground_encoder(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Stage 0 (``training/grounding.py``; reused when the workdir holds it), then the init entry 'grounding' that
+  starts model.vlm from its encoder. Returns stage 0's result (held-out accuracy)."""
+  from lamp_jax.sim import grounding as grounding_data  # pylint: disable=g-import-not-at-top
+  from lamp_jax.training import defaults  # pylint: disable=g-import-not-at-top
+  from lamp_jax.training import grounding  # pylint: disable=g-import-not-at-top
+  from lamp_jax.training import pretrained  # pylint: disable=g-import-not-at-top
+
+  def load_scenes(num_scenes, image_size, cameras, progress):
+    return grounding_data.load_or_render(num_scenes, image_size, cameras, progress=progress)
+
+  model_cfg = defaults.stage_model_config(config, config.stage_order[0])
+  out = grounding.run(config, model_cfg, workdir, load_scenes, grounding_data.ROLES)
+  if is_main_process():
+    print(f"[train] grounding stage 0: held-out {json.dumps(out['result']['heldout'])}", flush=True)
+  with config.unlocked():
+    if config.get("init", None) is None:
+      config.init = ml_collections.ConfigDict()
+    config.init.grounding = pretrained.init_entry("params_npz", "vlm", out["params_path"])
+  return out["result"]
+
+
 # ------------------------------------------------------------------------------------------- evaluation --
 
 
@@ -284,6 +309,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after_step: int | 
   if config.sim_data.enabled:
     point_data_config_at(config, ensure_sim_dataset(config, workdir))
   ensure_prerequisites(config, workdir)
+  if config.get("grounding", None) is not None and config.grounding.enabled:
+    ground_encoder(config, workdir)
   eval_fn = periodic_eval if (config.eval.enabled and int(config.eval.every_steps) > 0) else None
   trainer = trainer_lib.Trainer(config, workdir, eval_fn=eval_fn, measure_matmul_roof=roofline.measure_matmul_roof)
   try:

@@ -42,6 +42,7 @@ from lamp_jax.eval import checkpoint_policy
 from lamp_jax.models import interface
 from lamp_jax.models import paligemma
 from lamp_jax.models import pi0_expert
+from lamp_jax.models import prefix_encoder
 from lamp_jax.models import registry
 from lamp_jax.models.weights import strict
 from lamp_jax.models.weights import torch_export
@@ -65,13 +66,19 @@ def _library(kind: Any) -> interface.ModelLibrary:
 def kind_of(model_cfg: ml_collections.ConfigDict) -> str:
   kind = model_cfg.get("name", None)
   _library(kind)
+  # lamp_torch re-implements the PaliGemma prefix only; a FiLM-CNN encoder (vlm.kind='film_cnn') has no PyTorch
+  # counterpart, so its export is refused here rather than failing inside the tensor layout.
+  encoder = prefix_encoder.kind_of(model_cfg.vlm)
+  if encoder != "paligemma":
+    raise ValueError(f"cannot export a model with config field model.vlm.kind={encoder!r}: the PyTorch export "
+                     "(lamp_torch) implements the 'paligemma' prefix encoder only")
   return kind
 
 
 def layout(model_cfg: ml_collections.ConfigDict) -> tuple[list[torch_export.Entry], Any]:
   """(the export's entries, the abstract parameter tree) of a model config (cached per config: both come from
   tracing the model's init, seconds on CPU)."""
-  _library(model_cfg.get("name", None))
+  kind_of(model_cfg)
   return _layout(model_cfg.to_json_best_effort(sort_keys=True))
 
 

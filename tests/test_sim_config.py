@@ -146,3 +146,23 @@ def test_motion_image_variants_share_one_dataset_with_their_vae_and_differ_from_
     assert policy.model.vae.scaling_factor == 0.0  # filled in from the VAE run's report before training
     for stage in policy.stage_order:
       defaults.stage_model_config(policy, stage)  # every stage's overrides name real fields
+
+
+def test_film_cnn_is_opt_in_and_its_variants_differ_only_in_the_encoder():
+  """The default and the existing variants keep the from-scratch PaliGemma without a grounding stage (no success
+  rate of the FiLM-CNN is measured yet); the ':film_cnn' variants change the encoder and add stage 0, nothing else,
+  and read the same generated demonstrations as the default."""
+  from lamp_jax import experiment  # pylint: disable=g-import-not-at-top
+
+  for variant in ("", "no_motion", "smoke", "smoke_no_motion"):
+    c = _sim_config(variant)
+    assert c.model.vlm.kind == "paligemma" and not c.grounding.enabled, variant
+  for base in ("", "no_motion", "smoke", "smoke_no_motion"):
+    variant = {"": "film_cnn", "no_motion": "film_cnn_no_motion"}.get(base, base.replace("smoke", "smoke_film_cnn"))
+    c, ref = _sim_config(variant), _sim_config(base)
+    assert c.model.vlm.kind == "film_cnn" and c.grounding.enabled, variant
+    assert c.model.use_motion == ref.model.use_motion
+    assert experiment.sim_dataset_dir(c, "/unused") == experiment.sim_dataset_dir(ref, "/unused")
+    for key in ("model", "grounding"):
+      del c[key], ref[key]
+    assert c.to_dict() == ref.to_dict(), variant

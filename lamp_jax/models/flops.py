@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ml_collections
 
+from lamp_jax.models import film_cnn
 from lamp_jax.models import paligemma
+from lamp_jax.models import prefix_encoder
 
 
 def transformer_layer(tokens: int, width: int, mlp_dim: int, *, context: int | None = None,
@@ -47,13 +49,40 @@ def siglip_tower(vision) -> float:
 
 
 def image_patches(vlm_cfg: ml_collections.ConfigDict) -> int:
-  vision = paligemma.config_from_dict(vlm_cfg).vision
-  return (vision.image_size // vision.patch_size) ** 2
+  """Prefix tokens of one camera (SigLIP patches, or the FiLM-CNN grid + keypoint tokens)."""
+  return prefix_encoder.tokens_per_image(vlm_cfg)
 
 
 def prefix_length(vlm_cfg: ml_collections.ConfigDict, num_cameras: int, text_tokens: int) -> int:
   """VLM prefix tokens: every camera's patches + the text tokens."""
   return num_cameras * image_patches(vlm_cfg) + int(text_tokens)
+
+
+def prefix_encoder_call(vlm_cfg: ml_collections.ConfigDict, num_cameras: int, text_tokens: int) -> float:
+  """The prefix encoder of ``vlm.kind`` ('paligemma': :func:`paligemma_prefix`; 'film_cnn': its convolutions)."""
+  if prefix_encoder.kind_of(vlm_cfg) == film_cnn.KIND:
+    cfg = film_cnn.config_from_dict(vlm_cfg, int(text_tokens), num_cameras)
+    return film_cnn_prefix(cfg, num_cameras, int(text_tokens))
+  return paligemma_prefix(vlm_cfg, num_cameras, text_tokens)
+
+
+def film_cnn_prefix(cfg: film_cnn.FiLMCNNConfig, num_cameras: int, text_tokens: int) -> float:
+  """The FiLM-CNN encoder: convolutions (k x k x fan-in per output value), FiLM and token projections, the
+  instruction MLP, keypoint heads and the optional transformer blocks over the prefix."""
+  fan_in, total = 3 + 2, 0.0  # RGB + the two coordinate channels
+  for i, (channels, kernel) in enumerate(zip(cfg.channels, cfg.kernels)):
+    size = cfg.stage_size(i)
+    total += 2.0 * size * size * kernel**2 * fan_in * channels + 2.0 * cfg.cond_width * 2 * channels
+    fan_in = channels
+  total += 2.0 * cfg.grid**2 * cfg.channels[-1] * cfg.width
+  if cfg.keypoints:
+    total += 2.0 * cfg.stage_size(cfg.keypoint_stage)**2 * cfg.channels[cfg.keypoint_stage] * cfg.keypoints
+    total += 2.0 * cfg.keypoints * (4 * film_cnn.KEYPOINT_FREQUENCIES + 2) * cfg.width
+  total *= num_cameras
+  instruction = 2.0 * cfg.max_text_len * cfg.text_width * cfg.cond_width + 2.0 * cfg.cond_width**2
+  prefix = num_cameras * cfg.tokens_per_image + text_tokens
+  blocks = cfg.transformer_depth * transformer_layer(prefix, cfg.width, cfg.mlp_ratio * cfg.width)
+  return float(total + instruction + 2.0 * text_tokens * cfg.text_width * cfg.width + blocks)
 
 
 def paligemma_prefix(vlm_cfg: ml_collections.ConfigDict, num_cameras: int, text_tokens: int) -> float:

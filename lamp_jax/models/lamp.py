@@ -45,7 +45,7 @@ from lamp_jax.models import losses
 from lamp_jax.models import motion_expert as motion_lib
 from lamp_jax.models import motion_image as motion_image_lib
 from lamp_jax.models import observation
-from lamp_jax.models import paligemma
+from lamp_jax.models import prefix_encoder
 from lamp_jax.models import vae as vae_lib
 
 NAME = lamp_config.NAME
@@ -71,12 +71,12 @@ class LaMP(nn.Module):
   def setup(self):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
-    self.vlm_config = paligemma.config_from_dict(cfg.vlm)
-    self.vlm = paligemma.PaliGemma(self.vlm_config)
+    # 'vlm': the prefix encoder of vlm.kind (PaliGemma by default; prefix_encoder.py).
+    self.vlm = prefix_encoder.build(cfg.vlm, int(cfg.max_token_len), len(cfg.image_keys))
     attention = cfg.get("attention", "heads_major")
     layers.check_attention_implementation(attention, "config field model.attention")
     self.motion_expert = motion_lib.MotionExpert(cfg.motion, dtype=dtype, attention=attention)
-    self.guidance = guidance_lib.GatedMotionGuidance(cfg.guidance, width=self.vlm_config.llm.width, dtype=dtype,
+    self.guidance = guidance_lib.GatedMotionGuidance(cfg.guidance, width=prefix_encoder.width(cfg.vlm), dtype=dtype,
                                                      attention=attention)
     self.action_expert = action_lib.build_action_expert(cfg.action, dtype, attention=attention)
     if _has_motion_image(cfg):
@@ -323,7 +323,7 @@ def dummy_batch(model_cfg: ml_collections.ConfigDict, batch_size: int = 2, seed:
   """A random numpy batch following specs.py (with tokens, without the raw language_instruction)."""
   rs = np.random.RandomState(seed)
   b = batch_size
-  inputs = observation.dummy_inputs(model_cfg, b, rs, paligemma.config_from_dict(model_cfg.vlm).llm.vocab_size,
+  inputs = observation.dummy_inputs(model_cfg, b, rs, prefix_encoder.vocab_size(model_cfg.vlm),
                                     window=window)
   m = model_cfg.motion
   k, t = m.num_keypoints, m.num_steps
@@ -426,7 +426,7 @@ class LaMPLibrary(interface.ModelLibrary):
         action_horizon=int(cfg.action_horizon), action_dim=int(cfg.action_dim), proprio_dim=int(cfg.proprio_dim),
         scene_flow=(int(motion.num_keypoints), int(motion.num_steps)) if cfg.use_motion else None,
         optical_flow=_has_motion_image(cfg),
-        text_tokens=int(cfg.max_token_len), vocab_size=int(paligemma.config_from_dict(cfg.vlm).llm.vocab_size))
+        text_tokens=int(cfg.max_token_len), vocab_size=int(prefix_encoder.vocab_size(cfg.vlm)))
 
   def analytic_flops(self, cfg: ml_collections.ConfigDict, batch_size: int, mode: str) -> float:
     """Modes: 'sample_actions' (VLM + partial_steps + 1 motion calls + guidance + num_inference_steps action
@@ -437,8 +437,8 @@ class LaMPLibrary(interface.ModelLibrary):
     block (motion.prune_last_condition) and, when sampling, the action cross-attention keys / values projected
     once (action.cache_context_kv)."""
     prefix = lamp_config.prefix_length(cfg)
-    width = paligemma.config_from_dict(cfg.vlm).llm.width
-    vlm = flops.paligemma_prefix(cfg.vlm, len(cfg.image_keys), int(cfg.max_token_len))
+    width = prefix_encoder.width(cfg.vlm)
+    vlm = flops.prefix_encoder_call(cfg.vlm, len(cfg.image_keys), int(cfg.max_token_len))
     motion_call = flops.motion_expert_call(cfg.motion, prefix, width)
     guidance = flops.gated_guidance(cfg.motion, prefix, width)
     action_call = flops.dit_action_call(cfg.action, cfg.action_horizon, cfg.action_dim, cfg.proprio_dim, prefix,

@@ -2,7 +2,8 @@
 
 ``model_config(variant)`` -> ConfigDict with:
   name 'lamp' · variant · dtype (expert activations; ``vlm.dtype`` follows it) · attention (``vlm.attention``
-  follows it) · vlm (``paligemma.config_from_dict``)
+  follows it) · vlm (the prefix encoder: ``vlm.kind`` 'paligemma' (default, ``paligemma.config_from_dict``) |
+  'film_cnn' (sizes in ``vlm.film_cnn``, ``film_cnn.py``), see ``prefix_encoder.py``)
   image_keys · image_size (follows vlm.image_size) · max_token_len · motion · guidance (num_heads, gate_init_logit)
   action (kind 'dit', ...) · use_motion · use_proprio · proprio_dropout · loss (weights {motion, action,
   motion_image}, motion_repeats, action_repeats) · num_inference_steps · tau_infer · partial_steps ·
@@ -22,6 +23,7 @@ from __future__ import annotations
 import ml_collections
 
 from lamp_jax import specs
+from lamp_jax.models import film_cnn
 from lamp_jax.models import flops
 from lamp_jax.models import motion_image
 from lamp_jax.models import paligemma
@@ -135,6 +137,10 @@ def model_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   # Attention implementation of every component (layers.ATTENTION_IMPLEMENTATIONS; all compute the same function).
   cfg.attention = "heads_major"
   cfg.vlm.attention = cfg.get_ref("attention")
+  # Prefix encoder (prefix_encoder.py): 'paligemma' (the VLM above) or 'film_cnn' (an instruction-conditioned CNN
+  # for from-scratch CPU runs; it reads image_size, vocab_size and dtype above and its sizes here).
+  cfg.vlm.kind = "paligemma"
+  cfg.vlm.film_cnn = film_cnn.default_config_dict()
   cfg.image_keys = row["image_keys"]
   cfg.image_size = cfg.vlm.get_ref("image_size")  # follows vlm.image_size
   cfg.max_token_len = row["max_token_len"]

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 
 from lamp_jax.models import lamp_config
-from lamp_jax.models import paligemma
+from lamp_jax.models import prefix_encoder
 from lamp_jax.models import registry
 from lamp_jax.perf import timing
 
@@ -59,7 +59,7 @@ def bench_motion(model_cfg, batch_size: int, repeats: int, seed: int) -> dict:
   params = {"motion_expert": motion_params}
   model = lib.build(model_cfg)
   prefix = lamp_config.prefix_length(model_cfg)
-  width = int(paligemma.config_from_dict(model_cfg.vlm).llm.width)
+  width = int(prefix_encoder.width(model_cfg.vlm))
   features = jax.random.normal(jax.random.key(seed + 1), (batch_size, prefix, width), jnp.float32)
   mask = jnp.ones((batch_size, prefix), bool)
   rng = jax.random.key(seed + 2)
