@@ -8,6 +8,7 @@ Axis letters used in shapes across the code base:
   B batch · W observation window (history, the current frame is the last) · H/W_img image height/width
   C channels · Hz action horizon (chunk length; written ``H`` in action shapes) · A action dim (padded)
   S proprio dim · K scene-flow keypoints · T future flow steps · L text tokens
+  F future frames (one per offset k of ``DataRequirements.future_offsets``, in that order)
 
 Batch (a nested dict of numpy / jax arrays):
 
@@ -15,9 +16,9 @@ Batch (a nested dict of numpy / jax arrays):
     image_primary      uint8[B, W, Himg, Wimg, 3]  third-person reference camera (scene flow lives in it)
     image_wrist        uint8[B, W, Himg, Wimg, 3]  wrist camera (optional key)
     image_secondary    uint8[B, W, Himg, Wimg, 3]  second third-person camera (optional key)
-    image_tertiary     uint8[B, W, Himg, Wimg, 3]  third third-person camera (optional key; Bridge image_2)
-                                                   — all third-person cameras of a batch row show the SAME step
-                                                   (synchronized views)
+    image_tertiary     uint8[B, W, Himg, Wimg, 3]  third third-person camera (optional key; Bridge image_2,
+                                                   the simulator's 'top' camera) — all third-person cameras
+                                                   of a batch row show the SAME step (synchronized views)
     image_mask         dict name -> bool[B, W]     False where the camera is missing (image is zeros)
     future/<camera>    uint8[B, F, Himg, Wimg, 3]  (optional, data.future_offsets k_1..k_F and data.future_cameras)
                                                    the frames t + k_f of the current step t, F = len(offsets),
@@ -144,6 +145,8 @@ def grid_query_uv(num_points: int):
 #       image_0   Image uint8[Hi, Wi, 3] (PNG)   primary third-person camera ('front'); scene-flow reference camera
 #       image_1   Image uint8[Hi, Wi, 3] (PNG)   second third-person camera ('side'); zeros when not rendered
 #       image_2   Image uint8[Hi, Wi, 3] (PNG)   wrist camera
+#       image_3   Image uint8[Hi, Wi, 3] (PNG)   (only generated with --cameras=...,top) third third-person
+#                                              camera ('top', high above the far side of the table)
 #       state     float32[8]  eef position xyz (m, world) · eef roll/pitch/yaw (rad) · finger opening (m) ·
 #                             gripper command in [0, 1] (1 = open)
 #     action                 float32[7]     (dx, dy, dz, droll, dpitch, dyaw, gripper) — see action convention
@@ -155,12 +158,16 @@ def grid_query_uv(num_points: int):
 #     scene_flow_query_mask  bool[K]           query point has valid depth
 #     observation/optical_flow  Image uint8[Hi, Wi, 3] (PNG; only when generated with --optical-flow-steps=k)
 #                                              HSV-encoded dense flow of image_0 from t to t + k
+#     camera_intrinsics_<k>  float32[3, 3]  (only with --camera-params-per-step or --randomize-cameras) image_k's
+#     camera_extrinsics_<k>  float32[4, 4]  intrinsics (pixels) / world_from_camera (OpenCV axes) at this step
 #     is_first, is_last, is_terminal  bool;  reward, discount  float32
 #   episode_metadata/
 #     file_path  string ('lamp_sim/<suite>/<task_family>/<seed>')   task_family  string   seed  int64
-#     success  bool   has_image_0, has_image_1, has_image_2, has_language  bool
-#     camera_intrinsics_<k>  float32[3, 3]  (pixels at Hi x Wi)
-#     camera_extrinsics_<k>  float32[4, 4]  world_from_camera, OpenCV camera axes
+#     success  bool   has_image_<k> (k = 0 .. 2, and 3 with 'top'), has_language  bool
+#     camera_intrinsics_<k>  float32[3, 3]  (pixels at Hi x Wi) at step 0
+#     camera_extrinsics_<k>  float32[4, 4]  world_from_camera, OpenCV camera axes, at step 0 (the third-person
+#                                           cameras are fixed within an episode: nominal poses, or with
+#                                           --randomize-cameras poses drawn from the episode seed)
 SIM_DATASET_PREFIX = "lamp_sim_"
 SIM_STATE_DIM = 8
 ACTION_DIM = 7

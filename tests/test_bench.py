@@ -51,3 +51,14 @@ def test_bench_inference_times_the_library_variants_and_their_ratios():
   # The rewrites save FLOPs; the ablation computes less than the model with motion.
   assert flops["with_motion"] < flops["reference/with_motion"]
   assert flops["without_motion"] < flops["with_motion"] < flops["full_motion"]
+
+
+def test_bench_train_step_of_a_model_with_state():
+  """The latent action model (state collection 'vq_state', after_update) is timed as the trainer runs it."""
+  result = _run("lamp_jax.bench", "--config=configs/lam.py:tiny", "--what=train_step", "--batch_size=3",
+                "--repeats=2")
+  lam = registry.get("lam")
+  cfg = lam.model_config("tiny")
+  assert result["model"] == "lam" and result["median_step_s"] > 0 and math.isfinite(result["final_loss"])
+  assert math.isclose(result["analytic_gflops_per_step"], lam.analytic_flops(cfg, 3, "train_step") / 1e9,
+                      abs_tol=1e-3)  # printed with 3 decimals

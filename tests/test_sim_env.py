@@ -50,8 +50,9 @@ def test_observation_contract():
   assert obs["state"][7] == 1.0
   with pytest.raises(ValueError, match="action must be 7"):
     env.step(np.zeros(6))
+  assert "image_3" not in obs  # the 'top' camera only when asked for
   with pytest.raises(ValueError, match="unknown camera"):
-    env_lib.TabletopEnv(cameras=("top",))
+    env_lib.TabletopEnv(cameras=("ceiling",))
 
 
 def test_action_moves_tcp_and_is_clipped():

@@ -37,6 +37,15 @@ def gemma_layer(llm, tokens: int, keys: int | None = None, kv_tokens: int | None
                + 2 * tokens * llm.width * llm.mlp_dim * 3)
 
 
+def siglip_tower(vision) -> float:
+  """One image through a SigLIP tower (``siglip.SigLIPConfig``): patch embedding, the blocks, the optional head
+  (the 'conv' stem is not counted)."""
+  patches = vision.num_patches
+  head = 2 * patches * vision.width * vision.head_width if vision.head_width else 0
+  return float(2 * patches * vision.patch_size**2 * 3 * vision.width
+               + vision.depth * transformer_layer(patches, vision.width, vision.mlp_dim) + head)
+
+
 def image_patches(vlm_cfg: ml_collections.ConfigDict) -> int:
   vision = paligemma.config_from_dict(vlm_cfg).vision
   return (vision.image_size // vision.patch_size) ** 2

@@ -24,8 +24,19 @@ is the library's ``name``):
   report(cfg, params, batches, out_dir)  (optional) figures of a trained model on held-out batches, written by
                                ``python -m lamp_jax.train`` after the last stage (``report.json``; e.g. a VAE's
                                reconstruction error and latent statistics, with a PNG); None = nothing to report
-Derived (not overridden): ``init_variables`` (boxed, logical axis names), ``init_params``, ``abstract_variables``,
-``abstract_params``, ``logical_axes`` (``jax.eval_shape``: nothing allocated), ``loss_weights``.
+  state_collections            (optional) names of the non-parameter variable collections that ``compute_loss``
+                               updates while training (e.g. a VQ codebook's usage statistics); () for none
+  after_update(cfg, params, model_state, rng)   (optional) runs inside the jitted train step after the
+                               optimizer update: returns (params, model_state, metrics); the identity by default
+Derived (not overridden): ``init_variables`` (boxed, logical axis names), ``init_params``, ``init_model_state``,
+``abstract_variables``, ``abstract_params``, ``logical_axes`` (``jax.eval_shape``: nothing allocated),
+``loss_weights``.
+
+Model state (``state_collections``): the trainer keeps those collections in ``TrainState.model_state``
+({collection: tree}; None for models without state), applies ``compute_loss`` with them mutable, stores what the
+forward pass wrote, calls ``after_update`` (whose parameter changes leave frozen parameters untouched) and
+checkpoints them with the rest of the state. A module must also run without them (``apply`` with 'params'
+alone: evaluation, export, another model calling it), as a pure function of its parameters.
 
 The module (flax linen; pure ``init`` / ``apply``; every method takes the batch and an explicit PRNG key):
 
@@ -79,6 +90,7 @@ class ModelLibrary(abc.ABC):
   variants: tuple[str, ...] = ()
   methods: frozenset[str] = frozenset()
   flop_modes: tuple[str, ...] = ("train_step",)
+  state_collections: tuple[str, ...] = ()
 
   def __init__(self):
     if not self.name or not self.variants:
@@ -132,6 +144,13 @@ class ModelLibrary(abc.ABC):
   # Held-out batches ``report`` reads (0: no report).
   report_batches: int = 0
 
+  def after_update(self, cfg: ml_collections.ConfigDict, params: Any, model_state: Any,
+                   rng: jax.Array) -> tuple[Any, Any, dict]:
+    """Inside the jitted train step, after the optimizer update: (params, model_state, scalar metrics). Pure and
+    traceable; e.g. a VQ model restarts dead codes here. Default: unchanged, no metrics."""
+    del cfg, rng
+    return params, model_state, {}
+
   def reference_config(self, cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
     """``cfg`` with the model's exact rewrites (same math, faster) switched off: the plain computation that
     ``bench --with_reference`` times beside it. None when the model has none."""
@@ -162,6 +181,14 @@ class ModelLibrary(abc.ABC):
   def init_params(self, cfg: ml_collections.ConfigDict, rng: jax.Array, batch: dict) -> dict:
     """Random parameters (plain arrays)."""
     return nn.unbox(self.init_variables(cfg, rng, batch))["params"]
+
+  def init_model_state(self, cfg: ml_collections.ConfigDict, rng: jax.Array, batch: dict) -> dict | None:
+    """{collection: plain arrays} of ``state_collections`` as initialised with ``rng`` (the same draw as
+    ``init_params`` with that key); None when the model has no state."""
+    if not self.state_collections:
+      return None
+    variables = nn.unbox(self.init_variables(cfg, rng, batch))
+    return {name: variables[name] for name in self.state_collections}
 
   def abstract_variables(self, cfg: ml_collections.ConfigDict) -> dict:
     """Boxed variables of jax.ShapeDtypeStruct (no allocation)."""

@@ -25,6 +25,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import ml_collections
 
 from lamp_jax.models import layers
 
@@ -107,6 +108,33 @@ def get_config(variant: str, **overrides: Any) -> SigLIPConfig:
   if variant not in VARIANTS:
     raise ValueError(f"unknown SigLIP variant {variant!r}; known: {sorted(VARIANTS)}")
   return dataclasses.replace(VARIANTS[variant], **overrides)
+
+
+def default_config_dict(variant: str = "tiny", **overrides: Any) -> ml_collections.ConfigDict:
+  """A config section describing a stand-alone SigLIP tower (e.g. a latent action model's frozen image encoder):
+  name 'siglip' · variant · image_size · head_width (None = patch features of the tower's width) · dtype ·
+  overrides (dict of ``SigLIPConfig`` fields). ``config_from_dict`` builds the ``SigLIPConfig``."""
+  base = VARIANTS[variant] if variant in VARIANTS else None
+  if base is None:
+    raise ValueError(f"unknown SigLIP variant {variant!r}; known: {sorted(VARIANTS)}")
+  cfg = ml_collections.ConfigDict(dict(name="siglip", variant=variant, image_size=base.image_size, head_width=None,
+                                       dtype="float32", overrides=ml_collections.ConfigDict()))
+  cfg.head_width = ml_collections.config_dict.placeholder(int)
+  for key, value in overrides.items():
+    cfg[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+  return cfg
+
+
+def config_from_dict(cfg: ml_collections.ConfigDict | SigLIPConfig) -> SigLIPConfig:
+  """The ``SigLIPConfig`` of a section made by ``default_config_dict``."""
+  if isinstance(cfg, SigLIPConfig):
+    return cfg
+  if cfg.get("name", None) != "siglip" or "variant" not in cfg:
+    raise ValueError(f"a SigLIP config section needs name='siglip' and a variant (got fields {sorted(cfg.keys())})")
+  kwargs = dict(image_size=int(cfg.image_size), head_width=cfg.get("head_width", None),
+                dtype=str(cfg.get("dtype", "float32")))
+  kwargs.update(dict(cfg.get("overrides", None) or {}))
+  return get_config(str(cfg.variant), **kwargs)
 
 
 def _layer_norm(name: str, eps: float) -> nn.LayerNorm:

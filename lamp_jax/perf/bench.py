@@ -105,30 +105,43 @@ def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int, with_re
 
 
 def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int, op_breakdown: bool = False) -> dict:
+  """Models with state collections (``ModelLibrary.state_collections``) are timed as the trainer runs them: the
+  loss with the state mutable, then ``after_update``. Frozen parts are not frozen here (AdamW on everything)."""
   lib = registry.for_config(model_cfg)
   batch = lib.dummy_batch(model_cfg, batch_size, seed)
   params = lib.init_params(model_cfg, jax.random.key(seed), batch)
+  model_state = lib.init_model_state(model_cfg, jax.random.key(seed), batch) or {}
+  collections = list(lib.state_collections)
   model = lib.build(model_cfg)
   optimizer = optax.adamw(1e-4, b1=0.9, b2=0.95, weight_decay=1e-4)
   opt_state = optimizer.init(params)
 
-  def step(params, opt_state, batch, rng):
+  def step(params, opt_state, model_state, batch, rng):
     def loss_fn(p):
-      return model.apply({"params": p}, batch, rng, method="compute_loss")
+      if not collections:
+        loss, metrics = model.apply({"params": p}, batch, rng, method="compute_loss")
+        return loss, (metrics, model_state)
+      (loss, metrics), written = model.apply({"params": p, **model_state}, batch, rng, method="compute_loss",
+                                             mutable=collections)
+      return loss, (metrics, written)
 
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    (_, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, metrics
+    params = optax.apply_updates(params, updates)
+    if collections:
+      params, model_state, _ = lib.after_update(model_cfg, params, model_state, jax.random.fold_in(rng, 1))
+    return params, opt_state, model_state, metrics
 
   start = time.perf_counter()
-  compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt_state, batch, jax.random.key(0)).compile()
+  compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(params, opt_state, model_state, batch,
+                                                            jax.random.key(0)).compile()
   compile_s = time.perf_counter() - start
-  params, opt_state, _ = compiled(params, opt_state, batch, jax.random.key(0))  # warm-up
+  params, opt_state, model_state, _ = compiled(params, opt_state, model_state, batch, jax.random.key(0))  # warm-up
   jax.block_until_ready(params)
   times = []
   for i in tqdm.trange(repeats, desc="train steps", leave=False):
     start = time.perf_counter()
-    params, opt_state, metrics = compiled(params, opt_state, batch, jax.random.key(i + 1))
+    params, opt_state, model_state, metrics = compiled(params, opt_state, model_state, batch, jax.random.key(i + 1))
     jax.block_until_ready((params, metrics))
     times.append(time.perf_counter() - start)
   median = statistics.median(times)
@@ -142,11 +155,11 @@ def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int, op_bre
       "final_loss": float(metrics["loss"]),
   }
   if op_breakdown:
-    state = {"params": params, "opt_state": opt_state}
+    state = {"params": params, "opt_state": opt_state, "model_state": model_state}
 
     def call():
-      state["params"], state["opt_state"], step_metrics = compiled(state["params"], state["opt_state"], batch,
-                                                                   jax.random.key(0))
+      state["params"], state["opt_state"], state["model_state"], step_metrics = compiled(
+          state["params"], state["opt_state"], state["model_state"], batch, jax.random.key(0))
       return step_metrics
 
     breakdown = op_profile.op_time_breakdown(call, repeats=min(repeats, 5))

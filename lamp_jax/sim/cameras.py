@@ -6,6 +6,11 @@ extrinsics ``world_from_camera`` (4x4). UVD: u = x_pixel / width, v = y_pixel / 
 MuJoCo cameras look along their local -z with y up, so ``R_opencv = R_mujoco @ diag(1, -1, -1)``; MuJoCo's
 ``fovy`` is the vertical field of view and pixels are square, so fx = fy = (height / 2) / tan(fovy / 2) and the
 principal point is the image centre (pixel ``i`` covers [i, i + 1)).
+
+Viewpoint randomisation (``random_orbit_pose``): a third-person camera keeps looking at the point where its
+nominal optical axis meets the table (z = 0), moved by up to ``target_jitter`` m in x / y; its position orbits
+that point by a yaw about the vertical of up to ``yaw_deg`` and an elevation change of up to ``pitch_deg``, and
+its distance is scaled by a factor in ``distance_scale``; the image x axis stays horizontal (no roll).
 """
 
 from __future__ import annotations
@@ -63,6 +68,49 @@ class PinholeCamera:
     """UVD float[..., 3] -> world points float64[..., 3]."""
     uvd = np.asarray(uvd, np.float64)
     return self.centre + uvd[..., 2:3] * self.ray_directions(uvd[..., :2])
+
+
+def look_at_quat(position: np.ndarray, target: np.ndarray) -> np.ndarray:
+  """MuJoCo quaternion (w, x, y, z) of a camera at ``position`` looking at ``target`` with a horizontal image x
+  axis (MuJoCo camera frame: x right, y up, looking along -z)."""
+  forward = np.asarray(target, np.float64) - np.asarray(position, np.float64)
+  forward /= np.linalg.norm(forward)
+  right = np.cross(forward, [0.0, 0.0, 1.0])
+  if np.linalg.norm(right) < 1e-9:
+    raise ValueError("look_at_quat: the camera looks straight up or down (its image x axis is undefined)")
+  right /= np.linalg.norm(right)
+  up = np.cross(right, forward)
+  rotation = np.stack([right, up, -forward], axis=1)  # columns: camera x, y, z in world
+  quat = np.zeros(4)
+  mujoco.mju_mat2Quat(quat, np.ascontiguousarray(rotation).reshape(9))
+  return quat
+
+
+def table_target(position: np.ndarray, quat: np.ndarray) -> np.ndarray:
+  """Where the optical axis of a MuJoCo camera (position, quaternion) meets the table plane z = 0."""
+  rotation = np.zeros(9)
+  mujoco.mju_quat2Mat(rotation, np.asarray(quat, np.float64))
+  forward = -rotation.reshape(3, 3)[:, 2]
+  if forward[2] >= -1e-9:
+    raise ValueError("table_target: the camera does not look down at the table")
+  return np.asarray(position, np.float64) + forward * (-position[2] / forward[2])
+
+
+def random_orbit_pose(position: np.ndarray, quat: np.ndarray, rng: np.random.Generator, *, yaw_deg: float = 25.0,
+                      pitch_deg: float = 8.0, distance_scale: tuple[float, float] = (0.9, 1.1),
+                      target_jitter: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
+  """A random pose (position, MuJoCo quaternion) around a nominal third-person pose (module docstring)."""
+  target = table_target(position, quat)
+  offset = np.asarray(position, np.float64) - target
+  distance = np.linalg.norm(offset)
+  yaw = np.arctan2(offset[1], offset[0]) + np.deg2rad(rng.uniform(-yaw_deg, yaw_deg))
+  elevation = np.arcsin(offset[2] / distance) + np.deg2rad(rng.uniform(-pitch_deg, pitch_deg))
+  elevation = float(np.clip(elevation, np.deg2rad(10.0), np.deg2rad(80.0)))
+  distance *= rng.uniform(*distance_scale)
+  target = target + np.array([*rng.uniform(-target_jitter, target_jitter, 2), 0.0])
+  new_position = target + distance * np.array([np.cos(elevation) * np.cos(yaw), np.cos(elevation) * np.sin(yaw),
+                                               np.sin(elevation)])
+  return new_position, look_at_quat(new_position, target)
 
 
 def intrinsics_matrix(fovy_deg: float, height: int, width: int) -> np.ndarray:

@@ -15,6 +15,7 @@ Observation dict (what policies receive)::
   image_0  uint8[H, W, 3]   'front' camera (primary, scene-flow reference)
   image_1  uint8[H, W, 3]   'side' camera
   image_2  uint8[H, W, 3]   'wrist' camera
+  image_3  uint8[H, W, 3]   'top' camera (only when ``cameras`` includes 'top')
   depth_0  float32[H, W]    z-depth (m) of 'front' (only with ``render_depth=True``)
   state    float32[8]       TCP xyz (m) · hand roll/pitch/yaw (rad) · finger opening (m) · gripper command
   language_instruction str
@@ -32,7 +33,9 @@ from lamp_jax import specs
 from lamp_jax.sim import cameras as cameras_lib  # also sets MUJOCO_GL (lamp_jax/sim/__init__.py)
 from lamp_jax.sim import mjcf
 
-CAMERA_NAMES = ("front", "side", "wrist")  # image_0, image_1, image_2
+CAMERA_NAMES = ("front", "side", "wrist", "top")  # image_0, image_1, image_2, image_3
+DEFAULT_CAMERAS = ("front", "side", "wrist")  # rendered unless asked otherwise; image_3 only exists with 'top'
+THIRD_PERSON_CAMERAS = ("front", "side", "top")  # fixed to the world (their poses can be randomised per episode)
 REFERENCE_CAMERA = "front"
 CONTROL_DT = 0.1
 PHYSICS_DT = 0.002
@@ -55,6 +58,7 @@ _WRIST_OFFSET = np.array([0.0, 0.0, 0.135])  # wrist point in the hand frame
 OBJECT_NAMES = ("cube_0", "cube_1", "cube_2", "cylinder_0", "cylinder_1", "plate_0", "plate_1")
 OBJECT_HALF_HEIGHT = {"cube": 0.02, "cylinder": 0.022, "plate": 0.006}
 DRAWER_OPEN_MAX = 0.11
+CAMERA_SEED_SALT = 0xCA3  # random camera poses of episode seed s come from default_rng([s, CAMERA_SEED_SALT])
 
 
 def rpy_to_quat(rpy: np.ndarray) -> np.ndarray:
@@ -96,14 +100,14 @@ class TabletopEnv:
     image_size: rendered height = width (pixels) of every camera.
     render: render camera images in observations (False gives state-only observations, for fast rollouts).
     render_depth: also return the reference camera's z-depth as ``depth_0``.
-    cameras: which of CAMERA_NAMES to render; the others are zeros.
+    cameras: which of CAMERA_NAMES to render; the others are zeros (image_3 is absent unless 'top' is named).
     render_backend: 'subprocess' (default; ``render_process``: a child process renders, safe whatever this
       process imports) or 'inprocess' (mujoco.Renderer here: faster, but this process must never import
       TensorFlow, before or after rendering; the dataset generator's workers use it).
   """
 
   def __init__(self, image_size: int = 64, render: bool = True, render_depth: bool = False,
-               cameras: tuple[str, ...] = CAMERA_NAMES, render_backend: str = "subprocess"):
+               cameras: tuple[str, ...] = DEFAULT_CAMERAS, render_backend: str = "subprocess"):
     for name in cameras:
       if name not in CAMERA_NAMES:
         raise ValueError(f"unknown camera '{name}', expected one of {CAMERA_NAMES}")
@@ -130,6 +134,9 @@ class TabletopEnv:
     self._obj_geom = {n: mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, n) for n in OBJECT_NAMES}
     self._finger_geoms = {mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, n)
                           for n in ("finger_left", "finger_right", "palm")}
+    self._camera_ids = {n: mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_CAMERA, n) for n in CAMERA_NAMES}
+    self.nominal_camera_poses = {n: (m.cam_pos[i].copy(), m.cam_quat[i].copy())
+                                 for n, i in self._camera_ids.items() if n in THIRD_PERSON_CAMERAS}
     self.task = None
     self.tcp = HOME_TCP.copy()
     self.rpy = np.zeros(3)
@@ -278,6 +285,30 @@ class TabletopEnv:
     tcp, rpy = self.measured_tcp()
     return np.concatenate([tcp, rpy, [self.finger_opening, self.gripper]]).astype(np.float32)
 
+  # ---------------------------------------------------------------------------------------- viewpoints
+  def set_camera_poses(self, poses: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Poses third-person cameras: {name: (position float[3], MuJoCo quaternion float[4])} (world frame). They
+    stay until set again (``reset`` keeps them); the renderer and the scene-flow labels see them."""
+    for name, (position, quat) in poses.items():
+      if name not in THIRD_PERSON_CAMERAS:
+        raise ValueError(f"camera '{name}' cannot be posed: only {THIRD_PERSON_CAMERAS} are fixed to the world")
+      quat = np.asarray(quat, np.float64)
+      if abs(np.linalg.norm(quat) - 1.0) > 1e-9:
+        raise ValueError(f"camera '{name}': the quaternion {quat} is not a unit quaternion")
+      cam_id = self._camera_ids[name]
+      self.model.cam_pos[cam_id] = position
+      self.model.cam_quat[cam_id] = quat
+    mujoco.mj_kinematics(self.model, self.data)
+    mujoco.mj_camlight(self.model, self.data)
+
+  def camera_poses(self, seed: int | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The nominal third-person poses (``seed`` None) or random ones drawn from ``seed``
+    (``cameras.random_orbit_pose``, one independent draw per camera): a function of the seed alone."""
+    if seed is None:
+      return {n: (p.copy(), q.copy()) for n, (p, q) in self.nominal_camera_poses.items()}
+    rng = np.random.default_rng([int(seed), CAMERA_SEED_SALT])
+    return {n: cameras_lib.random_orbit_pose(p, q, rng) for n, (p, q) in self.nominal_camera_poses.items()}
+
   # ----------------------------------------------------------------------------------------- rendering
   def camera(self, name: str) -> cameras_lib.PinholeCamera:
     return cameras_lib.camera_from_data(self.model, self.data, name, self.image_size, self.image_size)
@@ -292,7 +323,8 @@ class TabletopEnv:
         from lamp_jax.sim import render_process  # pylint: disable=g-import-not-at-top
         self._render_process = render_process.RenderProcess(self.image_size, self.image_size)
       d = self.data
-      return self._render_process.render(d.qpos, d.mocap_pos, d.mocap_quat, self.model.geom_rgba, requests)
+      return self._render_process.render(d.qpos, d.mocap_pos, d.mocap_quat, self.model.geom_rgba, requests,
+                                         cam_pos=self.model.cam_pos, cam_quat=self.model.cam_quat)
     if self._renderer is None:
       self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
     return [mjcf.render_with(self._renderer, self.data, camera, kind) for camera, kind in requests]
@@ -313,7 +345,8 @@ class TabletopEnv:
       requests.append((REFERENCE_CAMERA, "depth"))
     rendered = dict(zip(requests, self.render_many(requests))) if requests else {}
     for k, name in enumerate(CAMERA_NAMES):
-      obs[f"image_{k}"] = rendered.get((name, "rgb"), np.zeros((size, size, 3), np.uint8))
+      if name in DEFAULT_CAMERAS or name in self.cameras:
+        obs[f"image_{k}"] = rendered.get((name, "rgb"), np.zeros((size, size, 3), np.uint8))
     if self.render_depth:
       obs["depth_0"] = rendered[(REFERENCE_CAMERA, "depth")]
     return obs

@@ -13,6 +13,12 @@ pick_place (put_on_plate, stack), push, drawer.
 
 Defaults: 64 x 64 images, K = 64 query points (8 x 8), T = 16 flow steps, 400 episodes (100 per family, ~6.8k
 steps), expert noise 0.003 m; they generate in about 4-5 minutes on two (busy) CPU cores.
+
+Multi-view data (latent action models; the defaults leave the layout unchanged, ``rlds_export`` documents it):
+  --randomize-cameras        per-episode random poses of the third-person cameras (front, side, top), drawn from
+                             the episode seed, fixed within the episode; implies --camera-params-per-step
+  --cameras=front,side,top   a third synchronised third-person camera ('top' -> image_3); 'wrist' is optional
+  --camera-params-per-step   steps/camera_intrinsics_<k> and steps/camera_extrinsics_<k> of every image
 """
 
 from __future__ import annotations
@@ -58,7 +64,9 @@ def _make_episode(job: tuple[str, int]):
     example = rlds_export.record_episode(_WORKER_ENV, cfg["suite"], family, episode_seed, cfg["num_points"],
                                          cfg["flow_steps"], noise=cfg["noise"],
                                          optical_flow_steps=cfg["optical_flow_steps"],
-                                         optical_flow_max_magnitude=cfg["optical_flow_max_magnitude"])
+                                         optical_flow_max_magnitude=cfg["optical_flow_max_magnitude"],
+                                         randomize_cameras=cfg.get("randomize_cameras", False),
+                                         camera_params_per_step=cfg.get("camera_params_per_step", False))
     if example["episode_metadata"]["success"]:
       break
   return f"{family}_{example['episode_metadata']['seed']}", example, attempt + 1
@@ -92,8 +100,18 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--optical-flow-max-magnitude", type=float, default=0.0,
                  help="flow-image normaliser in pixels (saturation = |flow| / this); 0: the paper's 64 px at 224 px "
                       "width, scaled to --image-size (lamp_jax.flow_image.default_max_magnitude)")
-  p.add_argument("--cameras", default="front,side,wrist", help="cameras to render (others are zeros)")
+  p.add_argument("--cameras", default="front,side,wrist",
+                 help="cameras to render (others are zeros; 'top' adds image_3)")
+  p.add_argument("--randomize-cameras", action="store_true",
+                 help="random third-person camera poses per episode (from its seed); implies --camera-params-per-step")
+  p.add_argument("--camera-params-per-step", action="store_true",
+                 help="record every image's intrinsics / extrinsics at every step")
   args = p.parse_args(argv)
+  from lamp_jax.sim import env as env_lib  # pylint: disable=g-import-not-at-top
+
+  unknown = [c for c in args.cameras.split(",") if c and c not in env_lib.CAMERA_NAMES]
+  if unknown:
+    p.error(f"--cameras: unknown camera(s) {unknown} (known: {','.join(env_lib.CAMERA_NAMES)})")
   side = int(round(args.num_points**0.5))
   if side * side != args.num_points:
     p.error(f"--num-points={args.num_points} is not a perfect square")
@@ -119,6 +137,12 @@ def generate(args: argparse.Namespace) -> dict:
          "optical_flow_max_magnitude": (args.optical_flow_max_magnitude
                                         or flow_image.default_max_magnitude(args.image_size)),
          "cameras": [c for c in args.cameras.split(",") if c]}
+  # Multi-view options enter the config (and the dataset description) only when used: default datasets are as
+  # before.
+  if args.randomize_cameras:
+    cfg["randomize_cameras"] = True
+  if args.randomize_cameras or args.camera_params_per_step:
+    cfg["camera_params_per_step"] = True
   splits = {"train": jobs_for(args.suite, args.episodes, 0, args.seed)}
   if args.val_episodes:
     splits["val"] = jobs_for(args.suite, args.val_episodes, args.episodes, args.seed)
@@ -150,7 +174,9 @@ def generate(args: argparse.Namespace) -> dict:
           name=rlds_export.dataset_name(args.suite),
           version=rlds_export.VERSION,
           features=rlds_export.features(args.image_size, args.num_points, args.flow_steps,
-                                        optical_flow=args.optical_flow_steps > 0),
+                                        optical_flow=args.optical_flow_steps > 0,
+                                        images=rlds_export.num_images(cfg["cameras"]),
+                                        camera_params_per_step=cfg.get("camera_params_per_step", False)),
           split_datasets={split: examples(split) for split in splits},
           data_dir=args.out,
           description=(f"lamp_jax tabletop benchmark, suite '{args.suite}': scripted demonstrations with exact "

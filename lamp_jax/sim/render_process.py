@@ -46,10 +46,12 @@ class RenderProcess:
       raise RuntimeError(f"render process error: {payload}")
     return payload
 
-  def render(self, qpos, mocap_pos, mocap_quat, geom_rgba, requests):
-    """``requests``: list of (camera name, 'rgb' | 'depth' | 'segmentation'). Returns the list of arrays."""
+  def render(self, qpos, mocap_pos, mocap_quat, geom_rgba, requests, cam_pos=None, cam_quat=None):
+    """``requests``: list of (camera name, 'rgb' | 'depth' | 'segmentation'); ``cam_pos`` / ``cam_quat``: the
+    model's camera poses (``model.cam_pos`` / ``cam_quat``) when they differ from the MJCF's. Returns the arrays."""
+    cams = None if cam_pos is None else (np.asarray(cam_pos), np.asarray(cam_quat))
     return self._call(("render", np.asarray(qpos), np.asarray(mocap_pos), np.asarray(mocap_quat),
-                       np.asarray(geom_rgba), list(requests)))
+                       np.asarray(geom_rgba), list(requests), cams))
 
   def close(self) -> None:
     if self._proc is not None:
@@ -88,11 +90,13 @@ def _serve() -> None:
         renderer = mujoco.Renderer(model, message[1], message[2])
         reply = ("ok", None)
       elif message[0] == "render":
-        _, qpos, mocap_pos, mocap_quat, geom_rgba, requests = message
+        _, qpos, mocap_pos, mocap_quat, geom_rgba, requests, cams = message
         data.qpos[:] = qpos
         data.mocap_pos[:] = mocap_pos
         data.mocap_quat[:] = mocap_quat
         model.geom_rgba[:] = geom_rgba
+        if cams is not None:
+          model.cam_pos[:], model.cam_quat[:] = cams
         mujoco.mj_kinematics(model, data)
         mujoco.mj_camlight(model, data)
         reply = ("ok", [mjcf.render_with(renderer, data, camera, kind) for camera, kind in requests])

@@ -13,7 +13,9 @@
   keep_init  regexes (on paths relative to ``target``) of parameters deliberately left to their random init
 
 The PaliGemma kinds read the model config found at the target's path in the model config (``model.vlm`` for
-target 'vlm'). Loading is strict: every parameter of the target subtree is loaded or listed in ``keep_init``,
+target 'vlm'); where that section describes a stand-alone SigLIP tower (``name: 'siglip'``, e.g. a latent action
+model's ``model.image_encoder`` for target 'image_encoder'), 'big_vision_npz' loads the file's image tower
+(``img/``) alone. Loading is strict: every parameter of the target subtree is loaded or listed in ``keep_init``,
 and a missing, extra or mis-shaped tensor is an error naming every one (``models/weights/strict.py``). Each
 process reads the file once on the host and every device receives only its own shard
 (``jax.make_array_from_callback``), so a 3B VLM starts on a pod without any device holding a full copy. The
@@ -97,6 +99,14 @@ def _model_config_at(model_cfg: ml_collections.ConfigDict, target: str, field: s
   return cfg
 
 
+def _tower_section(model_cfg: ml_collections.ConfigDict, target: str) -> ml_collections.ConfigDict | None:
+  """The config section at the target's path when it describes a stand-alone SigLIP tower (``name: 'siglip'``)."""
+  cfg = model_cfg
+  for part in [p for p in target.split("/") if p]:
+    cfg = cfg.get(part, None) if isinstance(cfg, ml_collections.ConfigDict) else None
+  return cfg if isinstance(cfg, ml_collections.ConfigDict) and cfg.get("name", None) == "siglip" else None
+
+
 def _read_checkpoint(entry: ml_collections.ConfigDict, field: str) -> dict:
   """The (EMA) parameters of another lamp_jax run, as host numpy arrays."""
   directory = os.path.abspath(entry.path)
@@ -137,10 +147,14 @@ def load_entry(entry: ml_collections.ConfigDict, field: str, model_cfg: ml_colle
   from lamp_jax.models.weights import big_vision_npz  # pylint: disable=g-import-not-at-top
   from lamp_jax.models.weights import hf_paligemma  # pylint: disable=g-import-not-at-top
 
-  loader = big_vision_npz.load if kind == "big_vision_npz" else hf_paligemma.load
+  section = _tower_section(model_cfg, str(entry.target))
+  if section is not None and kind == "big_vision_npz":
+    loader = big_vision_npz.load_image_tower
+  else:
+    loader = big_vision_npz.load if kind == "big_vision_npz" else hf_paligemma.load
+    section = _model_config_at(model_cfg, str(entry.target), f"{field}.target")
   with tempfile.TemporaryDirectory(prefix="lamp_init_") as tmpdir:
-    return loader(_local_copy(str(entry.path), tmpdir, f"{field}.path"),
-                  _model_config_at(model_cfg, str(entry.target), f"{field}.target"))
+    return loader(_local_copy(str(entry.path), tmpdir, f"{field}.path"), section)
 
 
 def _place(flat_host: dict, flat_sharding: dict, flat_abstract: dict) -> dict:

@@ -22,12 +22,15 @@ from lamp_jax.training import sharding as sharding_lib
 class TrainState:
   """step: int32[] train-step calls so far (global, across stages) · params · opt_state (of the current
   stage's optimizer) · ema_params (same tree as params, or None when EMA is off) · rng: uint32[2] base key
-  (per-step keys are ``fold_in(rng, step)``, so the random stream is a function of the step)."""
+  (per-step keys are ``fold_in(rng, step)``, so the random stream is a function of the step) · model_state:
+  the model's non-parameter collections ({collection: tree}, ``ModelLibrary.state_collections``; replicated),
+  None for models without state (then the checkpoint layout is that of a state without the field)."""
   step: jax.Array
   params: Any
   opt_state: Any
   ema_params: Any
   rng: jax.Array
+  model_state: Any = None
 
 
 def _dict_key_suffix(path) -> tuple[str, ...]:
@@ -83,35 +86,45 @@ def state_shardings(abstract_state: TrainState, abstract_params: Any, param_shar
       opt_state=mirror_shardings(abstract_state.opt_state, abstract_params, param_shardings, mesh),
       ema_params=None if abstract_state.ema_params is None else param_shardings,
       rng=replicated,
+      model_state=jax.tree.map(lambda _: replicated, abstract_state.model_state),
   )
 
 
-def _init_fn(init_params_fn: Callable[[jax.Array], Any], tx: optax.GradientTransformation, use_ema: bool):
+ModelStateFn = Callable[[jax.Array], Any] | None
+
+
+def _init_fn(init_params_fn: Callable[[jax.Array], Any], tx: optax.GradientTransformation, use_ema: bool,
+             init_model_state_fn: ModelStateFn = None):
   def init(param_rng, state_rng):
     params = nn.meta.unbox(init_params_fn(param_rng))
+    model_state = None if init_model_state_fn is None else nn.meta.unbox(init_model_state_fn(param_rng))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      ema_params=params if use_ema else None, rng=state_rng)
+                      ema_params=params if use_ema else None, rng=state_rng, model_state=model_state)
   return init
 
 
 def abstract_train_state(init_params_fn: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-                         rng: jax.Array, mesh: Mesh, rules, use_ema: bool) -> tuple[TrainState, TrainState]:
+                         rng: jax.Array, mesh: Mesh, rules, use_ema: bool,
+                         init_model_state_fn: ModelStateFn = None) -> tuple[TrainState, TrainState]:
   """(abstract state of ShapeDtypeStructs, state shardings) without allocating any parameter."""
   param_rng, state_rng = jax.random.split(rng)
   abstract_params, param_shardings = abstract_params_and_shardings(init_params_fn, param_rng, mesh, rules)
-  abstract_state = jax.eval_shape(_init_fn(init_params_fn, tx, use_ema), param_rng, state_rng)
+  abstract_state = jax.eval_shape(_init_fn(init_params_fn, tx, use_ema, init_model_state_fn), param_rng, state_rng)
   return abstract_state, state_shardings(abstract_state, abstract_params, param_shardings, mesh)
 
 
 def create_train_state(init_params_fn: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-                       rng: jax.Array, mesh: Mesh, rules, use_ema: bool) -> tuple[TrainState, TrainState]:
+                       rng: jax.Array, mesh: Mesh, rules, use_ema: bool,
+                       init_model_state_fn: ModelStateFn = None) -> tuple[TrainState, TrainState]:
   """Builds the state abstractly, derives its shardings, then initialises it directly into them.
 
-  Returns (state, shardings). ``init_params_fn(rng)`` returns the model's (boxed) 'params' collection.
+  Returns (state, shardings). ``init_params_fn(rng)`` returns the model's (boxed) 'params' collection;
+  ``init_model_state_fn(rng)`` (optional, called with the same key) its state collections.
   """
   param_rng, state_rng = jax.random.split(rng)
-  _, shardings = abstract_train_state(init_params_fn, tx, rng, mesh, rules, use_ema)
-  state = jax.jit(_init_fn(init_params_fn, tx, use_ema), out_shardings=shardings)(param_rng, state_rng)
+  _, shardings = abstract_train_state(init_params_fn, tx, rng, mesh, rules, use_ema, init_model_state_fn)
+  state = jax.jit(_init_fn(init_params_fn, tx, use_ema, init_model_state_fn),
+                  out_shardings=shardings)(param_rng, state_rng)
   return state, shardings
 
 

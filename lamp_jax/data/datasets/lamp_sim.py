@@ -34,8 +34,8 @@ def requirements(data_cfg, image_keys):
          "steps/action": ((specs.ACTION_DIM,), "float"), "steps/language_instruction": ((), "bytes"),
          f"steps/{specs.SCENE_FLOW}": ((k, t, 3), "float"), f"steps/{specs.SCENE_FLOW_QUERY}": ((k, 3), "float"),
          f"steps/{specs.SCENE_FLOW_MASK}": ((k, t), "int"), f"steps/{specs.SCENE_FLOW_QUERY_MASK}": ((k,), "int")}
-  for key in image_keys.values():
-    if key:
+  for camera, key in image_keys.items():
+    if key and camera in tuple(data_cfg.cameras):  # image_3 exists only in datasets generated with 'top'
       req[f"steps/observation/{key}"] = ((), "bytes")
   return req
 
@@ -46,9 +46,9 @@ def _register(name: str, proprio_normalization_mask: tuple[bool, ...]) -> None:
       prefix=True,
       fn=standardize,
       requirements=requirements,
-      # Two third-person cameras (front, side) and the wrist camera; no third third-person view.
-      image_keys={"image_primary": "image_0", "image_secondary": "image_1", "image_tertiary": "",
-                  "image_wrist": "image_2"},
+      # image_3 ('top') exists only in datasets generated with --cameras=...,top.
+      image_keys={"image_primary": "image_0", "image_secondary": "image_1", "image_wrist": "image_2",
+                  "image_tertiary": "image_3"},
       action_keys=("steps/action",),
       instruction_key="steps/language_instruction",
       action_normalization_mask=(True,) * 6 + (False,),

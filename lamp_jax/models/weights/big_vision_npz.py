@@ -9,6 +9,10 @@ identity except:
     it is split into our ``q_einsum`` [L, N, D, H] and ``kv_einsum`` [L, 2, N, D, H].
 Values are checked against the shapes of the model config and converted to float32 (float16 / bfloat16 / float32
 sources only, all exact).
+
+``load_image_tower`` reads only the SigLIP tower (``img/``) of such a file into a stand-alone SigLIP (e.g. a
+latent action model's frozen image encoder, config section ``siglip.default_config_dict``); the projection into
+the language model (``img/head``) is loaded when the tower has a head of that width and ignored when it has none.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lamp_jax.models import paligemma
+from lamp_jax.models import siglip
 from lamp_jax.models.weights import strict
 
 PREFIX = "params/"
@@ -52,6 +59,37 @@ def load(path: str | os.PathLike, model_cfg: Any) -> dict[str, Any]:
     provided[_Q], provided[_KV] = qkv[:, 0], qkv[:, 1:]
   strict.check_names(path, expected, provided)
   mismatched = [p for name in expected if (p := strict.check_tensor(name, provided[name], expected[name].shape))]
+  if mismatched:
+    raise strict.StrictLoadError(path, mismatched=mismatched)
+  return strict.unflatten({name: strict.to_float32(provided[name]) for name in expected})
+
+
+IMAGE_TOWER = "img/"
+
+
+def load_image_tower(path: str | os.PathLike, vision_cfg: Any) -> dict[str, Any]:
+  """Loads the SigLIP tower of a big_vision PaliGemma .npz into a stand-alone SigLIP parameter tree (float32
+  numpy), strictly: every tower tensor of ``vision_cfg`` (a ``SigLIPConfig`` or its config section) must be in
+  the file with its shape; ``img/head`` may be left over when the tower has no head."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"big_vision checkpoint not found: {path}")
+  vision = siglip.config_from_dict(vision_cfg)
+  model = siglip.SigLIP(vision)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, vision.image_size,
+                                                                            vision.image_size, 3))))
+  expected = strict.flatten(abstract["params"])
+  with np.load(path, allow_pickle=False) as npz:
+    raw = {name: npz[name] for name in npz.files}
+  provided = {}
+  for name, value in raw.items():
+    name = name[len(PREFIX):] if name.startswith(PREFIX) else name
+    if name.startswith(IMAGE_TOWER):
+      provided[name[len(IMAGE_TOWER):]] = value
+  optional = {n for n in provided if n.startswith("head/")} - set(expected)
+  strict.check_names(f"{path} ({IMAGE_TOWER})", expected, set(provided) - optional)
+  mismatched = [p for name in expected if (p := strict.check_tensor(IMAGE_TOWER + name, provided[name],
+                                                                       expected[name].shape))]
   if mismatched:
     raise strict.StrictLoadError(path, mismatched=mismatched)
   return strict.unflatten({name: strict.to_float32(provided[name]) for name in expected})
