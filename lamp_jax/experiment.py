@@ -10,6 +10,7 @@ are trained first, once, in their own directories, and their results written int
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -291,13 +292,40 @@ def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Every check that needs no data, before any work (``preflight.ConfigError`` naming the field): the run config
   (``training/preflight.py``: every stage), the generation flags, the tokenizer and -- for a workdir without
   checkpoints, which starts fresh -- the files of ``config.init``."""
-  preflight.check_run_config(config)
+  checked, filled_later = _with_prerequisites_filled_in(config, workdir)
+  preflight.check_run_config(checked)
   if config.sim_data.enabled:
     try:
       generation_flags(config)
     except ValueError as e:
       raise preflight.ConfigError(str(e)) from None
-  preflight.check_files(config, fresh=not os.path.isdir(os.path.join(os.path.abspath(workdir), "checkpoints")))
+  fresh = not os.path.isdir(os.path.join(os.path.abspath(workdir), "checkpoints"))
+  with checked.unlocked():
+    for name in filled_later:  # their files are written by the prerequisite's run, after these checks
+      del checked.init[name]
+  preflight.check_files(checked, fresh=fresh)
+  for name, entry in prerequisites_lib.active(config).items():
+    try:
+      preflight.check_run_config(entry.config)
+    except preflight.ConfigError as e:
+      raise preflight.ConfigError(f"prerequisite {name!r} (config field prerequisites.{name}.config): {e}") from None
+
+
+def _with_prerequisites_filled_in(config: ml_collections.ConfigDict,
+                                  workdir: str) -> tuple[ml_collections.ConfigDict, list[str]]:
+  """(a copy of ``config`` as its prerequisites will leave it, the init entries they fill in): each prerequisite's
+  init path is its run directory and its report fields hold the finished report's values, or 1 where it has not
+  run yet (a stand-in of the field's type: the checks are about structure, not these values)."""
+  checked = copy.deepcopy(config)
+  filled = []
+  for name, entry in prerequisites_lib.active(config).items():
+    directory = prerequisites_lib.run_dir(name, entry, workdir)
+    report = prerequisites_lib.finished_report(directory, entry.config) or {}
+    stand_in = {key: report.get(key, 1) for _, key in entry.report_fields}
+    prerequisites_lib.apply(checked, name, entry, directory, stand_in)
+    if entry.init:
+      filled.append(str(entry.init))
+  return checked, filled
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, stop_after_step: int | None = None) -> dict:
