@@ -9,7 +9,7 @@ import pytest
 
 from lamp_jax import specs
 from lamp_jax.models import lamp as lamp_model
-from lamp_jax.models import flops, lamp_config, motion_expert, registry
+from lamp_jax.models import flops, lamp_config, motion_expert, paligemma, registry
 
 lamp = registry.get("lamp")
 
@@ -242,7 +242,7 @@ def test_openpi_dummy_preset_has_pi0_test_sizes_and_equal_flops():
   tokens, horizon 10, action dim 8) w/o motion, with a DiT action expert of π0's analytic cost: 38.49 GFLOP per
   ``sample_actions`` and 459.5 GFLOP per batch-4 train step for π0, computed here from its layer shapes."""
   cfg = lamp.model_config("openpi_dummy")
-  vlm = lamp_model.paligemma.config_from_dict(cfg.vlm)
+  vlm = paligemma.config_from_dict(cfg.vlm)
   assert (vlm.vision.width, vlm.vision.depth, vlm.vision.mlp_dim, vlm.vision.num_heads) == (384, 12, 1536, 6)
   assert (vlm.vision.patch_size, vlm.vision.image_size, vlm.vision.num_patches) == (14, 224, 256)
   assert (vlm.llm.width, vlm.llm.depth, vlm.llm.mlp_dim, vlm.llm.num_heads, vlm.llm.num_kv_heads,

@@ -366,7 +366,11 @@ def test_all_variants_shapes_and_paper_size():
   assert pi0_config.prefix_length(dummy) == 3 * 256 + 48  # 3 cameras x 16 x 16 patches of 14 px at 224^2
   assert pi0_model.vlm_and_expert_configs(dummy)[1] == gemma_lib.get_config("dummy")
   # 'sim' shares LaMP's 'sim' VLM, so that the two policies compare on the same encoder and data.
-  assert pi0.model_config("sim").vlm.to_dict() == lamp_config.model_config("sim").vlm.to_dict()
+  lamp_vlm = lamp_config.model_config("sim").vlm.to_dict()
+  for key in ("kind", "film_cnn"):  # LaMP's choice of prefix encoder (PaliGemma here); π0 always reads PaliGemma
+    lamp_vlm.pop(key)
+  assert lamp_config.model_config("sim").vlm.kind == "paligemma"
+  assert pi0.model_config("sim").vlm.to_dict() == lamp_vlm
   assert counts["tiny"]["vlm"] < 1e6 and sum(counts["sim"].values()) < 3e6
 
 
@@ -480,7 +484,7 @@ def test_train_checkpoint_policy_serve_in_process_without_lamp(tmp_path, monkeyp
   size = CFG.image_size
   observation = {"image_primary": rs.randint(0, 256, (size, size, 3)).astype(np.uint8),
                  "image_wrist": rs.randint(0, 256, (size, size, 3)).astype(np.uint8),
-                 "state": rs.normal(size=specs.SIM_STATE_DIM).astype(np.float32)}
+                 "state": rs.normal(size=CFG.proprio_dim).astype(np.float32)}  # the served spec: exact length
   # Synthetic-data runs read the model's camera names (no dataset camera mapping).
   spec = {k: server_lib.ArraySpec("uint8", (None, None, 3)) for k in ("image_primary", "image_wrist")}
   spec["state"] = server_lib.ArraySpec("float32", (None,), required=True, max_dim=64)

@@ -62,8 +62,14 @@ def host_load() -> dict:
 
 
 def peak_rss_gb() -> float:
-  """Peak resident set size of this process so far, GB (Linux ``ru_maxrss`` is in KiB)."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+  """Peak resident set size of this process so far, GB (Linux ``ru_maxrss`` is in KiB); never below the current
+  RSS read from ``/proc`` (the two counters are sampled differently)."""
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+  try:
+    with open("/proc/self/statm") as f:
+      return max(peak, int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9)
+  except OSError:
+    return peak
 
 
 def current_rss_gb() -> float:
@@ -72,7 +78,7 @@ def current_rss_gb() -> float:
     with open("/proc/self/statm") as f:
       return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
   except OSError:
-    return peak_rss_gb()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
 def executable_memory(compiled) -> dict:
