@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "ml_collections==1.1.0",
     "absl-py==2.5.1",
     "numpy>=1.26,<3",
+    "scipy==1.17.1",  # also a jax dependency; lamp_jax.probe imports it directly (KD-trees, digamma)
     "tensorflow-cpu==2.21.0",
     "tensorflow-datasets==4.9.10",
     "mujoco==4.0.0",
@@ -27,18 +28,23 @@ INSTALL_REQUIRES = [
     "imageio-ffmpeg==0.8.1",
     "tensorboardX==2.6.5",
     "pillow==13.0.0",
+    # Train-time crop + colour jitter (lamp_jax/data/augment.py); optical-flow estimators (DIS, Farneback) for
+    # datasets without flow (lamp_jax/data/flow_estimation.py).
+    "opencv-python-headless==5.1.0.95",
     "importlib_resources==7.1.0",  # tfds.dataset_builders.store_as_tfds_dataset imports it
 ]
 
 EXTRAS_REQUIRE = {
-    # Tests: HF parity needs torch (CPU build) and transformers.
+    # Tests: HF parity needs torch (CPU build) and transformers; the VAE's parity / import tests need diffusers.
     "test": [
         "pytest==9.2.0",
         "pytest-xdist==3.8.0",
         "torch==2.13.0",
         "transformers==5.23.0",
+        "diffusers==0.42.1",
     ],
-    # Converting checkpoints to / from PyTorch (Hugging Face transformers layout).
+    # Converting checkpoints to / from PyTorch (Hugging Face transformers layout) and serving exported policies
+    # with lamp_torch (python -m lamp_jax.serve --export=DIR --backend=torch).
     "torch": ["torch==2.13.0", "transformers==5.23.0"],
     # Ahead-of-time compilation for TPU topologies on a CPU host (python -m lamp_jax.perf.aot).
     "tpu-aot": ["libtpu==0.0.52"],
@@ -52,7 +58,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["lamp_jax", "lamp_jax.*"]),
+    # lamp_torch: the JAX-free PyTorch port of exported policies (needs the 'torch' extra).
+    packages=find_packages(include=["lamp_jax", "lamp_jax.*", "lamp_torch", "lamp_torch.*"]),
     package_data={"lamp_jax": ["sim/assets/*", "sim/assets/**/*"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,

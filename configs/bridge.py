@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import common
 from lamp_jax.data import config as data_config
 from lamp_jax.models import lamp_config
 from lamp_jax.training import defaults
@@ -99,7 +100,7 @@ def parse_mixture(spec: str) -> list[tuple[str, float]]:
 
 def _pipeline(model_cfg: ml_collections.ConfigDict, datasets: list) -> ml_collections.ConfigDict:
   """The data pipeline section matched to the model's cameras, image size, chunk and motion label shapes."""
-  p = data_config.for_model(model_cfg, GLOBAL_BATCH)  # batch: replaced by the per-process share at run time
+  p = common.data_for(model_cfg, GLOBAL_BATCH)  # batch: replaced by the per-process share at run time
   p.datasets = datasets
   return p
 

@@ -4,6 +4,7 @@ r"""LaMP on the built-in tabletop benchmark, from scratch on a CPU machine — t
   python -m lamp_jax.train --config=configs/sim.py:no_motion --workdir=/tmp/lamp_sim_no_motion
   python -m lamp_jax.compare --workdirs=/tmp/lamp_sim,/tmp/lamp_sim_no_motion --names=LaMP,w/o-motion
   python -m lamp_jax.train --config=configs/sim.py:smoke --workdir=/tmp/smoke              # a minute: CI
+  python -m lamp_jax.train --config=configs/sim.py:pi0 --workdir=/tmp/pi0_sim               # π0, same data / budget
 
 What the default does: generate the ``tabletop4`` demonstrations with exact scene-flow labels (once; shared by
 both variants through a cache directory keyed by the generation settings) -> stage 1 'motion': the VLM and the
@@ -21,8 +22,13 @@ steps and the same data it trains the VLM and the Action Expert together in one 
 Budget: sized so that data generation + both stages + evaluation fit the 45-minute CPU budget of the issue
 on the 2-core machine (see the README for measured figures).
 
-Variants (``:variant``): '' (LaMP) · 'no_motion' · 'smoke' / 'smoke_no_motion' (tiny sizes, a few steps,
-4 demonstrations, 1 evaluation episode per task: proves the command end to end).
+π0 (``pi0``): the 'pi0' model library (PaliGemma of the same size as LaMP's + a Gemma action expert attending to
+the VLM's per-layer keys / values) trained like the w/o-motion ablation: one 'action' stage, the same steps,
+optimizer, flow-matching draws per example, batch and generated demonstrations (scene-flow labels are generated
+as for LaMP, so that every variant reads the same cached dataset, and π0 ignores them).
+
+Variants (``:variant``): '' (LaMP) · 'no_motion' · 'pi0' · 'smoke' / 'smoke_no_motion' / 'smoke_pi0' (tiny sizes,
+a few steps, 4 demonstrations, 1 evaluation episode per task: proves the command end to end).
 """
 
 import ml_collections
@@ -30,6 +36,7 @@ import ml_collections
 from configs import common
 from lamp_jax.data import config as data_config
 from lamp_jax.models import lamp_config
+from lamp_jax.models import pi0_config
 from lamp_jax.sim import tasks
 from lamp_jax.training import defaults
 
@@ -38,6 +45,12 @@ SUITE = "tabletop4"
 # "put the yellow cylinder on the orange plate", is 8 words + bos + separator = 10 tokens, as PaliGemma's
 # SentencePiece would give; bytes would need 45 (lamp_config.model_config('sim') budgets 48 for them).
 MAX_WORDS = 12
+# The methods this benchmark compares (python -m lamp_jax.ablate): method -> (variant, smoke variant).
+ABLATION_METHODS = {
+    "lamp": ("", "smoke"),
+    "no_motion": ("no_motion", "smoke_no_motion"),
+    "pi0": ("pi0", "smoke_pi0"),
+}
 
 
 def _model(smoke: bool, use_motion: bool) -> ml_collections.ConfigDict:
@@ -52,21 +65,36 @@ def _model(smoke: bool, use_motion: bool) -> ml_collections.ConfigDict:
   return m
 
 
+def _pi0_model(smoke: bool) -> ml_collections.ConfigDict:
+  m = pi0_config.model_config("sim")
+  if smoke:  # the sizes of LaMP's smoke VLM
+    common.smoke_pi0(m, image_size=32, width=32, mlp_dim=64, max_words=MAX_WORDS, action_horizon=4,
+                     num_inference_steps=3)
+  m.max_token_len = MAX_WORDS
+  return m
+
+
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  variants = ("", "no_motion", "smoke", "smoke_no_motion")
+  variants = ("", "no_motion", "pi0", "smoke", "smoke_no_motion", "smoke_pi0")
   if arg not in variants:
     raise ValueError(f"unknown variant {arg!r} of configs/sim.py (variants: {variants})")
   smoke = arg.startswith("smoke")
-  use_motion = "no_motion" not in arg
+  is_pi0 = arg.endswith("pi0")
+  use_motion = "no_motion" not in arg and not is_pi0
 
   c = defaults.base_config()
   c.seed = 0
-  c.model = _model(smoke, use_motion)
+  c.model = _pi0_model(smoke) if is_pi0 else _model(smoke, use_motion)
   # ~36 GFLOP per stage-2 step at batch 32 (analytic_flops) against a measured ~210 GFLOP/s matmul roof.
   batch = 4 if smoke else 32
   c.data.kind = "pipeline"
   c.data.global_batch_size = batch
   c.data.pipeline = common.fixed_camera_data(c.model, batch)
+  # Every variant generates LaMP's scene-flow labels (the same generation settings, hence one cached dataset for
+  # LaMP, its ablation and π0); the variants that read no scene flow leave it out of their batches (scene_flow off).
+  lamp_model = _model(smoke, use_motion=True)
+  c.data.pipeline.scene_flow_num_points = int(lamp_model.motion.num_keypoints)
+  c.data.pipeline.scene_flow_horizon = int(lamp_model.motion.num_steps)
   c.data.pipeline.datasets = [data_config.dataset_entry(f"lamp_sim_{SUITE}")]  # data_dir set after generation
   if smoke:
     c.data.pipeline.shuffle_buffer_size = 64
@@ -80,8 +108,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.sim_data.suite = SUITE
   c.sim_data.episodes = 4 if smoke else 600
   # Image size, scene-flow points and horizon of the generated labels follow data.pipeline
-  # (experiment.generation_flags), which follows the model (field references: an override of
-  # model.motion.num_keypoints / num_steps reaches the data; defaults.validate rejects any other mismatch).
+  # (experiment.generation_flags), which is derived from the model's data requirements; an override of
+  # model.motion.num_keypoints / num_steps needs data.pipeline.scene_flow_num_points / _horizon too
+  # (defaults.validate names both when they disagree).
   c.sim_data.extra_flags = ("--workers=2",)
 
   motion_steps, action_steps = (3, 3) if smoke else (600, 2400)
@@ -90,8 +119,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # example: VLM 192 MFLOP, Motion Expert 66, Action Expert 34), so 4 action draws per example cost +27 % per
   # stage-2 step for a 4x larger action-expert batch; released LaMP draws once (batch 512 on GPUs).
   motion_repeats, action_repeats = (1, 1) if smoke else (2, 4)
-  c.stage_order, c.stages = common.lamp_stages(use_motion, motion_steps, action_steps, stage1_opt, stage2_opt,
-                                               motion_repeats=motion_repeats, action_repeats=action_repeats)
+  if is_pi0:  # the w/o-motion ablation's single stage
+    c.stage_order, c.stages = common.action_stage(motion_steps + action_steps, stage2_opt,
+                                                  action_repeats=action_repeats)
+  else:
+    c.stage_order, c.stages = common.lamp_stages(use_motion, motion_steps, action_steps, stage1_opt, stage2_opt,
+                                                 motion_repeats=motion_repeats, action_repeats=action_repeats)
   c.ema.decay = 0.0 if smoke else 0.999
   c.checkpoint.every_steps = 3 if smoke else 200
   c.checkpoint.max_to_keep = 2

@@ -18,14 +18,18 @@ Batch (a nested dict of numpy / jax arrays):
     image_secondary    uint8[B, W, Himg, Wimg, 3]  second third-person camera (optional key)
     image_tertiary     uint8[B, W, Himg, Wimg, 3]  third third-person camera (optional key; Bridge image_2,
                                                    the simulator's 'top' camera)
+                                                   — all third-person cameras of a batch row show the SAME step
+                                                   (synchronized views)
     image_mask         dict name -> bool[B, W]     False where the camera is missing (image is zeros)
+    future/<camera>    uint8[B, F, Himg, Wimg, 3]  (optional, data.future_offsets k_1..k_F and data.future_cameras)
+                                                   the frames t + k_f of the current step t, F = len(offsets),
+                                                   with exactly the crop and colour jitter of that camera's
+                                                   current frame; past the episode end (t + k_f > L - 1) the
+                                                   episode's LAST frame, with future_pad_mask False; zeros where
+                                                   the camera is missing (image_mask False)
+    future_pad_mask    bool[B, F]                   (with future/) True where t + k_f is inside the episode
     proprio            float32[B, W, S]             normalised proprioceptive state
     timestep_pad_mask  bool[B, W]                   False for window steps before the episode start
-    future/<camera>    uint8[B, F, Himg, Wimg, 3]   (latent action models) the camera's frames o_{t+k} at
-                                                   the future offsets k of DataRequirements.future_offsets
-                                                   (synchronised with the current frame o_t of every camera)
-    future_pad_mask    bool[B, F]                   False where t + k lies past the episode end: the pair
-                                                   (o_t, o_{t+k}) is padding and must not enter any loss
   task/
     language_instruction  object/bytes[B]           raw text; tokenised on the host by lamp_jax.tokenizer
     tokens             int32[B, L]                  (added by the trainer) token ids, right padded
@@ -39,9 +43,18 @@ Batch (a nested dict of numpy / jax arrays):
                                                    occluded) at that step
   scene_flow_query_mask bool[B, K]                  True where the query point has valid depth
   has_scene_flow       bool[B]                      False for samples without motion labels (loss masked)
-  optical_flow         uint8[B, Himg, Wimg, 3]      (optional, when data.optical_flow is on) HSV-encoded dense
-                                                   optical flow of the primary camera from t to t + k
+                                                   (the five scene_flow* keys are absent when data.scene_flow is
+                                                   False: the model reads no scene flow)
+  optical_flow         uint8[B, Himg, Wimg, 3]      (optional, when data.optical_flow is on) flow image of the
+                                                   primary camera's dense optical flow from t to t + k
+                                                   (lamp_jax.flow_image: hue = direction, saturation =
+                                                   magnitude, value 1; zero flow is white)
   has_optical_flow     bool[B]                      (with optical_flow) False where the dataset has none
+
+What a model reads from this contract is declared once, as a :class:`DataRequirements` (cameras, image size,
+window, action horizon / dims, proprio dim, scene-flow (K, T), future-frame offsets and cameras, optical flow,
+whether actions are optional); ``lamp_jax.data.config.from_requirements`` builds the data config that produces
+it and ``check_requirements`` lists every data field that does not.
 
 UVD convention (owned here, used by the simulator, the data pipeline and the Motion Expert):
   * camera frame: OpenCV — x right, y down, z forward (along the optical axis).
@@ -79,11 +92,12 @@ IMAGE_WRIST = "image_wrist"
 IMAGE_SECONDARY = "image_secondary"
 IMAGE_TERTIARY = "image_tertiary"
 IMAGE_KEYS = (IMAGE_PRIMARY, IMAGE_WRIST, IMAGE_SECONDARY, IMAGE_TERTIARY)
+THIRD_PERSON_IMAGE_KEYS = (IMAGE_PRIMARY, IMAGE_SECONDARY, IMAGE_TERTIARY)
 IMAGE_MASK = "image_mask"
+FUTURE = "future"
+FUTURE_PAD_MASK = "future_pad_mask"
 PROPRIO = "proprio"
 TIMESTEP_PAD_MASK = "timestep_pad_mask"
-FUTURE = "future"  # observation/future/<camera>: uint8[B, F, H, W, 3]
-FUTURE_PAD_MASK = "future_pad_mask"  # observation/future_pad_mask: bool[B, F]
 
 # task/ keys.
 LANGUAGE_INSTRUCTION = "language_instruction"

@@ -10,15 +10,19 @@ Three implementations of one small interface (:class:`Tokenizer`):
 
 :func:`tokenize_prompts` builds PaliGemma prefixes: ``[bos] + encode(text) + encode("\\n")``, right padded.
 All are pure functions of their inputs (deterministic, no randomness, no global state).
+
+This module imports only the standard library and numpy (``ml_collections`` inside :func:`default_config`,
+``sentencepiece`` inside :class:`SentencePieceTokenizer`): the JAX-free PyTorch serving process
+(``lamp_torch``) tokenises with it too, so both backends give the same tokens by construction.
+:func:`from_config` accepts a ConfigDict or a plain dict (the ``tokenizer`` section of an export's config.json).
 """
 
 from __future__ import annotations
 
 import abc
 import os
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
-import ml_collections
 import numpy as np
 
 SEPARATOR = "\n"  # PaliGemma ends the prefix (prompt) with a newline.
@@ -222,9 +226,11 @@ def tokenize_prompts(tokenizer: Tokenizer, texts: Sequence[str | bytes], max_len
   return tokens, mask
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """Tokenizer config section: kind 'bytes' (no file), 'words' (with words) or 'sentencepiece' (with path),
-  max_len, truncate."""
+def default_config():
+  """Tokenizer config section (an ``ml_collections.ConfigDict``): kind 'bytes' (no file), 'words' (with words)
+  or 'sentencepiece' (with path), max_len, truncate."""
+  import ml_collections  # pylint: disable=import-outside-toplevel  (keeps this module's imports JAX-free)
+
   cfg = ml_collections.ConfigDict()
   cfg.kind = "bytes"
   cfg.path = ""
@@ -234,7 +240,7 @@ def default_config() -> ml_collections.ConfigDict:
   return cfg
 
 
-def from_config(cfg: ml_collections.ConfigDict) -> Tokenizer:
+def from_config(cfg: Mapping[str, Any]) -> Tokenizer:
   """The tokenizer of a config section (``cfg.kind`` in {'bytes', 'words', 'sentencepiece'}; ``cfg.words``,
   ``cfg.path``)."""
   kind = cfg.get("kind", None)

@@ -54,7 +54,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from lamp_jax.perf import allocator
+  from lamp_jax import allocator
 
   allocator.reexec_with_tcmalloc("lamp_jax.train")  # XLA:CPU runs 1.75x faster on it (allocator.py)
   flags.mark_flags_as_required(["config", "workdir"])

@@ -3,7 +3,7 @@
 import json
 import os
 
-from lamp_jax.perf import allocator
+from lamp_jax import allocator
 
 if __name__ == "__main__":
   allocator.reexec_with_tcmalloc("tests.allocator_probe")

@@ -1,4 +1,4 @@
-"""lamp_jax.perf.allocator: entry points re-execute themselves once under tcmalloc when it is installed."""
+"""lamp_jax.allocator: entry points re-execute themselves once under tcmalloc when it is installed."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from lamp_jax.perf import allocator
+from lamp_jax import allocator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

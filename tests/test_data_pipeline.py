@@ -322,9 +322,30 @@ def test_val_split_and_inspect_cli(data, tmp_path):
       "  return ml_collections.ConfigDict({'data': cfg})\n")
   plot = tmp_path / "batch.png"
   report = inspect.main([f"--config={config_file}", "--num_batches=2", "--warmup=1", f"--plot={plot}",
-                         f"--output={tmp_path / 'r.json'}"])
+                         f"--output={tmp_path / 'r.json'}", "--config.data.batch_size=3"])
   assert json.loads((tmp_path / "r.json").read_text()) == json.loads(json.dumps(report))
   assert report["datasets"]["lamp_sim_tst"]["num_transitions"] == sum(SIM_LENGTHS)
-  assert report["batch"]["observation/image_primary"] == {"shape": [4, 1, 24, 24, 3], "dtype": "uint8"}
+  # --config.<field>=<value> overrides work as for every command (batch 4 in the file, 3 on the command line).
+  assert report["batch"]["observation/image_primary"] == {"shape": [3, 1, 24, 24, 3], "dtype": "uint8"}
+  with pytest.raises(SystemExit):
+    inspect.main([f"--config={config_file}", "--no_such_flag=1"])
   assert report["throughput"]["frames_per_s"] > 0 and report["throughput"]["cpu_s_per_1000_frames"] > 0
   assert plot.stat().st_size > 1000
+
+
+def test_subsampled_steps_keep_their_true_action_chunks(data, tmp_path):
+  """subsample_length keeps a subset of CHUNKED steps (Octo's order): before the fix the chunks were built from
+  the subsampled, non-consecutive steps, so a kept step's chunk held actions of other steps."""
+  H = 4
+  cfg = make_cfg(data, tmp_path, batch_size=5, action_horizon=H, subsample_length=3, action_normalization="none",
+                 proprio_normalization="none", cameras=("image_primary",), shuffle_buffer_size=1)
+  cfg.datasets[0].standardize_kwargs = {"binarize_gripper": False, "relabel_actions": False}
+  it = pipeline.make_train_iterator(cfg, seed=2, process_index=0, process_count=1)
+  raw_states = [np.stack([s["observation"]["state"] for s in ep["steps"]]) for ep in data["bridge_eps"]]
+  raw_actions = [np.stack([s["action"] for s in ep["steps"]]) for ep in data["bridge_eps"]]
+  for _ in range(6):
+    batch = next(it)
+    for b in range(5):
+      e, t = _locate(raw_states, batch["observation"]["proprio"][b, -1])
+      want = raw_actions[e][np.minimum(t + np.arange(H), BRIDGE_LENGTHS[e] - 1)]
+      np.testing.assert_allclose(batch["action"][b, :, :7], want, atol=1e-6)

@@ -14,6 +14,7 @@ from lamp_jax.models import lamp_config, registry
 lamp = registry.get("lamp")
 
 
+
 def test_an_ignored_input_has_ratio_one_and_used_inputs_do_not():
   cfg = lamp.model_config("tiny")
   cfg.use_proprio = False  # the model cannot see the state: shuffling it must change nothing, exactly

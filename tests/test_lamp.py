@@ -13,6 +13,7 @@ from lamp_jax.models import lamp_config, motion_expert, registry
 
 lamp = registry.get("lamp")
 
+
 CFG = lamp.model_config("tiny")
 B = 2
 # XLA CPU compilation dominates these tests; the unoptimised backend compiles ~2x faster, same semantics.

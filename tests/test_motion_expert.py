@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from lamp_jax.models import lamp_config, registry
-
-lamp = registry.get("lamp")
 from lamp_jax.models import flow_matching as fm
 from lamp_jax.models import motion_expert as me
+
+lamp = registry.get("lamp")
 
 CFG = lamp.model_config("tiny")
 FAST_COMPILE = {"xla_backend_optimization_level": 0}  # compile time dominates; same semantics

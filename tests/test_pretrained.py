@@ -16,6 +16,8 @@ from lamp_jax.training import pretrained
 from lamp_jax.training import sharding as sharding_lib
 from lamp_jax.training import state as state_lib
 
+lamp = registry.get("lamp")
+
 
 def _random_like(abstract, seed):
   rs = np.random.RandomState(seed)
@@ -40,7 +42,6 @@ def fresh():
   return model_cfg, state, shardings, other
 
 
-lamp = registry.get("lamp")
 
 
 def _config(path, **kw):

@@ -13,10 +13,10 @@ import pytest
 
 from lamp_jax import tokenizer as tokenizer_lib
 from lamp_jax.models import lamp_config, registry
-
-lamp = registry.get("lamp")
 from lamp_jax.sim import tasks
 from lamp_jax.training import trainer as trainer_lib
+
+lamp = registry.get("lamp")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,8 +84,9 @@ def test_sim_model_variant_byte_budget_fits_every_instruction():
 
 
 def test_model_overrides_reach_the_generated_labels_and_mismatches_are_rejected_by_name():
-  """Bug guarded: ``--config.model.motion.num_keypoints=256`` used to leave data.pipeline and the generation flags
-  at 64 (the cache key too), so the run read 64-point labels for a 256-point model."""
+  """Bug guarded: ``--config.model.motion.num_keypoints=256`` once left data.pipeline and the generation flags at 64
+  (the cache key too), so the run read 64-point labels for a 256-point model. Now the data config is derived from
+  the model's data requirements when the config is made, and a later model-only override is rejected by name."""
   from lamp_jax import experiment  # pylint: disable=g-import-not-at-top
   from lamp_jax.training import defaults  # pylint: disable=g-import-not-at-top
 
@@ -93,8 +94,11 @@ def test_model_overrides_reach_the_generated_labels_and_mismatches_are_rejected_
   base_dir = experiment.sim_dataset_dir(c, "/unused")
   assert experiment.generation_flags(c)[:3] == ["--image-size=64", "--num-points=64", "--flow-steps=8"]
   c.model.motion.num_keypoints, c.model.motion.num_steps = 256, 6
+  with pytest.raises(ValueError, match=r"data\.pipeline\.scene_flow_num_points, scene_flow_horizon=\(64, 8\) but "
+                     r"the model reads scene flow \(K, T\) = \(256, 6\)"):
+    defaults.validate(c)
+  c.data.pipeline.scene_flow_num_points, c.data.pipeline.scene_flow_horizon = 256, 6
   defaults.validate(c)
-  assert (c.data.pipeline.scene_flow_num_points, c.data.pipeline.scene_flow_horizon) == (256, 6)
   assert experiment.generation_flags(c)[:3] == ["--image-size=64", "--num-points=256", "--flow-steps=6"]
   assert experiment.sim_dataset_dir(c, "/unused") != base_dir  # another cache entry
   c.model.action_horizon = 5
@@ -108,3 +112,13 @@ def test_model_overrides_reach_the_generated_labels_and_mismatches_are_rejected_
   c.sim_data.extra_flags = ("--num-points=16",)
   with pytest.raises(ValueError, match=r"sim_data\.extra_flags"):
     experiment.generation_flags(c)
+
+
+def test_every_variant_reads_the_same_generated_dataset():
+  """LaMP, its ablation and π0 compare on the same demonstrations: one cache entry per budget (bug guarded: the
+  ablation once asked for scene-flow labels of another size, so it would have generated its own dataset)."""
+  from lamp_jax import experiment  # pylint: disable=g-import-not-at-top
+
+  for variants in (("", "no_motion", "pi0"), ("smoke", "smoke_no_motion", "smoke_pi0")):
+    dirs = {experiment.sim_dataset_dir(_sim_config(v), "/unused") for v in variants}
+    assert len(dirs) == 1, (variants, dirs)

@@ -5,7 +5,7 @@ import copy
 import numpy as np
 import pytest
 
-from lamp_jax import specs
+from lamp_jax import flow_image, specs
 from lamp_jax.sim import env as env_lib
 from lamp_jax.sim import experts, optical_flow, scene_flow, tasks
 
@@ -164,7 +164,7 @@ def test_occluded_and_out_of_view_points_are_masked():
   np.testing.assert_array_equal(flow["scene_flow"][0, :, 1], flow["scene_flow"][0, :, 2])
 
 
-def test_optical_flow_matches_scene_flow_and_encodes_hsv():
+def test_optical_flow_matches_scene_flow_and_encodes_flow_images():
   env = env_lib.TabletopEnv(render=False)
   env.reset(tasks.sample_task("drawer", 2))
   frames = [env.frame()]
@@ -182,9 +182,16 @@ def test_optical_flow_matches_scene_flow_and_encodes_hsv():
   expected = (sf["scene_flow"][0, :, 1, :2] - uv) * size  # step t+2
   np.testing.assert_allclose(dense[px[ok, 1], px[ok, 0]], expected[ok], atol=1e-3)
   assert np.abs(dense).max() > 0.5  # the hand moved
-  rgb = optical_flow.flow_to_rgb(dense, 0.25 * size)
-  assert rgb.dtype == np.uint8 and rgb.shape == (size, size, 3)
-  np.testing.assert_array_equal(rgb[np.hypot(dense[..., 0], dense[..., 1]) == 0], 0)  # zero flow is black
-  # Pure +x flow at full magnitude is red; +y (down) is yellow-green-ish hue 90 deg: (127, 255, 0).
-  np.testing.assert_array_equal(optical_flow.flow_to_rgb(np.array([[[2.0, 0.0]]]), 2.0)[0, 0], [255, 0, 0])
-  np.testing.assert_array_equal(optical_flow.flow_to_rgb(np.array([[[0.0, 2.0]]]), 2.0)[0, 0], [128, 255, 0])
+  # The episode's flow images are the shared encoding (lamp_jax.flow_image) of exactly this flow.
+  images = optical_flow.flow_images(env.model, frames, 2, "front", size, size, max_magnitude=0.25 * size)
+  assert images.dtype == np.uint8 and images.shape == (3, size, size, 3)
+  np.testing.assert_array_equal(images[0], flow_image.flow_to_rgb(dense, 0.25 * size))
+  np.testing.assert_array_equal(images[2], 255)  # the last frame's flow is to itself: zero flow is white
+  np.testing.assert_array_equal(images[0][np.hypot(dense[..., 0], dense[..., 1]) == 0], 255)
+  # Decoding recovers the exact flow up to quantisation where it is below max_magnitude.
+  inside = np.hypot(dense[..., 0], dense[..., 1]) < 0.25 * size
+  decoded = flow_image.rgb_to_flow(images[0], 0.25 * size)
+  assert np.abs(decoded - dense)[inside].max() <= 1.2 * 0.25 * size / 255
+  # The default normaliser is the paper's 64 px at 224 px width, scaled to this width.
+  np.testing.assert_array_equal(optical_flow.flow_images(env.model, frames[:1] + frames[2:], 1, "front", size, size)[0],
+                                flow_image.flow_to_rgb(dense, 64.0 * size / 224))

@@ -62,7 +62,19 @@ def default_data_config() -> ml_collections.ConfigDict:
   cfg.max_proprio_dim = 8  # S: proprio is zero-padded to this many dimensions
   cfg.image_size = (224, 224)  # (height, width) of every camera image in the batch
   cfg.cameras = ("image_primary", "image_wrist")  # spec image keys emitted (subset of specs.IMAGE_KEYS)
+  # Future frames observation/future/<camera> uint8[B, F, h, w, 3] + observation/future_pad_mask bool[B, F]: the
+  # frame t + k of every offset k (>= 1; k = action_horizon is the frame right after the action chunk), for the
+  # cameras listed (a subset of ``cameras``), with exactly the crop and colour jitter of the camera's current frame.
+  # Past the episode end the image is the episode's last frame and the pad mask False. Empty: nothing decoded.
+  cfg.future_offsets = ()
+  cfg.future_cameras = ()
+  # Stored images whose aspect ratio differs from image_size (distorted by the resize) or that have 1 / 4 channels
+  # (converted to RGB): 'log' = accept, one warning per dataset, key and stored geometry; 'error' = DataError.
+  cfg.image_mismatch = "log"
   # --- motion labels ------------------------------------------------------------------------------------
+  # True: the batch has the scene_flow* keys (zeros and has_scene_flow=False for datasets without labels);
+  # False: no scene-flow keys (a model that reads no scene flow; nothing carried per frame).
+  cfg.scene_flow = True
   cfg.scene_flow_num_points = 400  # K (must match the dataset's scene_flow labels when it has them)
   cfg.scene_flow_horizon = 32  # T
   # Optional optical-flow images (batch keys optical_flow uint8[B, Himg, Wimg, 3] + has_optical_flow bool[B]):
@@ -96,9 +108,13 @@ def default_data_config() -> ml_collections.ConfigDict:
   cfg.num_parallel_calls = 8  # threads for trajectory transforms (split by weight) and frame decode
   cfg.prefetch = 2  # batches
   cfg.ram_budget_gb = 0  # >0: tf.data autotune RAM budget
-  cfg.validate_episodes = True  # check every episode's keys/shapes/finite values on the host (names the file)
+  # Check every episode on the host the first time it is read: keys, shapes, NaN / inf in every float key, image
+  # headers (truncated / corrupt images), length; errors name the file, episode and key (or are counted skips).
+  cfg.validate_episodes = True
   # --- robustness / reproducibility ---------------------------------------------------------------------------
-  cfg.skip_bad = False  # True: bad episodes/files are counted and logged instead of raising DataError
+  # True: bad episodes / files are counted (once per dataset; per pass in SkipCounter.occurrences) and logged
+  # instead of raising DataError.
+  cfg.skip_bad = False
   cfg.deterministic = False  # fixed seed + deterministic tf.data ordering (slower: no out-of-order maps)
   # Resuming in deterministic mode: 'skip' = produce and drop start_batch batches (the exact same stream);
   # 'reseed' = fold start_batch into the seed (instant, reproducible, but a different stream than uninterrupted).
@@ -106,18 +122,69 @@ def default_data_config() -> ml_collections.ConfigDict:
   return cfg
 
 
-def for_model(model_cfg, batch_size: int) -> ml_collections.ConfigDict:
-  """``default_data_config`` with the fields a LaMP model fixes: one frame (window 1), its action horizon, action
-  / proprio dims, image size and cameras; scene-flow K / T as field references to ``model_cfg.motion`` (an
-  override of the model's num_keypoints / num_steps reaches the data)."""
+def from_requirements(requirements, batch_size: int) -> ml_collections.ConfigDict:
+  """``default_data_config`` with every field a model fixes, from its ``specs.DataRequirements``.
+
+  Cameras, square image size, window, action horizon / dims (kept at their defaults where the model needs no
+  actions: 0), proprio dim, scene flow (``scene_flow`` on with K / T, or off), future frames and optical flow.
+  """
   d = default_data_config()
-  d.batch_size = batch_size
-  d.window_size = 1
-  d.action_horizon = int(model_cfg.action_horizon)
-  d.max_action_dim = int(model_cfg.action_dim)
-  d.max_proprio_dim = int(model_cfg.proprio_dim)
-  d.image_size = (int(model_cfg.image_size), int(model_cfg.image_size))
-  d.cameras = tuple(model_cfg.image_keys)
-  d.scene_flow_num_points = model_cfg.motion.get_ref("num_keypoints")
-  d.scene_flow_horizon = model_cfg.motion.get_ref("num_steps")
+  d.batch_size = int(batch_size)
+  d.window_size = int(requirements.window)
+  if requirements.action_horizon:
+    d.action_horizon = int(requirements.action_horizon)
+  if requirements.action_dim:
+    d.max_action_dim = int(requirements.action_dim)
+  if requirements.proprio_dim:
+    d.max_proprio_dim = int(requirements.proprio_dim)
+  d.image_size = (int(requirements.image_size), int(requirements.image_size))
+  d.cameras = tuple(requirements.cameras)
+  d.scene_flow = requirements.scene_flow is not None
+  if requirements.scene_flow is not None:
+    d.scene_flow_num_points, d.scene_flow_horizon = (int(v) for v in requirements.scene_flow)
+  d.future_offsets = tuple(int(k) for k in requirements.future_offsets)
+  d.future_cameras = tuple(requirements.future_cameras)
+  d.optical_flow = bool(requirements.optical_flow)
   return d
+
+
+def check_requirements(data_cfg, requirements) -> list[str]:
+  """What ``data_cfg`` does not give a model with these ``specs.DataRequirements``: one line per mismatch, naming
+  the data field, its value and the model's (empty list: the batches fit the model)."""
+  problems = []
+
+  def mismatch(field, value, wanted, what):
+    problems.append(f"data.{field}={value!r} but the model {what} {wanted!r}")
+
+  missing = [c for c in requirements.cameras if c not in tuple(data_cfg.cameras)]
+  if missing:
+    mismatch("cameras", tuple(data_cfg.cameras), tuple(requirements.cameras), f"reads cameras {missing} of")
+  size = (int(requirements.image_size),) * 2
+  if tuple(int(s) for s in data_cfg.image_size) != size:
+    mismatch("image_size", tuple(data_cfg.image_size), size, "reads square images of size")
+  if int(data_cfg.window_size) != int(requirements.window):
+    mismatch("window_size", int(data_cfg.window_size), int(requirements.window), "reads an observation window of")
+  if requirements.action_horizon and int(data_cfg.action_horizon) != int(requirements.action_horizon):
+    mismatch("action_horizon", int(data_cfg.action_horizon), int(requirements.action_horizon),
+             "predicts action chunks of")
+  if requirements.action_dim and int(data_cfg.max_action_dim) != int(requirements.action_dim):
+    mismatch("max_action_dim", int(data_cfg.max_action_dim), int(requirements.action_dim), "has action_dim")
+  if requirements.proprio_dim and int(data_cfg.max_proprio_dim) != int(requirements.proprio_dim):
+    mismatch("max_proprio_dim", int(data_cfg.max_proprio_dim), int(requirements.proprio_dim), "has proprio_dim")
+  if requirements.scene_flow is not None:
+    if not data_cfg.get("scene_flow", True):
+      mismatch("scene_flow", False, True, "reads scene flow:")
+    got = (int(data_cfg.scene_flow_num_points), int(data_cfg.scene_flow_horizon))
+    if got != tuple(int(v) for v in requirements.scene_flow):
+      mismatch("scene_flow_num_points, scene_flow_horizon", got, tuple(requirements.scene_flow),
+               "reads scene flow (K, T) =")
+  offsets = tuple(int(k) for k in data_cfg.get("future_offsets", ()))
+  if offsets != tuple(int(k) for k in requirements.future_offsets):
+    mismatch("future_offsets", offsets, tuple(requirements.future_offsets), "reads future frames at offsets")
+  missing = [c for c in requirements.future_cameras if c not in tuple(data_cfg.get("future_cameras", ()))]
+  if missing:
+    mismatch("future_cameras", tuple(data_cfg.get("future_cameras", ())), tuple(requirements.future_cameras),
+             f"reads future frames of {missing} among")
+  if requirements.optical_flow and not data_cfg.get("optical_flow", False):
+    mismatch("optical_flow", False, True, "reads optical flow:")
+  return problems

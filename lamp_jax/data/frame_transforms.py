@@ -3,13 +3,15 @@
 Axis letters: W observation window · h, w output image size · K scene-flow points · T future flow steps.
 
 Resizing follows the specs UVD convention (pixel i covers [i, i + 1) in normalised units i / size): at eval time
-``tf.image.resize`` (bilinear, half-pixel centres). The train-time random resized crop samples a box
-(x0, y0, bw, bh) in normalised units and resamples it with ``tf.image.crop_and_resize`` using box corners
-converted so that output pixel centre j samples the source at y0 + (j + 0.5) / h * bh — the same convention, so a
-full-image box equals the eval resize exactly. Scene-flow UV of the primary camera move with its crop:
-u -> (u - x0) / bw, v -> (v - y0) / bh; points that leave [0, 1) are masked.
-The crop and the colour jitter are sampled once per example and camera (stateless, from the example's seed) and
-applied identically to all W window frames. Missing cameras stay zero images.
+``tf.image.resize`` (bilinear, half-pixel centres; the inference preprocessor does the same). The train-time
+random resized crop samples a box (x0, y0, bw, bh) in normalised units; output pixel centre j samples the source
+at y0 + (j + 0.5) / h * bh — the same convention, so a full-image box equals the eval resize. The resampling and
+the colour jitter run on the host in OpenCV (``lamp_jax.data.augment``, called through ``tf.numpy_function``);
+:func:`crop_and_resize` and :func:`color_jitter` here are their TensorFlow reference (tests compare the two).
+Scene-flow UV of the primary camera move with its crop: u -> (u - x0) / bw, v -> (v - y0) / bh; points that
+leave [0, 1) are masked. The crop and the colour factors are sampled once per example and camera (stateless,
+from the example's seed: :func:`sample_crop`, :func:`sample_color`) and applied identically to all W window
+frames and the camera's future frames (``data.future_offsets``). Missing cameras stay zero images.
 
 Optical-flow images (``data.optical_flow``; one per example, the current step) are decoded here too, resized
 like the cameras and, at train time, resampled with exactly image_primary's crop box so the flow stays aligned
@@ -28,6 +30,7 @@ import math
 import tensorflow as tf
 
 from lamp_jax import specs
+from lamp_jax.data import augment
 
 
 def decode_image(encoded: tf.Tensor, size, present=True) -> tf.Tensor:
@@ -91,18 +94,33 @@ def crop_and_resize(images: tf.Tensor, box: tf.Tensor, size) -> tf.Tensor:
 
 
 def color_jitter(images: tf.Tensor, seed: tf.Tensor, data_cfg) -> tf.Tensor:
-  """float32[W, h, w, 3] in [0, 255] -> jittered, same factors for every window frame (Octo's order)."""
+  """float32[W, h, w, 3] in [0, 255] -> jittered with the factors of :func:`sample_color` (TF reference of
+  ``augment.jitter``: Octo's order, values clipped to [0, 1] after each step; same factors for every frame)."""
+  brightness, contrast, saturation, hue = tf.unstack(sample_color(seed, data_cfg))
+  x = tf.clip_by_value(images / 255.0 + brightness, 0.0, 1.0)
+  x = tf.clip_by_value(tf.image.adjust_contrast(x, contrast), 0.0, 1.0)
+  x = tf.clip_by_value(tf.image.adjust_saturation(x, saturation), 0.0, 1.0)
+  x = tf.clip_by_value(tf.image.adjust_hue(x, hue), 0.0, 1.0)
+  return x * 255.0
+
+
+def jitter_enabled(data_cfg) -> bool:
+  return bool(data_cfg.brightness > 0 or tuple(data_cfg.contrast) != (1.0, 1.0) or
+              tuple(data_cfg.saturation) != (1.0, 1.0) or data_cfg.hue > 0)
+
+
+def sample_color(seed: tf.Tensor, data_cfg) -> tf.Tensor:
+  """float32[4] (brightness delta ~ U(+-brightness), contrast ~ U(contrast), saturation ~ U(saturation), hue delta
+  ~ U(+-hue)); identity values for disabled ones. The draws of tf.image.stateless_random_* for the same seeds."""
   seeds = tf.random.experimental.stateless_split(seed, 4)
-  x = images / 255.0
-  if data_cfg.brightness > 0:
-    x = tf.image.stateless_random_brightness(x, data_cfg.brightness, seeds[0])
-  if tuple(data_cfg.contrast) != (1.0, 1.0):
-    x = tf.image.stateless_random_contrast(x, data_cfg.contrast[0], data_cfg.contrast[1], seeds[1])
-  if tuple(data_cfg.saturation) != (1.0, 1.0):
-    x = tf.image.stateless_random_saturation(x, data_cfg.saturation[0], data_cfg.saturation[1], seeds[2])
-  if data_cfg.hue > 0:
-    x = tf.image.stateless_random_hue(x, data_cfg.hue, seeds[3])
-  return tf.clip_by_value(x, 0.0, 1.0) * 255.0
+  uniform = lambda s, low, high: tf.random.stateless_uniform([], s, low, high)  # noqa: E731
+  brightness = uniform(seeds[0], -data_cfg.brightness, data_cfg.brightness) if data_cfg.brightness > 0 else 0.0
+  contrast = (uniform(seeds[1], data_cfg.contrast[0], data_cfg.contrast[1])
+              if tuple(data_cfg.contrast) != (1.0, 1.0) else 1.0)
+  saturation = (uniform(seeds[2], data_cfg.saturation[0], data_cfg.saturation[1])
+                if tuple(data_cfg.saturation) != (1.0, 1.0) else 1.0)
+  hue = uniform(seeds[3], -data_cfg.hue, data_cfg.hue) if data_cfg.hue > 0 else 0.0
+  return tf.cast(tf.stack([brightness, contrast, saturation, hue]), tf.float32)
 
 
 def crop_scene_flow(frame: dict, box: tf.Tensor) -> dict:
@@ -125,37 +143,67 @@ def crop_scene_flow(frame: dict, box: tf.Tensor) -> dict:
   return frame
 
 
+def _host_augment(images: tf.Tensor, box: tf.Tensor, color: tf.Tensor, size, *, crop_on: bool,
+                  jitter_on: bool) -> tf.Tensor:
+  """uint8[N, h0, w0, 3] -> uint8[N, h, w, 3] through ``augment.augment_frames`` (OpenCV, on this thread)."""
+  def run(images_np, box_np, color_np):
+    return augment.augment_frames(images_np, box_np, color_np, size, crop_on=crop_on, jitter_on=jitter_on)
+
+  out = tf.numpy_function(run, [images, box, color], tf.uint8, stateful=False)
+  out.set_shape([images.shape[0], size[0], size[1], 3])
+  return out
+
+
+def _decode_stack(encoded: tf.Tensor, present: tf.Tensor, size, count: int) -> tf.Tensor:
+  """string[N] -> uint8[N, h0, w0, 3] at the stored size (zeros of ``size`` where not present)."""
+  return tf.stack([decode_image(encoded[n], size, present[n]) for n in range(count)])
+
+
 def decode_and_augment(frame: dict, seed: tf.Tensor, data_cfg, train: bool) -> dict:
-  """Decode every camera's W encoded frames to uint8[W, h, w, 3]; augment when ``train and data_cfg.augment``."""
+  """Decode every camera's W encoded frames (and F future frames) to uint8[., h, w, 3]; augment when
+  ``train and data_cfg.augment``: one crop box and one set of colour factors per example and camera, applied on
+  the host by ``augment.augment_frames`` to the window and the future frames alike."""
   size = tuple(int(s) for s in data_cfg.image_size)
   observation = dict(frame["observation"])
-  augment = train and bool(data_cfg.augment)
+  future = dict(observation.get(specs.FUTURE, {}))
+  augment_on = train and bool(data_cfg.augment)
+  jitter_on = augment_on and jitter_enabled(data_cfg)
+  window = int(data_cfg.window_size)
   camera_seeds = tf.random.experimental.stateless_split(seed, len(data_cfg.cameras) * 2)
   primary_box = None  # the crop box of image_primary when it is cropped (shared with the optical flow)
+  frame = dict(frame)
   for i, camera in enumerate(data_cfg.cameras):
     encoded = observation[camera]  # string[W]
-    window = int(data_cfg.window_size)
-    present = observation[specs.IMAGE_MASK][camera]
-    if augment:  # decode at the stored size: the crop samples the original pixels
-      images = tf.stack([decode_image(encoded[w], size, present[w]) for w in range(window)])
-    else:
-      images = tf.stack([resize(decode_image(encoded[w], size, present[w]), size) for w in range(window)])
-    if augment and camera in tuple(data_cfg.augment_cameras):
-      box = sample_crop(camera_seeds[2 * i], data_cfg.crop_scale, data_cfg.crop_ratio)
-      floats = crop_and_resize(images, box, size)
-      if camera == specs.IMAGE_PRIMARY:
-        frame = crop_scene_flow(frame, box)
+    present = observation[specs.IMAGE_MASK][camera]  # bool[W]
+    count = window
+    if camera in future:  # the future frames ride along: same decode, same crop, same jitter
+      num_future = int(future[camera].shape[0])
+      encoded = tf.concat([encoded, future[camera]], axis=0)
+      present = tf.concat([present, tf.fill([num_future], present[-1])], axis=0)
+      count += num_future
+    crop_on = augment_on and camera in tuple(data_cfg.augment_cameras)
+    if augment_on:
+      box = sample_crop(camera_seeds[2 * i], data_cfg.crop_scale, data_cfg.crop_ratio) if crop_on else \
+          tf.constant([0.0, 0.0, 1.0, 1.0])
+      color = sample_color(camera_seeds[2 * i + 1], data_cfg)
+      images = tf.cond(
+          tf.reduce_any(present),
+          lambda: _host_augment(_decode_stack(encoded, present, size, count), box, color, size, crop_on=crop_on,
+                                jitter_on=jitter_on),
+          lambda: tf.zeros([count, size[0], size[1], 3], tf.uint8))
+      if crop_on and camera == specs.IMAGE_PRIMARY:
+        if specs.SCENE_FLOW in frame:
+          frame = crop_scene_flow(frame, box)
         primary_box = box
     else:
-      floats = tf.cast(resize(images, size), tf.float32)
-    mask = observation[specs.IMAGE_MASK][camera]
-    if augment:  # (not on missing cameras: they stay zeros anyway)
-      floats = tf.cond(tf.reduce_any(mask), lambda: color_jitter(floats, camera_seeds[2 * i + 1], data_cfg),
-                       lambda: floats)
-    images = tf.where(mask[:, None, None, None], to_uint8(floats), tf.zeros_like(to_uint8(floats)))
-    images.set_shape([None, size[0], size[1], 3])
-    observation[camera] = images
-  frame = dict(frame)
+      images = tf.stack([resize(decode_image(encoded[n], size, present[n]), size) for n in range(count)])
+    images = tf.where(present[:, None, None, None], images, tf.zeros_like(images))
+    images.set_shape([count, size[0], size[1], 3])
+    observation[camera] = images[:window]
+    if camera in future:
+      future[camera] = images[window:]
+  if future:
+    observation[specs.FUTURE] = future
   frame["observation"] = observation
   if specs.OPTICAL_FLOW in frame:
     frame[specs.OPTICAL_FLOW] = decode_optical_flow(frame[specs.OPTICAL_FLOW], frame[specs.HAS_OPTICAL_FLOW], size,
@@ -165,12 +213,13 @@ def decode_and_augment(frame: dict, seed: tf.Tensor, data_cfg, train: bool) -> d
 
 def decode_optical_flow(encoded: tf.Tensor, present: tf.Tensor, size, box=None) -> tf.Tensor:
   """string scalar (encoded HSV flow image) -> uint8[h, w, 3]: resized like the cameras, or resampled with the
-  crop ``box`` (image_primary's, so both stay aligned). Zeros where not ``present``. Never colour-jittered."""
+  crop ``box`` (image_primary's, by the same host resampling, so both stay aligned). Zeros where not ``present``.
+  Never colour-jittered."""
   image = decode_image(encoded, size, present)[None]
   if box is None:
     out = resize(image, size)
   else:
-    out = to_uint8(crop_and_resize(image, box, size))
+    out = _host_augment(image, box, tf.constant([0.0, 1.0, 1.0, 0.0]), size, crop_on=True, jitter_on=False)
   out = tf.where(tf.cast(present, tf.bool), out, tf.zeros_like(out))[0]
   out.set_shape([size[0], size[1], 3])
   return out

@@ -1,11 +1,16 @@
 """Inspect a data config: dataset sizes, statistics, one batch's shapes and dtypes, throughput — as JSON.
 
-    python -m lamp_jax.data.inspect --config=configs/<name>.py[:variant] [--num_batches=20] [--plot=batch.png]
+    python -m lamp_jax.data.inspect --config=configs/<name>.py[:variant] [--config.<field>=<value> ...]
+        [--num_batches=20] [--plot=batch.png]
+    python -m lamp_jax.data.inspect --config=... --profile      # + CPU-ms per frame of every stage
+    python -m lamp_jax.data.inspect --bench=octo [--cameras=2]  # the Octo-compatible benchmark (data.bench)
 
 The config file exposes ``get_config(arg)`` returning a ConfigDict whose ``data`` field (or ``data.pipeline``,
 as in the training configs) is the data config (``lamp_jax.data.config.default_data_config()`` layout). Throughput is measured after ``--warmup`` batches:
 frames/s (examples per second of this process) and CPU-seconds per 1000 frames (process CPU time, all threads).
-``--plot`` writes a PNG grid of the batch's images (current frame, every camera) with the scene-flow tracks drawn
+``--profile`` adds the per-stage profile of the training pipeline (``lamp_jax.data.profile``: read, parse, shuffle,
+decode, augment, batch; cumulative CPU-ms per frame and each stage's share). ``--bench=octo`` runs
+``lamp_jax.data.bench`` (its own flags follow). ``--plot`` writes a PNG grid of the batch's images (current frame, every camera) with the scene-flow tracks drawn
 on the primary camera.
 """
 
@@ -21,19 +26,22 @@ import time
 import numpy as np
 
 
-def load_config(spec: str):
-  """'path/to/config.py[:arg]' -> the ConfigDict returned by get_config(arg)."""
-  path, _, arg = spec.partition(":")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"--config file not found: {path}")
-  module_spec = importlib.util.spec_from_file_location("_lamp_inspect_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise AttributeError(f"{path} defines no get_config(arg)")
-  config = module.get_config(arg) if arg else module.get_config()
+def load_config(config_args: list[str]):
+  """The run config of ``--config=path/to/config.py[:arg]`` with its ``--config.<field>=<value>`` overrides, parsed
+  exactly as every other command parses them (``ml_collections.config_flags``)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  if not any(a.startswith("--config=") for a in config_args):
+    raise SystemExit("--config=configs/<name>.py[:variant] is required")
+  argv = ["inspect"] + list(config_args)
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "run config", flag_values=flag_values, lock_config=True,
+                                  sys_argv=argv)
+  flag_values(argv)
+  config = flag_values.config
   if "data" not in config:
-    raise KeyError(f"{path}: get_config() returned a config without a 'data' field")
+    raise KeyError(f"{flag_values['config'].config_filename}: get_config() returned a config without a 'data' field")
   return config
 
 
@@ -102,8 +110,17 @@ def plot_batch(batch, path: str, cameras, max_rows: int = 6) -> None:
 
 
 def main(argv=None) -> dict:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if any(a.startswith("--bench") for a in argv):
+    bench_args = [a for a in argv if not a.startswith("--bench")]
+    if "--bench=octo" not in argv:
+      raise SystemExit("--bench takes one value: --bench=octo (the Octo-compatible benchmark, lamp_jax.data.bench)")
+    from lamp_jax.data import bench
+
+    return bench.main(bench_args)
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", required=True, help="configs/<name>.py[:variant] with config.data")
+  parser.add_argument("--config", required=True, help="configs/<name>.py[:variant] with config.data; "
+                      "--config.<field>=<value> overrides follow, as for every command")
   parser.add_argument("--split", default="train", choices=["train", "val"])
   parser.add_argument("--num_batches", type=int, default=20, help="batches timed after warm-up")
   parser.add_argument("--warmup", type=int, default=3, help="batches before timing starts")
@@ -111,13 +128,20 @@ def main(argv=None) -> dict:
   parser.add_argument("--batch_size", type=int, default=0, help="override data.batch_size")
   parser.add_argument("--plot", default="", help="write a PNG grid of one batch here")
   parser.add_argument("--output", default="", help="also write the JSON here")
-  args = parser.parse_args(argv)
+  parser.add_argument("--profile", action="store_true", help="add the per-stage profile (lamp_jax.data.profile)")
+  parser.add_argument("--profile_frames", type=int, default=2048, help="frames timed per profiled stage")
+  parser.add_argument("--bench", default="", help="'octo': run the Octo-compatible benchmark (lamp_jax.data.bench)")
+  args, unknown = parser.parse_known_args(argv)
+  overrides = [a for a in unknown if a.startswith("--config.")]
+  if len(overrides) != len(unknown):
+    parser.error(f"unrecognized arguments: {' '.join(a for a in unknown if a not in overrides)}")
+  config_args = [f"--config={args.config}"] + overrides
 
   from tqdm import tqdm
 
   from lamp_jax.data import pipeline
 
-  config = load_config(args.config)
+  config = load_config(config_args)
   data_cfg = data_config_of(config)
   if args.batch_size:
     data_cfg.batch_size = args.batch_size
@@ -153,7 +177,13 @@ def main(argv=None) -> dict:
       "image_size": list(data_cfg.image_size), "augment": bool(data_cfg.augment and args.split == "train"),
       "action_horizon": int(data_cfg.action_horizon), "cpu_count": os.cpu_count(),
   }
-  report["skipped"] = iterator.skip_counts()
+  report["skipped"] = iterator.skip_counts()  # distinct bad episodes / files per dataset and kind
+  report["skipped_occurrences"] = iterator.skips.occurrences()  # every skip, pass after pass
+  if args.profile:
+    from lamp_jax.data import profile
+
+    report["profile"] = profile.stage_profile(data_cfg, seed=args.seed, num_frames=args.profile_frames)
+    print(profile.format_table(report["profile"]), file=sys.stderr)
   if args.plot:
     plot_batch(batch, args.plot, tuple(data_cfg.cameras))
     report["plot"] = args.plot

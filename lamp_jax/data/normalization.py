@@ -10,7 +10,11 @@ Dimensions whose mask entry is False (the gripper by default) are left raw. Near
 inverse returns the constant.
 
 The cache file ``<cache_dir>/<dataset>_<hash>.json`` is keyed by :meth:`OpenedDataset.info_hash` (dataset name,
-version, features, split sizes, standardisation code and kwargs): change any of these and the stats are recomputed.
+version, features, split sizes, a fingerprint of the files' contents — every file's size and first and last
+64 KiB —, standardisation code and kwargs): change any of these, or regenerate the dataset with another seed
+under the same name and record counts, and the stats are recomputed. The hash is stored in the file and verified
+on load: a cache file that does not match is recomputed and replaced (logged); an explicit ``stats_path`` that
+does not match is an error naming the file.
 """
 
 from __future__ import annotations
@@ -196,9 +200,14 @@ def compute_or_load_stats(opened, data_cfg, *, compute_fn, action_dim=None, prop
                            proprio_dim=proprio_dim, source="file")
   path = cache_path(str(data_cfg.stats_cache_dir), opened.name, info_hash)
   if tf.io.gfile.exists(path):
-    log.info("dataset statistics for %s from cache %s", opened.name, path)
-    return load_stats_file(path, dataset=opened.name, info_hash=info_hash, action_dim=action_dim,
-                           proprio_dim=proprio_dim, source="cache")
+    try:
+      stats = load_stats_file(path, dataset=opened.name, info_hash=info_hash, action_dim=action_dim,
+                              proprio_dim=proprio_dim, source="cache")
+    except errors.DataError as exc:
+      log.warning("dataset statistics cache %s does not verify (%s): recomputing", path, exc)
+    else:
+      log.info("dataset statistics for %s from cache %s", opened.name, path)
+      return stats
   actions, proprio, num_trajectories = compute_fn()
   stats = DatasetStatistics(dataset=opened.name, hash=info_hash, action=ArrayStats.of(actions),
                             proprio=ArrayStats.of(proprio), num_transitions=int(actions.shape[0]),

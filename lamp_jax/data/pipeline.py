@@ -3,10 +3,11 @@
 Per dataset (episode level, threads allocated by mixture weight):
   host-validated episode records (rlds.episode_dataset: this process's files, seeded file order, round-robin)
   -> decode + standardise + normalise + pad (traj_transforms.standard_trajectory)
-  -> optional subsample -> chunk (windows, action chunks, pad masks) -> unbatch to frames
+  -> chunk (windows, action chunks, future frames, pad masks) -> optional subsample -> unbatch to frames
 Mixture (frame level, images still encoded):
-  sample_from_datasets(weights) -> shuffle(shuffle_buffer_size) -> decode/resize/augment (frame_transforms)
-  -> batch(global batch / process_count, drop_remainder) -> prefetch
+  sample_from_datasets(weights) -> shuffle(shuffle_buffer_size) -> decode/resize/augment (frame_transforms;
+  the train-time crop and colour jitter on the host in OpenCV: augment) -> batch(global batch / process_count,
+  drop_remainder; scene-flow placeholders padded to K) -> prefetch
 The iterator yields numpy batches in the layout of lamp_jax/specs.py (language as bytes, host only);
 :func:`to_global_batch` turns one into global ``jax.Array``s on the mesh's data axes.
 
@@ -20,7 +21,10 @@ Per-process seeds: every process folds its ``process_index`` into the seed and r
 
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -92,12 +96,18 @@ def mixture_weights(data_cfg, stats: dict) -> np.ndarray:
   return weights / weights.sum()
 
 
+# Cut points of make_dataset(stop_after=...) for the per-stage profile (lamp_jax.data.profile), in order.
+STAGES = ("read", "parse", "shuffle", "decode", "augment", "batch")
+
+
 def _frames(opened, stats, data_cfg, *, which, seed, process_index, process_count, threads, counter, train,
-            repeat):
+            repeat, stop_after=""):
   files = rlds.file_instructions(opened, which, data_cfg.val_fraction)
   files, record_shard = rlds.shard_for_process(files, process_index, process_count)
   ds = rlds.episode_dataset(opened, files, data_cfg=data_cfg, seed=seed, shuffle=True, repeat=repeat,
                             counter=counter, record_shard=record_shard)
+  if stop_after == "read":
+    return ds
 
   @_graph_fn
   def episode(file_index, episode_index, serialized):
@@ -106,14 +116,41 @@ def _frames(opened, stats, data_cfg, *, which, seed, process_index, process_coun
     return traj_transforms.standard_trajectory(opened, steps, metadata, data_cfg, stats)
 
   ds = ds.map(episode, num_parallel_calls=threads[0])
-  if int(data_cfg.subsample_length) > 0 and train:
-    ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=_derive_seed(seed, 1)).batch(2))
-    ds = ds.map(_graph_fn(lambda traj, s: traj_transforms.subsample(traj, int(data_cfg.subsample_length), s)),
-                num_parallel_calls=threads[1])
+  future_offsets = tuple(int(k) for k in data_cfg.get("future_offsets", ()))
+  future_cameras = tuple(data_cfg.get("future_cameras", ()))
   ds = ds.map(_graph_fn(lambda traj: traj_transforms.chunk(traj, int(data_cfg.window_size),
-                                                           int(data_cfg.action_horizon))),
+                                                           int(data_cfg.action_horizon), future_offsets,
+                                                           future_cameras)),
               num_parallel_calls=threads[1])
+  if int(data_cfg.subsample_length) > 0 and train:  # after chunking: kept steps keep their true chunks
+    ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=_derive_seed(seed, 1)).batch(2))
+    ds = ds.map(_graph_fn(lambda frames, s: traj_transforms.subsample(frames, int(data_cfg.subsample_length), s)),
+                num_parallel_calls=threads[1])
   return ds.unbatch()
+
+
+def _batch(ds: tf.data.Dataset, batch_size: int, data_cfg) -> tf.data.Dataset:
+  """Batch frames; scene-flow placeholders of datasets without labels (K = 1) are padded to K (zeros / False)."""
+  if not data_cfg.get("scene_flow", True):
+    return ds.batch(batch_size, drop_remainder=True)
+  k, t = int(data_cfg.scene_flow_num_points), int(data_cfg.scene_flow_horizon)
+  flow_shapes = {specs.SCENE_FLOW: [k, t, 3], specs.SCENE_FLOW_QUERY: [k, 3], specs.SCENE_FLOW_MASK: [k, t],
+                 specs.SCENE_FLOW_QUERY_MASK: [k]}
+  shapes = {key: flow_shapes.get(key, spec.shape) if not isinstance(spec, dict) else
+            tf.nest.map_structure(lambda x: x.shape, spec) for key, spec in ds.element_spec.items()}
+  return ds.padded_batch(batch_size, padded_shapes=shapes, drop_remainder=True)
+
+
+_LIVE_ITERATORS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_iterators() -> None:
+  """Stop every pipeline's threads before the interpreter shuts down: a tf.data thread still calling into Python
+  (the host augmentation, the episode reader) while Python finalises aborts the process."""
+  for iterator in list(_LIVE_ITERATORS):
+    iterator.close()
+  gc.collect()
 
 
 class DataIterator:
@@ -127,11 +164,18 @@ class DataIterator:
     self.names = names
     self.per_process_batch = per_process_batch
     self._iterator = dataset.as_numpy_iterator()
+    _LIVE_ITERATORS.add(self)
+
+  def close(self) -> None:
+    """Stop the pipeline's background threads (the iterator cannot be used afterwards)."""
+    self._iterator = None
 
   def __iter__(self):
     return self
 
   def __next__(self):
+    if self._iterator is None:
+      raise StopIteration
     try:
       return next(self._iterator)
     except tf.errors.OpError as exc:
@@ -142,8 +186,15 @@ class DataIterator:
 
 
 def make_dataset(data_cfg, *, seed: int, process_index=None, process_count=None, train=True, repeat=True,
-                 start_batch: int = 0):
-  """Build the tf.data pipeline. Returns (dataset, statistics, weights, skip counter, per-process batch)."""
+                 start_batch: int = 0, stop_after: str = ""):
+  """Build the tf.data pipeline. Returns (dataset, statistics, weights, skip counter, per-process batch).
+
+  ``stop_after`` (one of :data:`STAGES`, '' = the whole pipeline) cuts it after that stage for the per-stage
+  profile: 'read' yields serialized episodes, 'parse' / 'shuffle' encoded frames, 'decode' decoded but not
+  augmented frames, 'augment' finished frames, 'batch' batches (no prefetch).
+  """
+  if stop_after and stop_after not in STAGES:
+    raise ValueError(f"stop_after='{stop_after}' is not one of {STAGES}")
   if process_index is None or process_count is None:
     import jax
 
@@ -155,6 +206,12 @@ def make_dataset(data_cfg, *, seed: int, process_index=None, process_count=None,
   unknown = set(data_cfg.cameras) - set(specs.IMAGE_KEYS)
   if unknown:
     raise errors.DataError(f"data.cameras has unknown keys {sorted(unknown)} (allowed: {specs.IMAGE_KEYS})")
+  not_read = set(data_cfg.get("future_cameras", ())) - set(data_cfg.cameras)
+  if not_read:
+    raise errors.DataError(f"data.future_cameras has {sorted(not_read)}, not in data.cameras {tuple(data_cfg.cameras)}"
+                           " (future frames get the augmentation of the camera's current frame)")
+  if any(int(k) < 1 for k in data_cfg.get("future_offsets", ())):
+    raise errors.DataError(f"data.future_offsets={tuple(data_cfg.future_offsets)}: every offset must be >= 1")
   for field in ("action_normalization", "proprio_normalization"):
     if data_cfg[field] not in normalization.MODES:
       raise errors.DataError(f"data.{field}='{data_cfg[field]}' is not one of {normalization.MODES}")
@@ -172,7 +229,7 @@ def make_dataset(data_cfg, *, seed: int, process_index=None, process_count=None,
   frames = [
       _frames(opened, statistics[opened.name], data_cfg, which="train" if train else "val",
               seed=_derive_seed(base, i), process_index=process_index, process_count=process_count,
-              threads=threads[i], counter=counter, train=train, repeat=repeat)
+              threads=threads[i], counter=counter, train=train, repeat=repeat, stop_after=stop_after)
       for i, opened in enumerate(opened_list)
   ]
   if len(frames) == 1:
@@ -181,13 +238,22 @@ def make_dataset(data_cfg, *, seed: int, process_index=None, process_count=None,
     keep = [i for i, w in enumerate(weights) if w > 0]
     ds = tf.data.Dataset.sample_from_datasets([frames[i] for i in keep], [float(weights[i]) for i in keep],
                                               seed=_derive_seed(base, 2), stop_on_empty_dataset=False)
+  if stop_after in ("read", "parse"):
+    return ds, statistics, weights, counter, per_process_batch
   if train and data_cfg.shuffle_buffer_size > 1:
     ds = ds.shuffle(int(data_cfg.shuffle_buffer_size), seed=_derive_seed(base, 3),
                     reshuffle_each_iteration=True)
+  if stop_after == "shuffle":
+    return ds, statistics, weights, counter, per_process_batch
   ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=_derive_seed(base, 4)).batch(2))
-  ds = ds.map(_graph_fn(lambda frame, s: frame_transforms.decode_and_augment(frame, s, data_cfg, train)),
+  augment = train and stop_after != "decode"
+  ds = ds.map(_graph_fn(lambda frame, s: frame_transforms.decode_and_augment(frame, s, data_cfg, augment)),
               num_parallel_calls=max(1, int(data_cfg.num_parallel_calls)))
-  ds = ds.batch(per_process_batch, drop_remainder=True)
+  if stop_after in ("decode", "augment"):
+    return ds, statistics, weights, counter, per_process_batch
+  ds = _batch(ds, per_process_batch, data_cfg)
+  if stop_after == "batch":
+    return ds, statistics, weights, counter, per_process_batch
   if start_batch and data_cfg.resume_mode == "skip":
     ds = ds.skip(int(start_batch))
   elif data_cfg.resume_mode not in ("skip", "reseed"):

@@ -10,8 +10,11 @@ plain functions:
   ``val_fraction`` of 'train' when the dataset has no 'val' split.
 * :func:`shard_for_process` — each process reads its own files (``files[process_index::process_count]``).
 * :func:`episode_records` — a Python generator over serialized episodes: seeded file order per epoch, files read
-  round-robin, each episode validated on the host (keys, shapes, finite values, length) so an error names the
-  dataset, file, episode and key, or is counted with ``skip_bad``. Corrupt / truncated TFRecord files too.
+  round-robin, each episode validated on the host the first time it is read (keys, shapes, NaN / inf in every
+  float key, length, every image's header: ``image_headers``) so an error names the dataset, file, episode and
+  key, or is counted once with ``skip_bad`` (later passes skip it without reading it again). Corrupt TFRecord
+  files, and files holding fewer records than the dataset info promises (a shard cut at a record boundary),
+  too.
 * :func:`decode_episode` — serialized episode -> (steps dict with a leading step axis, episode metadata); images
   stay JPEG strings so shuffling happens before decode.
 """
@@ -20,9 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import concurrent.futures
 import inspect
 import json
+import logging
 import os
+import threading
 import warnings
 from typing import Iterator
 
@@ -30,7 +36,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from lamp_jax.data import datasets, errors
+from lamp_jax.data import datasets, errors, image_headers
+
+log = logging.getLogger("lamp_jax.data")
 
 _KIND_OF_DTYPE = {tf.string: "bytes", tf.float32: "float", tf.float64: "float", tf.float16: "float",
                   tf.bfloat16: "float"}
@@ -76,23 +84,120 @@ class OpenedDataset:
   # Observation key of the optical-flow images this pipeline reads ('' = none: data.optical_flow is off, the
   # layout has none, or this dataset was written without them).
   optical_flow_key: str = ""
+  # Serialized key -> declared (height, width, channels) (None where variable) of the image features read.
+  image_features: dict = dataclasses.field(default_factory=dict)
+  _content: str = ""
 
   def standardize(self, steps, metadata):
     return self.standardization.fn(steps, metadata, **self.kwargs)
 
+  def content_fingerprint(self) -> str:
+    """Cheap hash of the files' contents (:func:`content_fingerprint`), computed once per opened dataset."""
+    if not self._content:
+      self._content = content_fingerprint(self.builder)
+    return self._content
+
   def info_hash(self) -> str:
-    """Hash of the dataset (name, version, feature spec, split sizes) and its standardisation (code + kwargs)."""
+    """Hash of the dataset (name, version, feature spec, split sizes, file contents) and its standardisation
+    (code + kwargs): the key of the statistics cache, checked again when statistics are loaded."""
     info = self.builder.info
     splits = {name: [int(n) for n in split.shard_lengths] for name, split in sorted(info.splits.items())}
     payload = {
         "name": info.name, "version": str(info.version),
         "features": {k: [list(v.shape), _dtype(v).name] for k, v in sorted(self.serialized_info.items())},
         "splits": splits,
+        "content": self.content_fingerprint(),
         "standardization": self.standardization.name,
         "standardize_code": inspect.getsource(self.standardization.fn),
         "kwargs": {k: self.kwargs[k] for k in sorted(self.kwargs)},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+FINGERPRINT_BYTES = 1 << 16  # bytes hashed at the start and at the end of every file
+
+
+def _file_fingerprint(path: str) -> str:
+  with tf.io.gfile.GFile(path, "rb") as f:
+    size = f.size()
+    head = f.read(FINGERPRINT_BYTES)
+    tail = b""
+    if size > 2 * FINGERPRINT_BYTES:
+      f.seek(size - FINGERPRINT_BYTES)
+      tail = f.read(FINGERPRINT_BYTES)
+  return f"{os.path.basename(path)}:{size}:{hashlib.sha256(head + tail).hexdigest()}"
+
+
+def content_fingerprint(builder) -> str:
+  """Hash of every data file's name, size and first and last 64 KiB (all splits).
+
+  Cheap (two reads per file, files in parallel; no full pass over the data), and it changes when a dataset is
+  regenerated with the same name, version, features and record counts (another seed writes other bytes at the
+  start of every shard: the first episode's images and values).
+  """
+  paths = []
+  for split in builder.info.splits.values():
+    for ins in split.file_instructions:
+      name = ins.filename
+      paths.append(name if os.path.isabs(name) or "://" in name else os.path.join(str(builder.data_dir), name))
+  paths = sorted(set(paths))
+  with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, max(1, len(paths)))) as pool:
+    parts = list(pool.map(_file_fingerprint, paths))
+  return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+
+def finite_keys(requirements) -> tuple[str, ...]:
+  """Every float key a standardisation reads: each is checked for NaN / inf in every episode."""
+  return tuple(key for key, (_, kind) in requirements.items() if kind == "float")
+
+
+def _image_features(features, prefix="") -> dict:
+  """Serialized key -> declared (height, width, channels) of every tfds Image feature."""
+  out = {}
+  if isinstance(features, tfds.features.Image):
+    shape = tuple(features.shape)
+    return {prefix.rstrip("/"): (shape + (None,) * 3)[:3]}
+  if isinstance(features, tfds.features.Dataset):
+    return _image_features(features.feature, prefix)
+  if isinstance(features, tfds.features.FeaturesDict):
+    for key, value in features.items():
+      out.update(_image_features(value, f"{prefix}{key}/"))
+  return out
+
+
+_LOGGED_GEOMETRY: set = set()
+_LOGGED_LOCK = threading.Lock()
+
+
+def check_image_geometry(opened_name: str, key: str, height, width, channels, data_cfg, *, where=None) -> None:
+  """Images whose aspect ratio differs from ``data.image_size`` (they get distorted by the resize) or that do not
+  have 3 channels (converted: grey replicated, alpha dropped): a DataError when ``data.image_mismatch='error'``,
+  else logged once per (dataset, key, stored geometry). Same-aspect resizes are the normal case and silent."""
+  out_h, out_w = (int(s) for s in data_cfg.image_size)
+  problems = []
+  if height and width and abs(height / width - out_h / out_w) > 0.01 * (out_h / out_w):
+    problems.append(f"aspect ratio {width / height:.3f} (width / height) differs from data.image_size "
+                    f"{out_h}x{out_w} ({out_w / out_h:.3f}): resized with distortion")
+  if channels and channels != 3:
+    problems.append(f"{channels} channel{'s' if channels != 1 else ''}, converted to RGB "
+                    f"({'grey replicated' if channels == 1 else 'alpha dropped' if channels == 4 else 'converted'})")
+  if not problems:
+    return
+  stored = f"{height or '?'}x{width or '?'}x{channels or '?'}"
+  message = f"stored images {stored}: " + "; ".join(problems)
+  mode = str(data_cfg.get("image_mismatch", "log"))
+  if mode == "error":
+    raise errors.DataError(message + " (data.image_mismatch='error'; 'log' accepts it with a warning)",
+                           dataset=opened_name, key=key, kind=errors.BAD_SHAPE, **(where or {}))
+  if mode != "log":
+    raise errors.DataError(f"data.image_mismatch='{mode}' is not 'log' or 'error'")
+  token = (opened_name, key, stored, out_h, out_w)
+  with _LOGGED_LOCK:
+    if token in _LOGGED_GEOMETRY:
+      return
+    _LOGGED_GEOMETRY.add(token)
+  log.warning("dataset '%s', key '%s': %s (data.image_mismatch='log'; 'error' refuses it)", opened_name, key,
+              message)
 
 
 def _builder(entry):
@@ -126,7 +231,9 @@ def open_dataset(entry, data_cfg) -> OpenedDataset:
     raise errors.DataError(f"unknown standardize_kwargs {sorted(unknown)} for standardisation "
                            f"'{standardization.name}'", dataset=entry.name)
   serialized = _flatten(builder.info.features.get_serialized_info())
-  requirements = dict(standardization.requirements(data_cfg, image_keys))
+  # Only the cameras the pipeline emits are read (and checked): data.cameras.
+  read_keys = {camera: key for camera, key in image_keys.items() if camera in tuple(data_cfg.cameras)}
+  requirements = dict(standardization.requirements(data_cfg, read_keys))
   optical_flow_key = ""
   if data_cfg.get("optical_flow", False) and standardization.optical_flow_key:
     flow_key = f"steps/observation/{standardization.optical_flow_key}"
@@ -153,10 +260,16 @@ def open_dataset(entry, data_cfg) -> OpenedDataset:
                              dataset=entry.name, file=directory, key=key, kind=errors.BAD_SHAPE)
   action_mask = tuple(entry.get("action_normalization_mask", ()) or standardization.action_normalization_mask)
   proprio_mask = tuple(entry.get("proprio_normalization_mask", ()) or standardization.proprio_normalization_mask)
+  declared = _image_features(builder.info.features)
+  image_features = {key: declared[key] for key in requirements if key in declared}
+  camera_keys = {f"steps/observation/{k}" for k in image_keys.values() if k}
+  for key, (height, width, channels) in image_features.items():
+    if key in camera_keys:
+      check_image_geometry(entry.name, key, height, width, channels, data_cfg, where={"file": directory})
   return OpenedDataset(name=entry.name, directory=directory, builder=builder, standardization=standardization,
                        image_keys=image_keys, kwargs=kwargs, requirements=requirements, serialized_info=serialized,
                        action_mask=action_mask, proprio_mask=proprio_mask, entry=entry,
-                       optical_flow_key=optical_flow_key)
+                       optical_flow_key=optical_flow_key, image_features=image_features)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +277,13 @@ class FileSlice:
   filename: str
   skip: int
   take: int  # -1 = to the end
+  num_records: int = -1  # records the dataset info promises in the whole file (-1 = unknown)
+
+  def expected_end(self) -> int:
+    """Index one past the last record this slice must find (-1 = unknown)."""
+    if self.take >= 0:
+      return self.skip + self.take
+    return self.num_records
 
 
 def _train_count(splits, split: str, val_fraction: float, opened) -> int:
@@ -201,7 +321,8 @@ def file_instructions(opened: OpenedDataset, which: str, val_fraction: float) ->
         os.path.join(opened.directory, ins.filename)
     if ins.take == 0:
       continue
-    out.append(FileSlice(filename, int(ins.skip), int(ins.take)))
+    in_shard = getattr(ins, "examples_in_shard", None)
+    out.append(FileSlice(filename, int(ins.skip), int(ins.take), int(in_shard) if in_shard is not None else -1))
   if not out:
     raise errors.DataError(f"split '{split}' has no episodes", dataset=opened.name, file=opened.directory)
   return out
@@ -277,7 +398,7 @@ def validate_episode(opened: OpenedDataset, raw: bytes, *, filename: str, index:
     raise errors.DataError(f"episode has {length} steps; standardisation '{opened.standardization.name}' needs "
                            f"at least {max(1, opened.standardization.min_length)}", kind=errors.ZERO_LENGTH,
                            key="steps", **where)
-  for key in opened.standardization.finite_keys:
+  for key in finite_keys(opened.requirements):
     if key in features:
       values = np.asarray(features[key].float_list.value, np.float32)
       bad = ~np.isfinite(values)
@@ -285,6 +406,26 @@ def validate_episode(opened: OpenedDataset, raw: bytes, *, filename: str, index:
         shape = opened.requirements[key][0]
         step = int(np.argmax(bad)) // (int(np.prod(shape)) if shape else 1)
         raise errors.DataError(f"NaN/inf values (first at step {step})", key=key, kind=errors.NON_FINITE, **where)
+  for key, declared in opened.image_features.items():
+    if key not in features:
+      continue
+    seen = set()
+    for step, data in enumerate(features[key].bytes_list.value):
+      if not data:
+        continue  # an empty string is a missing image (zeros), not a corrupt one
+      try:
+        geometry = image_headers.image_size(data)
+      except image_headers.ImageHeaderError as exc:
+        raise errors.DataError(f"undecodable image at step {step}: {exc}", key=key, kind=errors.CORRUPT_IMAGE,
+                               **where) from exc
+      if geometry not in seen:
+        seen.add(geometry)
+        height, width, channels = geometry
+        if any(d is not None and g and d != g for d, g in zip(declared, geometry)):
+          raise errors.DataError(f"image at step {step} is {height}x{width}x{channels}, the dataset's features "
+                                 f"declare {declared}", key=key, kind=errors.BAD_SHAPE, **where)
+        if key == f"steps/observation/{opened.optical_flow_key}" or None in declared:
+          check_image_geometry(opened.name, key, height, width, channels, data_cfg, where=where)
   if data_cfg.empty_instruction == "skip":
     values = features[opened.standardization.instruction_key].bytes_list.value
     if not values or not values[0].strip():
@@ -297,27 +438,37 @@ def validate_episode(opened: OpenedDataset, raw: bytes, *, filename: str, index:
   return None
 
 
+# Per-episode states kept by the reader (one byte per record of every file it reads).
+_UNKNOWN, _GOOD, _BAD = 0, 1, 2
+
+
 def episode_records(opened: OpenedDataset, files: list[FileSlice], *, data_cfg, seed: int, shuffle: bool,
                     repeat: bool, counter: errors.SkipCounter, record_shard=None):
   """A generator function yielding ``(file_index, episode_index, serialized_episode)``.
 
   Epoch ``e`` reads the files in the order ``rng([seed, e]).permutation`` (when ``shuffle``), ``cycle_length``
-  files round-robin. Bad episodes / files raise DataError or are counted (``data_cfg.skip_bad``); files found
-  corrupt are not read again in later epochs.
+  files round-robin. Bad episodes / files raise DataError or are counted (``data_cfg.skip_bad``). Each episode is
+  validated the first time it is read; the verdict is remembered (one byte per record), so later passes neither
+  validate a good episode again nor count a bad one again (``SkipCounter.occurrences`` counts every pass).
+  Files found corrupt are not read again. A file that ends before the record count its dataset info promises
+  (e.g. a shard rewritten or cut at a record boundary: valid framing, whole episodes missing) is an error naming
+  it (kind ``missing_records``), or a counted skip of what is missing.
   """
   cycle_length = max(1, int(data_cfg.file_cycle_length))
   skip_bad = bool(data_cfg.skip_bad)
   validate = bool(data_cfg.validate_episodes)
+  states = [np.zeros(max(0, f.expected_end()), np.uint8) if f.expected_end() >= 0 else None for f in files]
+  errors_of: dict = {}  # (file_index, record index) -> the DataError of a bad episode (re-recorded each pass)
 
   def file_stream(file_index: int):
     piece = files[file_index]
-    stop = None if piece.take < 0 else piece.skip + piece.take
+    stop = piece.expected_end()
     index = -1
     try:
       for index, raw in enumerate(_tf_record_iterator(piece.filename)):
         if index < piece.skip:
           continue
-        if stop is not None and index >= stop:
+        if stop >= 0 and index >= stop:
           break
         if record_shard is not None and index % record_shard[1] != record_shard[0]:
           continue
@@ -329,6 +480,38 @@ def episode_records(opened: OpenedDataset, files: list[FileSlice], *, data_cfg, 
     except tf.errors.NotFoundError as exc:
       raise errors.DataError("file not found", dataset=opened.name, file=piece.filename,
                              kind=errors.CORRUPT_FILE) from exc
+    if stop >= 0 and index + 1 < stop:
+      promised = piece.num_records if piece.num_records >= 0 else stop
+      raise errors.DataError(f"the file ends after {index + 1} records; the dataset info promises {promised} "
+                             f"(records {index + 1}..{stop - 1} of this split are missing: a shard cut or "
+                             "rewritten at a record boundary)", dataset=opened.name, file=piece.filename,
+                             kind=errors.MISSING_RECORDS)
+
+  def check(file_index: int, index: int, raw: bytes) -> bool:
+    """True if the episode is to be yielded; records / raises its error otherwise."""
+    state = states[file_index]
+    known = state[index] if state is not None and index < state.size else _UNKNOWN
+    if known == _GOOD or not validate:
+      return True
+    if known == _BAD:
+      counter.record(errors_of[(file_index, index)])  # counted once per dataset; occurrences per pass
+      return False
+    filename = files[file_index].filename
+    try:
+      filtered = validate_episode(opened, raw, filename=filename, index=index, data_cfg=data_cfg)
+    except errors.DataError as error:
+      errors.handle(error, skip_bad, counter)
+      filtered, error_of = error.kind, error
+    else:
+      error_of = None if filtered is None else errors.DataError(
+          f"filtered ({filtered})", dataset=opened.name, episode=str(index), file=filename, kind=filtered)
+      if error_of is not None:
+        counter.record(error_of)
+    if state is not None and index < state.size:
+      state[index] = _GOOD if filtered is None else _BAD
+      if error_of is not None:
+        errors_of[(file_index, index)] = error_of
+    return filtered is None
 
   def generator() -> Iterator:
     bad_files: set[int] = set()
@@ -356,20 +539,12 @@ def episode_records(opened: OpenedDataset, files: list[FileSlice], *, data_cfg, 
             continue
           except errors.DataError as error:
             active.remove(slot)
-            bad_files.add(file_index)
+            if error.kind != errors.MISSING_RECORDS:
+              bad_files.add(file_index)  # (a short file's records are still read, and the shortfall counted)
             errors.handle(error, skip_bad, counter)
             continue
-          if validate:
-            try:
-              filtered = validate_episode(opened, raw, filename=files[file_index].filename, index=index,
-                                          data_cfg=data_cfg)
-            except errors.DataError as error:
-              errors.handle(error, skip_bad, counter)
-              continue
-            if filtered is not None:
-              counter.record(errors.DataError(f"filtered ({filtered})", dataset=opened.name, episode=str(index),
-                                              file=files[file_index].filename, kind=filtered))
-              continue
+          if not check(file_index, index, raw):
+            continue
           yielded += 1
           yield np.int32(file_index), np.int32(index), raw
       if not repeat:

@@ -37,10 +37,11 @@ def _trajectory(rng, length, state_dim):
   return state[:-1], action
 
 
-def bridge_features(image_size, num_cameras=4, state_dim=7):
+def bridge_features(image_size, num_cameras=4, state_dim=7, *, channels: int = 3, encoding_format: str = "jpeg"):
+  """Features of the Bridge V2 layout (``channels`` / ``encoding_format`` of every camera image)."""
   import tensorflow_datasets as tfds
 
-  obs = {f"image_{k}": tfds.features.Image(shape=tuple(image_size) + (3,), encoding_format="jpeg")
+  obs = {f"image_{k}": tfds.features.Image(shape=tuple(image_size) + (channels,), encoding_format=encoding_format)
          for k in range(num_cameras)}
   obs["state"] = tfds.features.Tensor(shape=(state_dim,), dtype=np.float32)
   return tfds.features.FeaturesDict({

@@ -7,10 +7,15 @@ Chunk indexing (checked against hand-computed trajectories in tests/test_data_tr
   observation window   indices t - W + 1 .. t, clamped to >= 0; timestep_pad_mask = index >= 0
   action chunk         indices t .. t + H - 1, clamped to <= L - 1 (the last action is repeated);
                        action_pad_mask = index <= L - 1 (and False on padded action dims)
-DESIGN.md notes a reported off-by-two in Octo's chunk indexing; ours is checked step by step against
+Octo's chunk indexing has a reported off-by-two; ours is checked step by step against
 hand-computed trajectories: the chunk of step 0 holds the episode's first min(H, L) real actions, the chunk of
 step L - 1 is [a_{L-1}] followed by H - 1 padded repeats.
-Scene flow: the labels of the current step t (points tracked from t to t+1 .. t+T).
+Future frames (``data.future_offsets`` k_1..k_F, cameras ``data.future_cameras``), for step t:
+  frame indices t + k_f, clamped to <= L - 1 (past the episode end the image is the episode's LAST frame);
+  future_pad_mask = t + k_f <= L - 1. With k = H (the action horizon) the frame is the one right after the chunk.
+Scene flow: the labels of the current step t (points tracked from t to t+1 .. t+T). Datasets without labels carry
+one-point zero placeholders (K = 1) through the shuffle; the batch pads them to K with zeros / False (not
+K x T x 3 zeros per frame: 170 KB at K = 400, T = 32). ``data.scene_flow=False``: no scene-flow keys at all.
 Optical flow (``data.optical_flow``): the encoded flow image of the current step t (flow from t to t + k), the
 same time index as the scene flow; an empty string and has_optical_flow=False where the dataset has none.
 """
@@ -62,17 +67,23 @@ def standard_trajectory(opened, steps, metadata, data_cfg, stats) -> dict:
   out["proprio"] = _pad_last(tf.cast(proprio, tf.float32), int(data_cfg.max_proprio_dim), "proprio")
   out["language_instruction"] = traj["language_instruction"]
   k, t = int(data_cfg.scene_flow_num_points), int(data_cfg.scene_flow_horizon)
-  if opened.standardization.has_scene_flow:
+  for camera in data_cfg.get("future_cameras", ()):
+    if f"image/{camera}" not in out:
+      raise ValueError(f"data.future_cameras has '{camera}', which is not in data.cameras {tuple(data_cfg.cameras)}: "
+                       "future frames get the augmentation of the camera's current frame, so it must be read")
+  if not data_cfg.get("scene_flow", True):
+    pass
+  elif opened.standardization.has_scene_flow:
     out[specs.SCENE_FLOW] = tf.cast(traj[specs.SCENE_FLOW], tf.float32)
     out[specs.SCENE_FLOW_QUERY] = tf.cast(traj[specs.SCENE_FLOW_QUERY], tf.float32)
     out[specs.SCENE_FLOW_MASK] = tf.cast(traj[specs.SCENE_FLOW_MASK], tf.bool)
     out[specs.SCENE_FLOW_QUERY_MASK] = tf.cast(traj[specs.SCENE_FLOW_QUERY_MASK], tf.bool)
     out[specs.HAS_SCENE_FLOW] = tf.ones([length], tf.bool)
-  else:
-    out[specs.SCENE_FLOW] = tf.zeros([length, k, t, 3], tf.float32)
-    out[specs.SCENE_FLOW_QUERY] = tf.zeros([length, k, 3], tf.float32)
-    out[specs.SCENE_FLOW_MASK] = tf.zeros([length, k, t], tf.bool)
-    out[specs.SCENE_FLOW_QUERY_MASK] = tf.zeros([length, k], tf.bool)
+  else:  # one-point placeholders (K = 1; zero-size ones crash tf.data's unbatch): padded to K by the batch
+    out[specs.SCENE_FLOW] = tf.zeros([length, 1, t, 3], tf.float32)
+    out[specs.SCENE_FLOW_QUERY] = tf.zeros([length, 1, 3], tf.float32)
+    out[specs.SCENE_FLOW_MASK] = tf.zeros([length, 1, t], tf.bool)
+    out[specs.SCENE_FLOW_QUERY_MASK] = tf.zeros([length, 1], tf.bool)
     out[specs.HAS_SCENE_FLOW] = tf.zeros([length], tf.bool)
   if data_cfg.get("optical_flow", False):
     if opened.optical_flow_key:
@@ -84,16 +95,21 @@ def standard_trajectory(opened, steps, metadata, data_cfg, stats) -> dict:
   return out
 
 
-def subsample(traj: dict, max_length: int, seed: tf.Tensor) -> dict:
-  """Keep a seeded random subset of ``max_length`` steps (in order) when the episode is longer (Octo)."""
-  length = tf.shape(traj["action"])[0]
+def subsample(frames: dict, max_length: int, seed: tf.Tensor) -> dict:
+  """Keep a seeded random subset of ``max_length`` steps (in order) of a longer episode (Octo).
+
+  Applied to the CHUNKED per-step examples (nested dict of [L, ...] tensors), as Octo does, so every kept step
+  keeps its true action chunk, window and future frames (subsampling before chunking would build chunks from
+  non-consecutive steps).
+  """
+  length = tf.shape(frames[specs.ACTION])[0]
 
   def pick():
     keys = tf.random.stateless_uniform([length], seed=seed)
     keep = tf.sort(tf.math.top_k(keys, k=max_length).indices)
-    return {k: tf.gather(v, keep) for k, v in traj.items()}
+    return tf.nest.map_structure(lambda v: tf.gather(v, keep), frames)
 
-  return tf.cond(length > max_length, pick, lambda: dict(traj))
+  return tf.cond(length > max_length, pick, lambda: tf.nest.map_structure(tf.identity, frames))
 
 
 def chunk_indices(length: tf.Tensor, window: int, horizon: int):
@@ -107,8 +123,21 @@ def chunk_indices(length: tf.Tensor, window: int, horizon: int):
   return (tf.maximum(obs, 0), obs >= 0, tf.minimum(act, length - 1), act <= length - 1)
 
 
-def chunk(traj: dict, window: int, horizon: int) -> dict:
-  """Per-step training examples [L, ...] in the specs layout (images still encoded strings)."""
+def future_indices(length: tf.Tensor, offsets) -> tuple[tf.Tensor, tf.Tensor]:
+  """Frame indices t + k (clamped to L - 1) and pad mask (t + k <= L - 1) of every step t and offset k.
+
+  Returns (index int32[L, F], valid bool[L, F]), F = len(offsets).
+  """
+  wanted = tf.range(length)[:, None] + tf.constant(list(offsets), tf.int32)[None]
+  return tf.minimum(wanted, length - 1), wanted <= length - 1
+
+
+def chunk(traj: dict, window: int, horizon: int, future_offsets=(), future_cameras=()) -> dict:
+  """Per-step training examples [L, ...] in the specs layout (images still encoded strings).
+
+  ``future_offsets`` / ``future_cameras``: also observation/future/<camera> string[L, F] (the encoded frames
+  t + k) and observation/future_pad_mask bool[L, F] (module docstring).
+  """
   length = tf.shape(traj["action"])[0]
   obs_index, obs_valid, act_index, act_valid = chunk_indices(length, window, horizon)
   frame = {"observation": {specs.IMAGE_MASK: {}}, "task": {}}
@@ -117,6 +146,11 @@ def chunk(traj: dict, window: int, horizon: int) -> dict:
       frame["observation"][key.split("/", 1)[1]] = tf.gather(value, obs_index)
     elif key.startswith("image_mask/"):
       frame["observation"][specs.IMAGE_MASK][key.split("/", 1)[1]] = tf.gather(value, obs_index)
+  if future_offsets and future_cameras:
+    future_index, future_valid = future_indices(length, future_offsets)
+    frame["observation"][specs.FUTURE] = {camera: tf.gather(traj[f"image/{camera}"], future_index)
+                                          for camera in future_cameras}
+    frame["observation"][specs.FUTURE_PAD_MASK] = future_valid
   frame["observation"][specs.PROPRIO] = tf.gather(traj["proprio"], obs_index)
   frame["observation"][specs.TIMESTEP_PAD_MASK] = obs_valid
   frame["task"][specs.LANGUAGE_INSTRUCTION] = traj["language_instruction"]

@@ -41,7 +41,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  from lamp_jax.perf import allocator
+  from lamp_jax import allocator
 
   allocator.reexec_with_tcmalloc("lamp_jax.eval")  # XLA:CPU runs 1.75x faster on it (allocator.py)
   main()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 from typing import Any
 
 import jax
@@ -28,6 +29,19 @@ from lamp_jax import specs
 from lamp_jax.training import checkpoints as ckpt_lib
 from lamp_jax.training import defaults
 from lamp_jax.training import trainer as trainer_lib
+
+
+class CheckpointReadError(ValueError):
+  """The parameters of a checkpoint step cannot be read (a truncated, corrupt or incomplete checkpoint)."""
+
+  def __init__(self, directory: str, step: int, key: str, cause: Exception):
+    first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    first_line = first_line.split(" See full TensorStore details")[0]
+    arrays = sorted(set(re.findall(r"'path': '([^']+?)/?'", str(cause))) - {""})
+    arrays = [a.replace(".", "/") for a in arrays if a.startswith(key)]
+    where = f" (array {', '.join(arrays)})" if arrays else ""
+    super().__init__(f"checkpoint {directory} step {step}: cannot read {key!r}{where}: {first_line[:300]} -- the "
+                     "checkpoint is truncated, corrupt or was not written completely")
 
 
 class CheckpointPolicy:
@@ -59,7 +73,10 @@ class CheckpointPolicy:
       abstract = self._abstract_params(lib, config, model_cfg)
       has_ema = float(config.ema.decay) > 0
       key = "ema_params" if (use_ema and has_ema) else "params"
-      params = checkpointer.restore_params(step, abstract, key=key)
+      try:
+        params = checkpointer.restore_params(step, abstract, key=key)
+      except Exception as e:  # orbax / TensorStore raise bare Exceptions with pages of store specs
+        raise CheckpointReadError(directory, step, key, e) from e
     finally:
       checkpointer.close()
     self._setup(config, model_cfg, lib, params, norm_json, seed)
@@ -113,6 +130,7 @@ class CheckpointPolicy:
                    else int(model_cfg.get("window", 1)))
     self.stats = None
     self.preprocessor = None
+    self.norm_stats_json = dict(norm_json or {})  # as saved with the checkpoint (lamp_jax.export writes it out)
     if self.data_cfg is not None:
       self._setup_data(norm_json)
     else:

@@ -24,3 +24,15 @@ def tasks_of(results: dict[str, dict]) -> list[str]:
   for result in results.values():
     tasks.extend(t for t in result["per_task"] if t not in tasks)
   return tasks
+
+
+def difference_interval(successes_a: int, trials_a: int, successes_b: int, trials_b: int,
+                        z: float = 1.959963984540054) -> tuple[float, float]:
+  """Newcombe's hybrid score interval (his method 10) of p_a - p_b for two independent binomial proportions,
+  built from the two Wilson intervals (default 95 %). Returns (low, high)."""
+  p_a, p_b = successes_a / trials_a, successes_b / trials_b
+  low_a, high_a = wilson_interval(successes_a, trials_a, z)
+  low_b, high_b = wilson_interval(successes_b, trials_b, z)
+  d = p_a - p_b
+  return (d - math.sqrt((p_a - low_a) ** 2 + (high_b - p_b) ** 2),
+          d + math.sqrt((high_a - p_a) ** 2 + (p_b - low_b) ** 2))

@@ -8,8 +8,9 @@ tokens · D width.
     conditioning; layers alternate cross-attention to the guided VLM features (even layers) and
     self-attention over the chunk (odd layers); each layer has a gated MLP. ``depth`` counts both kinds
     (released: 24 = 12 cross + 12 self, width 1024, 16 heads).
-A π0-style expert (shared attention over the VLM prefix K/V cache) would be another ``kind`` with the same
-call signature: ``(x_tau, tau, proprio, context, context_mask) -> velocity``.
+The π0-style expert (``action.kind='pi0'``, pi0_expert.py: a Gemma sharing the VLM's attention) has the same
+call signature with the VLM's per-layer keys / values as its context, ``(x_tau, tau, proprio, prefix_kv,
+prefix_mask) -> velocity``; it belongs to the 'pi0' library, since LaMP conditions on guided features instead.
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ml_collections
 
-from lamp_jax.models import motion_expert as motion_lib
 from lamp_jax.models import paligemma
 
 
@@ -73,6 +72,8 @@ def motion_expert_call(motion_cfg: ml_collections.ConfigDict, prefix: int, featu
   """One Motion Expert evaluation (condition projection of ``prefix`` VLM features of ``feature_width``, the
   joint [condition; motion] blocks, adaLN modulations, patch in / out). Counts the pruned last block when
   ``prune_last_condition`` is on."""
+  from lamp_jax.models import motion_expert as motion_lib  # deferred: other models' counts need no Motion Expert
+
   m = motion_cfg
   n_motion = motion_lib.num_motion_tokens(m)
   n_all = n_motion + m.cond_len
@@ -89,6 +90,8 @@ def motion_expert_call(motion_cfg: ml_collections.ConfigDict, prefix: int, featu
 
 def gated_guidance(motion_cfg: ml_collections.ConfigDict, prefix: int, width: int) -> float:
   """The gated cross-attention: ``prefix`` queries of ``width`` over the motion hidden states."""
+  from lamp_jax.models import motion_expert as motion_lib  # deferred (see motion_expert_call)
+
   n_motion = motion_lib.num_motion_tokens(motion_cfg)
   return float(2 * n_motion * motion_cfg.width * width + 2 * n_motion * width * width * 2
                + 2 * prefix * width * width * 2 + 2 * 2 * prefix * n_motion * width)
@@ -112,3 +115,14 @@ def dit_action_call(action_cfg: ml_collections.ConfigDict, horizon: int, action_
 def dit_context_kv(action_cfg: ml_collections.ConfigDict, prefix: int, feature_width: int) -> float:
   """The cross-attention keys + values of the prefix features in every cross-attention block."""
   return float((action_cfg.depth // 2) * 2 * prefix * feature_width * action_cfg.width * 2)
+
+
+def gemma_expert_call(expert, horizon: int, action_dim: int, proprio_dim: int, prefix: int) -> float:
+  """One π0 Gemma action-expert evaluation (``pi0_expert.Pi0ActionExpert``, a ``gemma.GemmaConfig`` ``expert``):
+  the 1 + ``horizon`` suffix tokens through every layer, attending to the ``prefix`` cached VLM keys / values
+  (projected by the VLM pass, not here) and their own; the state / action / action-time MLP / output projections."""
+  tokens = 1 + horizon
+  d = expert.width
+  layers = expert.depth * gemma_layer(expert, tokens, keys=prefix + tokens, kv_tokens=tokens)
+  embed = 2 * proprio_dim * d + 2 * horizon * (action_dim * d + 2 * d * d + d * d)
+  return float(layers + embed + 2 * horizon * d * action_dim)

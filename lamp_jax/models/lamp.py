@@ -36,6 +36,7 @@ from lamp_jax.models import interface
 from lamp_jax.models import lamp_config
 from lamp_jax.models import losses
 from lamp_jax.models import motion_expert as motion_lib
+from lamp_jax.models import observation
 from lamp_jax.models import paligemma
 
 NAME = lamp_config.NAME
@@ -48,7 +49,8 @@ class LaMP(nn.Module):
   """The LaMP policy. All methods take the specs.py batch and an explicit PRNG key ``rng``.
 
   * ``compute_loss(batch, rng, *, train=True) -> (loss float32[], metrics)``
-  * ``sample_actions(batch, rng, *, num_steps=None, motion_steps=None, gate_override=None) -> float32[B, H, A]``
+  * ``sample_actions(batch, rng, *, num_steps=None, motion_steps=None, gate_override=None, noise=None)
+    -> float32[B, H, A]``
   * ``reconstruct_motion(batch, rng, *, num_steps=10) -> float32[B, K, T, 3]``
   * ``__call__(batch, rng)``: runs every component once (used by ``init``).
   """
@@ -65,55 +67,13 @@ class LaMP(nn.Module):
     self.action_expert = action_lib.build_action_expert(cfg.action, dtype)
 
   # ---------------------------------------------------------------------------------------- inputs
-  def _images(self, batch):
-    """Current frame of each configured camera -> (float32[B, C, Hi, Wi, 3] in [-1, 1], bool[B, C])."""
-    obs = batch[specs.OBSERVATION]
-    present = [k for k in self.config.image_keys if k in obs]
-    if not present:
-      raise ValueError(f"batch['observation'] has none of the configured cameras image_keys="
-                       f"{tuple(self.config.image_keys)}; it has {sorted(obs)}")
-    ref = obs[present[0]]
-    b, size = ref.shape[0], self.config.image_size
-    images, masks = [], []
-    for key in self.config.image_keys:
-      if key not in obs:  # optional camera: zeros, masked out.
-        images.append(jnp.zeros((b, size, size, 3), jnp.float32))
-        masks.append(jnp.zeros((b,), bool))
-        continue
-      img = obs[key]
-      if img.ndim != 5 or img.shape[2:] != (size, size, 3):
-        raise ValueError(f"batch['observation'][{key!r}] has shape {img.shape}; expected uint8[B, W, {size}, "
-                         f"{size}, 3] (config image_size={size})")
-      images.append(img[:, -1].astype(jnp.float32) / 127.5 - 1.0)
-      mask = obs.get(specs.IMAGE_MASK, {}).get(key)
-      masks.append(jnp.ones((b,), bool) if mask is None else mask[:, -1].astype(bool))
-    return jnp.stack(images, axis=1), jnp.stack(masks, axis=1)
-
   def _proprio(self, batch, dropout_rng=None):
-    """Current normalised proprio float32[B, S]: zeros when ``use_proprio`` is False; with ``dropout_rng`` (training
-    only) each example's proprio is zeroed with probability ``proprio_dropout``."""
-    proprio = batch[specs.OBSERVATION][specs.PROPRIO]
-    if proprio.shape[-1] != self.config.proprio_dim:
-      raise ValueError(f"batch['observation']['proprio'] has {proprio.shape[-1]} dims; config proprio_dim="
-                       f"{self.config.proprio_dim}")
-    proprio = proprio[:, -1].astype(jnp.float32)
-    if not self.config.get("use_proprio", True):
-      return jnp.zeros_like(proprio)
-    p = float(self.config.get("proprio_dropout", 0.0))
-    if not 0.0 <= p < 1.0:
-      raise ValueError(f"config proprio_dropout must be in [0, 1), got {p}")
-    if dropout_rng is not None and p > 0.0:
-      keep = jax.random.bernoulli(dropout_rng, 1.0 - p, (proprio.shape[0], 1))
-      proprio = jnp.where(keep, proprio, 0.0)
-    return proprio
+    """Current normalised proprio float32[B, S] (``observation.current_proprio``: use_proprio, proprio_dropout)."""
+    return observation.current_proprio(batch, self.config, dropout_rng)
 
   def encode(self, batch):
     """VLM prefix features: (float[B, P, Dv], bool[B, P])."""
-    task = batch[specs.TASK]
-    if specs.TOKENS not in task:
-      raise ValueError("batch['task'] has no 'tokens': tokenise language_instruction with lamp_jax.tokenizer")
-    images, image_mask = self._images(batch)
-    out = self.vlm(images, image_mask, task[specs.TOKENS].astype(jnp.int32), task[specs.TOKEN_MASK].astype(bool))
+    out = self.vlm(*observation.vlm_inputs(batch, self.config))
     return out["last_hidden"], out["prefix_mask"]
 
   # ---------------------------------------------------------------------------------------- motion
@@ -121,13 +81,15 @@ class LaMP(nn.Module):
     m = self.config.motion
     return (batch_size, m.num_keypoints, m.num_steps, 3)
 
-  def motion_representation(self, features, feature_mask, rng):
+  def motion_representation(self, features, feature_mask, rng, noise=None):
     """One-step partial denoising: ``partial_steps`` Euler steps 0 -> tau_infer from noise, then one more
     evaluation at tau_infer whose last-block hidden state float[B, N, Dm] is returned (partial_steps + 1
-    expert calls, unrolled so that it is differentiable)."""
+    expert calls, unrolled so that it is differentiable). ``noise`` float32[B, K, T, 3] replaces the draw from
+    ``rng`` (parity tests against other implementations)."""
     cfg = self.config
     b = features.shape[0]
-    x = jax.random.normal(rng, self._motion_shape(b), jnp.float32)
+    x = (jax.random.normal(rng, self._motion_shape(b), jnp.float32) if noise is None
+         else _given_noise(noise, self._motion_shape(b), "motion"))
     dt = cfg.tau_infer / cfg.partial_steps
     for i in range(cfg.partial_steps):
       velocity, _ = self.motion_expert(x, jnp.full((b,), i * dt, jnp.float32), features, feature_mask)
@@ -147,15 +109,19 @@ class LaMP(nn.Module):
 
     return fm.euler_integrate_module(self, step, x0, num_steps, hidden0)
 
-  def guide(self, features, feature_mask, rng, *, motion_steps=None, gate_override=None):
+  def guide(self, features, feature_mask, rng, *, motion_steps=None, gate_override=None, motion_noise=None):
     """Guided features float[B, P, Dv] and the gate (float32[]); identity when ``use_motion`` is False.
 
-    motion_steps=None: one-step partial denoising; an int n: hidden state of an n-step full reconstruction.
+    motion_steps=None: one-step partial denoising (``motion_noise`` replaces its random start); an int n:
+    hidden state of an n-step full reconstruction.
     """
     if not self.config.use_motion:
       return features, jnp.zeros((), jnp.float32)
     if motion_steps is None:
-      hidden = self.motion_representation(features, feature_mask, rng)
+      hidden = self.motion_representation(features, feature_mask, rng, noise=motion_noise)
+    elif motion_noise is not None:
+      raise ValueError("noise['motion'] is the start of the one-step partial denoising; it cannot be given with "
+                       "motion_steps (a full reconstruction)")
     else:
       _, hidden = self._reconstruct(features, feature_mask, rng, motion_steps)
     return self.guidance(features, hidden, gate_override)
@@ -237,19 +203,31 @@ class LaMP(nn.Module):
     return total, metrics
 
   def sample_actions(self, batch, rng, *, num_steps: int | None = None, motion_steps: int | None = None,
-                     gate_override=None):
+                     gate_override=None, noise=None):
     """Normalised action chunk float32[B, H, A]: VLM prefix once, motion partial denoising (or, with
     ``motion_steps``, an n-step full reconstruction for cost comparison), guidance, Euler integration of the
     Action Expert over ``num_steps`` (default config num_inference_steps). Jit the caller's
-    ``model.apply(..., method='sample_actions')``: one XLA computation, no Python-side state."""
+    ``model.apply(..., method='sample_actions')``: one XLA computation, no Python-side state.
+
+    ``noise``: optional {'motion': float32[B, K, T, 3], 'action': float32[B, H, A]} replacing the random draws
+    (the motion entry only when use_motion; parity tests of exported models feed both sides the same noise).
+    """
     cfg = self.config
     num_steps = cfg.num_inference_steps if num_steps is None else num_steps
+    noise = dict(noise or {})
+    unknown = set(noise) - ({"motion", "action"} if cfg.use_motion else {"action"})
+    if unknown:
+      raise ValueError(f"sample_actions noise has unexpected entries {sorted(unknown)}; expected 'action'"
+                       + (" and 'motion'" if cfg.use_motion else " (use_motion=False has no motion noise)"))
     features, mask = self.encode(batch)
     rng_motion, rng_action = jax.random.split(rng)
-    guided, _ = self.guide(features, mask, rng_motion, motion_steps=motion_steps, gate_override=gate_override)
+    guided, _ = self.guide(features, mask, rng_motion, motion_steps=motion_steps, gate_override=gate_override,
+                           motion_noise=noise.get("motion"))
     proprio = self._proprio(batch)
     b = features.shape[0]
-    x0 = jax.random.normal(rng_action, (b, cfg.action_horizon, cfg.action_dim), jnp.float32)
+    action_shape = (b, cfg.action_horizon, cfg.action_dim)
+    x0 = (jax.random.normal(rng_action, action_shape, jnp.float32) if noise.get("action") is None
+          else _given_noise(noise["action"], action_shape, "action"))
 
     # The guided features are fixed during integration: project the cross-attention keys / values once.
     context_kv = self.action_expert.context_kv(guided) if cfg.action.get("cache_context_kv", True) else None
@@ -279,21 +257,22 @@ class LaMP(nn.Module):
     return motion_lib.target_to_tracks(query, deltas, self.config.motion.delta_scale)
 
 
+def _given_noise(noise, shape: tuple[int, ...], name: str) -> jax.Array:
+  """Injected noise as float32 of the expected ``shape``; another shape raises naming ``noise[name]``."""
+  noise = jnp.asarray(noise, jnp.float32)
+  if tuple(noise.shape) != tuple(shape):
+    raise ValueError(f"sample_actions noise[{name!r}] has shape {tuple(noise.shape)}; expected {tuple(shape)}")
+  return noise
+
+
 # ------------------------------------------------------------------------------------------ helpers
 def dummy_batch(model_cfg: ml_collections.ConfigDict, batch_size: int = 2, seed: int = 0, *,
                 window: int = 1) -> dict:
   """A random numpy batch following specs.py (with tokens, without the raw language_instruction)."""
   rs = np.random.RandomState(seed)
-  b, size = batch_size, model_cfg.image_size
-  vocab = paligemma.config_from_dict(model_cfg.vlm).llm.vocab_size
-  obs = {key: rs.randint(0, 256, (b, window, size, size, 3)).astype(np.uint8) for key in model_cfg.image_keys}
-  obs[specs.IMAGE_MASK] = {key: np.ones((b, window), bool) for key in model_cfg.image_keys}
-  obs[specs.PROPRIO] = rs.randn(b, window, model_cfg.proprio_dim).astype(np.float32)
-  obs[specs.TIMESTEP_PAD_MASK] = np.ones((b, window), bool)
-  length = model_cfg.max_token_len
-  lengths = rs.randint(1, length + 1, (b,))
-  token_mask = np.arange(length)[None] < lengths[:, None]
-  tokens = np.where(token_mask, rs.randint(1, vocab, (b, length)), 0).astype(np.int32)
+  b = batch_size
+  inputs = observation.dummy_inputs(model_cfg, b, rs, paligemma.config_from_dict(model_cfg.vlm).llm.vocab_size,
+                                    window=window)
   m = model_cfg.motion
   k, t = m.num_keypoints, m.num_steps
   uv = specs.grid_query_uv(k)
@@ -301,8 +280,7 @@ def dummy_batch(model_cfg: ml_collections.ConfigDict, batch_size: int = 2, seed:
   steps = rs.uniform(-0.8, 0.8, (b, k, t, 3)) * np.asarray(m.delta_scale)
   flow = (query[:, :, None] + np.cumsum(steps, axis=2)).astype(np.float32)
   return {
-      specs.OBSERVATION: obs,
-      specs.TASK: {specs.TOKENS: tokens, specs.TOKEN_MASK: token_mask},
+      **inputs,
       specs.ACTION: rs.uniform(-1, 1, (b, model_cfg.action_horizon, model_cfg.action_dim)).astype(np.float32),
       specs.ACTION_PAD_MASK: np.ones((b, model_cfg.action_horizon, model_cfg.action_dim), bool),
       specs.SCENE_FLOW: flow,

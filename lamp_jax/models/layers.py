@@ -12,6 +12,8 @@ Logical axis names (every parameter carries them; configs map them to mesh axes,
   'patch_in'  flattened patch inputs (conv / patchify fan-in)
   'cond'      conditioning width (adaLN / time embedding inputs)
   'stem'      channels of a convolutional image stem (small; replicated by the default rules)
+  'conv_in' / 'conv_out'  input / output channels of the VAE's convolutions and per-pixel linear maps
+              (models/vae.py; replicated by the default rules: a frozen 84 M-parameter VAE at most)
 Activations at block inputs carry ACTIVATION_AXES ('activation_batch', 'activation_length', 'activation_embed')
 through ``with_logical_constraint`` (the identity unless the trainer installs a constraint).
 

@@ -17,6 +17,7 @@ from lamp_jax.models import interface
 LIBRARIES = {
     "lamp": "lamp_jax.models.lamp",
     "lam": "lamp_jax.models.lam",
+    "pi0": "lamp_jax.models.pi0",
 }
 
 

@@ -34,7 +34,6 @@ from ml_collections import config_flags
 import optax
 import tqdm
 
-from lamp_jax import specs
 from lamp_jax.models import registry
 from lamp_jax.perf import op_profile, roofline
 from lamp_jax.perf import timing
@@ -49,16 +48,6 @@ _OP_BREAKDOWN = flags.DEFINE_bool("op_breakdown", False, "train_step: also profi
                                    "and the roof fraction the step would reach with only its matmul ops.")
 _WITH_REFERENCE = flags.DEFINE_bool("with_reference", False, "inference: also time the model with the exact "
                                     "rewrites switched off (before / after in one run).")
-
-
-_LABEL_KEYS = (specs.ACTION, specs.ACTION_PAD_MASK, specs.SCENE_FLOW, specs.SCENE_FLOW_MASK, specs.SCENE_FLOW_QUERY,
-               specs.SCENE_FLOW_QUERY_MASK, specs.HAS_SCENE_FLOW, specs.OPTICAL_FLOW, specs.HAS_OPTICAL_FLOW)
-
-
-def inference_batch(lib, model_cfg, batch_size, seed):
-  """``dummy_batch`` without the training labels (what a robot sends)."""
-  batch = lib.dummy_batch(model_cfg, batch_size, seed)
-  return {k: v for k, v in batch.items() if k not in _LABEL_KEYS}
 
 
 def _ratios(latency: dict, named: dict, prefix: str = "") -> dict:
@@ -85,7 +74,7 @@ def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int, with_re
     params = params_by_cfg[key]
     model = lib.build(variant.cfg)
     kwargs = dict(variant.sample_kwargs)
-    batch = inference_batch(lib, variant.cfg, batch_size, seed)
+    batch = timing.inference_batch(lib, variant.cfg, batch_size, seed)
 
     def sample(p, b, r, model=model, kwargs=kwargs):
       return model.apply({"params": p}, b, r, method="sample_actions", **kwargs)
@@ -193,7 +182,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from lamp_jax.perf import allocator
+  from lamp_jax import allocator
 
   allocator.reexec_with_tcmalloc("lamp_jax.perf.bench")  # XLA:CPU runs 1.75x faster on it (allocator.py)
   app.run(main)

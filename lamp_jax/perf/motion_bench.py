@@ -94,7 +94,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from lamp_jax.perf import allocator
+  from lamp_jax import allocator
 
   allocator.reexec_with_tcmalloc("lamp_jax.perf.motion_bench")  # XLA:CPU runs 1.75x faster on it (allocator.py)
   app.run(main)

@@ -8,7 +8,7 @@ Modules:
   tasks.py             task families (put_on_plate, stack, push, drawer), success predicates, suites, seed split
   experts.py           scripted closed-loop experts (optional action noise)
   scene_flow.py        exact 3D scene-flow labels by ray casting and rigid body tracking
-  optical_flow.py      exact dense optical flow and its HSV colour encoding
+  optical_flow.py      exact dense optical flow and an episode's flow images (encoding: lamp_jax.flow_image)
   rlds_export.py       episodes -> RLDS examples (layout in ``lamp_jax.specs``)
   generate.py          ``python -m lamp_jax.sim.generate`` (parallel, deterministic tfds writer)
   render_process.py    rendering in a child process when TensorFlow is loaded (Mesa + TF cannot share one)

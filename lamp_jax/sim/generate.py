@@ -31,6 +31,7 @@ import os
 import sys
 import time
 
+from lamp_jax import flow_image
 from lamp_jax.sim import tasks as tasks_lib
 
 RETRY_STRIDE = 200_000
@@ -63,6 +64,7 @@ def _make_episode(job: tuple[str, int]):
     example = rlds_export.record_episode(_WORKER_ENV, cfg["suite"], family, episode_seed, cfg["num_points"],
                                          cfg["flow_steps"], noise=cfg["noise"],
                                          optical_flow_steps=cfg["optical_flow_steps"],
+                                         optical_flow_max_magnitude=cfg["optical_flow_max_magnitude"],
                                          randomize_cameras=cfg.get("randomize_cameras", False),
                                          camera_params_per_step=cfg.get("camera_params_per_step", False))
     if example["episode_metadata"]["success"]:
@@ -95,6 +97,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--noise", type=float, default=0.003, help="expert action noise std (m per step)")
   p.add_argument("--optical-flow-steps", type=int, default=0,
                  help="k > 0 adds steps/observation/optical_flow (HSV flow image from t to t+k)")
+  p.add_argument("--optical-flow-max-magnitude", type=float, default=0.0,
+                 help="flow-image normaliser in pixels (saturation = |flow| / this); 0: the paper's 64 px at 224 px "
+                      "width, scaled to --image-size (lamp_jax.flow_image.default_max_magnitude)")
   p.add_argument("--cameras", default="front,side,wrist",
                  help="cameras to render (others are zeros; 'top' adds image_3)")
   p.add_argument("--randomize-cameras", action="store_true",
@@ -112,6 +117,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.error(f"--num-points={args.num_points} is not a perfect square")
   if args.episodes < 1 or args.val_episodes < 0 or args.workers < 1 or args.flow_steps < 1:
     p.error("--episodes, --workers and --flow-steps must be >= 1 and --val-episodes >= 0")
+  if args.optical_flow_max_magnitude < 0:
+    p.error(f"--optical-flow-max-magnitude={args.optical_flow_max_magnitude} must be >= 0 (0 = default)")
   return args
 
 
@@ -127,6 +134,8 @@ def generate(args: argparse.Namespace) -> dict:
 
   cfg = {"suite": args.suite, "image_size": args.image_size, "num_points": args.num_points,
          "flow_steps": args.flow_steps, "noise": args.noise, "optical_flow_steps": args.optical_flow_steps,
+         "optical_flow_max_magnitude": (args.optical_flow_max_magnitude
+                                        or flow_image.default_max_magnitude(args.image_size)),
          "cameras": [c for c in args.cameras.split(",") if c]}
   # Multi-view options enter the config (and the dataset description) only when used: default datasets are as
   # before.

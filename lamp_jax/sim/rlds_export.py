@@ -7,7 +7,8 @@ after the last action and is held past the end. ``is_last`` is set on step M - 1
 step 0.
 
 Optional extra field (only with ``optical_flow_steps > 0``): ``steps/observation/optical_flow`` Image
-uint8[H, W, 3], the HSV-encoded dense flow of image_0 from step t to t + k.
+uint8[H, W, 3], the flow image (``lamp_jax.flow_image``: hue = direction, saturation = magnitude /
+``optical_flow_max_magnitude``, value = 1, zero flow white) of image_0's exact flow from step t to t + k.
 
 Multi-view options (the defaults leave the layout unchanged): ``randomize_cameras`` poses the third-person cameras
 (front, side, top) at random around their nominal poses, drawn from the episode seed (``env.camera_poses``), fixed
@@ -35,7 +36,8 @@ VERSION = "1.0.0"
 
 IMAGE_ENCODING = "png"
 # Bumped whenever the stored format changes, so cached datasets of an older format are regenerated.
-FORMAT_VERSION = 2
+# 3: flow images encode the magnitude as saturation (value 1, zero flow white) instead of value (black).
+FORMAT_VERSION = 3
 
 
 def dataset_name(suite: str) -> str:
@@ -98,10 +100,14 @@ def features(image_size: int, num_points: int, flow_steps: int, optical_flow: bo
 
 
 def record_episode(env: env_lib.TabletopEnv, suite: str, family: str, seed: int, num_points: int,
-                   flow_steps: int, noise: float = 0.0, optical_flow_steps: int = 0, randomize_cameras: bool = False,
+                   flow_steps: int, noise: float = 0.0, optical_flow_steps: int = 0,
+                   optical_flow_max_magnitude: float | None = None, randomize_cameras: bool = False,
                    camera_params_per_step: bool = False) -> dict[str, Any]:
   """Run the scripted expert on ``(family, seed)`` and build the RLDS example (numpy; images uint8). The
-  third-person cameras take their nominal poses, or random ones from ``seed`` with ``randomize_cameras``."""
+  third-person cameras take their nominal poses, or random ones from ``seed`` with ``randomize_cameras``.
+
+  ``optical_flow_max_magnitude``: flow-image normaliser in pixels (None: ``flow_image.default_max_magnitude``).
+  """
   env.set_camera_poses(env.camera_poses(seed if randomize_cameras else None))
   task = tasks_lib.sample_task(family, seed)
   out = experts_lib.run_expert_episode(env, task, noise=noise, seed=seed, record=True)
@@ -111,7 +117,7 @@ def record_episode(env: env_lib.TabletopEnv, suite: str, family: str, seed: int,
   flow = scene_flow_lib.compute_scene_flow(env.model, frames, num_points, flow_steps,
                                            camera=env_lib.REFERENCE_CAMERA, image_size=(size, size))
   flow_rgb = (optical_flow_lib.flow_images(env.model, frames, optical_flow_steps, env_lib.REFERENCE_CAMERA, size,
-                                           size) if optical_flow_steps > 0 else None)
+                                           size, optical_flow_max_magnitude) if optical_flow_steps > 0 else None)
   images = num_images(env.cameras)
   names = env_lib.CAMERA_NAMES[:images]
   replayer = scene_flow_lib.FrameReplayer(env.model)

@@ -39,6 +39,7 @@ import copy
 import ml_collections
 
 from lamp_jax import tokenizer as tokenizer_lib
+from lamp_jax.data import config as data_config
 from lamp_jax.models import interface
 from lamp_jax.models import registry
 from lamp_jax.training import sharding as sharding_lib
@@ -99,26 +100,15 @@ _DTYPES = ("float32", "bfloat16")
 
 
 def _check_model_matches_data(c: ml_collections.ConfigDict, fail) -> None:
-  """The pipeline must produce what the model reads (``ModelLibrary.data_requirements``): a model override on the
-  command line (e.g. ``--config.model.motion.num_keypoints=256``) that is not mirrored in ``data.pipeline`` is
-  rejected here, by name, instead of failing later with a shape error (or, for the generated simulator data,
-  reading stale labels)."""
-  req = registry.for_config(c.model).data_requirements(c.model)
-  d = c.data.pipeline
-  checks = [("cameras", tuple(d.cameras) if "cameras" in d else None, tuple(req.cameras)),
-            ("image_size", tuple(int(v) for v in d.image_size) if "image_size" in d else None,
-             (req.image_size, req.image_size))]
-  if req.action_horizon:
-    checks += [("action_horizon", d.get("action_horizon"), req.action_horizon),
-               ("max_action_dim", d.get("max_action_dim"), req.action_dim)]
-  if req.proprio_dim:
-    checks.append(("max_proprio_dim", d.get("max_proprio_dim"), req.proprio_dim))
-  if req.scene_flow is not None:
-    checks += [("scene_flow_num_points", d.get("scene_flow_num_points"), req.scene_flow[0]),
-               ("scene_flow_horizon", d.get("scene_flow_horizon"), req.scene_flow[1])]
-  for field, have, want in checks:
-    if have is not None and have != want:
-      fail(f"data.pipeline.{field}", f"{have} does not match what the model reads ({want})")
+  """The pipeline must produce what the model reads (``ModelLibrary.data_requirements``, checked by
+  ``data.config.check_requirements``): a model override on the command line (e.g.
+  ``--config.model.motion.num_keypoints=256``) that is not mirrored in ``data.pipeline`` is rejected here, naming
+  every field, instead of failing later with a shape error (or, for the generated simulator data, reading stale
+  labels)."""
+  problems = data_config.check_requirements(c.data.pipeline, registry.for_config(c.model).data_requirements(c.model))
+  if problems:
+    fail("data.pipeline", "does not give the model what it reads: " + "; ".join(
+        p.replace("data.", "data.pipeline.", 1) for p in problems))
 
 
 def validate(c: ml_collections.ConfigDict) -> None:

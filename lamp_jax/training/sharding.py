@@ -66,6 +66,8 @@ DEFAULT_RULES = (
     ("layers", None),
     ("norm", None),
     ("stem", None),
+    ("conv_in", None),
+    ("conv_out", None),
 ) + ACTIVATION_RULES
 
 

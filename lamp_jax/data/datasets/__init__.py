@@ -33,9 +33,9 @@ class Standardization:
   name: str
   fn: Callable  # fn(steps, metadata, **kwargs) -> trajectory dict (TF graph code)
   # requirements(data_cfg, image_keys) -> {serialized key: Requirement}; only keys this standardisation reads.
+  # Every 'float' key of the requirements is checked for NaN / inf in every episode (rlds.finite_keys).
   requirements: Callable[[object, Mapping[str, str]], Mapping[str, Requirement]]
   image_keys: Mapping[str, str]  # spec camera key -> dataset observation key ('' = camera absent)
-  finite_keys: tuple[str, ...]  # serialized float keys checked for NaN / inf per episode
   action_keys: tuple[str, ...]  # serialized keys holding raw actions (for the |action| bound filter)
   instruction_key: str  # serialized key of the per-step instruction
   action_normalization_mask: tuple[bool, ...]  # default: normalise all but the gripper

@@ -45,9 +45,10 @@ datasets.register(datasets.Standardization(
     name="bridge_dataset",
     fn=standardize,
     requirements=requirements,
-    # Octo maps primary=image_0, secondary=image_1; image_3 is Bridge's wrist camera (mostly missing).
-    image_keys={"image_primary": "image_0", "image_secondary": "image_1", "image_wrist": "image_3"},
-    finite_keys=("steps/action", "steps/observation/state"),
+    # Octo maps primary=image_0, secondary=image_1; image_2 is the third third-person view (synchronized views:
+    # all three show the same step), image_3 is Bridge's wrist camera (mostly missing).
+    image_keys={"image_primary": "image_0", "image_secondary": "image_1", "image_tertiary": "image_2",
+                "image_wrist": "image_3"},
     action_keys=("steps/action",),
     instruction_key="steps/language_instruction",
     action_normalization_mask=(True,) * 6 + (False,),

@@ -49,7 +49,6 @@ def _register(name: str, proprio_normalization_mask: tuple[bool, ...]) -> None:
       # image_3 ('top') exists only in datasets generated with --cameras=...,top.
       image_keys={"image_primary": "image_0", "image_secondary": "image_1", "image_wrist": "image_2",
                   "image_tertiary": "image_3"},
-      finite_keys=("steps/action", "steps/observation/state", f"steps/{specs.SCENE_FLOW}"),
       action_keys=("steps/action",),
       instruction_key="steps/language_instruction",
       action_normalization_mask=(True,) * 6 + (False,),

@@ -29,6 +29,16 @@ are [out, in]):
 
 Both RMSNorm conventions are ``x * (1 + scale)``, so norm weights copy unchanged. The SigLIP MAP head
 (``vision_tower.head.*``, vision_use_head=True) is not part of PaliGemma: such tensors are reported unexpected.
+
+``layout(model_cfg, extensions=True)`` also places the lamp_jax VLM options transformers has no tensor for, in
+the same naming scheme (the PyTorch export of ``lamp_jax.export`` / ``lamp_torch`` uses it; HF files never
+contain them):
+
+  model.vision_tower.embeddings.stem.conv_i.weight [C', C, 3, 3] -> img/stem/conv_i/kernel [3, 3, C, C']
+  model.vision_tower.embeddings.stem.{conv_i.bias, norm_i.weight, norm_i.bias} -> img/stem/{conv_i/bias,
+                                                                  norm_i/scale, norm_i/bias}   (stem 'conv')
+  model.vision_tower.embeddings.patch_embedding.weight [D, C', 1, 1] (stem 'conv': the 1x1 projection)
+  camera_embedding [C, E]                                      -> camera_embedding [C, E]   (camera_embeddings > 0)
 """
 
 from __future__ import annotations
@@ -80,15 +90,52 @@ def _transpose(x):
   return x.T
 
 
-def layout(model_cfg: Any) -> list[Entry]:
-  """Every HF tensor of the model config and where it lives in our parameter tree."""
+def _conv_kernel_to_ours(w):
+  return w.transpose(2, 3, 1, 0)  # torch [out, in, kh, kw] -> flax [kh, kw, in, out]
+
+
+def _conv_kernel_to_torch(w):
+  return w.transpose(3, 2, 0, 1)
+
+
+def _extension_entries(cfg: paligemma.PaliGemmaConfig) -> list[Entry]:
+  """The VLM options outside transformers' PaliGemma: convolutional stem, per-camera embeddings."""
+  vis = cfg.vision
+  entries = []
+  if vis.stem == "conv":
+    stem = "model.vision_tower.embeddings.stem."
+    channels, in_channels = vis.stem_width, 3
+    for i in range(int(vis.patch_size).bit_length() - 1):
+      entries += [
+          Entry(f"{stem}conv_{i}.weight", (channels, in_channels, 3, 3), f"img/stem/conv_{i}/kernel", (),
+                _conv_kernel_to_ours, _conv_kernel_to_torch),
+          Entry(f"{stem}conv_{i}.bias", (channels,), f"img/stem/conv_{i}/bias", (), _identity, _identity),
+          Entry(f"{stem}norm_{i}.weight", (channels,), f"img/stem/norm_{i}/scale", (), _identity, _identity),
+          Entry(f"{stem}norm_{i}.bias", (channels,), f"img/stem/norm_{i}/bias", (), _identity, _identity),
+      ]
+      in_channels, channels = channels, channels * 2
+  if cfg.camera_embeddings:
+    entries.append(Entry("camera_embedding", (cfg.camera_embeddings, cfg.llm.width), "camera_embedding", (),
+                         _identity, _identity))
+  return entries
+
+
+def layout(model_cfg: Any, *, extensions: bool = False) -> list[Entry]:
+  """Every HF tensor of the model config and where it lives in our parameter tree.
+
+  ``extensions=True`` adds the tensors of the options transformers does not have (module docstring); without
+  it, such a config's parameters are reported missing / unexpected by the strict checks.
+  """
   cfg = paligemma.config_from_dict(model_cfg)
   vis, llm = cfg.vision, cfg.llm
   d, nv, hv, f, p = vis.width, vis.num_heads, vis.head_dim, vis.mlp_dim, vis.patch_size
   e, n, k, h, fl, v = llm.width, llm.num_heads, llm.num_kv_heads, llm.head_dim, llm.mlp_dim, llm.vocab_size
+  patch_shape = (d, 3, p, p)
+  if extensions and vis.stem == "conv":  # the 1x1 projection of the stem's last feature map
+    patch_shape = (d, vis.stem_width * 2**(int(p).bit_length() - 2), 1, 1)
   entries = [
-      Entry("model.vision_tower.embeddings.patch_embedding.weight", (d, 3, p, p), "img/embedding/kernel", (),
-            lambda w: w.transpose(2, 3, 1, 0), lambda w: w.transpose(3, 2, 0, 1)),
+      Entry("model.vision_tower.embeddings.patch_embedding.weight", patch_shape, "img/embedding/kernel", (),
+            _conv_kernel_to_ours, _conv_kernel_to_torch),
       Entry("model.vision_tower.embeddings.patch_embedding.bias", (d,), "img/embedding/bias", (),
             _identity, _identity),
       Entry("model.vision_tower.post_layernorm.weight", (d,), "img/Transformer/encoder_norm/scale", (),
@@ -147,6 +194,8 @@ def layout(model_cfg: Any) -> list[Entry]:
       entries.append(Entry(hf + f"self_attn.{proj}.weight", (k * h, e), "llm/layers/attn/kv_einsum/w", (i, c),
                            lambda w: w.reshape(k, h, e).transpose(0, 2, 1),
                            lambda w: w.transpose(0, 2, 1).reshape(k * h, e)))
+  if extensions:
+    entries += _extension_entries(cfg)
   return entries
 
 

@@ -1,0 +1,213 @@
+"""π0: a PaliGemma VLM + a Gemma action expert that shares its attention (the ``'pi0'`` model library).
+
+Data flow (shapes for one batch; letters as specs.py, P = VLM prefix length, L = layers):
+
+  images uint8[B, W, Hi, Wi, 3] per camera, tokens int32[B, Lt] ─► observation.vlm_inputs (as LaMP reads them)
+      ─► vlm (PaliGemma over the prefix, ONE pass) ─► per-layer keys / values float[L, B, P, K, Hd], bool[B, P]
+  noise float32[B, H, A] ─► action_expert (pi0_expert.py: [state; H action tokens] attending at every layer to
+      the prefix keys / values), Euler 0 -> 1 in ``num_inference_steps`` ─► actions float32[B, H, A]
+
+The prefix never attends to the suffix, so the VLM pass over the prefix alone gives exactly the keys / values
+that π0's joint [prefix; suffix] pass computes (pi0_expert.py); ``sample_actions`` runs it once and every Euler
+step reuses it, and ``compute_loss`` uses the same split. Time convention: flow_matching.py (tau = 0 noise,
+tau = 1 data); openpi's t = 1 - tau (pi0_expert.py says what the expert's time embedding is fed). Configs:
+pi0_config.py. FLOPs: flops.py.
+
+Parameter tree top level: 'vlm' (PaliGemma: 'img', 'llm'), 'action_expert' (nothing else).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lamp_jax import specs
+from lamp_jax.models import flops
+from lamp_jax.models import flow_matching as fm
+from lamp_jax.models import interface
+from lamp_jax.models import losses
+from lamp_jax.models import observation
+from lamp_jax.models import paligemma
+from lamp_jax.models import pi0_config
+from lamp_jax.models import pi0_expert
+
+NAME = pi0_config.NAME
+TOP_LEVEL = ("vlm", "action_expert")
+LOSS_TERMS = ("action",)
+
+
+def vlm_and_expert_configs(cfg: ml_collections.ConfigDict):
+  """(PaliGemmaConfig, the expert's GemmaConfig) of a model config, checked against each other."""
+  vlm = paligemma.config_from_dict(cfg.vlm)
+  expert = pi0_expert.gemma_config(cfg.action, str(cfg.dtype))
+  pi0_expert.check_matches_vlm(expert, vlm.llm)
+  return vlm, expert
+
+
+class Pi0(nn.Module):
+  """The π0 policy. All methods take the specs.py batch and an explicit PRNG key ``rng``.
+
+  * ``compute_loss(batch, rng, *, train=True) -> (loss float32[], metrics)``
+  * ``sample_actions(batch, rng, *, num_steps=None, noise=None) -> float32[B, H, A]``
+  * ``prefix(batch) -> (prefix_kv, prefix_mask bool[B, P])``: the VLM pass (keys / values each float[L, B, P, K, Hd])
+  * ``__call__(batch, rng)``: runs every component once (used by ``init``).
+  """
+
+  config: ml_collections.ConfigDict
+
+  def setup(self):
+    cfg = self.config
+    vlm_config, _ = vlm_and_expert_configs(cfg)
+    self.vlm = paligemma.PaliGemma(vlm_config)
+    self.action_expert = pi0_expert.Pi0ActionExpert(cfg.action, int(cfg.action_dim), dtype=jnp.dtype(cfg.dtype))
+
+  def prefix(self, batch):
+    """The VLM over the prefix (images + prompt) alone: (per-layer (keys, values), prefix_mask bool[B, P])."""
+    out = self.vlm(*observation.vlm_inputs(batch, self.config), return_kv_cache=True)
+    return out["kv_cache"], out["prefix_mask"]
+
+  def __call__(self, batch, rng):
+    """Runs the VLM and the expert once (creates all parameters in ``init``). Returns the action velocity."""
+    del rng
+    prefix_kv, prefix_mask = self.prefix(batch)
+    b = prefix_mask.shape[0]
+    actions = jnp.zeros((b, self.config.action_horizon, self.config.action_dim), jnp.float32)
+    return self.action_expert(actions, jnp.zeros((b,)), observation.current_proprio(batch, self.config), prefix_kv,
+                              prefix_mask)
+
+  def compute_loss(self, batch, rng, *, train: bool = True):
+    """Flow-matching loss of the action chunk (term 'action', ``fm.flow_matching_loss`` with ``action.time_dist``).
+
+    Padded action dimensions (``action_pad_mask`` False at every step) enter the expert as zeros and are
+    unweighted; time padding stays in the input and is only unweighted (as LaMP). ``train`` enables
+    ``proprio_dropout``. With ``loss.action_repeats`` = R the expert sees its inputs tiled R times along the
+    batch (copy r of example i at r * B + i), all reading one VLM pass.
+    Returns (loss float32[], metrics dict of float32[]: 'loss', 'loss/action').
+    """
+    cfg = self.config
+    weights = losses.active_weights(cfg.loss.weights, LOSS_TERMS, NAME)
+    repeats = int(cfg.loss.get("action_repeats", 1))
+    if repeats < 1:
+      raise ValueError(f"config field model.loss.action_repeats must be >= 1, got {repeats}")
+    for key in (specs.ACTION, specs.ACTION_PAD_MASK):
+      if key not in batch:
+        raise ValueError(f"config field model.loss.weights.action > 0 but the batch has no {key!r}")
+    prefix_kv, prefix_mask = self.prefix(batch)
+    actions = batch[specs.ACTION].astype(jnp.float32)
+    expected = (prefix_mask.shape[0], cfg.action_horizon, cfg.action_dim)
+    if actions.shape != expected:
+      raise ValueError(f"batch['action'] has shape {actions.shape}; config expects {expected} "
+                       "(action_horizon, action_dim)")
+    pad_mask = batch[specs.ACTION_PAD_MASK].astype(bool)
+    actions = jnp.where(jnp.any(pad_mask, axis=1, keepdims=True), actions, 0.0)
+    rng_action, rng_proprio = jax.random.split(rng)
+    proprio = observation.current_proprio(batch, cfg, rng_proprio if train else None)
+    actions, pad_mask, proprio, prefix_mask = (_tile(x, repeats) for x in (actions, pad_mask, proprio, prefix_mask))
+    prefix_kv = jax.tree.map(lambda x: _tile(x, repeats, axis=1), prefix_kv)
+    values = {"action": fm.flow_matching_loss(
+        rng_action, actions, lambda x, tau: self.action_expert(x, tau, proprio, prefix_kv, prefix_mask),
+        time_dist=cfg.action.time_dist, mask=pad_mask)}
+    return losses.weighted_total(values, weights, LOSS_TERMS)
+
+  def sample_actions(self, batch, rng, *, num_steps: int | None = None, noise: dict | None = None):
+    """Normalised action chunk float32[B, H, A]: the VLM prefix pass once, then ``num_steps`` Euler steps (default
+    config num_inference_steps) of the expert from tau = 0 (noise) to 1, each reusing the prefix keys / values.
+
+    ``noise``: optional {'action': float32[B, H, A]}, the initial noise (else drawn from ``rng``). Jit the caller's
+    ``model.apply(..., method='sample_actions')``: one XLA computation, no Python-side state.
+    """
+    cfg = self.config
+    num_steps = int(cfg.num_inference_steps if num_steps is None else num_steps)
+    prefix_kv, prefix_mask = self.prefix(batch)
+    proprio = observation.current_proprio(batch, cfg)
+    b = prefix_mask.shape[0]
+    shape = (b, cfg.action_horizon, cfg.action_dim)
+    x0 = _initial_noise(noise, rng, shape)
+
+    def step(mdl, x, tau):
+      return mdl.action_expert(x, jnp.full((b,), tau), proprio, prefix_kv, prefix_mask), ()
+
+    actions, _ = fm.euler_integrate_module(self, step, x0, num_steps, ())
+    return actions
+
+
+def _initial_noise(noise, rng, shape) -> jax.Array:
+  if noise is None:
+    return jax.random.normal(rng, shape, jnp.float32)
+  if not isinstance(noise, dict) or set(noise) != {"action"}:
+    raise ValueError(f"sample_actions(noise=...) takes {{'action': float32{list(shape)}}}, got "
+                     f"{type(noise).__name__} {sorted(noise) if isinstance(noise, dict) else ''}")
+  x0 = jnp.asarray(noise["action"], jnp.float32)
+  if x0.shape != shape:
+    raise ValueError(f"sample_actions(noise={{'action': ...}}) has shape {x0.shape}; expected {shape} "
+                     "(batch, action_horizon, action_dim)")
+  return x0
+
+
+def _tile(x: jax.Array, repeats: int, axis: int = 0) -> jax.Array:
+  """x -> x tiled ``repeats`` times along ``axis`` (copy r of example i at r * B + i; identity for R = 1)."""
+  if repeats == 1:
+    return x
+  reps = [1] * x.ndim
+  reps[axis] = repeats
+  return jnp.tile(x, reps)
+
+
+def dummy_batch(model_cfg: ml_collections.ConfigDict, batch_size: int = 2, seed: int = 0, *,
+                window: int = 1) -> dict:
+  """A random numpy batch following specs.py (with tokens, without the raw language_instruction)."""
+  rs = np.random.RandomState(seed)
+  b, h, a = batch_size, model_cfg.action_horizon, model_cfg.action_dim
+  inputs = observation.dummy_inputs(model_cfg, b, rs, paligemma.config_from_dict(model_cfg.vlm).llm.vocab_size,
+                                    window=window)
+  return {**inputs, specs.ACTION: rs.uniform(-1, 1, (b, h, a)).astype(np.float32),
+          specs.ACTION_PAD_MASK: np.ones((b, h, a), bool)}
+
+
+# ------------------------------------------------------------------------------------------ the library
+class Pi0Library(interface.ModelLibrary):
+  """The 'pi0' model library (``interface.ModelLibrary``)."""
+
+  name = NAME
+  variants = pi0_config.VARIANTS
+  methods = frozenset({"sample_actions"})
+  flop_modes = ("train_step", "sample_actions")
+
+  def model_config(self, variant: str = "tiny") -> ml_collections.ConfigDict:
+    return pi0_config.model_config(variant)
+
+  def build(self, cfg: ml_collections.ConfigDict) -> Pi0:
+    self.check_config(cfg)
+    vlm_and_expert_configs(cfg)  # fails here, naming the fields, rather than inside a trace
+    return Pi0(cfg)
+
+  def dummy_batch(self, cfg: ml_collections.ConfigDict, batch_size: int = 2, seed: int = 0) -> dict:
+    return dummy_batch(cfg, batch_size, seed)
+
+  def data_requirements(self, cfg: ml_collections.ConfigDict) -> specs.DataRequirements:
+    return specs.DataRequirements(
+        cameras=tuple(cfg.image_keys), image_size=int(cfg.image_size), window=1,
+        action_horizon=int(cfg.action_horizon), action_dim=int(cfg.action_dim), proprio_dim=int(cfg.proprio_dim),
+        text_tokens=int(cfg.max_token_len), vocab_size=int(paligemma.config_from_dict(cfg.vlm).llm.vocab_size))
+
+  def analytic_flops(self, cfg: ml_collections.ConfigDict, batch_size: int, mode: str) -> float:
+    """Modes: 'sample_actions' (the VLM prefix once + num_inference_steps expert calls), 'train_step' (3 x the
+    forward of compute_loss: the VLM prefix + action_repeats expert calls)."""
+    _, expert = vlm_and_expert_configs(cfg)
+    prefix = pi0_config.prefix_length(cfg)
+    vlm = flops.paligemma_prefix(cfg.vlm, len(cfg.image_keys), int(cfg.max_token_len))
+    call = flops.gemma_expert_call(expert, int(cfg.action_horizon), int(cfg.action_dim), int(cfg.proprio_dim),
+                                   prefix)
+    if mode == "sample_actions":
+      total = vlm + int(cfg.num_inference_steps) * call
+    elif mode == "train_step":
+      total = 3 * (vlm + int(cfg.loss.get("action_repeats", 1)) * call)
+    else:
+      raise ValueError(f"unknown analytic_flops mode {mode!r} of 'pi0' (modes: {self.flop_modes})")
+    return float(batch_size * total)
+
+
+LIBRARY = Pi0Library()

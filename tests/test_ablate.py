@@ -1,0 +1,78 @@
+"""python -m lamp_jax.ablate: pooled success over seeds, differences with Newcombe intervals, missing methods."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from lamp_jax import ablate
+from lamp_jax.eval import stats
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_difference_interval_matches_newcombe():
+  # Newcombe (1998), Statistics in Medicine 17:873, Table II example (a): 56/70 - 48/80 = 0.2, [0.0524, 0.3339].
+  low, high = stats.difference_interval(56, 70, 48, 80)
+  assert low == pytest.approx(0.0524, abs=1e-4) and high == pytest.approx(0.3339, abs=1e-4)
+  low, high = stats.difference_interval(5, 10, 5, 10)
+  assert low == pytest.approx(-high) and low < 0 < high
+
+
+def _fake_run(directory, successes: dict, episodes: int, losses: dict):
+  os.makedirs(directory, exist_ok=True)
+  per_task = {t: {"success_rate": s / episodes, "successes": s, "episodes": episodes,
+                  "ci95": list(stats.wilson_interval(s, episodes))} for t, s in successes.items()}
+  result = {"per_task": per_task, "episodes_per_task": episodes,
+            "mean_success": sum(s / episodes for s in successes.values()) / len(successes)}
+  with open(os.path.join(directory, "eval_results.json"), "w") as fh:
+    json.dump(result, fh)
+  with open(os.path.join(directory, "metrics.jsonl"), "w") as fh:
+    fh.write(json.dumps({"step": 1, "split": "train", **losses, "loss/unused": 0.0}) + "\n")
+
+
+def test_collects_finished_runs_into_one_table(tmp_path):
+  suite = tmp_path / "suite.py"
+  suite.write_text("ABLATION_METHODS = {'lamp': ('', 'smoke'), 'no_motion': ('no_motion', 'smoke_no_motion'),"
+                   " 'pi0': ('pi0', 'smoke_pi0')}\n")
+  work = tmp_path / "runs"
+  _fake_run(ablate.run_dir(str(work), "lamp", 0), {"drawer": 9, "push": 3}, 10, {"loss": 0.5})
+  _fake_run(ablate.run_dir(str(work), "lamp", 1), {"drawer": 10, "push": 5}, 10, {"loss": 0.3})
+  _fake_run(ablate.run_dir(str(work), "no_motion", 0), {"drawer": 8, "push": 1}, 10, {"loss": 0.7})
+  _fake_run(ablate.run_dir(str(work), "no_motion", 1), {"drawer": 7, "push": 2}, 10, {"loss": 0.9})
+  _fake_run(ablate.run_dir(str(work), "pi0", 0), {"drawer": 7, "push": 2}, 10, {"loss": 0.9})
+  summary = ablate.ablate(["lamp", "no_motion", "pi0", "lara"], 2, str(work), str(suite), "default", [],
+                          collect_only=True)
+  lamp, no_motion = summary["methods"]["lamp"], summary["methods"]["no_motion"]
+  assert lamp["pooled"]["per_task"]["drawer"]["successes"] == 19 and lamp["pooled"]["episodes"] == 40
+  assert lamp["pooled"]["seed_means"] == [0.6, 0.75]
+  assert lamp["final_losses"] == {"loss": pytest.approx(0.4)}
+  diff = no_motion["difference_to_first"]
+  assert diff["difference"] == pytest.approx(18 / 40 - 27 / 40)
+  assert diff["ci95"] == [round(v, 4) for v in stats.difference_interval(18, 40, 27, 40)]
+  assert summary["methods"]["pi0"]["status"].startswith("incomplete: 1 of 2")
+  assert summary["methods"]["lara"]["status"].startswith("missing")
+  table = ablate.format_table(summary)
+  assert "lamp" in table and "lara: missing" in table and "vs lamp" in table
+  assert (work / "ablation.json").exists() and (work / "ablation_success.png").stat().st_size > 1000
+
+
+def test_every_declared_variant_of_the_builtin_suite_exists():
+  declared, _ = ablate.load_suite(str(REPO / "configs" / "sim.py"))
+  assert set(declared) <= set(ablate.FAMILY)
+  from configs import sim
+
+  for method, variants in declared.items():
+    for variant in variants:
+      assert sim.get_config(variant).stage_order, (method, variant)
+
+
+@pytest.mark.slow
+def test_smoke_budget_trains_evaluates_and_tabulates(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "lamp_jax.ablate", "--methods=lamp,no_motion", "--seeds=1",
+                        f"--workdir={tmp_path}", "--budget=smoke"], cwd=REPO, capture_output=True, text=True,
+                       check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert "no_motion" in out.stdout and "vs lamp" in out.stdout

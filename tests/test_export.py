@@ -1,0 +1,340 @@
+"""PyTorch export (``lamp_jax.export``): strict name / shape mapping both ways, bit-exact round trips, file sizes
+from shapes alone, checkpoint export (EMA choice, camera mapping, statistics), clear errors on bad inputs, and the
+VLM tensors loading into transformers' PaliGemma."""
+
+from __future__ import annotations
+
+import copy
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+import torch
+
+import lamp_torch
+from lamp_jax import export
+from lamp_jax import export_format
+from lamp_jax.eval import checkpoint_policy
+from lamp_jax.models import registry
+from lamp_jax.models.weights import hf_paligemma
+from lamp_jax.models.weights import strict
+from tests import export_helpers
+from tests.export_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+from tests import toy_model
+from tests import toy_train_config
+
+lamp = registry.get("lamp")
+
+TINY = lamp.model_config("tiny")
+INPUTS = {"cameras": list(TINY.image_keys), "camera_keys": {c: c for c in TINY.image_keys},
+          "image_size": [TINY.image_size] * 2, "resize": False, "state_key": "state",
+          "proprio_dim": TINY.proprio_dim, "state_dim": None}
+TOKENIZER = {"kind": "bytes", "words": "", "path": "", "max_len": TINY.max_token_len, "truncate": True}
+
+
+def _export(params, model_cfg, out_dir):
+  inputs = dict(INPUTS, image_size=[model_cfg.image_size] * 2, proprio_dim=model_cfg.proprio_dim)
+  return export.export_params(params, model_cfg, str(out_dir), inputs=inputs, normalization=None,
+                              tokenizer=dict(TOKENIZER, max_len=model_cfg.max_token_len), source={"test": True})
+
+
+def _variants():
+  """Model options that change the parameter tree: every one must map both ways and build in PyTorch."""
+  out = {"tiny": TINY}
+  v = copy.deepcopy(TINY)
+  v.use_motion = False
+  out["no_motion"] = v
+  v = copy.deepcopy(TINY)  # unscanned stacks (blocks_i), 3-D RoPE, pooled condition
+  v.motion.scan_layers, v.action.scan_layers, v.motion.use_rope = False, False, True
+  v.motion.cond_pool, v.motion.cond_len, v.motion.prune_last_condition = 3, 10, False
+  out["unscanned_rope_pool"] = v
+  v = copy.deepcopy(TINY)  # the VLM options transformers has no tensors for
+  v.vlm.vision_overrides = ml_collections.ConfigDict(dict(stem="conv", stem_width=6, posemb="learn"))
+  v.vlm.camera_embeddings = 2
+  out["conv_stem_cameras"] = v
+  v = copy.deepcopy(TINY)
+  v.vlm.vision_overrides = ml_collections.ConfigDict(dict(posemb="sincos2d"))
+  out["sincos_posemb"] = v
+  return out
+
+
+@pytest.mark.parametrize("variant", sorted(_variants()))
+def test_names_and_shapes_are_the_torch_state_dict_and_round_trip_is_bit_exact(variant, tmp_path):
+  model_cfg = _variants()[variant]
+  params = export_helpers.random_params(model_cfg, seed=1)
+  _export(params, model_cfg, tmp_path / "a")
+  policy = lamp_torch.from_pretrained(str(tmp_path / "a"))  # strict: raises on any name / shape difference
+  tensors = export.read_safetensors(str(tmp_path / "a" / export_format.MODEL_FILE))
+  state = policy.model.state_dict()
+  assert sorted(tensors) == sorted(state)
+  for name, value in tensors.items():
+    assert tuple(value.shape) == tuple(state[name].shape), name
+    np.testing.assert_array_equal(np.asarray(value), state[name].numpy(), err_msg=name)
+  back, back_cfg, config = export.load_export(str(tmp_path / "a"))
+  assert back_cfg.to_dict() == export.model_config_from_json(config["model"]).to_dict()
+  flat_in, flat_back = strict.flatten(params), strict.flatten(back)
+  assert sorted(flat_in) == sorted(flat_back)
+  for name in flat_in:
+    assert flat_back[name].dtype == flat_in[name].dtype
+    np.testing.assert_array_equal(flat_back[name], flat_in[name], err_msg=name)
+  _export(back, back_cfg, tmp_path / "b")
+  with open(tmp_path / "a" / export_format.MODEL_FILE, "rb") as f1, \
+       open(tmp_path / "b" / export_format.MODEL_FILE, "rb") as f2:
+    assert f1.read() == f2.read()
+
+
+def test_bfloat16_parameters_are_kept_bfloat16_and_round_trip_exactly(tmp_path):
+  import ml_dtypes
+
+  params = jax.tree.map(lambda x: x.astype(ml_dtypes.bfloat16), export_helpers.random_params(TINY, seed=2))
+  params["guidance"]["gate_logit"] = np.asarray(0.25, np.float32)  # mixed dtypes are kept per tensor
+  info = _export(params, TINY, tmp_path / "a")
+  assert info["dtypes"] == ["bfloat16", "float32"]
+  state = lamp_torch.from_pretrained(str(tmp_path / "a")).model.state_dict()
+  assert state["vlm.model.language_model.embed_tokens.weight"].dtype == torch.bfloat16
+  assert state["guidance.gate_logit"].dtype == torch.float32 and state["guidance.gate_logit"].shape == ()
+  back, _, _ = export.load_export(str(tmp_path / "a"))
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
+    assert a.dtype == b.dtype
+    np.testing.assert_array_equal(a, b)
+  _export(back, TINY, tmp_path / "b")
+  assert (open(tmp_path / "a" / export_format.MODEL_FILE, "rb").read()
+          == open(tmp_path / "b" / export_format.MODEL_FILE, "rb").read())
+  # The size from shapes and dtypes alone (safetensors orders float32 before bfloat16) is the file's.
+  tensors = export.read_safetensors(str(tmp_path / "a" / export_format.MODEL_FILE))
+  specs = [(name, np.dtype(t.dtype).name, t.shape) for name, t in tensors.items()]
+  assert export_format.safetensors_size(specs, export.METADATA) == info["bytes"]
+
+
+def test_kernel_to_weight_rule_on_known_layers():
+  """A query kernel [D, N, H] is Linear weight [N*H, D]; an attention 'out' kernel [N, H, D] is [D, N*H]; a
+  stacked layer's slice i is blocks.i; an adaLN projection [C, 6, W] is [6*W, C]."""
+  entries = {e.name: e for e in export.layout(TINY)[0]}
+  q = entries["motion_expert.blocks.1.attn.query.weight"]
+  assert q.ours == "motion_expert/blocks/attn/query/dense/kernel" and q.index == (1,) and q.shape == (40, 40)
+  kernel = np.arange(40 * 4 * 10, dtype=np.float32).reshape(40, 4, 10)
+  weight = q.to_torch(kernel)
+  assert weight[2 * 10 + 3, 7] == kernel[7, 2, 3]  # row = head * H + head_dim, column = input
+  out = entries["guidance.attn.out.weight"]
+  kernel = np.arange(3 * 16 * 48, dtype=np.float32).reshape(3, 16, 48)
+  assert out.shape == (48, 48) and out.to_torch(kernel)[5, 1 * 16 + 2] == kernel[1, 2, 5]
+  mod = entries["action_expert.blocks.0.cross.mod.proj.weight"]
+  assert mod.shape == (6 * 36, 36)
+  assert entries["motion_expert.cond_pad"].shape == (29, 40)
+  assert entries["vlm.model.language_model.layers.2.self_attn.q_proj.weight"].ours == \
+      "vlm/llm/layers/attn/q_einsum/w"
+
+
+def test_strict_both_ways_name_every_problem(tmp_path):
+  params = export_helpers.random_params(TINY, seed=3)
+  flat = strict.flatten(params)
+  entries, abstract = export.layout(TINY)
+  broken = dict(flat)
+  del broken["guidance/gate_logit"], broken["action_expert/state_in/dense/bias"]
+  broken["guidance/extra"] = np.zeros(3, np.float32)
+  with pytest.raises(strict.StrictLoadError) as e:
+    export.torch_export.to_torch_tensors(strict.unflatten(broken), entries, abstract)
+  assert e.value.missing == ["action_expert/state_in/dense/bias", "guidance/gate_logit"]
+  assert e.value.unexpected == ["guidance/extra"]
+  reshaped = dict(flat, **{"motion_expert/cond_pad": np.zeros((28, 40), np.float32)})
+  with pytest.raises(strict.StrictLoadError, match=r"motion_expert/cond_pad: shape \(28, 40\)"):
+    export.torch_export.to_torch_tensors(strict.unflatten(reshaped), entries, abstract)
+
+  _export(params, TINY, tmp_path)
+  path = str(tmp_path / export_format.MODEL_FILE)
+  tensors = {k: np.array(v) for k, v in export.read_safetensors(path).items()}
+  del tensors["vlm.model.language_model.norm.weight"], tensors["action_expert.blocks.0.self.mlp.fc2.bias"]
+  tensors["vlm.lm_head.weight"] = np.zeros((2, 2), np.float32)
+  tensors["guidance.motion_proj.weight"] = np.zeros((48, 41), np.float32)
+  export.write_safetensors(tensors, path)
+  with pytest.raises(strict.StrictLoadError) as e:  # JAX import
+    export.load_export(str(tmp_path))
+  assert e.value.missing == ["action_expert.blocks.0.self.mlp.fc2.bias", "vlm.model.language_model.norm.weight"]
+  assert e.value.unexpected == ["vlm.lm_head.weight"]
+  del tensors["vlm.lm_head.weight"]
+  tensors["action_expert.blocks.0.self.mlp.fc2.bias"] = np.zeros(36, np.float32)
+  tensors["vlm.model.language_model.norm.weight"] = np.zeros(48, np.float32)
+  export.write_safetensors(tensors, path)
+  with pytest.raises(strict.StrictLoadError, match=r"guidance.motion_proj.weight: shape \(48, 41\) != expected "
+                     r"\(48, 40\) \(parameter guidance/motion_proj/dense/kernel\)"):
+    export.load_export(str(tmp_path))
+  with pytest.raises(lamp_torch.ExportMismatchError, match=r"guidance.motion_proj.weight: shape \(48, 41\)"):
+    lamp_torch.from_pretrained(str(tmp_path))
+
+
+def test_config_and_tensors_disagree_or_files_are_damaged(tmp_path):
+  _export(export_helpers.random_params(TINY, seed=4), TINY, tmp_path)
+  config_path = tmp_path / export_format.CONFIG_FILE
+  config = json.loads(config_path.read_text())
+  edited = copy.deepcopy(config)
+  edited["model"]["action"]["width"] = 42  # the modules are built from config.json
+  config_path.write_text(json.dumps(edited))
+  with pytest.raises(lamp_torch.ExportMismatchError) as e:
+    lamp_torch.from_pretrained(str(tmp_path))
+  assert "action_expert.action_in.weight: shape (36, 7) != (42, 7) from config.json" in str(e.value)
+  assert len(e.value.mismatched) > 20  # every action-expert tensor is listed, not just the first
+  edited = copy.deepcopy(config)
+  del edited["model"]["motion"]["num_heads"]
+  config_path.write_text(json.dumps(edited))
+  with pytest.raises(export_format.ExportFormatError, match="has no field 'model.motion.num_heads'"):
+    lamp_torch.from_pretrained(str(tmp_path))
+  edited = dict(config, kind="pi0")
+  config_path.write_text(json.dumps(edited))
+  with pytest.raises(ValueError, match="config.json field kind='pi0' is not a known policy kind"):
+    lamp_torch.from_pretrained(str(tmp_path))
+  config_path.write_text(json.dumps(dict(config, format_version=99)))
+  with pytest.raises(export_format.ExportFormatError, match="format_version=99"):
+    lamp_torch.from_pretrained(str(tmp_path))
+  config_path.write_text(json.dumps(config))
+  model_path = tmp_path / export_format.MODEL_FILE
+  data = model_path.read_bytes()
+  model_path.write_bytes(data[:len(data) // 2])
+  with pytest.raises(export_format.ExportFormatError, match="truncated"):
+    lamp_torch.from_pretrained(str(tmp_path))
+  with pytest.raises(export_format.ExportFormatError, match=r"is truncated: tensor \S+ ends at byte"):
+    export.load_export(str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="export directory .*nothing does not exist"):
+    lamp_torch.from_pretrained(str(tmp_path / "nothing"))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match="not an export directory"):
+    lamp_torch.from_pretrained(str(tmp_path / "empty"))
+
+
+def test_file_size_from_shapes_alone_equals_the_written_file(tmp_path):
+  info = _export(export_helpers.random_params(TINY, seed=5), TINY, tmp_path)
+  umask = os.umask(0)
+  os.umask(umask)
+  assert os.stat(tmp_path / export_format.MODEL_FILE).st_mode & 0o777 == 0o666 & ~umask  # not safetensors' 0600
+  predicted = export.predicted_size(TINY)
+  assert predicted["bytes"] == info["bytes"] == os.path.getsize(tmp_path / export_format.MODEL_FILE)
+  assert predicted["tensors"] == info["tensors"]
+  assert predicted["parameters"] == sum(x.size for x in jax.tree.leaves(lamp.abstract_params(TINY)))
+
+
+def test_paper_size_export_is_computed_without_allocating():
+  paper = export.predicted_size(lamp.model_config("paper"))
+  assert 3.6e9 < paper["parameters"] < 3.8e9  # PaliGemma 3B + ~0.3 B motion expert + ~0.4 B action expert
+  assert paper["bytes"] > 4 * paper["parameters"]  # float32 data + header
+  assert paper["bytes"] - 4 * paper["parameters"] < 2e5
+
+
+def _toy_checkpoint(workdir):
+  config = toy_train_config.get_config("")
+  toy = toy_model.LIBRARY
+  params = jax.tree.map(np.asarray, toy.init_params(config.model, jax.random.PRNGKey(0),
+                                                    toy.dummy_batch(config.model, 1, 0)))
+  export_helpers.write_checkpoint(workdir, config, params)
+
+
+def test_export_checkpoint_writes_the_policy_with_its_preprocessing(tmp_path):
+  config, model_cfg, params, ema = export_helpers.sim_checkpoint(tmp_path / "run")
+  info = export.export_checkpoint(str(tmp_path / "run"), str(tmp_path / "out"))
+  assert info["params"] == "ema_params" and info["step"] == 3
+  back, _, exported = export.load_export(str(tmp_path / "out"))
+  for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(back)):
+    np.testing.assert_array_equal(a, b)
+  assert exported["kind"] == "lamp" and exported["source"]["params"] == "ema_params"
+  assert exported["inputs"]["camera_keys"] == {"image_primary": "image_0", "image_wrist": "image_2"}
+  assert exported["inputs"]["resize"] and exported["inputs"]["image_size"] == [32, 32]
+  norm = exported["normalization"]
+  assert norm["action_mode"] == "bounds" and norm["proprio_mode"] == "normal"
+  assert norm["action_mask"] == [True] * 6 + [False]
+  assert norm["statistics"]["dataset"] == config.data.pipeline.datasets[0].name
+  assert exported["tokenizer"]["kind"] == "words" and exported["tokenizer"]["max_len"] == 12
+  assert exported["vlm"]["vision"]["width"] == 32 and exported["vlm"]["llm"]["head_dim"] == 16
+  assert "model.safetensors" in (tmp_path / "out" / export_format.README_FILE).read_text()
+
+  raw = export.export_checkpoint(str(tmp_path / "run"), str(tmp_path / "raw"), ema=False)
+  assert raw["params"] == "params"
+  back, _, _ = export.load_export(str(tmp_path / "raw"))
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow  # two processes importing JAX + TensorFlow (~30 s each on 2 cores)
+def test_export_cli(tmp_path):
+  export_helpers.sim_checkpoint(tmp_path / "run", ema_decay=0.0)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  cmd = [sys.executable, "-m", "lamp_jax.export", f"--checkpoint={tmp_path / 'run'}", f"--out={tmp_path / 'out'}"]
+  proc = subprocess.run(cmd + ["--step=3"], cwd=export_helpers.REPO, env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  info = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert info["params"] == "params" and info["tensors"] == 136 and os.path.isfile(info["out"] + "/config.json")
+  proc = subprocess.run(cmd + ["--ema"], cwd=export_helpers.REPO, env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode != 0 and "--ema: checkpoint" in proc.stderr and "ema.decay=0.0" in proc.stderr
+
+
+def test_requiring_ema_of_a_run_without_it_is_an_error(tmp_path):
+  export_helpers.sim_checkpoint(tmp_path / "run", ema_decay=0.0)
+  with pytest.raises(ValueError, match=r"--ema: checkpoint \S+ step 3 has no EMA parameters \(run config "
+                     r"ema.decay=0.0\)"):
+    export.export_checkpoint(str(tmp_path / "run"), str(tmp_path / "out"), ema=True)
+  assert export.export_checkpoint(str(tmp_path / "run"), str(tmp_path / "out"))["params"] == "params"
+
+
+def test_bad_checkpoints_give_clear_errors(tmp_path):
+  _toy_checkpoint(tmp_path / "toy")
+  with pytest.raises(ValueError, match=r"cannot export a model of kind 'tests.toy_model' \(config field model.name\); "
+                     r"exportable kinds: \['lamp'\]"):
+    export.export_checkpoint(str(tmp_path / "toy"), str(tmp_path / "out"))
+  export_helpers.sim_checkpoint(tmp_path / "run")
+  data_files = glob.glob(str(tmp_path / "run" / "checkpoints" / "3" / "state" / "**" / "d" / "*"), recursive=True)
+  largest = max(data_files, key=os.path.getsize)
+  with open(largest, "r+b") as f:
+    f.truncate(os.path.getsize(largest) // 2)
+  with pytest.raises(checkpoint_policy.CheckpointReadError,
+                     match=r"step 3: cannot read 'ema_params' \(array ema_params/\S+.*truncated, corrupt"):
+    export.export_checkpoint(str(tmp_path / "run"), str(tmp_path / "out"))
+  assert not os.path.exists(tmp_path / "out" / export_format.MODEL_FILE)
+
+
+def test_vlm_tensors_load_into_transformers_paligemma(tmp_path):
+  """The export's vlm.* tensors without the prefix are a strict state_dict of transformers' PaliGemma (5.x), whose
+  prefix-LM hidden states then equal lamp_torch's VLM prefix features."""
+  transformers = pytest.importorskip("transformers")
+  _export(export_helpers.random_params(TINY, seed=6), TINY, tmp_path)
+  policy = lamp_torch.from_pretrained(str(tmp_path))
+  tensors = export.read_safetensors(str(tmp_path / export_format.MODEL_FILE))
+  state = {k[len("vlm."):]: torch.from_numpy(np.array(v)) for k, v in tensors.items() if k.startswith("vlm.")}
+  state["lm_head.weight"] = state["model.language_model.embed_tokens.weight"]  # tied
+  kwargs = {k: v for k, v in hf_paligemma.hf_config(TINY.vlm).items() if k not in ("architectures", "model_type")}
+  hf_cfg = transformers.PaliGemmaConfig(**kwargs)
+  hf_cfg._attn_implementation = "eager"
+  hf = transformers.PaliGemmaForConditionalGeneration(hf_cfg).eval()
+  hf.load_state_dict(state, strict=True)
+  rng = np.random.default_rng(0)
+  images = torch.from_numpy(rng.uniform(-1, 1, (2, 1, 24, 24, 3)).astype(np.float32))
+  tokens = torch.from_numpy(rng.integers(3, 200, (2, 5)))
+  token_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
+  with torch.no_grad():
+    ours, prefix_mask = policy.model.encode(images, torch.ones(2, 1, dtype=torch.bool), tokens, token_mask)
+    n_img = hf_cfg.text_config.num_image_tokens
+    ids = torch.cat([torch.full((2, n_img), hf_cfg.image_token_id), tokens], dim=1)
+    ref = hf(input_ids=ids, pixel_values=images[:, 0].permute(0, 3, 1, 2), attention_mask=prefix_mask.long(),
+             token_type_ids=torch.zeros_like(ids), position_ids=torch.cumsum(prefix_mask.long(), 1),
+             output_hidden_states=True)
+  real = prefix_mask.numpy()
+  err = np.abs(ours.numpy()[real] - ref.hidden_states[-1].numpy()[real]).max()
+  assert err <= 1e-4, err
+  assert np.abs(ours.numpy()).max() > 1.0
+
+
+@pytest.mark.slow  # a subprocess compiling the tiny sample_actions (~1 min on 2 shared cores)
+def test_bench_torch_export_cli():
+  env = dict(os.environ, JAX_PLATFORMS="cpu", LAMP_JAX_ALLOCATOR="system")
+  out = subprocess.run([sys.executable, "-m", "lamp_jax.perf.export_bench", "--config=configs/lamp.py:tiny",
+                        "--repeats=2"], cwd=export_helpers.REPO, env=env, capture_output=True, text=True, check=True)
+  result = json.loads(out.stdout[out.stdout.index("{"):])
+  assert result["what"] == "torch_export" and result["max_abs_diff_torch_vs_jax"] <= 1e-4
+  assert result["file_bytes"] == result["predicted_bytes"]
+  assert set(result["latency_ms"]) == {"jax", "torch", "torch_1_thread"}
+  assert result["paper"]["float32"]["parameters"] == result["paper"]["bfloat16"]["parameters"] > 3.6e9
+  assert result["paper"]["bfloat16"]["bytes"] < 0.51 * result["paper"]["float32"]["bytes"]
