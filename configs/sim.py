@@ -27,18 +27,36 @@ the VLM's per-layer keys / values) trained like the w/o-motion ablation: one 'ac
 optimizer, flow-matching draws per example, batch and generated demonstrations (scene-flow labels are generated
 as for LaMP, so that every variant reads the same cached dataset, and π0 ignores them).
 
-Variants (``:variant``): '' (LaMP) · 'no_motion' · 'pi0' · 'smoke' / 'smoke_no_motion' / 'smoke_pi0' (tiny sizes,
-a few steps, 4 demonstrations, 1 evaluation episode per task: proves the command end to end).
+LARA (``lara``, ``lara_frozen``; lara.py, docs/lara.md): LaMP with latent action representation alignment, on
+LaMP's data, steps, stages and optimizers. A single-view latent action model (lam_config 'sim': 64^2 pixel patches
+in and out, front camera, pairs (o_t, o_{t+H}) with H = the action horizon: the frame after the chunk) rides
+along under params['lam']; in stage 'action' the Action Expert's hidden state after layer L-2, last action token,
+predicts that model's pre-quantisation latent (term 'align', 0.01) and the model keeps its own loss (term 'lam',
+0.01). Stage 'motion' is LaMP's (both terms 0, 'lam' and 'lara_predictor' frozen).
+  lara           joint: the latent action model starts random and trains with the policy
+  lara_frozen    the paper's frozen-LAM ablation: the latent action model comes from a trained LAM run
+                 (``--config.init.lam.path=<workdir of configs/lam.py:sim_single run with
+                 --config.model.future_offsets='(8,)'>``, required), frozen (^lam/), no 'lam' term
+The smoke variants (``smoke_lara``, ``smoke_lara_frozen``) use the 'tiny' latent action model at the smoke image
+size; ``smoke_lara_frozen`` leaves the LAM at its random initialisation (no checkpoint; frozen all the same).
+
+Variants (``:variant``): '' (LaMP) · 'no_motion' · 'pi0' · 'lara' · 'lara_frozen' · 'smoke' / 'smoke_no_motion' /
+'smoke_pi0' / 'smoke_lara' / 'smoke_lara_frozen' (tiny sizes, a few steps, 4 demonstrations, 1 evaluation episode
+per task: proves the command end to end).
 """
 
 import ml_collections
 
 from configs import common
 from lamp_jax.data import config as data_config
+from lamp_jax import specs
+from lamp_jax.models import lam_config
 from lamp_jax.models import lamp_config
+from lamp_jax.models import lara
 from lamp_jax.models import pi0_config
 from lamp_jax.sim import tasks
 from lamp_jax.training import defaults
+from lamp_jax.training import pretrained
 
 SUITE = "tabletop4"
 # Instructions are tokenised by whole words of the suite's vocabulary (tasks.INSTRUCTION_WORDS): the longest,
@@ -50,7 +68,11 @@ ABLATION_METHODS = {
     "lamp": ("", "smoke"),
     "no_motion": ("no_motion", "smoke_no_motion"),
     "pi0": ("pi0", "smoke_pi0"),
+    "lara": ("lara", "smoke_lara"),
+    "lara_frozen_lam": ("lara_frozen", "smoke_lara_frozen"),
 }
+VARIANTS = ("", "no_motion", "pi0", "lara", "lara_frozen", "smoke", "smoke_no_motion", "smoke_pi0", "smoke_lara",
+            "smoke_lara_frozen")
 
 
 def _model(smoke: bool, use_motion: bool) -> ml_collections.ConfigDict:
@@ -74,17 +96,40 @@ def _pi0_model(smoke: bool) -> ml_collections.ConfigDict:
   return m
 
 
+def _add_lara(m: ml_collections.ConfigDict, smoke: bool, joint: bool) -> ml_collections.ConfigDict:
+  """LaMP's model with LARA: a single-view latent action model on the front camera, pairs (o_t, o_{t+H})."""
+  lam = lam_config.model_config("tiny" if smoke else "sim")
+  lam.views = (specs.IMAGE_PRIMARY,)
+  lam.future_offsets = (int(m.action_horizon),)
+  lam.loss.weights.cross_view = 0.0
+  # The smoke Action Expert has 2 layers (one cross / self pair): align at its output (block L).
+  return lara.add(m, lam, block_from_end=0 if smoke else 2, joint=joint)
+
+
+def _lara_stages(c: ml_collections.ConfigDict, joint: bool) -> None:
+  """LaMP's stages with LARA in stage 'action' only (stage 'motion' trains neither the LAM nor the predictor)."""
+  motion, action = c.stages.motion, c.stages.action
+  motion.model_overrides.loss.weights.align = 0.0
+  motion.model_overrides.loss.weights.lam = 0.0
+  motion.frozen = tuple(motion.frozen) + (r"^lam/", r"^lara_predictor/")
+  if not joint:
+    action.frozen = tuple(action.frozen) + (r"^lam/",)
+
+
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  variants = ("", "no_motion", "pi0", "smoke", "smoke_no_motion", "smoke_pi0")
-  if arg not in variants:
-    raise ValueError(f"unknown variant {arg!r} of configs/sim.py (variants: {variants})")
+  if arg not in VARIANTS:
+    raise ValueError(f"unknown variant {arg!r} of configs/sim.py (variants: {VARIANTS})")
   smoke = arg.startswith("smoke")
   is_pi0 = arg.endswith("pi0")
+  is_lara = "lara" in arg
+  joint = not arg.endswith("lara_frozen")
   use_motion = "no_motion" not in arg and not is_pi0
 
   c = defaults.base_config()
   c.seed = 0
   c.model = _pi0_model(smoke) if is_pi0 else _model(smoke, use_motion)
+  if is_lara:
+    _add_lara(c.model, smoke, joint)
   # ~36 GFLOP per stage-2 step at batch 32 (analytic_flops) against a measured ~210 GFLOP/s matmul roof.
   batch = 4 if smoke else 32
   c.data.kind = "pipeline"
@@ -125,6 +170,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   else:
     c.stage_order, c.stages = common.lamp_stages(use_motion, motion_steps, action_steps, stage1_opt, stage2_opt,
                                                  motion_repeats=motion_repeats, action_repeats=action_repeats)
+  if is_lara:
+    _lara_stages(c, joint)
+    if not joint:  # the trained latent action model (the whole run's parameters) into params['lam']
+      c.init = ml_collections.ConfigDict(dict(lam=pretrained.init_entry("checkpoint", "lam", path="" if smoke else None,
+                                                                        source="/")))
   c.ema.decay = 0.0 if smoke else 0.999
   c.checkpoint.every_steps = 3 if smoke else 200
   c.checkpoint.max_to_keep = 2
