@@ -51,7 +51,13 @@ def _init(cfg, batch_size=3, seed=0):
 
 
 def _loss(model, params, batch, rng=1):
-  return model.apply({"params": params}, batch, jax.random.key(rng), method="compute_loss")
+  """compute_loss, jitted (one compilation per model and batch structure)."""
+  fn = _JITTED.setdefault(id(model), (model, jax.jit(
+      lambda p, b, r: model.apply({"params": p}, b, jax.random.key(r), method="compute_loss"), static_argnums=2)))[1]
+  return fn(params, batch, rng)
+
+
+_JITTED = {}
 
 
 # ------------------------------------------------------------------------------------------ the loss
