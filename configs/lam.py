@@ -58,13 +58,10 @@ BRIDGE_STEPS = 160_000
 
 
 def lam_data(model_cfg: ml_collections.ConfigDict, batch_size: int) -> ml_collections.ConfigDict:
-  """The pipeline fields a latent action model fixes: its views at ``image_size``, one current frame, the
-  action chunk up to the largest future offset (read by probes, not by the model), no augmentation."""
-  d = data_config.default_data_config()
-  d.batch_size = batch_size
-  d.window_size = 1
-  d.image_size = (int(model_cfg.image_size), int(model_cfg.image_size))
-  d.cameras = tuple(model_cfg.views)
+  """The pipeline fields a latent action model fixes (``common.data_for``: its views at ``image_size``, one
+  current frame, the future frames of its offsets), the action chunk up to the largest future offset (read by
+  probes, not by the model), no augmentation."""
+  d = common.data_for(model_cfg, batch_size)
   d.action_horizon = max(int(k) for k in model_cfg.future_offsets)
   d.augment = False
   return d

@@ -20,6 +20,7 @@ import ml_collections
 
 from lamp_jax.eval import stats
 from lamp_jax.perf import roofline
+from lamp_jax.training import preflight
 from lamp_jax.training import trainer as trainer_lib
 
 
@@ -183,9 +184,24 @@ def _load_json(path: str) -> dict | None:
     return json.load(fh)
 
 
+def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Every check that needs no data, before any work (``preflight.ConfigError`` naming the field): the run config
+  (``training/preflight.py``: every stage), the generation flags, the tokenizer and -- for a workdir without
+  checkpoints, which starts fresh -- the files of ``config.init``."""
+  preflight.check_run_config(config)
+  if config.sim_data.enabled:
+    try:
+      generation_flags(config)
+    except ValueError as e:
+      raise preflight.ConfigError(str(e)) from None
+  preflight.check_files(config, fresh=not os.path.isdir(os.path.join(os.path.abspath(workdir), "checkpoints")))
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, stop_after_step: int | None = None) -> dict:
-  """Data (if configured) -> stages -> final evaluation (if configured) -> table + plots. Returns a summary."""
+  """Checks -> data (if configured) -> stages -> final evaluation (if configured) -> table + plots. Returns a
+  summary."""
   workdir = os.path.abspath(workdir)
+  check_config(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   if config.sim_data.enabled:
     point_data_config_at(config, ensure_sim_dataset(config, workdir))

@@ -15,8 +15,9 @@ naming every one. ``load_export(DIR)`` is the import direction (export -> our pa
 params -> export -> import -> export is bit-exact (tests/test_export.py).
 
 Another policy kind = one entry in ``KINDS`` (a model library with a ``lamp_torch`` port; the tensor names follow from
-the generic rule)
-plus its ``lamp_torch`` module and registry entry, keyed by the model config's ``name``.
+the rules of torch_export.py) plus its ``lamp_torch`` module and registry entry, keyed by the model config's
+``name``; sizes the PyTorch side cannot derive (JAX-side variant tables) are resolved into config.json
+(``resolved_sections``: ``vlm`` for every kind, ``expert_llm`` for π0's Gemma expert).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from lamp_jax import specs
 from lamp_jax.eval import checkpoint_policy
 from lamp_jax.models import interface
 from lamp_jax.models import paligemma
+from lamp_jax.models import pi0_expert
 from lamp_jax.models import registry
 from lamp_jax.models.weights import strict
 from lamp_jax.models.weights import torch_export
@@ -48,7 +50,7 @@ from lamp_jax.training import checkpoints as ckpt_lib
 # Model config ``name`` -> model library (``abstract_params`` / ``logical_axes`` of a model config).
 # The model kinds (``model.name``) with a PyTorch port: the keys of ``lamp_torch.registry.MODEL_KINDS``
 # (tests/test_export.py checks both agree).
-KINDS = ("lamp",)
+KINDS = ("lamp", "pi0")
 _ML_DTYPES = {"float32": np.float32, "float16": np.float16}
 METADATA = {"format": "pt"}  # what transformers / safetensors.torch expect of a PyTorch checkpoint
 
@@ -148,6 +150,17 @@ def _config_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
+def resolved_sections(model_cfg: ml_collections.ConfigDict) -> dict:
+  """config.json sections holding the sizes that the model config names by variant (the variant tables live on
+  the JAX side): 'vlm' (SigLIP / Gemma fields, camera_embeddings) and, for a Gemma action expert
+  (``action.kind='pi0'``), 'expert_llm' (its ``gemma.GemmaConfig`` fields)."""
+  sections = {"vlm": dataclasses.asdict(paligemma.config_from_dict(model_cfg.vlm))}
+  action = model_cfg.get("action", None)
+  if action is not None and action.get("kind", None) == pi0_expert.KIND:
+    sections["expert_llm"] = dataclasses.asdict(pi0_expert.gemma_config(action, str(model_cfg.dtype)))
+  return sections
+
+
 def model_config_from_json(model_json: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """The model ConfigDict of a config.json ``model`` section (lists of scalars become tuples, as in training)."""
   return ckpt_lib.config_from_json(dict(model_json))
@@ -198,10 +211,12 @@ Written by `python -m lamp_jax.export` from `{checkpoint}` (step {step}, `{param
 * `model.safetensors`: {count} tensors, {size:.1f} MB, dtypes {dtypes}. Names are the `state_dict()` keys of the
   `lamp_torch` module: `vlm.model.*` are transformers `PaliGemmaForConditionalGeneration` (5.x) module names
   (strip the `vlm.` prefix to load them there; `vlm.camera_embedding` and a convolutional stem have no
-  transformers counterpart), the experts follow the JAX parameter tree with `kernel` -> `weight` [out, in] and
-  stacked layers split into `blocks.<i>`.
-* `config.json`: the model config (`model`), the resolved VLM (`vlm`), the tokenizer, the camera mapping and
-  image size (`inputs`), the action / proprio normalisation statistics (`normalization`).
+  transformers counterpart); a Gemma decoder outside the VLM (π0's `action_expert.llm.*`) has transformers
+  `GemmaModel` names; the other expert tensors follow the JAX parameter tree with `kernel` -> `weight`
+  [out, in] and stacked layers split into `blocks.<i>`.
+* `config.json`: the model config (`model`), the resolved VLM (`vlm`) and π0 expert Gemma (`expert_llm`), the
+  tokenizer, the camera mapping and image size (`inputs`), the action / proprio normalisation statistics
+  (`normalization`).
 
 Serve without JAX: `python -m lamp_jax.serve --export=<this dir> --backend=torch [--device=cpu]`, or
 `lamp_torch.from_pretrained("<this dir>").sample_actions(observation)`. Load back into JAX:
@@ -223,8 +238,7 @@ def export_params(params: Any, model_cfg: ml_collections.ConfigDict, out_dir: st
   # two writes of the same tensors differ.
   write_safetensors(tensors, model_path, metadata=METADATA)
   config = {"format": export_format.FORMAT, "format_version": export_format.FORMAT_VERSION, "kind": kind,
-            "model": _config_json(model_cfg),
-            "vlm": dataclasses.asdict(paligemma.config_from_dict(model_cfg.vlm)),
+            "model": _config_json(model_cfg), **resolved_sections(model_cfg),
             "tokenizer": tokenizer, "inputs": inputs, "normalization": normalization,
             "action_dim": specs.ACTION_DIM, "source": source}
   with open(os.path.join(out_dir, export_format.CONFIG_FILE), "w", encoding="utf-8") as f:

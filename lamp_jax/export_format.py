@@ -5,17 +5,18 @@ An export directory holds
 
   model.safetensors   every parameter under the PyTorch module's ``state_dict()`` name, in its stored dtype
                       (float32 / bfloat16 / float16); the name rules are in lamp_jax/models/weights/torch_export.py
-  config.json         {format, format_version, kind, model, vlm, tokenizer, inputs, normalization, action_dim,
-                       source} (fields below)
+  config.json         {format, format_version, kind, model, vlm, [expert_llm,] tokenizer, inputs, normalization,
+                       action_dim, source} (fields below)
   README.md           the layout in words
   tokenizer.model     only for SentencePiece tokenizers (``tokenizer.path`` in config.json points at it)
 
 config.json fields:
   format / format_version  'lamp_jax.export' / FORMAT_VERSION
-  kind                the model config's ``name`` ('lamp'): the registry key of both sides
+  kind                the model config's ``name`` ('lamp' | 'pi0'): the registry key of both sides
   model               the JAX model config as JSON (``model_config`` of the run's stage, overrides applied)
   vlm                 the resolved VLM: {'vision': SigLIPConfig fields, 'llm': GemmaConfig fields,
                       'camera_embeddings': int}
+  expert_llm          π0 only (``model.action.kind='pi0'``): the resolved GemmaConfig fields of the action expert
   tokenizer           {'kind': 'bytes' | 'words' | 'sentencepiece', 'words', 'path', 'max_len', 'truncate'}
   inputs              {'cameras': model camera names in model order, 'camera_keys': {camera: raw observation key,
                       '' = never given}, 'image_size': [h, w], 'resize': bool (bilinear resize of any input size,

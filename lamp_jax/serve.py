@@ -20,19 +20,30 @@ from __future__ import annotations
 import argparse
 import logging
 
+import numpy as np
+
 from lamp_jax.serving import server as server_lib
 
 BACKENDS = ("jax", "torch")
+IMAGE_MAX_DIM = 4096  # the largest free image axis an exported policy accepts (as CheckpointPolicy's spec)
 
 
 def observation_spec(policy) -> dict[str, server_lib.ArraySpec] | None:
   """The server's observation spec from the policy's own ``observation_spec()`` ({key: (dtype, shape with None
-  for any size, required)}, as ``lamp_torch.ExportedPolicy`` gives), or None for the server's default."""
+  for any size, required)}, as ``lamp_torch.ExportedPolicy`` gives), or None for the server's default.
+
+  The checks match ``CheckpointPolicy.observation_spec``'s: float entries must be finite, a free image axis takes
+  up to ``IMAGE_MAX_DIM`` pixels (the policy resizes).
+  """
   spec = getattr(policy, "observation_spec", None)
   if spec is None:
     return None
-  return {key: server_lib.ArraySpec(dtype, tuple(shape), required=required)
-          for key, (dtype, shape, required) in spec().items()}
+  out = {}
+  for key, (dtype, shape, required) in spec().items():
+    size = {"max_dim": IMAGE_MAX_DIM} if dtype == "uint8" else {}
+    out[key] = server_lib.ArraySpec(dtype, tuple(shape), required=required, finite=np.dtype(dtype).kind == "f",
+                                    **size)
+  return out
 
 
 def build_policy(checkpoint: str | None, policy: str | None, step: int | None, seed: int, use_ema: bool,

@@ -17,9 +17,8 @@ Batch (a nested dict of numpy / jax arrays):
     image_wrist        uint8[B, W, Himg, Wimg, 3]  wrist camera (optional key)
     image_secondary    uint8[B, W, Himg, Wimg, 3]  second third-person camera (optional key)
     image_tertiary     uint8[B, W, Himg, Wimg, 3]  third third-person camera (optional key; Bridge image_2,
-                                                   the simulator's 'top' camera)
-                                                   — all third-person cameras of a batch row show the SAME step
-                                                   (synchronized views)
+                                                   the simulator's 'top' camera) — all third-person cameras
+                                                   of a batch row show the SAME step (synchronized views)
     image_mask         dict name -> bool[B, W]     False where the camera is missing (image is zeros)
     future/<camera>    uint8[B, F, Himg, Wimg, 3]  (optional, data.future_offsets k_1..k_F and data.future_cameras)
                                                    the frames t + k_f of the current step t, F = len(offsets),

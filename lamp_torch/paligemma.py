@@ -74,7 +74,14 @@ class PaliGemma(nn.Module):
 
   def forward(self, images, image_mask, tokens, token_mask):
     """Prefix features: (last hidden float[B, P, D] after the final norm, prefix_mask bool[B, P])."""
+    hidden, _, prefix_mask = self.prefix(images, image_mask, tokens, token_mask)
+    return hidden, prefix_mask
+
+  def prefix(self, images, image_mask, tokens, token_mask):
+    """The prefix pass: (last hidden float[B, P, D], (keys, values) each float[L, B, P, K, H] of every LM layer
+    (keys after RoPE; the JAX ``kv_cache``), prefix_mask bool[B, P])."""
     embeds, prefix_mask = self.embed_prefix(images, image_mask, tokens, token_mask)
     attention_mask = prefix_mask[:, None, :] & prefix_mask[:, :, None]
     positions = torch.cumsum(prefix_mask.to(torch.int32), dim=1) - 1
-    return self.model.language_model(embeds, positions, attention_mask), prefix_mask
+    hidden, kv_cache = self.model.language_model.decode(embeds, positions, attention_mask)
+    return hidden, kv_cache, prefix_mask

@@ -241,8 +241,9 @@ class ExportedPolicy:
   def sample_actions(self, observation: Mapping[str, Any], noise: Mapping[str, Any] | None = None) -> np.ndarray:
     """Actions float32[B, H, action_dim] in robot units for a raw observation with its ``instruction``.
 
-    ``noise``: {'motion': float32[B, K, T, 3], 'action': float32[B, H, A]} replacing the random draws
-    ('motion' only for use_motion models); the JAX ``LaMP.sample_actions(noise=...)`` takes the same dict.
+    ``noise``: the random draws to replace, ``model.noise_shapes``: LaMP {'motion': float32[B, K, T, 3] (use_motion
+    models only), 'action': float32[B, H, A]}, π0 {'action'}; the JAX ``sample_actions(noise=...)`` of either
+    model takes the same dict.
     """
     return self.unnormalize(self.sample_normalized(self.model_inputs(observation), noise))
 

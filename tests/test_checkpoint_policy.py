@@ -26,19 +26,19 @@ def test_checkpoint_policy_matches_model_and_picks_ema(tmp_path):
     np.testing.assert_array_equal(np.asarray(got), want)
 
   rs = np.random.default_rng(0)
-  obs = {"state": rs.normal(size=(specs.SIM_STATE_DIM,)).astype(np.float32),
-         "image_0": np.zeros((8, 8, 3), np.uint8)}
+  cfg = config.model
+  # The toy model reads no camera and a proprio of model.proprio_dim; keys it does not read are ignored.
+  obs = {"state": rs.normal(size=(cfg.proprio_dim,)).astype(np.float32), "image_0": np.zeros((8, 8, 3), np.uint8)}
   with pytest.raises(RuntimeError, match="reset"):
     ema_policy(obs)
   ema_policy.reset("stack the red block on the blue block")
   actions = ema_policy(obs)
-  cfg = config.model
   assert actions.shape == (cfg.action_horizon, specs.ACTION_DIM) and actions.dtype == np.float32
   assert ema_policy.action_horizon == cfg.action_horizon
-  # The toy policy reads the proprio (no normalisation statistics for synthetic data): the state truncated to
-  # proprio_dim; the window of 2 starts padded with a copy of the first frame.
+  # The toy policy reads the proprio (no normalisation statistics for synthetic data); the window of 2 starts
+  # padded with a copy of the first frame.
   assert ema_policy.window == cfg.window == 2
-  proprio = np.stack([obs["state"][:cfg.proprio_dim]] * 2)[None]
+  proprio = np.stack([obs["state"]] * 2)[None]
   batch = {specs.OBSERVATION: {specs.PROPRIO: proprio}}
   want = toy_model.LIBRARY.build(cfg).apply({"params": state.ema_params}, batch, jax.random.PRNGKey(0),
                                     method="sample_actions")[0]
@@ -53,3 +53,40 @@ def test_checkpoint_policy_errors(tmp_path):
   (tmp_path / "checkpoints").mkdir()
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
     CheckpointPolicy(str(tmp_path))
+
+
+def test_checkpoint_policy_validates_observations_against_its_model(tmp_path):
+  """The toy run has no data pipeline: the model reads proprio float32[5] and no camera."""
+  from lamp_jax.serving import client as client_lib
+  from lamp_jax.serving import server as server_lib
+
+  t = trainer_lib.Trainer(toy_train_config.get_config(""), str(tmp_path))
+  t.train(until_step=2)
+  t.close()
+  policy = CheckpointPolicy(str(tmp_path))
+  assert {k: v.to_json() for k, v in policy.observation_spec().items()} == {
+      "state": {"dtype": "float32", "shape": [5], "required": True, "finite": True}}
+  good = {"state": np.linspace(-1, 1, 5).astype(np.float32)}
+  policy.reset("push the cube")
+  reference = policy(good)
+  for obs, error in [({"state": np.zeros(8, np.float32)}, r"observation\['state'\] has shape \[8\], expected \[5\]"),
+                     ({"state": np.array([0, 1, np.nan, 0, 0], np.float32)}, "1 non-finite values"),
+                     ({"image_0": np.zeros((8, 8, 3), np.uint8)}, r"missing observation keys \['state'\]")]:
+    with pytest.raises(ValueError, match=error):
+      policy(obs)
+  # A failed reset leaves no instruction behind; a good one serves again.
+  with pytest.raises(ValueError, match="not valid UTF-8"):
+    policy.reset("push the \udcff cube")  # a lone surrogate: no UTF-8 encoding
+  with pytest.raises(RuntimeError, match="must be called"):
+    policy(good)
+  policy.reset("push the cube")
+  np.testing.assert_array_equal(policy(good), reference)  # window of 2: same frames -> same chunk
+  # Served: the server checks requests against the same spec.
+  with server_lib.PolicyServer(policy, host="127.0.0.1", port=0) as server:
+    with client_lib.PolicyClient("127.0.0.1", server.port) as client:
+      client.reset("push the cube")
+      with pytest.raises(client_lib.PolicyServerError, match=r"observation\['state'\] has shape \[8\], expected \[5\]"):
+        client.infer({"state": np.zeros(8, np.float32)})
+      with pytest.raises(client_lib.PolicyServerError, match=r"unknown observation keys \['image_0'\]"):
+        client.infer({"state": good["state"], "image_0": np.zeros((8, 8, 3), np.uint8)})
+      assert client.infer(good).shape == (toy_train_config.get_config("").model.action_horizon, 7)

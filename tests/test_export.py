@@ -1,6 +1,7 @@
-"""PyTorch export (``lamp_jax.export``): strict name / shape mapping both ways, bit-exact round trips, file sizes
-from shapes alone, checkpoint export (EMA choice, camera mapping, statistics), clear errors on bad inputs, and the
-VLM tensors loading into transformers' PaliGemma."""
+"""PyTorch export (``lamp_jax.export``) of LaMP and π0: strict name / shape mapping both ways, bit-exact round trips
+(float32, bfloat16), file sizes from shapes alone, checkpoint export (EMA choice, camera mapping, statistics), clear
+errors on bad inputs, the VLM tensors loading into transformers' PaliGemma and π0's expert Gemma into transformers'
+GemmaModel, and the exporter's kinds equal to lamp_torch's."""
 
 from __future__ import annotations
 
@@ -20,16 +21,17 @@ import torch
 import lamp_torch
 from lamp_jax import export
 from lamp_jax import export_format
-from lamp_jax.eval import checkpoint_policy
 from lamp_jax.models import registry
 from lamp_jax.models.weights import hf_paligemma
 from lamp_jax.models.weights import strict
+from lamp_jax.training import checkpoints as ckpt_lib
 from tests import export_helpers
 from tests.export_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from tests import toy_model
 from tests import toy_train_config
 
 lamp = registry.get("lamp")
+pi0 = registry.get("pi0")
 
 TINY = lamp.model_config("tiny")
 INPUTS = {"cameras": list(TINY.image_keys), "camera_keys": {c: c for c in TINY.image_keys},
@@ -61,6 +63,11 @@ def _variants():
   v = copy.deepcopy(TINY)
   v.vlm.vision_overrides = ml_collections.ConfigDict(dict(posemb="sincos2d"))
   out["sincos_posemb"] = v
+  out["pi0"] = pi0.model_config("tiny")
+  v = pi0.model_config("tiny")  # the VLM options transformers has no tensors for, under π0
+  v.vlm.vision_overrides = ml_collections.ConfigDict(dict(stem="conv", stem_width=6, posemb="learn"))
+  v.vlm.camera_embeddings = 2
+  out["pi0_conv_stem_cameras"] = v
   return out
 
 
@@ -110,6 +117,116 @@ def test_bfloat16_parameters_are_kept_bfloat16_and_round_trip_exactly(tmp_path):
   tensors = export.read_safetensors(str(tmp_path / "a" / export_format.MODEL_FILE))
   specs = [(name, np.dtype(t.dtype).name, t.shape) for name, t in tensors.items()]
   assert export_format.safetensors_size(specs, export.METADATA) == info["bytes"]
+
+
+PI0 = pi0.model_config("tiny")
+
+
+def test_pi0_bfloat16_parameters_are_kept_and_round_trip_exactly(tmp_path):
+  import ml_dtypes
+
+  params = jax.tree.map(lambda x: x.astype(ml_dtypes.bfloat16), export_helpers.random_params(PI0, seed=2))
+  bias = params["action_expert"]["action_out_proj"]["dense"]["bias"]
+  params["action_expert"]["action_out_proj"]["dense"]["bias"] = bias.astype(np.float32)  # kept per tensor
+  info = _export(params, PI0, tmp_path / "a")
+  assert info["dtypes"] == ["bfloat16", "float32"]
+  state = lamp_torch.from_pretrained(str(tmp_path / "a")).model.state_dict()
+  assert state["action_expert.llm.layers.0.self_attn.q_proj.weight"].dtype == torch.bfloat16
+  assert state["action_expert.action_out_proj.bias"].dtype == torch.float32
+  back, _, _ = export.load_export(str(tmp_path / "a"))
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
+    assert a.dtype == b.dtype
+    np.testing.assert_array_equal(a, b)
+  _export(back, PI0, tmp_path / "b")
+  assert (open(tmp_path / "a" / export_format.MODEL_FILE, "rb").read()
+          == open(tmp_path / "b" / export_format.MODEL_FILE, "rb").read())
+
+
+def test_pi0_expert_gemma_has_transformers_names():
+  """The expert's Gemma (action_expert/llm) is named as transformers' GemmaModel, without embed_tokens: query
+  kernel [N, D, H] of layer i -> q_proj.weight [N * H, D]; the K / V pair [2, K, D, H] -> k_proj / v_proj; the
+  suffix projections follow the kernel -> weight rule ([2D -> D] is weight [D, 2D])."""
+  entries = {e.name: e for e in export.layout(PI0)[0]}
+  q = entries["action_expert.llm.layers.2.self_attn.q_proj.weight"]
+  assert q.ours == "action_expert/llm/layers/attn/q_einsum/w" and q.index == (2,) and q.shape == (3 * 16, 38)
+  kernel = np.arange(3 * 38 * 16, dtype=np.float32).reshape(3, 38, 16)
+  assert q.to_torch(kernel)[1 * 16 + 5, 7] == kernel[1, 7, 5]  # row = head * H + head_dim, column = input
+  v = entries["action_expert.llm.layers.1.self_attn.v_proj.weight"]
+  assert v.ours == "action_expert/llm/layers/attn/kv_einsum/w" and v.index == (1, 1) and v.shape == (16, 38)
+  up = entries["action_expert.llm.layers.0.mlp.up_proj.weight"]
+  assert up.index == (0, 1) and up.shape == (70, 38)
+  assert entries["action_expert.llm.norm.weight"].ours == "action_expert/llm/final_norm/scale"
+  assert entries["action_expert.action_time_mlp_in.weight"].shape == (38, 2 * 38)
+  assert entries["action_expert.state_proj.weight"].shape == (38, PI0.proprio_dim)
+  assert not any(name.startswith("action_expert.llm.embed_tokens") for name in entries)
+  assert sum(name.startswith("action_expert.llm.layers.") for name in entries) == 3 * 9  # 3 layers, 9 tensors
+
+
+def test_a_gemma_tree_with_foreign_parameters_is_an_error():
+  shapes = {"expert/llm/" + n: (3, 2, 8, 4) for n in export.torch_export.GEMMA_PARAMS}
+  shapes["expert/llm/layers/attn/kv_einsum/w"] = (3, 2, 1, 8, 4)
+  shapes["expert/llm/adapter"] = (8,)
+  with pytest.raises(ValueError, match=r"cannot export expert/llm: .*\['expert/llm/adapter'\] are not a Gemma's"):
+    export.torch_export.expert_entries(shapes, {})
+
+
+def test_pi0_strict_both_ways_names_every_problem(tmp_path):
+  params = export_helpers.random_params(PI0, seed=3)
+  flat = strict.flatten(params)
+  entries, abstract = export.layout(PI0)
+  broken = dict(flat)
+  del broken["action_expert/state_proj/dense/bias"]
+  broken["action_expert/llm/extra"] = np.zeros(3, np.float32)
+  with pytest.raises(strict.StrictLoadError) as e:
+    export.torch_export.to_torch_tensors(strict.unflatten(broken), entries, abstract)
+  assert e.value.missing == ["action_expert/state_proj/dense/bias"]
+  assert e.value.unexpected == ["action_expert/llm/extra"]
+  reshaped = dict(flat, **{"action_expert/llm/layers/attn/q_einsum/w": np.zeros((3, 3, 38, 14), np.float32)})
+  with pytest.raises(strict.StrictLoadError, match=r"action_expert/llm/layers/attn/q_einsum/w: shape \(3, 3, 38, 14\) "
+                     r"!= expected \(3, 3, 38, 16\)"):
+    export.torch_export.to_torch_tensors(strict.unflatten(reshaped), entries, abstract)
+
+  _export(params, PI0, tmp_path)
+  path = str(tmp_path / export_format.MODEL_FILE)
+  tensors = {k: np.array(v) for k, v in export.read_safetensors(path).items()}
+  del tensors["action_expert.llm.layers.1.self_attn.v_proj.weight"]
+  tensors["action_expert.llm.embed_tokens.weight"] = np.zeros((263, 38), np.float32)
+  tensors["action_expert.action_in_proj.weight"] = np.zeros((38, 8), np.float32)
+  export.write_safetensors(tensors, path)
+  with pytest.raises(strict.StrictLoadError) as e:  # JAX import
+    export.load_export(str(tmp_path))
+  assert e.value.missing == ["action_expert.llm.layers.1.self_attn.v_proj.weight"]
+  assert e.value.unexpected == ["action_expert.llm.embed_tokens.weight"]
+  with pytest.raises(lamp_torch.ExportMismatchError) as e:  # PyTorch import
+    lamp_torch.from_pretrained(str(tmp_path))
+  assert e.value.missing == ["action_expert.llm.layers.1.self_attn.v_proj.weight"]
+  assert e.value.unexpected == ["action_expert.llm.embed_tokens.weight"]
+  assert e.value.mismatched == ["action_expert.action_in_proj.weight: shape (38, 8) != (38, 7) from config.json"]
+
+
+def test_pi0_config_json_errors_name_the_field(tmp_path):
+  _export(export_helpers.random_params(PI0, seed=4), PI0, tmp_path)
+  config_path = tmp_path / export_format.CONFIG_FILE
+  config = json.loads(config_path.read_text())
+  assert config["expert_llm"]["width"] == 38 and config["expert_llm"]["depth"] == config["vlm"]["llm"]["depth"]
+  edited = copy.deepcopy(config)
+  edited["expert_llm"]["num_kv_heads"] = 3
+  config_path.write_text(json.dumps(edited))
+  with pytest.raises(ValueError, match=r"field expert_llm\) must match the VLM's LLM .*num_kv_heads=3 vs 1"):
+    lamp_torch.from_pretrained(str(tmp_path))
+  del edited["expert_llm"]
+  config_path.write_text(json.dumps(edited))
+  with pytest.raises(export_format.ExportFormatError, match="has no field 'expert_llm'"):
+    lamp_torch.from_pretrained(str(tmp_path))
+  config_path.write_text(json.dumps(dict(config, kind="lamp")))
+  with pytest.raises(ValueError, match="config.json field kind='lamp' but model.name='pi0'"):
+    lamp_torch.from_pretrained(str(tmp_path))
+
+
+def test_the_exporter_and_lamp_torch_know_the_same_kinds():
+  assert set(export.KINDS) == set(lamp_torch.MODEL_KINDS) == {"lamp", "pi0"}
+  for kind in export.KINDS:
+    assert registry.get(kind).name == kind
 
 
 def test_kernel_to_weight_rule_on_known_layers():
@@ -184,9 +301,11 @@ def test_config_and_tensors_disagree_or_files_are_damaged(tmp_path):
   config_path.write_text(json.dumps(edited))
   with pytest.raises(export_format.ExportFormatError, match="has no field 'model.motion.num_heads'"):
     lamp_torch.from_pretrained(str(tmp_path))
-  edited = dict(config, kind="pi0")
-  config_path.write_text(json.dumps(edited))
-  with pytest.raises(ValueError, match="config.json field kind='pi0' is not a known policy kind"):
+  config_path.write_text(json.dumps(dict(config, kind="openvla")))
+  with pytest.raises(ValueError, match="config.json field kind='openvla' is not a known policy kind"):
+    lamp_torch.from_pretrained(str(tmp_path))
+  config_path.write_text(json.dumps(dict(config, kind="pi0")))
+  with pytest.raises(ValueError, match="config.json field kind='pi0' but model.name='lamp'"):
     lamp_torch.from_pretrained(str(tmp_path))
   config_path.write_text(json.dumps(dict(config, format_version=99)))
   with pytest.raises(export_format.ExportFormatError, match="format_version=99"):
@@ -222,6 +341,12 @@ def test_paper_size_export_is_computed_without_allocating():
   assert 3.6e9 < paper["parameters"] < 3.8e9  # PaliGemma 3B + ~0.3 B motion expert + ~0.4 B action expert
   assert paper["bytes"] > 4 * paper["parameters"]  # float32 data + header
   assert paper["bytes"] - 4 * paper["parameters"] < 2e5
+  pi0_paper = export.predicted_size(pi0.model_config("paper"))
+  expert = sum(x.size for x in jax.tree.leaves(export.layout(pi0.model_config("paper"))[1]["action_expert"]))
+  paligemma = pi0_paper["parameters"] - expert
+  # PaliGemma 3B (2.92 B) + π0's Gemma 300M expert: 18 layers of 17.3 M + the suffix projections (3.2 M).
+  assert 2.9e9 < paligemma < 2.95e9 and 3.2e9 < pi0_paper["parameters"] < 3.26e9
+  assert 0 < pi0_paper["bytes"] - 4 * pi0_paper["parameters"] < 2e5
 
 
 def _toy_checkpoint(workdir):
@@ -283,15 +408,14 @@ def test_requiring_ema_of_a_run_without_it_is_an_error(tmp_path):
 def test_bad_checkpoints_give_clear_errors(tmp_path):
   _toy_checkpoint(tmp_path / "toy")
   with pytest.raises(ValueError, match=r"cannot export a model of kind 'tests.toy_model' \(config field model.name\); "
-                     r"exportable kinds: \['lamp'\]"):
+                     r"exportable kinds: \['lamp', 'pi0'\]"):
     export.export_checkpoint(str(tmp_path / "toy"), str(tmp_path / "out"))
   export_helpers.sim_checkpoint(tmp_path / "run")
   data_files = glob.glob(str(tmp_path / "run" / "checkpoints" / "3" / "state" / "**" / "d" / "*"), recursive=True)
   largest = max(data_files, key=os.path.getsize)
   with open(largest, "r+b") as f:
     f.truncate(os.path.getsize(largest) // 2)
-  with pytest.raises(checkpoint_policy.CheckpointReadError,
-                     match=r"step 3: cannot read 'ema_params' \(array ema_params/\S+.*truncated, corrupt"):
+  with pytest.raises(ckpt_lib.CheckpointCorruptError, match=r"checkpoint step 3 in .* is corrupted or incomplete: ema_params of item state unreadable"):
     export.export_checkpoint(str(tmp_path / "run"), str(tmp_path / "out"))
   assert not os.path.exists(tmp_path / "out" / export_format.MODEL_FILE)
 
@@ -328,13 +452,45 @@ def test_vlm_tensors_load_into_transformers_paligemma(tmp_path):
 
 
 @pytest.mark.slow  # a subprocess compiling the tiny sample_actions (~1 min on 2 shared cores)
-def test_bench_torch_export_cli():
+@pytest.mark.parametrize("config, paper_parameters", [("configs/lamp.py:tiny", 3.6e9), ("configs/pi0.py:tiny", 3.2e9)])
+def test_bench_torch_export_cli(config, paper_parameters):
   env = dict(os.environ, JAX_PLATFORMS="cpu", LAMP_JAX_ALLOCATOR="system")
-  out = subprocess.run([sys.executable, "-m", "lamp_jax.perf.export_bench", "--config=configs/lamp.py:tiny",
-                        "--repeats=2"], cwd=export_helpers.REPO, env=env, capture_output=True, text=True, check=True)
+  out = subprocess.run([sys.executable, "-m", "lamp_jax.perf.export_bench", f"--config={config}", "--repeats=2"],
+                       cwd=export_helpers.REPO, env=env, capture_output=True, text=True, check=True)
   result = json.loads(out.stdout[out.stdout.index("{"):])
   assert result["what"] == "torch_export" and result["max_abs_diff_torch_vs_jax"] <= 1e-4
   assert result["file_bytes"] == result["predicted_bytes"]
   assert set(result["latency_ms"]) == {"jax", "torch", "torch_1_thread"}
-  assert result["paper"]["float32"]["parameters"] == result["paper"]["bfloat16"]["parameters"] > 3.6e9
+  assert result["paper"]["float32"]["parameters"] == result["paper"]["bfloat16"]["parameters"] > paper_parameters
   assert result["paper"]["bfloat16"]["bytes"] < 0.51 * result["paper"]["float32"]["bytes"]
+
+
+def test_pi0_expert_gemma_loads_into_transformers_gemma_model(tmp_path):
+  """The export's action_expert.llm.* tensors without the prefix (plus an embedding, which the expert has none of)
+  are a strict state_dict of transformers' GemmaModel, whose causal hidden states then equal lamp_torch's expert
+  decoder's."""
+  transformers = pytest.importorskip("transformers")
+  _export(export_helpers.random_params(PI0, seed=6), PI0, tmp_path)
+  policy = lamp_torch.from_pretrained(str(tmp_path))
+  prefix = "action_expert.llm."
+  tensors = export.read_safetensors(str(tmp_path / export_format.MODEL_FILE))
+  state = {k[len(prefix):]: torch.from_numpy(np.array(v)) for k, v in tensors.items() if k.startswith(prefix)}
+  cfg = policy.config["expert_llm"]
+  state["embed_tokens.weight"] = torch.zeros(cfg["vocab_size"], cfg["width"])
+  hf_cfg = transformers.GemmaConfig(
+      vocab_size=cfg["vocab_size"], hidden_size=cfg["width"], intermediate_size=cfg["mlp_dim"],
+      num_hidden_layers=cfg["depth"], num_attention_heads=cfg["num_heads"], num_key_value_heads=cfg["num_kv_heads"],
+      head_dim=cfg["head_dim"], rms_norm_eps=cfg["norm_eps"], rope_theta=cfg["rope_max_wavelength"],
+      hidden_activation="gelu_pytorch_tanh")
+  hf_cfg._attn_implementation = "eager"
+  hf = transformers.GemmaModel(hf_cfg).eval()
+  hf.load_state_dict(state, strict=True)
+  rng = np.random.default_rng(0)
+  embeds = torch.from_numpy(rng.normal(size=(2, 9, cfg["width"])).astype(np.float32))
+  positions = torch.arange(9)[None].expand(2, 9)
+  with torch.no_grad():
+    ours, _ = policy.model.action_expert.llm.decode(embeds, positions, torch.ones(9, 9, dtype=torch.bool).tril()[None])
+    ref = hf(inputs_embeds=embeds, position_ids=positions).last_hidden_state  # 5.x scales token ids' rows only
+  err = float((ours - ref).abs().max())
+  assert err <= 1e-4, err
+  assert float(ours.abs().max()) > 1.0

@@ -27,7 +27,7 @@ ALLOWED = {
     "training": {"models", "data", "specs", "tokenizer"},
     "eval": {"training", "models", "data", "sim", "libero", "serving", "specs", "tokenizer", "allocator"},
     # The benchmark and planning tools sit on top, beside the commands.
-    "perf": {"training", "models", "data", "specs", "tokenizer", "eval", "export", "export_format", "allocator"},
+    "perf": {"training", "models", "data", "specs", "tokenizer", "eval", "export", "export_format", "allocator", "serving"},
 }
 
 

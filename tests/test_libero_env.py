@@ -24,8 +24,8 @@ pytestmark = [pytest.mark.slow,
                                  "(create it with launch/libero_env.sh or set LIBERO_VENV)")]
 
 
-def _libero(args, timeout=900):
-  done = subprocess.run([RUN, "python"] + args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+def _libero(args):
+  done = subprocess.run([RUN, "python"] + args, cwd=REPO, capture_output=True, text=True)
   if done.returncode:
     pytest.fail(f"{' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
   return done
@@ -64,7 +64,11 @@ def test_harness_talks_to_the_policy_server(tmp_path):
     assert len(os.listdir(tmp_path / "videos")) == 1
   finally:
     server.terminate()
-    server.wait(timeout=30)
+    try:
+      server.wait(timeout=30)  # cleanup only: escalate instead of failing the test on a slow exit
+    except subprocess.TimeoutExpired:
+      server.kill()
+      server.wait()
 
 
 def test_generate_render_and_export(tmp_path):
@@ -87,7 +91,7 @@ def test_generate_render_and_export(tmp_path):
   assert (step > 1e-3).any() and np.median(step) < 1e-4
   tfds_dir = tmp_path / "tfds"
   subprocess.run([sys.executable, "-m", "lamp_jax.libero.rlds_export", f"--suite-dir={demos / 'libero_spatial'}",
-                  f"--out={tfds_dir}"], cwd=REPO, check=True, timeout=600, capture_output=True, text=True,
+                  f"--out={tfds_dir}"], cwd=REPO, check=True, capture_output=True, text=True,
                  env=dict(os.environ, JAX_PLATFORMS="cpu"))
   import tensorflow_datasets as tfds
 

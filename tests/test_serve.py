@@ -29,6 +29,8 @@ class AffinePolicy:
     self.calls = 0
 
   def reset(self, instruction):
+    if "explode" in instruction:
+      raise ValueError("cannot parse the instruction on purpose")
     self.instruction = instruction
 
   def __call__(self, observation):
@@ -93,7 +95,8 @@ def test_health_reset_infer_round_trip(served):
   with client_lib.PolicyClient("127.0.0.1", server.port) as client:
     health = client.health()
     assert health["status"] == "ok" and health["action_horizon"] == 3
-    assert health["observation_spec"]["state"] == {"dtype": "float32", "shape": [-1], "required": True}
+    assert health["observation_spec"]["state"] == {"dtype": "float32", "shape": [-1], "required": True,
+                                                   "finite": True}
     client.reset("put the bowl on the plate")
     assert policy.instruction == "put the bowl on the plate"
     obs = _obs(rng)
@@ -127,7 +130,99 @@ def test_invalid_requests_get_error_replies_and_server_keeps_serving(served, mes
     client.reset("task")
     with pytest.raises(client_lib.PolicyServerError, match=error):
       client.request(message)
+    client.reset("task")  # (a failed reset leaves the session without an instruction until a good one)
     assert client.infer(_obs(rng)).shape == (3, 7)  # same connection still served
+
+
+def test_a_failed_reset_leaves_the_session_without_an_instruction(served):
+  policy, server = served
+  rng = np.random.default_rng(4)
+  obs = _obs(rng)
+  with client_lib.PolicyClient("127.0.0.1", server.port) as client:
+    client.reset("first task")
+    np.testing.assert_allclose(client.infer(obs)[0], obs["state"][:7] + len("first task"), rtol=1e-6)
+    calls = policy.calls
+    for bad in ("explode the cube", "", None):  # the policy raising, then invalid requests
+      with pytest.raises(client_lib.PolicyServerError):
+        client.request({"type": "reset", "instruction": bad})
+      with pytest.raises(client_lib.PolicyServerError, match=r"no instruction: the last reset failed \("):
+        client.infer(obs)  # never answered with the previous episode's instruction
+    assert policy.calls == calls
+    with client_lib.PolicyClient("127.0.0.1", server.port) as other:  # the session is the server's, not a socket's
+      with pytest.raises(client_lib.PolicyServerError, match="no instruction"):
+        other.infer(obs)
+    client.reset("second")
+    np.testing.assert_allclose(client.infer(obs)[0], obs["state"][:7] + len("second"), rtol=1e-6)
+
+
+def test_non_finite_state_is_an_error_naming_the_field(served):
+  policy, server = served
+  obs = _obs(np.random.default_rng(5))
+  obs["state"][3] = np.nan
+  obs["state"][5] = np.inf
+  with client_lib.PolicyClient("127.0.0.1", server.port) as client:
+    client.reset("task")
+    calls = policy.calls
+    with pytest.raises(client_lib.PolicyServerError,
+                       match=r"observation\['state'\] has 2 non-finite values \(first: nan at index \[3\]\)"):
+      client.infer(obs)
+    assert policy.calls == calls  # rejected before the policy ran
+
+
+def test_non_utf8_instruction_is_a_clear_error(served):
+  import msgpack
+
+  _, server = served
+  # A msgpack str whose bytes are not UTF-8 (no conforming encoder writes one, a buggy client can).
+  frame = (b"\x82" + msgpack.packb("type") + msgpack.packb("reset") + msgpack.packb("instruction")
+           + bytes([0xA0 + len(b"put \xff\xfe cube")]) + b"put \xff\xfe cube")
+  with client_lib.PolicyClient("127.0.0.1", server.port) as client:
+    client._conn.send(frame)  # pylint: disable=protected-access
+    reply = codec.unpackb(client._conn.recv())  # pylint: disable=protected-access
+    assert not reply["ok"]
+    assert reply["error"] == ("CodecError: text field 'instruction' (byte 0xff at offset 4) is not valid UTF-8; "
+                              "send text as UTF-8 strings")
+    with pytest.raises(client_lib.PolicyServerError, match=r"'instruction' is not valid UTF-8 text \(byte 0xff "
+                       r"at offset 4\)"):
+      client.request({"type": "reset", "instruction": b"put \xff cube"})  # as a binary field
+    client.reset("put the \u00e9cru cube on the plate")  # non-ASCII UTF-8 is fine
+    assert client.infer(_obs(np.random.default_rng(6))).shape == (3, 7)
+
+
+class _SpecPolicy(AffinePolicy):
+  """A policy that states its observation spec (as CheckpointPolicy does): two cameras, state float32[8]."""
+
+  def observation_spec(self):
+    return {"image_0": server_lib.ArraySpec("uint8", (6, 6, 3), required=True),
+            "image_2": server_lib.ArraySpec("uint8", (6, 6, 3), required=True),
+            "state": server_lib.ArraySpec("float32", (8,), required=True, finite=True)}
+
+
+@pytest.mark.parametrize("change, error", [
+    (lambda o: o.update(state=np.zeros(9, np.float32)), r"observation\['state'\] has shape \[9\], expected \[8\]$"),
+    (lambda o: o.update(state=np.zeros(7, np.float32)), r"observation\['state'\] has shape \[7\], expected \[8\]$"),
+    (lambda o: o.pop("image_2"), r"missing observation keys \['image_2'\]"),
+    (lambda o: o.update(image_0=np.zeros((6, 6, 4), np.uint8)), r"observation\['image_0'\] has shape \[6, 6, 4\]"),
+    (lambda o: o.update(image_0=np.zeros((8, 8, 3), np.uint8)), r"observation\['image_0'\] has shape \[8, 8, 3\], "
+                                                                 r"expected \[6, 6, 3\]"),
+    (lambda o: o.update(image_2=np.zeros((6, 6, 3), np.float32)), r"observation\['image_2'\] has dtype float32, "
+                                                                   r"expected uint8"),
+    (lambda o: o.update(image_1=np.zeros((6, 6, 3), np.uint8)), r"unknown observation keys \['image_1'\]"),
+])
+def test_the_policy_s_own_spec_is_enforced(change, error):
+  policy = _SpecPolicy()
+  with server_lib.PolicyServer(policy, host="127.0.0.1", port=0) as server:
+    with client_lib.PolicyClient("127.0.0.1", server.port) as client:
+      spec = client.health()["observation_spec"]
+      assert spec["state"] == {"dtype": "float32", "shape": [8], "required": True, "finite": True}
+      client.reset("task")
+      obs = {"image_0": np.zeros((6, 6, 3), np.uint8), "image_2": np.zeros((6, 6, 3), np.uint8),
+             "state": np.zeros(8, np.float32)}
+      assert client.infer(obs).shape == (3, 7)
+      change(obs)
+      with pytest.raises(client_lib.PolicyServerError, match=error):
+        client.infer(obs)
+  assert policy.calls == 1
 
 
 def test_oversize_payloads(served):
@@ -193,4 +288,21 @@ def test_serve_cli_random_policy_end_to_end():
       assert actions.shape == (4, 7) and np.all(np.isin(actions[:, 6], [0.0, 1.0]))
   finally:
     proc.terminate()
-    proc.wait(timeout=30)
+    try:
+      proc.wait(timeout=30)  # cleanup only: escalate instead of failing the test on a slow exit
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
+
+
+def test_load_bench_counts_every_request(served):
+  from lamp_jax.perf import serve_load
+
+  _, server = served
+  result = serve_load.run_load("127.0.0.1", server.port, clients=4, requests=5, image_size=9)
+  assert result["ok"] == 20 and result["errors"] == 0 and result["first_errors"] == []
+  ms = result["round_trip_ms"]
+  assert 0 < ms["p50"] <= ms["p90"] <= ms["p99"] <= ms["max"]
+  obs = serve_load.observation_from_spec({"image_0": {"dtype": "uint8", "shape": [-1, -1, 3]},
+                                          "state": {"dtype": "float32", "shape": [5]}}, np.random.default_rng(0), 9)
+  assert obs["image_0"].shape == (9, 9, 3) and obs["state"].shape == (5,) and obs["state"].dtype == np.float32

@@ -1,7 +1,7 @@
-"""lamp_torch against the JAX model: same parameters, same inputs, same injected noise -> every component and
-``sample_actions`` agree (float32: <= 1e-4 max abs error; bfloat16: the tolerance stated below), at the tiny size
-(odd dims) and the configs/sim.py size; the raw-observation path (resize, normalisation, tokenisation) against
-``CheckpointPolicy``; the injected noise against the random draws it replaces."""
+"""lamp_torch against the JAX model (LaMP and π0): same parameters, same inputs, same injected noise -> every
+component and ``sample_actions`` agree (float32: <= 1e-4 max abs error; bfloat16: the tolerance stated below), at
+the tiny size (odd dims) and the configs/sim.py size; the raw-observation path (resize, normalisation,
+tokenisation) against ``CheckpointPolicy``; the injected noise against the random draws it replaces."""
 
 from __future__ import annotations
 
@@ -27,11 +27,13 @@ from tests import export_helpers
 from tests.export_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 lamp = registry.get("lamp")
+pi0 = registry.get("pi0")
 
 FP32_TOLERANCE = 1e-4
 # bfloat16 activations (8-bit mantissa, relative step 2^-8 = 0.4 %) through ~10 layers: errors relative to the
 # output's largest magnitude. Measured on the tiny model: SigLIP 0.5 %, prefix 1.6 %, motion 0.7 % / hidden 3 %,
-# guidance 0.5 %, action velocity 0.7 %, sample_actions 0.3 %.
+# guidance 0.5 %, action velocity 0.7 %, sample_actions 0.3 %; tiny π0: SigLIP 0.9 %, prefix keys 1.3 % / values
+# 1.0 %, velocity 1.1 %, sample_actions 0.4 %.
 BF16_RELATIVE_TOLERANCE = 5e-2
 B = 2
 
@@ -73,7 +75,8 @@ def _setup(model_cfg, tmp_path, seed=0):
   export.export_params(params, model_cfg, str(tmp_path), inputs=inputs, normalization=None, tokenizer=tokenizer,
                        source={})
   policy = lamp_torch.from_pretrained(str(tmp_path))
-  batch = lamp.dummy_batch(model_cfg, B, seed=seed + 1)
+  lib = registry.for_config(model_cfg)
+  batch = lib.dummy_batch(model_cfg, B, seed=seed + 1)
   # One missing camera in example 1: its tokens are masked out on both sides.
   batch[specs.OBSERVATION][specs.IMAGE_MASK][model_cfg.image_keys[-1]][1] = False
   obs = batch[specs.OBSERVATION]
@@ -87,7 +90,7 @@ def _setup(model_cfg, tmp_path, seed=0):
   }
   rs = np.random.RandomState(seed + 2)
   noise = {k: rs.normal(size=s).astype(np.float32) for k, s in policy.model.noise_shapes(B).items()}
-  return lamp.build(model_cfg), params, batch, policy.model, torch_inputs, noise
+  return lib.build(model_cfg), params, batch, policy.model, torch_inputs, noise
 
 
 def _component_errors(model_cfg, tmp_path):
@@ -153,6 +156,68 @@ def _component_errors(model_cfg, tmp_path):
   return errors
 
 
+def _pi0_component_errors(model_cfg, tmp_path):
+  """π0's ``_component_errors``: SigLIP, the prefix pass's per-layer keys / values (real positions), the expert's
+  velocity with the cached prefix K/V (the PyTorch expert fed the JAX cache), ``sample_actions`` end to end, and
+  the JAX injected-vs-drawn check."""
+  model, params, batch, tm, ti, noise = _setup(model_cfg, tmp_path)
+  images = ti["images"].numpy()
+  flat_images = images.reshape((-1,) + images.shape[2:])
+  action_tau = np.array([0.0, 0.7], np.float32)
+  proprio = np.zeros_like(ti["proprio"].numpy()) if not model_cfg.use_proprio else ti["proprio"].numpy()
+
+  def reference(mdl, batch, noise):
+    out = {"siglip": mdl.vlm.img(flat_images)}
+    rng = jax.random.key(5)
+    out["drawn"] = mdl.sample_actions(batch, rng)
+    out["drawn_injected"] = mdl.sample_actions(
+        batch, rng, noise={"action": jax.random.normal(rng, noise["action"].shape, jnp.float32)})
+    (out["prefix_keys"], out["prefix_values"]), out["mask"] = mdl.prefix(batch)
+    out["velocity"] = mdl.action_expert(noise["action"], action_tau, proprio,
+                                        (out["prefix_keys"], out["prefix_values"]), out["mask"])
+    out["sample_actions"] = mdl.sample_actions(batch, jax.random.key(0), noise=noise)
+    return out
+
+  ref = _jit(lambda p, b, n: model.apply({"params": p}, b, n, method=reference), params, batch, noise)
+  as_torch = lambda x: torch.from_numpy(np.array(x, np.float32)).to(tm.dtype)  # noqa: E731
+  mask = torch.from_numpy(np.array(ref["mask"]))
+  ours = {}
+  with torch.no_grad():
+    ours["siglip"] = tm.vlm.model.multi_modal_projector.linear(tm.vlm.model.vision_tower(torch.from_numpy(
+        flat_images)))
+    (ours["prefix_keys"], ours["prefix_values"]), our_mask = tm.prefix(ti["images"], ti["image_mask"],
+                                                                        ti["tokens"], ti["token_mask"])
+    np.testing.assert_array_equal(our_mask.numpy(), mask.numpy())
+    prefix_kv = (as_torch(ref["prefix_keys"]), as_torch(ref["prefix_values"]))
+    ours["velocity"] = tm.action_expert(torch.from_numpy(noise["action"]), torch.from_numpy(action_tau),
+                                        torch.from_numpy(proprio), prefix_kv, mask)
+    ours["sample_actions"] = tm.sample_actions(ti, {k: torch.from_numpy(v) for k, v in noise.items()})
+  real = mask.numpy()  # padded prefix positions carry no meaning (masked everywhere downstream)
+  errors = {"injected_vs_drawn": (float(np.abs(_np(ref["drawn"]) - _np(ref["drawn_injected"])).max()),
+                                  float(np.abs(_np(ref["drawn"])).max()))}
+  for name, value in ours.items():
+    a, b = _np(value), _np(ref[name])
+    if name.startswith("prefix_"):
+      a, b = a[:, real], b[:, real]  # [L, B, P, K, Hd] at the real (b, p)
+    errors[name] = (float(np.abs(a - b).max()), float(np.abs(b).max()))
+  return errors
+
+
+def _pi0_sim_model():
+  config = export_helpers.sim_config("pi0")
+  return defaults.stage_model_config(config, config.stage_order[-1])
+
+
+def _pi0_options(model_cfg):
+  """π0 with the options that change its computation: conv stem, sin-cos positions, camera embeddings, proprio off,
+  3 Euler steps."""
+  model_cfg = copy.deepcopy(model_cfg)
+  model_cfg.vlm.vision_overrides = ml_collections.ConfigDict(dict(stem="conv", stem_width=6, posemb="sincos2d"))
+  model_cfg.vlm.camera_embeddings = 2
+  model_cfg.use_proprio, model_cfg.num_inference_steps = False, 3
+  return model_cfg
+
+
 def _options(model_cfg):
   """Every option that changes the computation: conv stem, sin-cos positions, camera embeddings, 3-D RoPE, pooled
   condition, unscanned stacks, unpruned last motion block, no cached context K/V, proprio off."""
@@ -172,6 +237,10 @@ CONFIGS = {
     "tiny_bf16": lambda: _bf16(lamp.model_config("tiny")),
     "sim": _sim_model,
     "tiny_options": lambda: _options(lamp.model_config("tiny")),
+    "pi0_tiny": lambda: pi0.model_config("tiny"),
+    "pi0_tiny_bf16": lambda: _bf16(pi0.model_config("tiny")),
+    "pi0_sim": _pi0_sim_model,
+    "pi0_tiny_options": lambda: _pi0_options(pi0.model_config("tiny")),
 }
 
 
@@ -181,7 +250,9 @@ def component_errors(tmp_path_factory):
 
   def get(name):
     if name not in cache:
-      cache[name] = _component_errors(CONFIGS[name](), tmp_path_factory.mktemp(name))
+      model_cfg = CONFIGS[name]()
+      errors_of = _pi0_component_errors if model_cfg.name == "pi0" else _component_errors
+      cache[name] = errors_of(model_cfg, tmp_path_factory.mktemp(name))
     return cache[name]
 
   return get
@@ -223,6 +294,60 @@ def test_bfloat16_components_and_sample_actions_match_jax_within_the_stated_tole
   for component, (err, scale) in errors.items():
     if component != "injected_vs_drawn":
       assert err <= BF16_RELATIVE_TOLERANCE * max(scale, 1.0), (component, err, scale)
+
+
+PI0_COMPONENTS = {"siglip", "prefix_keys", "prefix_values", "velocity", "sample_actions", "injected_vs_drawn"}
+
+
+def _check_pi0_float32(errors):
+  assert set(errors) == PI0_COMPONENTS
+  for component, (err, scale) in errors.items():
+    if component == "injected_vs_drawn":  # sample_actions(rng) == sample_actions(rng, noise=the draws of rng)
+      assert err <= 1e-5 and scale > 0.1, (err, scale)
+    else:
+      assert err <= FP32_TOLERANCE, (component, err)
+      assert scale > 0.1, (component, scale)
+
+
+def test_pi0_float32_prefix_kv_velocity_and_sample_actions_match_jax(component_errors):
+  _check_pi0_float32(component_errors("pi0_tiny"))
+
+
+@pytest.mark.slow  # a second model size: ~40 s of XLA compilation on 2 cores
+def test_pi0_float32_at_the_sim_size_matches_jax(component_errors):
+  _check_pi0_float32(component_errors("pi0_sim"))
+
+
+@pytest.mark.slow  # ~40 s of XLA compilation on 2 cores
+def test_pi0_float32_with_every_model_option_matches_jax(component_errors):
+  _check_pi0_float32(component_errors("pi0_tiny_options"))
+
+
+@pytest.mark.slow  # ~40 s of XLA compilation on 2 cores
+def test_pi0_bfloat16_matches_jax_within_the_stated_tolerance(component_errors):
+  errors = component_errors("pi0_tiny_bf16")
+  assert set(errors) == PI0_COMPONENTS
+  for component, (err, scale) in errors.items():
+    if component != "injected_vs_drawn":
+      assert err <= BF16_RELATIVE_TOLERANCE * max(scale, 1.0), (component, err, scale)
+
+
+def test_pi0_time_embedding_is_the_same_table_on_both_sides():
+  """The frequencies 2 pi / period are a float64 closed form rounded once, the same array on both sides (a float32
+  ``pow`` differs by an ulp between backends; with angles up to 1571 rad that moved sines by 1.2e-4); the
+  embeddings then differ only by the sin / cos implementations."""
+  from lamp_jax.models import pi0_expert as jax_expert
+  from lamp_torch import pi0_expert as torch_expert
+
+  tau = np.random.RandomState(0).uniform(0, 1, 64).astype(np.float32)
+  for dim in (38, 128, 1024, 2048):
+    table = jax_expert.time_frequencies(dim, 4e-3, 4.0)
+    np.testing.assert_array_equal(table, torch_expert.time_frequencies(dim, 4e-3, 4.0))
+    closed_form = 2 * np.pi / (4e-3 * 1000.0 ** (np.arange(dim // 2) / (dim // 2 - 1)))
+    np.testing.assert_allclose(table, closed_form, rtol=1e-7)
+    want = np.asarray(jax.jit(lambda t, d=dim: jax_expert.flow_time_embedding(t, d, 4e-3, 4.0))(tau))
+    got = torch_expert.flow_time_embedding(torch.from_numpy(tau), dim, 4e-3, 4.0).numpy()
+    assert np.abs(got - want).max() <= 1e-6, (dim, np.abs(got - want).max())
 
 
 def test_injected_noise_equals_the_random_draws_it_replaces(component_errors):
@@ -269,8 +394,9 @@ def sim_smoke(tmp_path_factory):
   return root, jax_policy, torch_policy
 
 
-def test_raw_observations_give_the_checkpoint_policys_actions(sim_smoke):
-  """Resize (48x40 -> 32x32), proprio normalisation with the statistics' mask, word tokens, un-normalisation."""
+def test_raw_observations_give_the_checkpoint_policys_actions(sim_smoke, monkeypatch):
+  """Resize (48x40 -> 32x32), proprio normalisation with the statistics' mask, word tokens, un-normalisation; a
+  camera the robot does not send."""
   _, jax_policy, torch_policy = sim_smoke
   rng = np.random.default_rng(1)
   instruction = "put the red cube on the blue plate"
@@ -290,9 +416,14 @@ def test_raw_observations_give_the_checkpoint_policys_actions(sim_smoke):
                                       noise={k: torch.from_numpy(v) for k, v in jax_policy.noise.items()})
     assert got.shape == (1, torch_policy.action_horizon, 7) and got.dtype == np.float32
     assert np.abs(got[0] - want).max() <= FP32_TOLERANCE * max(1.0, np.abs(want).max())
-  # A camera the robot does not send: zeros and masked out on both sides.
+  # A camera the robot does not send: the JAX CheckpointPolicy's observation_spec requires every camera (a clear
+  # error); the exported policy fills zeros and masks the camera out, which the JAX preprocessing below the check
+  # does too (the same actions).
   observation = export_helpers.raw_observation(rng)
   del observation["image_2"]
+  with pytest.raises(ValueError, match=r"missing observation keys \['image_2'\]"):
+    jax_policy(observation)
+  monkeypatch.setattr(jax_policy, "check_observation", lambda observation: None)
   np.testing.assert_allclose(torch_policy.sample_actions(
       {**observation, "instruction": instruction}, noise={k: torch.from_numpy(v) for k, v in jax_policy.noise.items()}
   )[0], jax_policy(observation), atol=FP32_TOLERANCE)

@@ -1,5 +1,5 @@
-"""Serving an exported policy: the same websocket / msgpack protocol and client as the JAX policy, the same
-actions through the client (loopback), per-policy observation validation, and a serving process that never
+"""Serving an exported policy (LaMP and π0): the same websocket / msgpack protocol and client as the JAX policy, the
+same actions through the client (loopback), per-policy observation validation, and a serving process that never
 imports jax, flax or tensorflow."""
 
 from __future__ import annotations
@@ -34,11 +34,16 @@ class FixedNoiseExportedPolicy(lamp_torch.ExportedPolicy):
     return {k: torch.from_numpy(v) for k, v in self.noise.items()}
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-  root = tmp_path_factory.mktemp("serve")
-  export_helpers.sim_checkpoint(root / "run")
+# Model kind -> the configs/sim.py variant checkpointed (random parameters) and exported for the serving tests.
+SIM_VARIANTS = {"lamp": "smoke", "pi0": "smoke_pi0"}
+
+
+@pytest.fixture(scope="module", params=sorted(SIM_VARIANTS))
+def exported(request, tmp_path_factory):
+  root = tmp_path_factory.mktemp(f"serve_{request.param}")
+  export_helpers.sim_checkpoint(root / "run", SIM_VARIANTS[request.param])
   export.export_checkpoint(str(root / "run"), str(root / "export"))
+  assert json.loads((root / "export" / "config.json").read_text())["kind"] == request.param
   return root
 
 
@@ -57,9 +62,10 @@ def test_served_torch_and_jax_policies_return_the_same_actions(exported):
          client_lib.PolicyClient("127.0.0.1", torch_server.port) as torch_client:
       assert jax_client.health()["action_horizon"] == torch_client.health()["action_horizon"] == 4
       spec = torch_client.health()["observation_spec"]
-      assert spec == {"image_0": {"dtype": "uint8", "shape": [-1, -1, 3], "required": True},
-                      "image_2": {"dtype": "uint8", "shape": [-1, -1, 3], "required": True},
-                      "state": {"dtype": "float32", "shape": [8], "required": True}}
+      image = {"dtype": "uint8", "shape": [-1, -1, 3], "required": True, "finite": False}
+      assert spec == {"image_0": image, "image_2": image,
+                      "state": {"dtype": "float32", "shape": [8], "required": True, "finite": True}}
+      assert spec == jax_client.health()["observation_spec"]  # the same checks on both backends
       for client in (jax_client, torch_client):
         client.reset(INSTRUCTION)
       for size in ((48, 40), (32, 32)):
@@ -78,6 +84,9 @@ def test_served_torch_and_jax_policies_return_the_same_actions(exported):
         torch_client.infer(bad)
       bad = dict(export_helpers.raw_observation(rng), state=np.zeros(7, np.float32))
       with pytest.raises(client_lib.PolicyServerError, match=r"observation\['state'\] has shape \[7\], expected \[8\]"):
+        torch_client.infer(bad)
+      bad = dict(export_helpers.raw_observation(rng), state=np.full(8, np.nan, np.float32))
+      with pytest.raises(client_lib.PolicyServerError, match=r"observation\['state'\] has 8 non-finite values"):
         torch_client.infer(bad)
       assert torch_client.infer(export_helpers.raw_observation(rng)).shape == (4, 7)
   finally:

@@ -133,9 +133,8 @@ def test_sigkill_then_same_command_resumes_bit_exact(tmp_path):
   workdir = tmp_path / "killed"
   proc = subprocess.Popen(cmd + [f"--workdir={workdir}"], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
-  deadline = time.time() + 240
   while not (workdir / "checkpoints" / "3" / "commit_success.txt").exists():
-    assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+    assert proc.poll() is None, "the run ended before its first checkpoint"
     time.sleep(0.05)
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,6 +64,13 @@ def test_main_command_smoke_end_to_end(tmp_path):
     task = tasks.sample_task("push", tasks.EVAL_SEED_OFFSET)
     obs = sim.reset(task)
     policy.reset(task.instruction)
+    # What the served model reads, from its config: its two cameras (dataset keys) and the 8-dim state.
+    spec = policy.observation_spec()
+    assert sorted(spec) == ["image_0", "image_2", "state"] and spec["state"].shape == (8,)
+    with pytest.raises(ValueError, match=r"missing observation keys \['image_2'\]"):
+      policy({k: v for k, v in obs.items() if k != "image_2"})
+    with pytest.raises(ValueError, match=r"observation\['state'\] has shape \[7\], expected \[8\]"):
+      policy(dict(obs, state=obs["state"][:7]))
     actions = policy(obs)
   finally:
     sim.close()

@@ -6,6 +6,7 @@ comes from the LAMP_TEST_DATA_DIR environment variable, so that every process of
 its own share of the dataset's files).
 """
 
+import copy
 import os
 import tempfile
 
@@ -32,9 +33,10 @@ def get_config(arg: str = ""):
   if arg == "two_stage":
     c.stage_order = ("motion", "action")
     c.stages = ml_collections.ConfigDict(dict(
-        motion=defaults.stage_config(3, frozen=(r"^action_",), optimizer=opt,
+        motion=defaults.stage_config(3, frozen=(r"^action_",), optimizer=copy.deepcopy(opt),  # not aliased:
+                                     # an override of one stage's optimizer must not reach the other
                                      model_overrides=dict(loss=dict(weights=dict(action=0.0)))),
-        action=defaults.stage_config(3, frozen=(r"^motion_",), optimizer=opt,
+        action=defaults.stage_config(3, frozen=(r"^motion_",), optimizer=copy.deepcopy(opt),
                                      model_overrides=dict(loss=dict(weights=dict(motion=0.0))))))
   elif arg in ("", "pipeline"):
     c.stages.main = defaults.stage_config(4, optimizer=opt)

@@ -160,7 +160,8 @@ def check_requirements(data_cfg, requirements) -> list[str]:
   if missing:
     mismatch("cameras", tuple(data_cfg.cameras), tuple(requirements.cameras), f"reads cameras {missing} of")
   size = (int(requirements.image_size),) * 2
-  if tuple(int(s) for s in data_cfg.image_size) != size:
+  # A model that reads no camera (e.g. a state-only policy) takes whatever image size the data has.
+  if requirements.cameras and tuple(int(s) for s in data_cfg.image_size) != size:
     mismatch("image_size", tuple(data_cfg.image_size), size, "reads square images of size")
   if int(data_cfg.window_size) != int(requirements.window):
     mismatch("window_size", int(data_cfg.window_size), int(requirements.window), "reads an observation window of")

@@ -11,13 +11,22 @@ builds training batches (``lamp_jax.data.inference.ObservationPreprocessor``: ca
 standardisation, bilinear resize, proprio normalisation with the dataset's mask, observation window with pad
 mask); the model's ``sample_actions``
 (jitted once) gives a normalised chunk that is un-normalised with the same statistics.
+
+Observations are validated against the model the checkpoint holds (``observation_spec``, also what
+``lamp_jax.serve`` checks requests against): every camera the model was trained with is present as uint8[h, w, 3]
+(any h, w when the run had a data pipeline, whose resize the policy repeats; exactly the model's image size
+otherwise), ``state`` is float32 of exactly the trained proprio length, and every value is finite. Errors name the
+entry. Keys the policy does not read are ignored here (the server rejects them).
+
+Loading verifies the parameters against the checkpoint's checksums (``training/checkpoints.py``); without an
+explicit ``step`` a corrupted latest step is reported (a warning naming it) and the newest intact one is served.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import os
-import re
 from typing import Any
 
 import jax
@@ -28,20 +37,7 @@ import numpy as np
 from lamp_jax import specs
 from lamp_jax.training import checkpoints as ckpt_lib
 from lamp_jax.training import defaults
-from lamp_jax.training import trainer as trainer_lib
-
-
-class CheckpointReadError(ValueError):
-  """The parameters of a checkpoint step cannot be read (a truncated, corrupt or incomplete checkpoint)."""
-
-  def __init__(self, directory: str, step: int, key: str, cause: Exception):
-    first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-    first_line = first_line.split(" See full TensorStore details")[0]
-    arrays = sorted(set(re.findall(r"'path': '([^']+?)/?'", str(cause))) - {""})
-    arrays = [a.replace(".", "/") for a in arrays if a.startswith(key)]
-    where = f" (array {', '.join(arrays)})" if arrays else ""
-    super().__init__(f"checkpoint {directory} step {step}: cannot read {key!r}{where}: {first_line[:300]} -- the "
-                     "checkpoint is truncated, corrupt or was not written completely")
+from lamp_jax.training import host_batch
 
 
 class CheckpointPolicy:
@@ -64,25 +60,31 @@ class CheckpointPolicy:
       directory = os.path.join(directory, "checkpoints")
     checkpointer = ckpt_lib.Checkpointer(directory, read_only=True, async_save=False)
     try:
-      step = checkpointer.latest_step() if step is None else int(step)
-      if step is None:
-        raise FileNotFoundError(f"no checkpoint in {directory}")
-      meta, config_json, norm_json = checkpointer.restore_json(step)
-      config = ckpt_lib.config_from_json(config_json)
-      model_cfg, lib = self._model_config(config, stage)
-      abstract = self._abstract_params(lib, config, model_cfg)
-      has_ema = float(config.ema.decay) > 0
-      key = "ema_params" if (use_ema and has_ema) else "params"
-      try:
-        params = checkpointer.restore_params(step, abstract, key=key)
-      except Exception as e:  # orbax / TensorStore raise bare Exceptions with pages of store specs
-        raise CheckpointReadError(directory, step, key, e) from e
+      if step is not None:
+        candidates = [int(step)]
+      else:
+        candidates = sorted(checkpointer.all_steps(), reverse=True)
+        if not candidates:
+          raise FileNotFoundError(f"no checkpoint in {directory}")
+      corrupted = []
+      for step in candidates:
+        try:
+          config, model_cfg, lib, key, params, norm_json = self._load(checkpointer, step, use_ema, stage)
+          break
+        except ckpt_lib.CheckpointCorruptError as e:
+          if len(candidates) == 1:
+            raise
+          logging.warning("%s; trying the previous step", e)
+          corrupted.append(str(e))
+      else:
+        raise ckpt_lib.NoIntactCheckpointError(f"no intact checkpoint in {directory}: " + " | ".join(corrupted))
     finally:
       checkpointer.close()
     self._setup(config, model_cfg, lib, params, norm_json, seed)
     self.step = step
     self.params_key = key
     self.checkpoint_dir = directory
+    self.skipped_corrupted = corrupted
 
   @classmethod
   def from_params(cls, config: ml_collections.ConfigDict, params: Any, norm_stats_json: dict, seed: int = 0,
@@ -94,9 +96,21 @@ class CheckpointPolicy:
     self.step = None
     self.params_key = "params"
     self.checkpoint_dir = None
+    self.skipped_corrupted = []
     return self
 
   # -- construction --------------------------------------------------------------------------------------
+
+  @classmethod
+  def _load(cls, checkpointer, step: int, use_ema: bool, stage: str | None):
+    """(config, model config, library, params key, verified params, norm stats JSON) of one step."""
+    _, config_json, norm_json = checkpointer.restore_json(step)
+    config = ckpt_lib.config_from_json(config_json)
+    model_cfg, lib = cls._model_config(config, stage)
+    abstract = cls._abstract_params(lib, config, model_cfg)
+    has_ema = float(config.ema.decay) > 0
+    key = "ema_params" if (use_ema and has_ema) else "params"
+    return config, model_cfg, lib, key, checkpointer.restore_params(step, abstract, key=key), norm_json
 
   @staticmethod
   def _model_config(config: ml_collections.ConfigDict, stage: str | None):
@@ -119,12 +133,13 @@ class CheckpointPolicy:
   def _setup(self, config, model_cfg, lib, params, norm_json, seed):
     self.config = config
     self.model_cfg = model_cfg
+    self.lib = lib
     self.model = lib.build(model_cfg)
     self.params = jax.tree.map(jnp.asarray, params)
     self.data_cfg = config.data.pipeline if config.data.kind == "pipeline" else None
-    self.tokenizer = trainer_lib.make_tokenizer(config, model_cfg)
-    self.max_len = trainer_lib.text_length(config, model_cfg)
-    self.truncate = bool(config.tokenizer.get("truncate", False))  # as in training (trainer.HostBatchPreparer)
+    self.tokenizer = host_batch.make_tokenizer(config, model_cfg)
+    self.max_len = host_batch.text_length(config, model_cfg)
+    self.truncate = bool(config.tokenizer.get("truncate", False))  # as in training (host_batch.HostBatchPreparer)
     self.action_horizon = int(model_cfg.get("action_horizon", 0) or self.data_cfg.action_horizon)
     self.window = (int(self.data_cfg.window_size) if self.data_cfg is not None
                    else int(model_cfg.get("window", 1)))
@@ -141,6 +156,7 @@ class CheckpointPolicy:
     self._sample = jax.jit(lambda p, b, r: self.model.apply({"params": p}, b, r, method="sample_actions"))
     self._history = collections.deque(maxlen=self.window)
     self._tokens = None
+    self._instruction = None
 
   def _setup_data(self, norm_json: dict):
     """Observation preprocessing and action un-normalisation: ``lamp_jax.data.inference`` (the tested twin of
@@ -166,18 +182,71 @@ class CheckpointPolicy:
     self.image_size = int(d.image_size[0])
     self.proprio_dim = int(d.max_proprio_dim)
 
+  # -- observations ---------------------------------------------------------------------------------------
+
+  @property
+  def state_dim(self) -> int:
+    """Length of the raw ``state`` the model was trained on: the dataset statistics' proprio length (a data
+    pipeline normalises and pads it to ``max_proprio_dim``), else the model's ``proprio_dim``."""
+    if self.stats is not None:
+      return int(np.asarray(self.stats.proprio.mean).shape[-1])
+    return int(self.proprio_dim)
+
+  @property
+  def camera_map(self) -> dict[str, str]:
+    """{camera the model reads: observation key that carries it} ('image_primary' -> 'image_0' for the sim)."""
+    if self.preprocessor is not None:
+      return {cam: self.preprocessor.image_keys.get(cam, "") for cam in self.cameras}
+    reads = set(self.lib.data_requirements(self.model_cfg).cameras)
+    return {cam: cam for cam in self.cameras if cam in reads}
+
+  def observation_spec(self) -> dict:
+    """{observation key: ``lamp_jax.serving.server.ArraySpec``} the model accepts: every camera it was trained
+    with (required), ``state`` float32[state_dim] (required); float values must be finite."""
+    from lamp_jax.serving import server as server_lib  # pylint: disable=g-import-not-at-top  (numpy + websockets)
+
+    image_shape = (None, None, 3) if self.preprocessor is not None else (self.image_size, self.image_size, 3)
+    spec = {key: server_lib.ArraySpec("uint8", image_shape, required=True, max_dim=4096)
+            for key in sorted({k for k in self.camera_map.values() if k})}
+    spec["state"] = server_lib.ArraySpec("float32", (self.state_dim,), required=True, finite=True)
+    return spec
+
+  def check_observation(self, observation: Any) -> None:
+    """ValueError naming the entry when ``observation`` does not fit ``observation_spec`` (extra keys are
+    ignored)."""
+    if not isinstance(observation, dict):
+      raise ValueError(f"observation must be a dict of arrays, got {type(observation).__name__}")
+    spec = self.observation_spec()
+    missing = [k for k, s in spec.items() if s.required and k not in observation]
+    if missing:
+      raise ValueError(f"missing observation keys {missing} (this model reads {sorted(spec)})")
+    for key, entry in spec.items():
+      if key in observation:
+        entry.check(key, np.asarray(observation[key]))
+
   # -- policy interface -----------------------------------------------------------------------------------
 
   def reset(self, instruction: str) -> None:
+    """Starts an episode. On any error the policy stays without an instruction (calls fail until a reset
+    succeeds)."""
     from lamp_jax import tokenizer as tokenizer_lib
 
+    self._tokens = None
+    self._instruction = None
+    self._history.clear()
+    if self.preprocessor is not None:
+      self.preprocessor.reset()
+    if not isinstance(instruction, str) or not instruction.strip():
+      raise ValueError(f"instruction must be a non-empty string, got {instruction!r:.80}")
+    try:
+      instruction.encode("utf-8")
+    except UnicodeEncodeError as e:
+      raise ValueError(f"instruction is not valid UTF-8 text (character {instruction[e.start]!r} at offset "
+                       f"{e.start})") from None
     tokens, mask = tokenizer_lib.tokenize_prompts(self.tokenizer, [instruction], self.max_len,
                                                  truncate=self.truncate)
     self._tokens = (tokens, mask)
     self._instruction = instruction
-    self._history.clear()
-    if self.preprocessor is not None:
-      self.preprocessor.reset()
 
   def _frame(self, observation: dict) -> dict:
     """Model-config preprocessing for runs on synthetic data (no data pipeline, no statistics)."""
@@ -195,7 +264,9 @@ class CheckpointPolicy:
   def observation_batch(self, observation: dict) -> dict:
     """One observation -> a one-example batch (specs.py layout), appending it to the window history."""
     if self._tokens is None:
-      raise RuntimeError("CheckpointPolicy.reset(instruction) must be called before the first observation")
+      raise RuntimeError("CheckpointPolicy.reset(instruction) must be called (and succeed) before the first "
+                         "observation")
+    self.check_observation(observation)
     tokens, mask = self._tokens
     if self.preprocessor is not None:
       batch = self.preprocessor(observation, self._instruction)

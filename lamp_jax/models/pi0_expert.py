@@ -97,18 +97,29 @@ def attention_inputs(prefix_mask: jax.Array, horizon: int) -> tuple[jax.Array, j
   return gemma_lib.make_attention_mask(input_mask, ids), gemma_lib.positions_from_mask(input_mask)
 
 
+def time_frequencies(dim: int, min_period: float, max_period: float) -> np.ndarray:
+  """float32[dim / 2] angular frequencies 2 pi / period_i, periods geometric from ``min_period`` to ``max_period``.
+
+  A constant of the config: computed in float64 and rounded once, so that every backend (XLA on any device, the
+  PyTorch port lamp_torch/pi0_expert.py) multiplies by the same table. (A float32 ``pow`` / ``linspace`` differs
+  by an ulp between implementations (XLA:CPU vs PyTorch: 8 of 512 periods at width 1024), and with angles up to
+  2 pi / min_period ~ 1571 rad one ulp of a frequency moves a sine by up to ~1e-4.)
+  """
+  if dim % 2:
+    raise ValueError(f"the π0 time embedding needs an even expert width, got {dim}")
+  fraction = np.linspace(0.0, 1.0, dim // 2, dtype=np.float64)
+  period = min_period * (max_period / min_period) ** fraction
+  return (2.0 * np.pi / period).astype(np.float32)
+
+
 def flow_time_embedding(tau: jax.Array, dim: int, min_period: float, max_period: float) -> jax.Array:
   """Sin-cos embedding of openpi's flow time t = 1 - tau: float32[B] -> float32[B, dim] = [sin | cos].
 
   Periods grow geometrically from ``min_period`` to ``max_period`` over the dim / 2 frequencies; the angle of
-  frequency i is 2 pi t / period_i.
+  frequency i is t * 2 pi / period_i (``time_frequencies``, float32), computed in float32.
   """
-  if dim % 2:
-    raise ValueError(f"the π0 time embedding needs an even expert width, got {dim}")
   t = 1.0 - jnp.asarray(tau, jnp.float32)
-  fraction = jnp.linspace(0.0, 1.0, dim // 2, dtype=jnp.float32)
-  period = min_period * (max_period / min_period) ** fraction
-  angles = t[:, None] * (2.0 * np.pi / period)[None, :]
+  angles = t[:, None] * jnp.asarray(time_frequencies(dim, min_period, max_period))[None, :]
   return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 

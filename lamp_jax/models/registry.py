@@ -16,8 +16,8 @@ from lamp_jax.models import interface
 
 LIBRARIES = {
     "lamp": "lamp_jax.models.lamp",
-    "lam": "lamp_jax.models.lam",
     "pi0": "lamp_jax.models.pi0",
+    "lam": "lamp_jax.models.lam",
 }
 
 

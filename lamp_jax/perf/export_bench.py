@@ -1,6 +1,7 @@
 """The PyTorch export against the JAX policy on this host; prints JSON.
 
   python -m lamp_jax.perf.export_bench --config=configs/sim.py [--repeats=20] [--batch_size=1]
+  python -m lamp_jax.perf.export_bench --config=configs/pi0.py:sim      # any exportable kind (export.KINDS)
 
 ``sample_actions`` latency at --batch_size of the jitted JAX model and of the exported PyTorch model
 (``lamp_jax.export`` -> ``lamp_torch``) on the same inputs and injected noise (torch with its default intra-op threads
@@ -91,7 +92,8 @@ def bench_torch_export(model_cfg, batch_size: int, repeats: int, seed: int) -> d
   max_abs_diff = float(np.abs(np.asarray(calls["jax"]()) - calls["torch"]()).max())
   paper = lib.model_config("paper")
   return {
-      "what": "torch_export", "model": lib.name, "variant": model_cfg.variant, "use_motion": bool(model_cfg.use_motion),
+      "what": "torch_export", "model": lib.name, "variant": model_cfg.variant,
+      "use_motion": bool(model_cfg.get("use_motion", False)),
       "batch_size": batch_size, "repeats": repeats, "torch_threads": default_threads,
       "latency_ms": {k: round(v * 1e3, 3) for k, v in latency.items()},
       "min_latency_ms": {k: round(v * 1e3, 3) for k, v in fastest.items()},

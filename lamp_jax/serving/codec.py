@@ -65,13 +65,48 @@ def packb(message: Any) -> bytes:
     raise CodecError(f"cannot encode message: {e}") from e
 
 
+def _invalid_text(tree: Any, path: str = "") -> str | None:
+  """Where the first string of ``tree`` (decoded with ``surrogateescape``) holds bytes that are not UTF-8: the
+  field's path and the offending byte."""
+  def bad(text: str) -> str | None:
+    try:
+      text.encode("utf-8")
+    except UnicodeEncodeError as e:
+      return f"byte {ord(text[e.start]) - 0xDC00:#04x} at offset {e.start}"
+    return None
+
+  if isinstance(tree, dict):
+    for key, value in tree.items():
+      if isinstance(key, str) and bad(key):
+        return f"a key at {path or 'the top level'} ({bad(key)})"
+      found = _invalid_text(value, f"{path}[{key!r}]" if path else repr(key))
+      if found:
+        return found
+  elif isinstance(tree, (list, tuple)):
+    for i, value in enumerate(tree):
+      found = _invalid_text(value, f"{path}[{i}]")
+      if found:
+        return found
+  elif isinstance(tree, str) and bad(tree):
+    return f"{path or 'the message'} ({bad(tree)})"
+  return None
+
+
 def unpackb(payload: bytes) -> Any:
-  """msgpack bytes -> Python structure with numpy arrays (read-only views of the payload)."""
+  """msgpack bytes -> Python structure with numpy arrays (read-only views of the payload). A text field that is
+  not valid UTF-8 raises ``CodecError`` naming the field."""
   if not isinstance(payload, (bytes, bytearray, memoryview)):
     raise CodecError(f"expected a binary message, got {type(payload).__name__}")
   try:
     return msgpack.unpackb(payload, object_hook=_decode_hook, raw=False, strict_map_key=True)
   except CodecError:
     raise
+  except UnicodeDecodeError as e:
+    try:  # Find the field: decode again keeping the bad bytes as surrogates (binary fields stay bytes).
+      where = _invalid_text(msgpack.unpackb(payload, raw=False, strict_map_key=False,
+                                            unicode_errors="surrogateescape"))
+    except Exception:  # pylint: disable=broad-except
+      where = None
+    raise CodecError(f"text field {where or '(unknown)'} is not valid UTF-8; send text as UTF-8 strings") from e
   except Exception as e:  # msgpack raises several unrelated types on garbage input.
     raise CodecError(f"message is not valid msgpack: {type(e).__name__}: {e}") from e

@@ -10,6 +10,14 @@ Protocol (every message a binary msgpack frame of ``lamp_jax.serving.codec``; on
   anything invalid                            -> {"ok": False, "error": "<what and where>"}; the connection and
                                                  the server stay up.
 
+Validation: every observation entry is checked against the served policy's ``observation_spec()`` when it has one
+(``CheckpointPolicy``: the cameras, image size and channels, proprio length of the model it serves), else against
+``default_observation_spec``: key known, required keys present, dtype, shape, and finiteness of float entries;
+the error names the entry (``observation['state'] has shape [9], expected [8]``). Instructions must be non-empty
+UTF-8 text (a string that is not valid UTF-8 is an error naming the field). A reset that fails (invalid request
+or the policy raising) leaves the session without an instruction: every ``infer`` is an error until a reset
+succeeds, so a failed reset never runs the next observations under the previous episode's instruction.
+
 ``timing`` holds server-side milliseconds: ``decode_ms`` (unpack + validate), ``policy_ms`` and ``total_ms``
 (from receipt to the reply being built). Messages larger than ``max_message_bytes`` get an error reply; ones past
 twice that are refused by the websocket layer itself (the connection closes with code 1009, the server goes on).
@@ -45,12 +53,14 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class ArraySpec:
-  """An accepted observation entry: dtype and shape (``None`` = any size along that axis, up to ``max_dim``)."""
+  """An accepted observation entry: dtype and shape (``None`` = any size along that axis, up to ``max_dim``);
+  ``finite``: every value of a float entry must be finite."""
 
   dtype: str
   shape: tuple[int | None, ...]
   required: bool = False
   max_dim: int = 1024
+  finite: bool = False
 
   def check(self, key: str, value: Any) -> None:
     if not isinstance(value, np.ndarray):
@@ -60,25 +70,56 @@ class ArraySpec:
     if value.ndim != len(self.shape) or any(
         (s is not None and d != s) or (s is None and not 1 <= d <= self.max_dim)
         for d, s in zip(value.shape, self.shape)):
+      wildcard = f" (* = 1..{self.max_dim})" if None in self.shape else ""
       raise ValueError(f"observation[{key!r}] has shape {list(value.shape)}, expected "
-                       f"{['*' if s is None else s for s in self.shape]} (* = 1..{self.max_dim})")
+                       f"{['*' if s is None else s for s in self.shape]}{wildcard}")
+    if self.finite and value.dtype.kind == "f":
+      bad = ~np.isfinite(value)
+      if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"observation[{key!r}] has {int(bad.sum())} non-finite values (first: "
+                         f"{value[first]} at index {list(first)})")
 
   def to_json(self) -> dict:
     return {"dtype": np.dtype(self.dtype).name, "shape": [s if s is not None else -1 for s in self.shape],
-            "required": self.required}
+            "required": self.required, "finite": self.finite}
 
 
 def default_observation_spec(policy: Any) -> dict[str, ArraySpec]:
-  """The simulator observation layout: ``image_<k>`` uint8[h, w, 3] (optional) and ``state`` float32[S].
+  """The policy's own ``observation_spec()`` when it has one (``CheckpointPolicy``: from the served model's
+  config), else the simulator observation layout: ``image_<k>`` uint8[h, w, 3] (optional) and a finite
+  ``state`` float32[S].
 
-  Image keys are the policy's camera mapping (``CheckpointPolicy.camera_map`` values) when it has one, else
-  image_0 .. image_2.
+  Image keys of the fallback layout are the policy's camera mapping (``camera_map`` values) when it has one,
+  else image_0 .. image_2.
   """
+  own = getattr(policy, "observation_spec", None)
+  if callable(own):
+    return dict(own())
   camera_map = getattr(policy, "camera_map", None) or {}
   image_keys = sorted({k for k in camera_map.values() if k}) or ["image_0", "image_1", "image_2"]
   spec = {k: ArraySpec("uint8", (None, None, 3)) for k in image_keys}
-  spec["state"] = ArraySpec("float32", (None,), required=True, max_dim=64)
+  spec["state"] = ArraySpec("float32", (None,), required=True, max_dim=64, finite=True)
   return spec
+
+
+def check_instruction(instruction: Any) -> str:
+  """A valid instruction (non-empty text of at most ``MAX_INSTRUCTION_CHARS`` that encodes as UTF-8) or
+  ValueError naming the field."""
+  if isinstance(instruction, (bytes, bytearray)):
+    try:
+      instruction = bytes(instruction).decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise ValueError(f"'instruction' is not valid UTF-8 text (byte {bytes(instruction)[e.start]:#04x} at "
+                       f"offset {e.start}); send the instruction as a UTF-8 string") from None
+  if not isinstance(instruction, str) or not instruction.strip() or len(instruction) > MAX_INSTRUCTION_CHARS:
+    raise ValueError(f"'instruction' must be a non-empty string of at most {MAX_INSTRUCTION_CHARS} characters")
+  try:
+    instruction.encode("utf-8")
+  except UnicodeEncodeError as e:
+    raise ValueError(f"'instruction' is not valid UTF-8 text (character {instruction[e.start]!r} at offset "
+                     f"{e.start} has no UTF-8 encoding)") from None
+  return instruction
 
 
 class PolicyServer:
@@ -92,6 +133,7 @@ class PolicyServer:
     self.max_message_bytes = int(max_message_bytes)
     self.name = name or type(policy).__name__
     self._lock = threading.Lock()
+    self._reset_error: str | None = None  # why the last reset failed; infer answers with it until a good reset
     self._thread: threading.Thread | None = None
     self._server = ws_server.serve(self._handle, host, port, max_size=2 * self.max_message_bytes,
                                    compression=None, process_request=self._process_request)
@@ -168,16 +210,23 @@ class PolicyServer:
               "observation_spec": {k: v.to_json() for k, v in self.observation_spec.items()},
               "timing": {}}
     if kind == "reset":
-      instruction = request.get("instruction")
-      if not isinstance(instruction, str) or not instruction.strip() or len(instruction) > MAX_INSTRUCTION_CHARS:
-        raise ValueError(f"'instruction' must be a non-empty string of at most {MAX_INSTRUCTION_CHARS} characters")
       with self._lock:
-        t0 = time.perf_counter()
-        self.policy.reset(instruction)
+        self._reset_error = "a reset is in progress"
+        try:
+          instruction = check_instruction(request.get("instruction"))
+          t0 = time.perf_counter()
+          self.policy.reset(instruction)
+        except Exception as e:  # pylint: disable=broad-except  (the session stays without an instruction)
+          self._reset_error = f"{type(e).__name__}: {e}"
+          raise
+        self._reset_error = None
         return {"ok": True, "timing": {"policy_ms": (time.perf_counter() - t0) * 1e3}}
     observation = self._validate_observation(request.get("observation"))
     decode_ms = (time.perf_counter() - start) * 1e3
     with self._lock:
+      if self._reset_error is not None:
+        raise RuntimeError(f"no instruction: the last reset failed ({self._reset_error}); send a reset that "
+                           "succeeds before infer")
       t0 = time.perf_counter()
       actions = self.policy(observation)
       policy_ms = (time.perf_counter() - t0) * 1e3

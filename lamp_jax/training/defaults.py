@@ -111,6 +111,14 @@ def _check_model_matches_data(c: ml_collections.ConfigDict, fail) -> None:
         p.replace("data.", "data.pipeline.", 1) for p in problems))
 
 
+def check_model_matches_data(c: ml_collections.ConfigDict) -> None:
+  """``data.pipeline`` against what ``model`` reads (ValueError naming the data field)."""
+  def fail(field, msg):
+    raise ValueError(f"config field {field}: {msg}")
+
+  _check_model_matches_data(c, fail)
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """Rejects inconsistent values at start, naming the config field."""
   def fail(field, msg):

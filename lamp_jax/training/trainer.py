@@ -9,6 +9,13 @@ So a run resumed from step N reproduces an uninterrupted run bit for bit on CPU.
 
 Non-finite loss or gradient norm: the step leaves the state unchanged (guarded on device), the loop stops with
 ``NonFiniteError`` before any further checkpoint is written, so the last good checkpoint stays the latest.
+
+Resume is checked (``train``): the checkpoint's arrays are compared with the state the config builds first
+(``checkpoint_compat``: a different model is an error listing the differing parameter paths and config fields),
+then restored and verified against their checksums (``checkpoints``/``integrity``). A corrupted or incomplete
+latest step is reported by step and array, moved to ``<workdir>/corrupted_checkpoints/`` and the run falls back
+to the newest intact step; when no step is intact the run stops (``NoIntactCheckpointError``) without touching
+anything. ``metrics.jsonl`` rows of the steps replayed after the resume point are replaced, not duplicated.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import time
 from typing import Any, Callable, Iterator
 
@@ -30,13 +38,15 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lamp_jax import specs
-from lamp_jax import tokenizer as tokenizer_lib
 from lamp_jax.models import interface
 from lamp_jax.models import registry
+from lamp_jax.training import checkpoint_compat
 from lamp_jax.training import checkpoints as ckpt_lib
 from lamp_jax.training import defaults
+from lamp_jax.training import host_batch
 from lamp_jax.training import metrics as metrics_lib
 from lamp_jax.training import optim
+from lamp_jax.training import preflight
 from lamp_jax.training import pretrained
 from lamp_jax.training import sharding as sharding_lib
 from lamp_jax.training import state as state_lib
@@ -53,76 +63,10 @@ class NonFiniteError(RuntimeError):
 
 # ------------------------------------------------------------------------------------------------- data --
 
-
-def _is_numeric(x) -> bool:
-  return np.asarray(x).dtype.kind in "biuf"
-
-
-def text_length(config: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict) -> int:
-  """Token length: the model's token budget (``data_requirements.text_tokens``) when it reads text, else
-  ``tokenizer.max_len``."""
-  budget = registry.for_config(model_cfg).data_requirements(model_cfg).text_tokens
-  return int(budget) if budget else int(config.tokenizer.max_len)
-
-
-def make_tokenizer(config: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict):
-  """The run's tokenizer; its vocabulary must fit the model's embedding (checked, naming the fields)."""
-  tok = tokenizer_lib.from_config(config.tokenizer)
-  vocab = registry.for_config(model_cfg).data_requirements(model_cfg).vocab_size
-  if vocab and tok.vocab_size > int(vocab):
-    raise ValueError(f"the model's token embedding has {vocab} rows (config model.*.vocab_size), fewer than the "
-                     f"vocabulary of tokenizer.kind={config.tokenizer.kind!r} ({tok.vocab_size})")
-  return tok
-
-
-class HostBatchPreparer:
-  """Host-side batch preparation: tokenises ``task/language_instruction`` (when the batch has no tokens yet)
-  and drops non-numeric leaves (raw strings never go to devices)."""
-
-  def __init__(self, config: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict):
-    self.config = config
-    self.model_cfg = model_cfg
-    self.max_len = text_length(config, model_cfg)
-    # Too long instructions: an error naming the field (default), or cut and counted (tokenizer.truncate=True).
-    self.truncate = bool(config.tokenizer.get("truncate", False))
-    self.truncated_prompts = 0
-    self.unknown_words = 0  # WordTokenizer: words outside the vocabulary (-> <unk>)
-    self._tokenizer = None
-
-  def __call__(self, batch: dict) -> dict:
-    task = batch.get(specs.TASK)
-    if isinstance(task, dict) and specs.LANGUAGE_INSTRUCTION in task and specs.TOKENS not in task:
-      if self._tokenizer is None:
-        self._tokenizer = make_tokenizer(self.config, self.model_cfg)
-      texts = list(np.asarray(task[specs.LANGUAGE_INSTRUCTION]).reshape(-1))
-      tokens, mask = tokenizer_lib.tokenize_prompts(self._tokenizer, texts, self.max_len, truncate=self.truncate)
-      if self.truncate:
-        cut = [t for t in texts if tokenizer_lib.prompt_length(self._tokenizer, t) > self.max_len]
-        if cut and not self.truncated_prompts:
-          logging.warning("tokenizer.truncate=True: instructions longer than %d tokens are cut (first: %r); the "
-                          "count is logged as data/truncated_prompts", self.max_len, cut[0])
-        self.truncated_prompts += len(cut)
-      if isinstance(self._tokenizer, tokenizer_lib.WordTokenizer):
-        unknown = int(((tokens == tokenizer_lib.WordTokenizer.UNK) & mask).sum())
-        if unknown and not self.unknown_words:
-          logging.warning("instructions have words outside tokenizer.words (first batch: %r); they become <unk>; "
-                          "the count is logged as data/unknown_words", texts[:4])
-        self.unknown_words += unknown
-      batch = dict(batch)
-      batch[specs.TASK] = {**task, specs.TOKENS: np.asarray(tokens, np.int32),
-                           specs.TOKEN_MASK: np.asarray(mask, bool)}
-    return _drop_non_numeric(batch)
-
-
-def _drop_non_numeric(tree):
-  if isinstance(tree, dict):
-    out = {}
-    for k, v in tree.items():
-      v = _drop_non_numeric(v)
-      if v is not None:
-        out[k] = v
-    return out
-  return np.asarray(tree) if _is_numeric(tree) else None
+# Host-side preparation lives in host_batch (the preflight uses it too); these names stay importable from here.
+text_length = host_batch.text_length
+make_tokenizer = host_batch.make_tokenizer
+HostBatchPreparer = host_batch.HostBatchPreparer
 
 
 class SyntheticData:
@@ -295,20 +239,25 @@ class Trainer:
   """Runs the config's stages from scratch or from the latest checkpoint in ``<workdir>/checkpoints``.
 
   Args:
-    config: a run config (``training/defaults.py``), validated here.
+    config: a run config (``training/defaults.py``), checked here (``preflight.check_run_config``: every stage).
     workdir: checkpoints, metrics.jsonl, TensorBoard events and plots go here.
     data: optional data source (``SyntheticData`` / ``PipelineData`` interface) replacing the config's.
     eval_fn: optional ``eval_fn(trainer, state, step) -> dict`` of scalars, run every ``eval.every_steps``.
     mesh: optional mesh replacing the one built from ``config.mesh``.
     measure_matmul_roof: optional ``fn(dtype_name) -> FLOP/s`` of one device (``lamp_jax.perf.roofline``); with
       ``logging.measure_roof`` the loop logs ``roof_fraction`` against it (measured once).
+    check_config: run ``preflight.check_run_config`` (every stage traced abstractly); False only for tools that
+      never train and trace the stages themselves (``lamp_jax.perf.aot``), where ``defaults.validate`` runs.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, data=None,
                eval_fn: Callable[["Trainer", state_lib.TrainState, int], dict] | None = None,
-               mesh: Mesh | None = None, measure_matmul_roof: Callable[[str], float] | None = None):
-    defaults.validate(config)
-    pretrained.active_entries(config)  # a required init path that is unset fails here, naming the field
+               mesh: Mesh | None = None, measure_matmul_roof: Callable[[str], float] | None = None,
+               check_config: bool = True):
+    if check_config:
+      preflight.check_run_config(config)  # every field of every stage, before any work (cached per config)
+    else:
+      defaults.validate(config)
     self.config = config
     enable_compilation_cache(str(config.compilation_cache_dir))
     self.workdir = os.path.abspath(workdir)
@@ -436,14 +385,68 @@ class Trainer:
     return state
 
   def restore(self, step: int) -> tuple[state_lib.TrainState, int]:
-    meta, _, norm_stats = self.checkpointer.restore_json(step)
-    self._checkpoint_norm_stats = norm_stats
+    """The verified state of checkpoint ``step`` and its stage index.
+
+    Raises:
+      checkpoint_compat.CheckpointMismatchError: the checkpoint holds another model or optimizer state than the
+        config builds (lists the arrays and the config fields that differ).
+      checkpoints.CheckpointCorruptError: an item is unreadable or an array fails its checksum / is non-finite.
+    """
+    meta, stored_config, norm_stats = self.checkpointer.restore_json(step)
     index = int(meta.get("stage_index", self.stage_index_of_checkpoint(step)))
+    if not 0 <= index < len(self.config.stage_order):
+      raise checkpoint_compat.CheckpointMismatchError(
+          f"checkpoint step {step} in {self.checkpointer.directory} is of stage {index} "
+          f"({meta.get('stage_name')!r}) but config field stage_order has {len(self.config.stage_order)} stages "
+          f"{tuple(self.config.stage_order)}")
     stage = self.stage(index)
     abstract, shardings = self.abstract_state(stage)
+    differing = checkpoint_compat.check_restorable(
+        self.checkpointer.directory, step, self.checkpointer.state_layout(step),
+        checkpoint_compat.abstract_layout(abstract), stored_config, self.config_json)
+    if differing and self.is_main:
+      log.warning("resuming step %d with a config that differs from the checkpoint's in %d fields "
+                  "(checkpoint -> now): %s", step, len(differing), "; ".join(differing[:checkpoint_compat.MAX_LISTED]))
     state = self.checkpointer.restore_state(step, state_lib.abstract_with_shardings(abstract, shardings))
+    self._checkpoint_norm_stats = norm_stats
     self.state_shardings = shardings
     return state, index
+
+  def restore_latest_intact(self) -> tuple[state_lib.TrainState, int, int] | None:
+    """(state, stage index, step) of the newest checkpoint that restores and verifies, or None without any.
+
+    Newer corrupted steps are reported (a warning per step naming its bad arrays) and moved to
+    ``<workdir>/corrupted_checkpoints`` so the run can write those steps again. Raises
+    ``NoIntactCheckpointError`` (moving nothing) when every step is corrupted, and lets a
+    ``CheckpointMismatchError`` through (another model is not corruption: every step would fail the same way).
+    """
+    corrupted: list[ckpt_lib.CheckpointCorruptError] = []
+    for step in sorted(self.checkpointer.all_steps(), reverse=True):
+      try:
+        state, index = self.restore(step)
+      except ckpt_lib.CheckpointCorruptError as e:
+        corrupted.append(e)
+        if self.is_main:
+          log.warning("%s", e)
+          print(f"[train] WARNING: {e}", flush=True)
+        continue
+      if corrupted:
+        if self.is_main:
+          for e in corrupted:
+            moved = self.checkpointer.quarantine(e)
+            print(f"[train] WARNING: checkpoint step {e.step} is corrupted and was moved to {moved}; falling back "
+                  f"to step {step}", flush=True)
+        if self.process_count > 1:
+          from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+          multihost_utils.sync_global_devices("lamp_jax_quarantine")
+          self.checkpointer.manager.reload()
+      return state, index, step
+    if corrupted:
+      raise ckpt_lib.NoIntactCheckpointError(
+          f"no intact checkpoint in {self.checkpointer.directory}: every step is corrupted or incomplete "
+          f"(nothing was moved): " + " | ".join(str(e) for e in corrupted))
+    return None
 
   def check_stage(self, stage: Stage) -> None:
     if stage.frozen:
@@ -484,10 +487,9 @@ class Trainer:
     """Runs (or resumes) the stages; stops early, with a checkpoint, once ``until_step`` is reached."""
     until = self.total_steps if until_step is None else min(int(until_step), self.total_steps)
     self.host_roof()  # Timed once, before the step timings start.
-    latest = self.checkpointer.latest_step()
-    if latest is not None:
-      state, index = self.restore(latest)
-      step = latest
+    resumed = self.restore_latest_intact()
+    if resumed is not None:
+      state, index, step = resumed
       if self.is_main:
         print(f"[train] resumed from {self.checkpointer.directory} at step {step} "
               f"(stage {self.config.stage_order[index]!r})", flush=True)
@@ -496,6 +498,9 @@ class Trainer:
       stage0 = self.stage(0)
       self.check_stage(stage0)
       state = self.initial_state(stage0)
+    dropped = self.metrics.start(step)
+    if dropped and self.is_main:
+      print(f"[train] metrics.jsonl: {dropped} rows after step {step} dropped (those steps are replayed)", flush=True)
     try:
       while index < len(self.config.stage_order) and step < until:
         stage = self.stage(index)
@@ -510,9 +515,27 @@ class Trainer:
         state = self._run_stage(stage, state, step, until)
         step = int(jax.device_get(state.step))
     finally:
-      self.checkpointer.wait()
-      self.metrics.flush()
+      self._finish_io()
     return state
+
+  def _finish_io(self, close: bool = False) -> None:
+    """Waits for the pending checkpoint and flushes (or closes) the metrics. While an error is already propagating
+    their own failures are logged, not raised, so the first error is the one reported."""
+    in_flight = sys.exc_info()[1] is not None
+    steps = [self.checkpointer.wait] + ([self.checkpointer.close, self.metrics.close] if close else
+                                        [self.metrics.flush])
+    first = None
+    for fn in steps:  # every step runs (a failed wait must not leave the files open)
+      try:
+        fn()
+      except Exception as e:  # pylint: disable=broad-except
+        if first is None and not in_flight:
+          first = e
+        else:
+          log.warning("while stopping after an error, %s failed too: %s", getattr(fn, "__qualname__", fn),
+                      ckpt_lib.describe_exception(e))
+    if first is not None:
+      raise first
 
   def _run_stage(self, stage: Stage, state: state_lib.TrainState, step: int, until: int) -> state_lib.TrainState:
     cfg = self.config
@@ -597,6 +620,4 @@ class Trainer:
           f"step {latest} in {self.checkpointer.directory}.")
 
   def close(self) -> None:
-    self.checkpointer.wait()
-    self.checkpointer.close()
-    self.metrics.close()
+    self._finish_io(close=True)

@@ -129,7 +129,7 @@ def layout(model_cfg: Any, *, extensions: bool = False) -> list[Entry]:
   cfg = paligemma.config_from_dict(model_cfg)
   vis, llm = cfg.vision, cfg.llm
   d, nv, hv, f, p = vis.width, vis.num_heads, vis.head_dim, vis.mlp_dim, vis.patch_size
-  e, n, k, h, fl, v = llm.width, llm.num_heads, llm.num_kv_heads, llm.head_dim, llm.mlp_dim, llm.vocab_size
+  e, v = llm.width, llm.vocab_size
   patch_shape = (d, 3, p, p)
   if extensions and vis.stem == "conv":  # the 1x1 projection of the stem's last feature map
     patch_shape = (d, vis.stem_width * 2**(int(p).bit_length() - 2), 1, 1)
@@ -175,27 +175,44 @@ def layout(model_cfg: Any, *, extensions: bool = False) -> list[Entry]:
         Entry(hf + "mlp.fc2.bias", (d,), block + "MlpBlock_0/Dense_1/bias", (i,), _identity, _identity),
     ]
 
+  entries += gemma_layer_entries(llm, "model.language_model.", "llm/")
+  if extensions:
+    entries += _extension_entries(cfg)
+  return entries
+
+
+def gemma_layer_entries(llm: Any, hf_prefix: str, our_prefix: str) -> list[Entry]:
+  """The decoder layers of a Gemma (``gemma.Gemma``'s scanned ``layers/...``) under transformers' ``GemmaModel``
+  names: ``{hf_prefix}layers.{i}.self_attn.q_proj.weight`` <-> ``{our_prefix}layers/attn/q_einsum/w`` [i], ...
+  (the module docstring's ``language_model.layers`` rows).
+
+  Args:
+    llm: the decoder's sizes (a ``gemma.GemmaConfig``: depth, width, num_heads, num_kv_heads, head_dim, mlp_dim).
+    hf_prefix: the torch module path of the ``GemmaModel`` with a trailing '.' (PaliGemma's
+      'model.language_model.').
+    our_prefix: our parameter path of the ``gemma.Gemma`` with a trailing '/' (PaliGemma's 'llm/').
+  """
+  e, n, k, h, fl = llm.width, llm.num_heads, llm.num_kv_heads, llm.head_dim, llm.mlp_dim
+  entries = []
   for i in range(llm.depth):
-    hf = f"model.language_model.layers.{i}."
+    hf = f"{hf_prefix}layers.{i}."
+    ours = f"{our_prefix}layers/"
     entries += [
-        Entry(hf + "self_attn.q_proj.weight", (n * h, e), "llm/layers/attn/q_einsum/w", (i,),
+        Entry(hf + "self_attn.q_proj.weight", (n * h, e), ours + "attn/q_einsum/w", (i,),
               lambda w: w.reshape(n, h, e).transpose(0, 2, 1), lambda w: w.transpose(0, 2, 1).reshape(n * h, e)),
-        Entry(hf + "self_attn.o_proj.weight", (e, n * h), "llm/layers/attn/attn_vec_einsum/w", (i,),
+        Entry(hf + "self_attn.o_proj.weight", (e, n * h), ours + "attn/attn_vec_einsum/w", (i,),
               lambda w: w.reshape(e, n, h).transpose(1, 2, 0), lambda w: w.transpose(2, 0, 1).reshape(e, n * h)),
-        Entry(hf + "mlp.gate_proj.weight", (fl, e), "llm/layers/mlp/gating_einsum", (i, 0), _transpose, _transpose),
-        Entry(hf + "mlp.up_proj.weight", (fl, e), "llm/layers/mlp/gating_einsum", (i, 1), _transpose, _transpose),
-        Entry(hf + "mlp.down_proj.weight", (e, fl), "llm/layers/mlp/linear", (i,), _transpose, _transpose),
-        Entry(hf + "input_layernorm.weight", (e,), "llm/layers/pre_attention_norm/scale", (i,), _identity,
-              _identity),
-        Entry(hf + "post_attention_layernorm.weight", (e,), "llm/layers/pre_ffw_norm/scale", (i,), _identity,
+        Entry(hf + "mlp.gate_proj.weight", (fl, e), ours + "mlp/gating_einsum", (i, 0), _transpose, _transpose),
+        Entry(hf + "mlp.up_proj.weight", (fl, e), ours + "mlp/gating_einsum", (i, 1), _transpose, _transpose),
+        Entry(hf + "mlp.down_proj.weight", (e, fl), ours + "mlp/linear", (i,), _transpose, _transpose),
+        Entry(hf + "input_layernorm.weight", (e,), ours + "pre_attention_norm/scale", (i,), _identity, _identity),
+        Entry(hf + "post_attention_layernorm.weight", (e,), ours + "pre_ffw_norm/scale", (i,), _identity,
               _identity),
     ]
     for c, proj in enumerate(("k_proj", "v_proj")):
-      entries.append(Entry(hf + f"self_attn.{proj}.weight", (k * h, e), "llm/layers/attn/kv_einsum/w", (i, c),
+      entries.append(Entry(hf + f"self_attn.{proj}.weight", (k * h, e), ours + "attn/kv_einsum/w", (i, c),
                            lambda w: w.reshape(k, h, e).transpose(0, 2, 1),
                            lambda w: w.transpose(0, 2, 1).reshape(k * h, e)))
-  if extensions:
-    entries += _extension_entries(cfg)
   return entries
 
 

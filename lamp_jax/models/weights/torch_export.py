@@ -2,17 +2,22 @@
 
 An export's ``model.safetensors`` holds exactly the ``state_dict()`` of the ``lamp_torch`` module of the model's
 kind, in the dtype each JAX parameter is stored in (float32 / bfloat16 / float16, never cast). The names come
-from two rules, so that nothing is listed twice:
+from three rules, so that nothing is listed twice:
 
 * The VLM (``vlm/...``): transformers' PaliGemma module names from ``hf_paligemma.layout(extensions=True)``,
   prefixed with ``vlm.`` (``vlm.model.vision_tower.encoder.layers.3.self_attn.q_proj.weight``). Without that
   prefix the tensors load into ``PaliGemmaForConditionalGeneration`` (5.x module names) where layouts match.
-* Everything else (the experts, guidance): the JAX path with '/' -> '.', flax's ``dense`` / ``ln`` wrapper
-  level dropped, ``kernel`` -> ``weight`` float[out, in] (the kernel's input axes and output axes each flattened
-  row-major; the output axes are those of the layer's bias), LayerNorm ``scale`` -> ``weight``; a layer stack
-  scanned into a leading [L] axis (logical axis 'layers', the ``blocks`` of ``dit.stack``) becomes
-  ``blocks.{i}.`` per layer, as does an unscanned ``blocks_{i}``; other parameters keep their shape
-  (``motion_expert.cond_pad``, ``guidance.gate_logit``).
+* Every other parameter (LaMP's experts and guidance, π0's projections): the JAX path with '/' -> '.', flax's
+  ``dense`` / ``ln`` wrapper level dropped, ``kernel`` -> ``weight`` float[out, in] (the kernel's input axes and
+  output axes each flattened row-major; the output axes are those of the layer's bias), LayerNorm ``scale`` ->
+  ``weight``; a layer stack scanned into a leading [L] axis (logical axis 'layers', the ``blocks`` of
+  ``dit.stack``) becomes ``blocks.{i}.`` per layer, as does an unscanned ``blocks_{i}``; other parameters keep
+  their shape (``motion_expert.cond_pad``, ``guidance.gate_logit``).
+* A Gemma decoder outside the VLM (a ``gemma.Gemma`` parameter tree: ``layers/...`` scanned over [L] and
+  ``final_norm``, with or without an ``embedder``; π0's action expert at ``action_expert/llm``): transformers'
+  ``GemmaModel`` names under its module path, exactly as the VLM's language model
+  (``action_expert.llm.layers.3.self_attn.k_proj.weight``, ``action_expert.llm.norm.weight``,
+  ``...embed_tokens.weight``); its sizes are read off the parameter shapes.
 
 Axis letters: L stacked layers · N heads · H head dim · D width.
 """
@@ -26,6 +31,7 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
+from lamp_jax.models import gemma as gemma_lib
 from lamp_jax.models.weights import hf_paligemma
 from lamp_jax.models.weights import strict
 
@@ -33,6 +39,12 @@ VLM = "vlm"
 STACK_MODULE = "blocks"  # the name dit.stack gives a layer stack
 LAYERS_AXIS = "layers"
 _UNSCANNED_LAYER = re.compile(rf"^{STACK_MODULE}_(\d+)$")
+# A Gemma decoder's parameters relative to its module (gemma.Gemma; the embedder is optional).
+GEMMA_MARKER = "layers/attn/q_einsum/w"
+GEMMA_PARAMS = ("layers/attn/q_einsum/w", "layers/attn/kv_einsum/w", "layers/attn/attn_vec_einsum/w",
+                "layers/mlp/gating_einsum", "layers/mlp/linear", "layers/pre_attention_norm/scale",
+                "layers/pre_ffw_norm/scale", "final_norm/scale")
+_GEMMA_EMBEDDER = "embedder/input_embedding"
 EXACT_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -74,17 +86,47 @@ def _torch_module_path(parts: list[str], layer: int | None, ours: str) -> list[s
   return out
 
 
+def _gemma_entries(root: str, flat_shapes: Mapping[str, tuple[int, ...]]) -> list[Entry]:
+  """Entries of the Gemma decoder whose parameters lie under ``root/`` (module docstring), sizes from shapes."""
+  below = {name[len(root) + 1:]: shape for name, shape in flat_shapes.items() if name.startswith(root + "/")}
+  extra = sorted(set(below) - set(GEMMA_PARAMS) - {_GEMMA_EMBEDDER})
+  missing = sorted(set(GEMMA_PARAMS) - set(below))
+  if extra or missing:
+    problems = ([f"parameters {[f'{root}/{n}' for n in extra]} are not a Gemma's"] if extra else []) + (
+        [f"{[f'{root}/{n}' for n in missing]} are missing"] if missing else [])
+    raise ValueError(f"cannot export {root}: it has {GEMMA_MARKER} like a Gemma decoder (gemma.Gemma) but "
+                     + " and ".join(problems))
+  depth, num_heads, width, head_dim = below["layers/attn/q_einsum/w"]
+  _, _, num_kv_heads, _, _ = below["layers/attn/kv_einsum/w"]
+  sizes = gemma_lib.GemmaConfig(width=width, depth=depth, mlp_dim=below["layers/mlp/linear"][1],
+                                num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim)
+  torch_prefix = ".".join(_torch_module_path(root.split("/"), None, root)) + "."
+  entries = [Entry(e.hf_name, tuple(e.hf_shape), e.ours, e.index, e.to_ours, e.to_hf)
+             for e in hf_paligemma.gemma_layer_entries(sizes, torch_prefix, root + "/")]
+  entries.append(Entry(torch_prefix + "norm.weight", (width,), f"{root}/final_norm/scale", (), _identity,
+                       _identity))
+  if _GEMMA_EMBEDDER in below:
+    entries.append(Entry(torch_prefix + "embed_tokens.weight", tuple(below[_GEMMA_EMBEDDER]),
+                         f"{root}/{_GEMMA_EMBEDDER}", (), _identity, _identity))
+  return entries
+
+
 def expert_entries(flat_shapes: Mapping[str, tuple[int, ...]], flat_axes: Mapping[str, tuple]) -> list[Entry]:
-  """Entries of every non-VLM parameter by the generic rule (module docstring).
+  """Entries of every non-VLM parameter: Gemma decoders by transformers' names, the rest by the generic rule
+  (module docstring).
 
   Args:
     flat_shapes: {our flat name: shape} of the whole model.
     flat_axes: {our flat name: logical axis names} (a leading 'layers' marks a stacked parameter).
   """
+  gemma_roots = sorted(name[:-len(GEMMA_MARKER) - 1] for name in flat_shapes
+                       if name.endswith("/" + GEMMA_MARKER) and name.split("/")[0] != VLM)
   entries = []
+  for root in gemma_roots:
+    entries += _gemma_entries(root, flat_shapes)
   for ours, shape in sorted(flat_shapes.items()):
     parts = ours.split("/")
-    if parts[0] == VLM:
+    if parts[0] == VLM or any(ours.startswith(root + "/") for root in gemma_roots):
       continue
     stacked = bool(flat_axes.get(ours)) and flat_axes[ours][0] == LAYERS_AXIS
     layers = range(shape[0]) if stacked else [None]
