@@ -188,7 +188,7 @@ def test_alignment_gradients_reach_the_lam_only_when_joint(policy):
   joint = _align_grads(_tiny(policy))
   frozen = _align_grads(_tiny(policy, joint=False))
   for grads in (joint, frozen):
-    assert _norm(grads["lara_predictor"]) > 0 and _norm(grads["action_expert"]) > 0 and _norm(grads["vlm"]) > 0
+    assert _norm(grads["lara_predictor"]) > 0 and _norm(grads["action_expert"]) > 0
   assert _norm(joint["lam"]["idm"]) > 0
   assert _norm(frozen["lam"]) == 0.0
 
