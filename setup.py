@@ -42,6 +42,10 @@ EXTRAS_REQUIRE = {
         "torch==2.13.0",
         "transformers==5.23.0",
         "diffusers==0.42.1",
+        # tests/test_probe_cli.py executes notebooks/probe_latent_actions.ipynb.
+        "nbclient==0.11.0",
+        "nbformat==5.11.1",
+        "ipykernel==7.4.0",
     ],
     # Converting checkpoints to / from PyTorch (Hugging Face transformers layout) and serving exported policies
     # with lamp_torch (python -m lamp_jax.serve --export=DIR --backend=torch).

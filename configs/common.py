@@ -12,7 +12,13 @@ import ml_collections
 from lamp_jax.data import config as data_config
 from lamp_jax.models import lamp_config
 from lamp_jax.models import registry
+from lamp_jax.models import vae as vae_lib
 from lamp_jax.training import defaults
+from lamp_jax.training import pretrained
+from lamp_jax.training import prerequisites
+
+# The frozen VAE of a motion-image head: frozen in every stage (it is never trained by the policy).
+VAE_FROZEN = r"^vae/"
 
 
 def lamp_stages(use_motion: bool, motion_steps: int, action_steps: int, motion_optimizer, action_optimizer, *,
@@ -132,3 +138,87 @@ def smoke_pi0(model_cfg: ml_collections.ConfigDict, *, image_size: int, width: i
 def every_prefix_token(model_cfg: ml_collections.ConfigDict) -> None:
   """Sizes the Motion Expert's condition to hold every VLM prefix token (``motion.cond_len``)."""
   model_cfg.motion.cond_len = lamp_config.prefix_length(model_cfg)
+
+
+def motion_image_stages(warmup_steps: int, joint_steps: int, warmup_optimizer, joint_optimizer, *,
+                        motion_image_weight: float = 1.0, action_repeats: int = 1,
+                        policy_parts=("vlm", "action_expert")) -> tuple[tuple[str, ...], ml_collections.ConfigDict]:
+  """(stage_order, stages) of joint motion-image diffusion (the paper's two phases).
+
+  'warmup': only the motion-image head trains (term 'motion_image'; every ``policy_parts`` subtree and the VAE
+  frozen), so that the new head adapts to the policy's VLM features before its gradients reach them; 'joint': the
+  VLM, the action head and the motion-image head train together on ``action + motion_image_weight *
+  motion_image`` (the VAE stays frozen). ``action_repeats``: flow-matching draws of the action term per example.
+  """
+  warmup_frozen = tuple(rf"^{part}/" for part in policy_parts) + (VAE_FROZEN,)
+  return ("warmup", "joint"), ml_collections.ConfigDict(dict(
+      warmup=defaults.stage_config(warmup_steps, frozen=warmup_frozen, optimizer=warmup_optimizer,
+                                   model_overrides=dict(loss=dict(weights=dict(motion=0.0, action=0.0,
+                                                                               motion_image=1.0)))),
+      joint=defaults.stage_config(joint_steps, frozen=(VAE_FROZEN,), optimizer=joint_optimizer,
+                                  model_overrides=dict(loss=dict(
+                                      weights=dict(motion=0.0, action=1.0, motion_image=motion_image_weight),
+                                      action_repeats=action_repeats)))))
+
+
+def flow_vae_run(policy: ml_collections.ConfigDict, vae_model: ml_collections.ConfigDict, *, steps: int,
+                 batch_size: int, optimizer) -> ml_collections.ConfigDict:
+  """The run config of the VAE a motion-image ``policy`` run depends on: ``vae_model`` trained on the flow images
+  of the policy's own data (same datasets, generation settings and simulator data cache, so the demonstrations
+  are generated once for both; only the flow images are read), one stage 'vae', no evaluation. Its latents are
+  unscaled (scaling_factor 1, shift 0): the report measures the scaling the policy then uses."""
+  c = defaults.base_config()
+  c.seed = 0
+  m = vae_model
+  m.scaling_factor, m.shift_factor = 1.0, 0.0
+  c.model = m
+  c.compute_dtype = policy.compute_dtype
+  c.data.kind = policy.data.kind
+  c.data.global_batch_size = batch_size
+  p = policy.data.pipeline
+  d = data_for(m, batch_size)
+  # Fields that decide what the simulator generates (experiment.generation_flags) and how the data is read follow
+  # the policy's, so that both read the same generated dataset; the VAE reads only the flow images.
+  for field in ("datasets", "scene_flow_num_points", "scene_flow_horizon", "action_horizon", "max_action_dim",
+                "max_proprio_dim", "action_normalization", "proprio_normalization", "shuffle_buffer_size",
+                "num_parallel_calls", "num_parallel_reads", "deterministic", "resume_mode", "stats_cache_dir",
+                "optical_flow_max_magnitude"):
+    if field in p:
+      d[field] = p[field]
+  d.augment = False  # a flow image's colours encode the flow; the policy's flow images are not cropped either
+  c.data.pipeline = d
+  c.tokenizer = policy.tokenizer
+  c.mesh = policy.mesh
+  c.sim_data = policy.sim_data
+  c.stage_order = ("vae",)
+  c.stages = ml_collections.ConfigDict(dict(vae=defaults.stage_config(steps, optimizer=optimizer)))
+  c.checkpoint.every_steps = max(1, min(500, steps))
+  c.checkpoint.max_to_keep = 1
+  c.logging.every_steps = max(1, min(25, steps))
+  c.logging.measure_roof = policy.logging.measure_roof
+  c.eval.enabled = False
+  return c
+
+
+def add_motion_image_head(policy: ml_collections.ConfigDict, vae_run: ml_collections.ConfigDict,
+                          name: str = "vae") -> None:
+  """Gives a policy run config its frozen VAE from ``vae_run``, trained once as a prerequisite: the policy's
+  ``model.vae`` becomes the VAE run's architecture with its latent scaling left unset (0: filled in from the VAE
+  run's report, 'scaling_factor' = 1 / latent std and 'shift_factor' = latent mean), its parameters load from the
+  finished run (init entry ``name``, kind 'checkpoint', the run's whole tree into params['vae'])."""
+  m = policy.model
+  m.motion_image.enabled = True
+  vae = ml_collections.ConfigDict(vae_run.model.to_dict())
+  vae.image_size = int(m.image_size)
+  vae.dtype = m.dtype
+  vae.scaling_factor, vae.shift_factor = 0.0, 0.0  # measured by the VAE run (its report), written in before training
+  m.vae = vae
+  with policy.unlocked():
+    if "init" not in policy:
+      policy.init = ml_collections.ConfigDict()
+    policy.init[name] = pretrained.init_entry("checkpoint", "vae", path=None, source="/")
+    if "prerequisites" not in policy:
+      policy.prerequisites = ml_collections.ConfigDict()
+    policy.prerequisites[name] = prerequisites.prerequisite_entry(
+        vae_run, init=name, report_fields=(("model.vae.scaling_factor", "scaling_factor"),
+                                           ("model.vae.shift_factor", "shift_factor")))

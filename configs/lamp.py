@@ -1,4 +1,5 @@
-"""LaMP model configs: ``--config=configs/lamp.py:<variant>`` with variant 'tiny', 'sim' (default) or 'paper'.
+"""LaMP model configs: ``--config=configs/lamp.py:<variant>`` with variant 'tiny', 'sim' (default), 'paper' or
+'openpi_dummy' (openpi's π0 test sizes w/o motion: the speed comparison of docs/results.md, "Speed").
 
 ``config.model`` is the model section (``lamp_jax.models.lamp_config.model_config``); ``config.seed`` the PRNG
 seed. Used by the model-only commands (``lamp_jax.bench``, ``lamp_jax.summary``).

@@ -27,6 +27,36 @@ the VLM's per-layer keys / values) trained like the w/o-motion ablation: one 'ac
 optimizer, flow-matching draws per example, batch and generated demonstrations (scene-flow labels are generated
 as for LaMP, so that every variant reads the same cached dataset, and π0 ignores them).
 
+Joint motion-image diffusion (``motion_image``): the w/o-motion policy (VLM + Action Expert, a pi0-like VLA) with
+the motion-image head (``lamp_jax/models/motion_image.py``), on the same demonstrations and step budget:
+
+  python -m lamp_jax.train --config=configs/sim.py:motion_image --workdir=/tmp/lamp_sim_motion_image
+  python -m lamp_jax.ablate --methods=no_motion,motion_image --seeds=3 --workdir=/tmp/ablate_motion_image
+
+Its data are the same demonstrations generated with exact optical-flow images (k = the action horizon, 8 steps;
+``--optical-flow-steps`` is derived from the data config): generation is deterministic, so the episodes, images
+and actions equal the w/o-motion variant's (checked when this variant was written), only the cache entry differs.
+Before the policy trains, its VAE (``vae``: the 'sim' AutoencoderKL, 0.98 M parameters, 64² flow image -> 8 x 8 x 4
+latent) is trained ONCE on these flow images (cached under $LAMP_JAX_CACHE/runs/, shared by every seed), reports
+its reconstruction error (report.json, plots/report.png: reconstructions next to the true flow images) and the
+latent scaling (1 / std, mean) written into ``model.vae.scaling_factor`` / ``shift_factor``; its weights load into
+params['vae'] and stay frozen in every stage. Stages (the paper's): 'warmup' (only the head trains, 200 steps) then
+'joint' (VLM, Action Expert and head; the rest of the w/o-motion budget); total steps equal the ablation's.
+Deviation, stated: the paper attaches the head to a pretrained pi0 and warms it up on DROID; here everything
+starts from scratch, so the warm-up reads a randomly initialised VLM.
+
+Variants (``:variant``): '' (LaMP) · 'no_motion' · 'pi0' · 'motion_image' · 'vae' (the motion-image variant's
+VAE run on its own) · 'smoke' / 'smoke_no_motion' / 'smoke_pi0' / 'smoke_motion_image' / 'smoke_vae' (tiny sizes,
+a few steps, 4 demonstrations, 1 evaluation episode per task: proves the command end to end).
+
+FiLM-CNN variants (opt-in; no success rates measured yet, so the default keeps the from-scratch PaliGemma):
+'film_cnn' / 'film_cnn_no_motion' / 'smoke_film_cnn' / 'smoke_film_cnn_no_motion' replace the prefix encoder by
+an instruction-FiLM-conditioned CNN (``model.vlm.kind='film_cnn'``, lamp_jax/models/film_cnn.py) whose
+spatial-softmax keypoints 0 and 1 are first trained by a grounding stage 0 to find the named object and
+receptacle on labelled renders of random scenes (``grounding``, lamp_jax/training/grounding.py).
+
+  python -m lamp_jax.train --config=configs/sim.py:film_cnn --workdir=/tmp/lamp_sim_film_cnn
+
 LARA (``lara``, ``lara_frozen``; lara.py, docs/lara.md): LaMP with latent action representation alignment, on
 LaMP's data, steps, stages and optimizers. A single-view latent action model (lam_config 'sim': 64^2 pixel patches
 in and out, front camera, pairs (o_t, o_{t+H}) with H = the action horizon: the frame after the chunk) rides
@@ -40,9 +70,7 @@ predicts that model's pre-quantisation latent (term 'align', 0.01) and the model
 The smoke variants (``smoke_lara``, ``smoke_lara_frozen``) use the 'tiny' latent action model at the smoke image
 size; ``smoke_lara_frozen`` leaves the LAM at its random initialisation (no checkpoint; frozen all the same).
 
-Variants (``:variant``): '' (LaMP) · 'no_motion' · 'pi0' · 'lara' · 'lara_frozen' · 'smoke' / 'smoke_no_motion' /
-'smoke_pi0' / 'smoke_lara' / 'smoke_lara_frozen' (tiny sizes, a few steps, 4 demonstrations, 1 evaluation episode
-per task: proves the command end to end).
+LARA variants: 'lara' · 'lara_frozen' · 'smoke_lara' · 'smoke_lara_frozen'.
 """
 
 import ml_collections
@@ -54,6 +82,7 @@ from lamp_jax.models import lam_config
 from lamp_jax.models import lamp_config
 from lamp_jax.models import lara
 from lamp_jax.models import pi0_config
+from lamp_jax.models import vae as vae_lib
 from lamp_jax.sim import tasks
 from lamp_jax.training import defaults
 from lamp_jax.training import pretrained
@@ -70,21 +99,79 @@ ABLATION_METHODS = {
     "pi0": ("pi0", "smoke_pi0"),
     "lara": ("lara", "smoke_lara"),
     "lara_frozen_lam": ("lara_frozen", "smoke_lara_frozen"),
+    "motion_image": ("motion_image", "smoke_motion_image"),
 }
-VARIANTS = ("", "no_motion", "pi0", "lara", "lara_frozen", "smoke", "smoke_no_motion", "smoke_pi0", "smoke_lara",
-            "smoke_lara_frozen")
+# Joint motion-image diffusion: warm-up steps (head only) out of the w/o-motion ablation's step budget; the VAE's
+# training steps and batch.
+MOTION_IMAGE_WARMUP_STEPS = 200
+VAE_STEPS, VAE_BATCH = 1200, 16
 
 
-def _model(smoke: bool, use_motion: bool) -> ml_collections.ConfigDict:
+# The ':film_cnn' variants' prefix encoder: an instruction-FiLM-conditioned CNN (lamp_jax/models/film_cnn.py)
+# with spatial-softmax keypoints, 0 and 1 grounded by stage 0 on the named object and receptacle
+# (lamp_jax/training/grounding.py). The other variants keep the from-scratch PaliGemma ('paligemma').
+FILM_KEYPOINTS = 4
+VARIANTS = ("", "no_motion", "pi0", "motion_image", "vae", "film_cnn", "film_cnn_no_motion", "lara", "lara_frozen",
+            "smoke", "smoke_no_motion", "smoke_pi0", "smoke_motion_image", "smoke_vae", "smoke_film_cnn",
+            "smoke_film_cnn_no_motion", "smoke_lara", "smoke_lara_frozen")
+
+
+def _model(smoke: bool, use_motion: bool, encoder: str = "paligemma") -> ml_collections.ConfigDict:
   m = lamp_config.model_config("sim")
   m.use_motion = use_motion
   if smoke:
     common.smoke_lamp(m, image_size=32, width=32, mlp_dim=64, time_frequency_dim=32, max_words=MAX_WORDS,
                       action_horizon=4, num_inference_steps=3)
     m.motion.num_keypoints, m.motion.num_steps = 16, 4
+  m.vlm.kind = encoder
+  if encoder == "film_cnn":
+    m.vlm.film_cnn.keypoints = FILM_KEYPOINTS
+    if smoke:
+      m.vlm.film_cnn.update(dict(width=32, channels=(8, 16), kernels=(4, 3), strides=(4, 2), text_width=16,
+                                 cond_width=16))
   m.max_token_len = MAX_WORDS
   common.every_prefix_token(m)
   return m
+
+
+def _pipeline(m: ml_collections.ConfigDict, batch: int, smoke: bool) -> ml_collections.ConfigDict:
+  """The data config of every variant. The scene-flow label sizes (K, T) are LaMP's even where the model reads no
+  scene flow (scene_flow=False: not read), because they decide what the simulator generates
+  (experiment.generation_flags): so LaMP, its ablation and π0 read the same cached demonstrations."""
+  d = common.fixed_camera_data(m, batch)
+  d.datasets = [data_config.dataset_entry(f"lamp_sim_{SUITE}")]  # data_dir set after generation
+  lamp_model = _model(smoke, use_motion=True)
+  d.scene_flow_num_points = int(lamp_model.motion.num_keypoints)
+  d.scene_flow_horizon = int(lamp_model.motion.num_steps)
+  if smoke:
+    d.shuffle_buffer_size = 64
+  return d
+
+
+def _vae_model(smoke: bool) -> ml_collections.ConfigDict:
+  """The motion-image head's VAE: 'sim' (64² -> 8 x 8 x 4); smoke: 'tiny' (2 levels, 32² -> 16 x 16 x 4)."""
+  return vae_lib.model_config("tiny" if smoke else "sim")
+
+
+def _with_motion_image(c: ml_collections.ConfigDict, smoke: bool) -> ml_collections.ConfigDict:
+  """The w/o-motion policy config ``c`` with the motion-image head, its VAE prerequisite and its two stages."""
+  m = c.model
+  m.motion_image.enabled = True
+  if smoke:  # 16 x 16 latents of the tiny VAE in 4 x 4 patches: 16 tokens
+    m.motion_image.update(dict(width=32, depth=1, num_heads=2, patch_size=4, time_frequency_dim=32))
+  c.data.pipeline = _pipeline(m, int(c.data.global_batch_size), smoke)
+  opt = c.stages.action.optimizer
+  total, repeats = int(c.stages.action.steps), int(c.stages.action.model_overrides.loss.action_repeats)
+  warmup = 1 if smoke else MOTION_IMAGE_WARMUP_STEPS
+  c.stage_order, c.stages = common.motion_image_stages(warmup, total - warmup, opt, opt, action_repeats=repeats)
+  vae_opt = defaults.optimizer_config(lr=1e-3, end_lr=1e-5, warmup_steps=0 if smoke else 100, weight_decay=0.0,
+                                      clip_norm=1.0)
+  vae_model = _vae_model(smoke)
+  vae_model.image_size = int(m.image_size)
+  vae_run = common.flow_vae_run(c, vae_model, steps=3 if smoke else VAE_STEPS, batch_size=4 if smoke else VAE_BATCH,
+                                optimizer=vae_opt)
+  common.add_motion_image_head(c, vae_run)
+  return c
 
 
 def _pi0_model(smoke: bool) -> ml_collections.ConfigDict:
@@ -119,30 +206,28 @@ def _lara_stages(c: ml_collections.ConfigDict, joint: bool) -> None:
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if arg not in VARIANTS:
     raise ValueError(f"unknown variant {arg!r} of configs/sim.py (variants: {VARIANTS})")
+  if arg in ("vae", "smoke_vae"):  # the motion-image variant's VAE run alone
+    return get_config("smoke_motion_image" if arg == "smoke_vae" else "motion_image").prerequisites.vae.config
+  if arg.endswith("motion_image"):
+    return _with_motion_image(get_config("smoke_no_motion" if arg.startswith("smoke") else "no_motion"),
+                              arg.startswith("smoke"))
   smoke = arg.startswith("smoke")
   is_pi0 = arg.endswith("pi0")
   is_lara = "lara" in arg
   joint = not arg.endswith("lara_frozen")
   use_motion = "no_motion" not in arg and not is_pi0
+  encoder = "film_cnn" if "film_cnn" in arg else "paligemma"
 
   c = defaults.base_config()
   c.seed = 0
-  c.model = _pi0_model(smoke) if is_pi0 else _model(smoke, use_motion)
+  c.model = _pi0_model(smoke) if is_pi0 else _model(smoke, use_motion, encoder)
   if is_lara:
     _add_lara(c.model, smoke, joint)
   # ~36 GFLOP per stage-2 step at batch 32 (analytic_flops) against a measured ~210 GFLOP/s matmul roof.
   batch = 4 if smoke else 32
   c.data.kind = "pipeline"
   c.data.global_batch_size = batch
-  c.data.pipeline = common.fixed_camera_data(c.model, batch)
-  # Every variant generates LaMP's scene-flow labels (the same generation settings, hence one cached dataset for
-  # LaMP, its ablation and π0); the variants that read no scene flow leave it out of their batches (scene_flow off).
-  lamp_model = _model(smoke, use_motion=True)
-  c.data.pipeline.scene_flow_num_points = int(lamp_model.motion.num_keypoints)
-  c.data.pipeline.scene_flow_horizon = int(lamp_model.motion.num_steps)
-  c.data.pipeline.datasets = [data_config.dataset_entry(f"lamp_sim_{SUITE}")]  # data_dir set after generation
-  if smoke:
-    c.data.pipeline.shuffle_buffer_size = 64
+  c.data.pipeline = _pipeline(c.model, batch, smoke)
   c.tokenizer.kind = "words"
   c.tokenizer.words = " ".join(tasks.INSTRUCTION_WORDS)
   c.tokenizer.max_len = int(c.model.max_token_len)
@@ -157,6 +242,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # model.motion.num_keypoints / num_steps needs data.pipeline.scene_flow_num_points / _horizon too
   # (defaults.validate names both when they disagree).
   c.sim_data.extra_flags = ("--workers=2",)
+  # Stage 0 (':film_cnn' variants): the encoder learns where the instruction's object and receptacle are in both
+  # cameras, on labelled renders of random scenes (cached), before the policy stages.
+  c.grounding.enabled = encoder == "film_cnn"
+  if smoke:
+    c.grounding.update(dict(scenes=24, heldout=8, steps=2, batch_size=4, eval_every=2))
 
   motion_steps, action_steps = (3, 3) if smoke else (600, 2400)
   stage1_opt, stage2_opt = common.cpu_optimizers(warmup_steps=0 if smoke else 100)

@@ -1,12 +1,16 @@
-"""One experiment end to end: (generate the simulator dataset) -> train the stages -> (closed-loop eval) ->
-success table + plots. Called by ``python -m lamp_jax.train``.
+"""One experiment end to end: (generate the simulator dataset) -> (train its prerequisites once) -> train the
+stages -> (closed-loop eval) -> success table + plots. Called by ``python -m lamp_jax.train``.
 
 Outputs in the workdir: ``checkpoints/``, ``metrics.jsonl``, ``tensorboard/``, ``eval_results.json`` (final
-closed-loop evaluation), ``plots/loss_curves.png`` and ``plots/success_per_task.png``.
+closed-loop evaluation), ``plots/loss_curves.png`` and ``plots/success_per_task.png``; for a model whose library
+reports held-out figures (``ModelLibrary.report``, e.g. a VAE): ``report.json`` and ``plots/report.png``.
+Prerequisites (``config.prerequisites``, ``training/prerequisites.py``; e.g. the VAE of a motion-image policy)
+are trained first, once, in their own directories, and their results written into this run's config.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -21,6 +25,7 @@ import ml_collections
 from lamp_jax.eval import stats
 from lamp_jax.perf import roofline
 from lamp_jax.training import preflight
+from lamp_jax.training import prerequisites as prerequisites_lib
 from lamp_jax.training import trainer as trainer_lib
 
 
@@ -42,11 +47,18 @@ def generation_flags(config: ml_collections.ConfigDict) -> list[str]:
                      "images")
   derived = [f"--image-size={height}", f"--num-points={int(d.scene_flow_num_points)}",
              f"--flow-steps={int(d.scene_flow_horizon)}"]
+  if d.get("optical_flow", False):
+    # Exact flow images spanning the action chunk (k = data.action_horizon), with the data's normaliser.
+    derived.append(f"--optical-flow-steps={int(d.action_horizon)}")
+    if float(d.get("optical_flow_max_magnitude", 0.0)) > 0:
+      derived.append(f"--optical-flow-max-magnitude={float(d.optical_flow_max_magnitude)}")
   extra = [str(f) for f in config.sim_data.extra_flags]
   for flag in extra:
-    if flag.split("=")[0] in ("--image-size", "--num-points", "--flow-steps"):
+    if flag.split("=")[0] in ("--image-size", "--num-points", "--flow-steps", "--optical-flow-steps",
+                              "--optical-flow-max-magnitude"):
       raise ValueError(f"config field sim_data.extra_flags: {flag} is derived from data.pipeline (image_size, "
-                       "scene_flow_num_points, scene_flow_horizon); set it there instead")
+                       "scene_flow_num_points, scene_flow_horizon, optical_flow with action_horizon and "
+                       "optical_flow_max_magnitude); set it there instead")
   return derived + extra
 
 
@@ -100,6 +112,98 @@ def point_data_config_at(config: ml_collections.ConfigDict, version_dir: str) ->
   """Writes the generated dataset's directory into the (first) pipeline dataset entry."""
   with config.unlocked():
     config.data.pipeline.datasets[0].data_dir = version_dir
+
+
+# ---------------------------------------------------------------------------------------- prerequisites --
+
+
+def ensure_prerequisites(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
+  """Trains every ``config.prerequisites`` run that has no complete report yet (resuming it when interrupted),
+  then writes each into ``config`` (its init entry's path, its ``report_fields``). Returns {name: report}."""
+  reports = {}
+  for name, entry in prerequisites_lib.active(config).items():
+    directory = prerequisites_lib.run_dir(name, entry, workdir)
+    report = prerequisites_lib.finished_report(directory, entry.config)
+    if report is None:
+      if is_main_process():
+        print(f"[train] prerequisite {name!r}: training it in {directory}", flush=True)
+      run(entry.config, directory)
+      report = prerequisites_lib.finished_report(directory, entry.config)
+      if report is None:
+        raise RuntimeError(f"prerequisite {name!r} (config field prerequisites.{name}) finished without a complete "
+                           f"{prerequisites_lib.REPORT_FILE} in {directory}: its model library must report "
+                           "(ModelLibrary.report)")
+    elif is_main_process():
+      print(f"[train] prerequisite {name!r}: done in {directory}", flush=True)
+    prerequisites_lib.apply(config, name, entry, directory, report)
+    reports[name] = report
+  return reports
+
+
+def write_report(trainer: trainer_lib.Trainer, state, workdir: str) -> dict | None:
+  """The library's held-out figures of the trained (EMA) parameters (``ModelLibrary.report``) in report.json, its
+  image rows in plots/report.png; None when the library reports nothing."""
+  lib = trainer.lib
+  if not lib.report_batches:
+    return None
+  cfg = trainer.config
+  model_cfg = trainer.stage(len(cfg.stage_order) - 1).model_cfg
+  params = host_params(state.ema_params if state.ema_params is not None else state.params)
+  if cfg.data.kind == "pipeline":
+    from lamp_jax.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+
+    data_cfg = trainer.data.stage_data_config(cfg.stage_order[-1])
+    iterator = pipeline_lib.make_val_iterator(data_cfg, seed=int(cfg.seed))
+    try:
+      batches = [next(iterator) for _ in range(int(lib.report_batches))]
+    finally:
+      iterator.close()
+  else:
+    batches = [lib.dummy_batch(model_cfg, trainer.local_batch_size, 10_000 + i) for i in range(lib.report_batches)]
+  if not is_main_process():
+    return None
+  report = lib.report(model_cfg, params, batches, workdir)
+  if report is None:
+    return None
+  rows = report.pop("image_rows", None)
+  if rows:
+    from lamp_jax.eval import plots  # pylint: disable=g-import-not-at-top
+
+    report["plot"] = plots.image_rows(rows, os.path.join(workdir, "plots", "report.png"),
+                                      title=f"{lib.name}: held-out examples")
+  report["step"] = int(jax.device_get(state.step))
+  path = os.path.join(workdir, prerequisites_lib.REPORT_FILE)
+  with open(path + ".tmp", "w") as fh:
+    json.dump(report, fh, indent=1)
+  os.replace(path + ".tmp", path)
+  print(f"[train] {lib.name} report: " + ", ".join(f"{k}={v:.4g}" for k, v in report.items()
+                                                    if isinstance(v, float)), flush=True)
+  return report
+
+
+# ----------------------------------------------------------------------------------------- grounding ----
+
+
+def ground_encoder(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Stage 0 (``training/grounding.py``; reused when the workdir holds it), then the init entry 'grounding' that
+  starts model.vlm from its encoder. Returns stage 0's result (held-out accuracy)."""
+  from lamp_jax.sim import grounding as grounding_data  # pylint: disable=g-import-not-at-top
+  from lamp_jax.training import defaults  # pylint: disable=g-import-not-at-top
+  from lamp_jax.training import grounding  # pylint: disable=g-import-not-at-top
+  from lamp_jax.training import pretrained  # pylint: disable=g-import-not-at-top
+
+  def load_scenes(num_scenes, image_size, cameras, progress):
+    return grounding_data.load_or_render(num_scenes, image_size, cameras, progress=progress)
+
+  model_cfg = defaults.stage_model_config(config, config.stage_order[0])
+  out = grounding.run(config, model_cfg, workdir, load_scenes, grounding_data.ROLES)
+  if is_main_process():
+    print(f"[train] grounding stage 0: held-out {json.dumps(out['result']['heldout'])}", flush=True)
+  with config.unlocked():
+    if config.get("init", None) is None:
+      config.init = ml_collections.ConfigDict()
+    config.init.grounding = pretrained.init_entry("params_npz", "vlm", out["params_path"])
+  return out["result"]
 
 
 # ------------------------------------------------------------------------------------------- evaluation --
@@ -188,13 +292,40 @@ def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Every check that needs no data, before any work (``preflight.ConfigError`` naming the field): the run config
   (``training/preflight.py``: every stage), the generation flags, the tokenizer and -- for a workdir without
   checkpoints, which starts fresh -- the files of ``config.init``."""
-  preflight.check_run_config(config)
+  checked, filled_later = _with_prerequisites_filled_in(config, workdir)
+  preflight.check_run_config(checked)
   if config.sim_data.enabled:
     try:
       generation_flags(config)
     except ValueError as e:
       raise preflight.ConfigError(str(e)) from None
-  preflight.check_files(config, fresh=not os.path.isdir(os.path.join(os.path.abspath(workdir), "checkpoints")))
+  fresh = not os.path.isdir(os.path.join(os.path.abspath(workdir), "checkpoints"))
+  with checked.unlocked():
+    for name in filled_later:  # their files are written by the prerequisite's run, after these checks
+      del checked.init[name]
+  preflight.check_files(checked, fresh=fresh)
+  for name, entry in prerequisites_lib.active(config).items():
+    try:
+      preflight.check_run_config(entry.config)
+    except preflight.ConfigError as e:
+      raise preflight.ConfigError(f"prerequisite {name!r} (config field prerequisites.{name}.config): {e}") from None
+
+
+def _with_prerequisites_filled_in(config: ml_collections.ConfigDict,
+                                  workdir: str) -> tuple[ml_collections.ConfigDict, list[str]]:
+  """(a copy of ``config`` as its prerequisites will leave it, the init entries they fill in): each prerequisite's
+  init path is its run directory and its report fields hold the finished report's values, or 1 where it has not
+  run yet (a stand-in of the field's type: the checks are about structure, not these values)."""
+  checked = copy.deepcopy(config)
+  filled = []
+  for name, entry in prerequisites_lib.active(config).items():
+    directory = prerequisites_lib.run_dir(name, entry, workdir)
+    report = prerequisites_lib.finished_report(directory, entry.config) or {}
+    stand_in = {key: report.get(key, 1) for _, key in entry.report_fields}
+    prerequisites_lib.apply(checked, name, entry, directory, stand_in)
+    if entry.init:
+      filled.append(str(entry.init))
+  return checked, filled
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, stop_after_step: int | None = None) -> dict:
@@ -205,6 +336,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after_step: int | 
   os.makedirs(workdir, exist_ok=True)
   if config.sim_data.enabled:
     point_data_config_at(config, ensure_sim_dataset(config, workdir))
+  ensure_prerequisites(config, workdir)
+  if config.get("grounding", None) is not None and config.grounding.enabled:
+    ground_encoder(config, workdir)
   eval_fn = periodic_eval if (config.eval.enabled and int(config.eval.every_steps) > 0) else None
   trainer = trainer_lib.Trainer(config, workdir, eval_fn=eval_fn, measure_matmul_roof=roofline.measure_matmul_roof)
   try:
@@ -222,6 +356,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after_step: int | 
     elif config.eval.enabled:
       result = evaluate_state(trainer, state, video_dir=os.path.join(workdir, "videos")
                               if int(config.eval.videos) else None)
+    if trainer.lib.report_batches and prerequisites_lib.finished_report(workdir, config) is None:
+      report = write_report(trainer, state, workdir)
+      if report is not None:
+        summary["report"] = {k: v for k, v in report.items() if isinstance(v, (int, float))}
   finally:
     trainer.close()
   if is_main_process():

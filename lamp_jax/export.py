@@ -42,6 +42,7 @@ from lamp_jax.eval import checkpoint_policy
 from lamp_jax.models import interface
 from lamp_jax.models import paligemma
 from lamp_jax.models import pi0_expert
+from lamp_jax.models import prefix_encoder
 from lamp_jax.models import registry
 from lamp_jax.models.weights import strict
 from lamp_jax.models.weights import torch_export
@@ -65,13 +66,19 @@ def _library(kind: Any) -> interface.ModelLibrary:
 def kind_of(model_cfg: ml_collections.ConfigDict) -> str:
   kind = model_cfg.get("name", None)
   _library(kind)
+  # lamp_torch re-implements the PaliGemma prefix only; a FiLM-CNN encoder (vlm.kind='film_cnn') has no PyTorch
+  # counterpart, so its export is refused here rather than failing inside the tensor layout.
+  encoder = prefix_encoder.kind_of(model_cfg.vlm)
+  if encoder != "paligemma":
+    raise ValueError(f"cannot export a model with config field model.vlm.kind={encoder!r}: the PyTorch export "
+                     "(lamp_torch) implements the 'paligemma' prefix encoder only")
   return kind
 
 
 def layout(model_cfg: ml_collections.ConfigDict) -> tuple[list[torch_export.Entry], Any]:
   """(the export's entries, the abstract parameter tree) of a model config (cached per config: both come from
   tracing the model's init, seconds on CPU)."""
-  _library(model_cfg.get("name", None))
+  kind_of(model_cfg)
   return _layout(model_cfg.to_json_best_effort(sort_keys=True))
 
 
@@ -227,9 +234,14 @@ Serve without JAX: `python -m lamp_jax.serve --export=<this dir> --backend=torch
 # ------------------------------------------------------------------------------------------ export / import
 def export_params(params: Any, model_cfg: ml_collections.ConfigDict, out_dir: str, *, inputs: dict,
                   normalization: dict | None, tokenizer: dict, source: dict) -> dict:
-  """Writes an export directory from a parameter tree. Returns {'tensors', 'bytes', 'seconds', 'dtypes'}."""
+  """Writes an export directory from a parameter tree. Returns {'tensors', 'bytes', 'seconds', 'dtypes'}.
+
+  Only what ``sample_actions`` runs is exported: the library's ``inference_config`` of ``model_cfg`` (e.g. LaMP
+  without its training-only motion-image head) is written to config.json, and the top-level subtrees it drops
+  (e.g. params['motion_image'] and params['vae']) are left out of the tensors; everything else stays strict."""
   start = time.perf_counter()
   kind = kind_of(model_cfg)
+  params, model_cfg = _inference_only(params, model_cfg)
   entries, abstract = layout(model_cfg)
   tensors = torch_export.to_torch_tensors(params, entries, abstract)
   os.makedirs(out_dir, exist_ok=True)
@@ -251,6 +263,16 @@ def export_params(params: Any, model_cfg: ml_collections.ConfigDict, out_dir: st
                           version=export_format.FORMAT_VERSION, count=len(tensors), size=size / 1e6,
                           dtypes=", ".join(dtypes)))
   return {"tensors": len(tensors), "bytes": size, "seconds": time.perf_counter() - start, "dtypes": dtypes}
+
+
+def _inference_only(params: Any, model_cfg: ml_collections.ConfigDict) -> tuple[Any, ml_collections.ConfigDict]:
+  """(params without the top-level subtrees inference never reads, the library's ``inference_config``)."""
+  lib = _library(model_cfg.get("name", None))
+  inference_cfg = lib.inference_config(model_cfg)
+  if inference_cfg.to_dict() == model_cfg.to_dict():
+    return params, model_cfg
+  dropped = set(lib.abstract_params(model_cfg)) - set(layout(inference_cfg)[1])
+  return {k: v for k, v in params.items() if k not in dropped}, inference_cfg
 
 
 def export_checkpoint(checkpoint: str, out_dir: str, *, step: int | None = None, ema: bool | None = None,

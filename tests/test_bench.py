@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import jax
+import pytest
 
 from lamp_jax.models import lamp_config
 from lamp_jax.models import registry
@@ -51,6 +52,39 @@ def test_bench_inference_times_the_library_variants_and_their_ratios():
   # The rewrites save FLOPs; the ablation computes less than the model with motion.
   assert flops["with_motion"] < flops["reference/with_motion"]
   assert flops["without_motion"] < flops["with_motion"] < flops["full_motion"]
+  # CPU time, roofs, efficiency and memory beside the wall times.
+  assert set(result["cpu_ms"]) == set(lat) and all(v > 0 for v in result["cpu_ms"].values())
+  roof = result["matmul_roof"]
+  for name, eff in result["efficiency"].items():
+    assert math.isclose(eff["gflop_per_s"], flops[name] / (lat[name] / 1e3), rel_tol=1e-2)
+    assert math.isclose(eff["fraction_of_roof"], eff["gflop_per_s"] / roof["gflop_per_s"], rel_tol=1e-2)
+  assert math.isclose(result["rewrite_speedup"]["with_motion"], lat["reference/with_motion"] / lat["with_motion"],
+                      rel_tol=1e-2)
+  for name, plan in result["memory_gb"]["executables"].items():
+    assert plan["live"] >= plan["arguments"] > 0, name
+  assert result["memory_gb"]["peak_rss"] >= result["memory_gb"]["rss_after_timing"] > 0
+  assert result["load"]["before"]["cpus"] >= 1
+
+
+@pytest.mark.slow  # two train-step compilations in a subprocess: minutes on a loaded 2-core host
+def test_bench_train_step_with_reference_times_both_and_reports_memory():
+  result = _run("lamp_jax.bench", "--config=configs/lamp.py:tiny", "--what=train_step", "--batch_size=3",
+                "--repeats=2", "--with_reference")
+  reference = result["reference"]
+  assert math.isclose(result["rewrite_speedup"], reference["median_step_s"] / result["median_step_s"], rel_tol=1e-2)
+  assert math.isclose(result["rewrite_speedup_of_cpu_time"], reference["cpu_step_s"] / result["cpu_step_s"],
+                      rel_tol=1e-2)
+  assert result["min_step_s"] <= result["median_step_s"] and result["cpu_step_s"] > 0
+  assert math.isfinite(result["final_loss"])
+  assert math.isclose(result["fraction_of_roof"], result["achieved_gflops_per_s"] / result["matmul_roof_gflops_per_s"],
+                      rel_tol=1e-2)
+  for name in ("train_step", "reference/train_step"):
+    plan = result["memory_gb"]["executables"][name]
+    # Parameters and optimizer state are donated: the updated ones are written into their buffers.
+    assert plan["aliased"] > 0 and plan["aliased"] <= plan["arguments"], plan
+    assert math.isclose(plan["live"], plan["arguments"] + plan["outputs"] - plan["aliased"] + plan["temporaries"],
+                        abs_tol=1e-3)
+  assert result["memory_gb"]["peak_rss"] >= result["memory_gb"]["rss"]["after_timing"] > 0
 
 
 def test_bench_train_step_of_a_model_with_state():

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from lamp_jax import specs
+from lamp_jax import flow_image
 from lamp_jax.data import config as data_config
-from lamp_jax.data import frame_transforms, pipeline, synthetic
+from lamp_jax.data import errors, flow_estimation, frame_transforms, pipeline, synthetic
 
 IMG = (20, 24)
 K, T = 4, 3
@@ -30,6 +31,15 @@ def data(tmp_path_factory):
       "noflow": synthetic.write("lamp_sim_noflow", str(root), synthetic.lamp_sim_features(IMG, K, T), without,
                                 num_shards=1),
       "flow_eps": with_flow,
+      # Lossless frames without flow images (the estimator's input is then exactly the raw frames), and a
+      # dataset with a single-frame episode (no frame t + k to estimate flow to).
+      "png_noflow": synthetic.write("lamp_sim_pngnoflow", str(root),
+                                    synthetic.lamp_sim_features(IMG, K, T, encoding_format="png"), without,
+                                    num_shards=1),
+      "noflow_eps": without,
+      "single": synthetic.write("lamp_sim_single", str(root), synthetic.lamp_sim_features(IMG, K, T),
+                                [without[0], synthetic.lamp_sim_episode(rng, 9, 1, IMG, K, T), without[2]],
+                                num_shards=1),
   }
 
 
@@ -56,8 +66,8 @@ def all_frames(cfg):
   return list(it)
 
 
-def locate(data, proprio_row):
-  for e, ep in enumerate(data["flow_eps"]):
+def locate(data, proprio_row, episodes="flow_eps"):
+  for e, ep in enumerate(data[episodes]):
     for t, step in enumerate(ep["steps"]):
       if np.abs(step["observation"]["state"] - proprio_row).max() < 1e-6:
         return e, t
@@ -127,3 +137,47 @@ def test_datasets_without_optical_flow_and_switch_off(data, tmp_path):
   cfg = make_cfg(data, tmp_path, optical_flow=False)
   batch = next(pipeline.make_train_iterator(cfg, seed=0, process_index=0, process_count=1))
   assert specs.OPTICAL_FLOW not in batch and specs.HAS_OPTICAL_FLOW not in batch
+
+
+@pytest.mark.parametrize("method", ["dis", "farneback"])
+def test_estimated_flow_images_for_datasets_without_them(data, tmp_path, method):
+  """data.optical_flow_estimator: each frame's flow image is EpisodeFlowImages over its episode's stored frames
+  (k = action_horizon, clamped at the last frame, the default normaliser of the stored width), computed before the
+  frame shuffle; datasets that store exact flow images keep them."""
+  horizon = 2
+  cfg = make_cfg(data, tmp_path, which="png_noflow", optical_flow_estimator=method, action_horizon=horizon)
+  expected = [flow_estimation.EpisodeFlowImages(k=horizon, max_magnitude=flow_image.default_max_magnitude(IMG[1]),
+                                                method=method)(
+                  np.stack([step["observation"]["image_0"] for step in ep["steps"]]))
+              for ep in data["noflow_eps"]]
+  seen = set()
+  for batch in all_frames(cfg):
+    assert batch[specs.HAS_OPTICAL_FLOW].all()
+    for b in range(5):
+      e, t = locate(data, batch["observation"]["proprio"][b, -1], "noflow_eps")
+      seen.add((e, t))
+      np.testing.assert_array_equal(batch[specs.OPTICAL_FLOW][b], expected[e][t])
+  assert len(seen) == sum(LENGTHS)
+  assert any(image.std() > 0 for images in expected for image in images)  # not a constant image
+  # Stored exact flow wins over the estimator.
+  batch = all_frames(make_cfg(data, tmp_path, optical_flow_estimator=method, action_horizon=horizon))[0]
+  for b in range(5):
+    e, t = locate(data, batch["observation"]["proprio"][b, -1])
+    np.testing.assert_array_equal(batch[specs.OPTICAL_FLOW][b],
+                                  data["flow_eps"][e]["steps"][t]["observation"]["optical_flow"])
+
+
+def test_single_frame_episodes_raise_or_are_counted_and_unknown_estimators_are_named(data, tmp_path):
+  cfg = make_cfg(data, tmp_path, which="single", optical_flow_estimator="dis", action_horizon=2)
+  with pytest.raises(errors.DataError, match=r"1 frame has no frame t \+ k") as info:
+    next(pipeline.make_train_iterator(cfg, seed=0, process_index=0, process_count=1))
+  # Raised inside the tf.data reader: the message names the dataset, episode and key (the kind is in the counts).
+  assert "dataset 'lamp_sim_single'" in str(info.value) and "episode 1" in str(info.value)
+  assert "key 'steps/observation/image_0'" in str(info.value)
+  cfg.skip_bad = True
+  it = pipeline.make_train_iterator(cfg, seed=0, process_index=0, process_count=1)
+  assert next(it)[specs.HAS_OPTICAL_FLOW].all()
+  assert it.skip_counts()["lamp_sim_single"][errors.SINGLE_FRAME] == 1
+  with pytest.raises(errors.DataError, match=r"data\.optical_flow_estimator='raft' is not one of"):
+    pipeline.make_train_iterator(make_cfg(data, tmp_path, which="noflow", optical_flow_estimator="raft"), seed=0,
+                                 process_index=0, process_count=1)

@@ -494,3 +494,24 @@ def test_pi0_expert_gemma_loads_into_transformers_gemma_model(tmp_path):
   err = float((ours - ref).abs().max())
   assert err <= 1e-4, err
   assert float(ours.abs().max()) > 1.0
+
+
+def test_the_motion_image_head_and_its_vae_are_left_out_of_the_export(tmp_path):
+  """Training-only parts are not exported: a policy with the motion-image head exports exactly the policy without
+  it (config.json says motion_image.enabled=False; the tensors are those of the remaining subtrees, bit-exact)."""
+  with_head = copy.deepcopy(TINY)
+  with_head.use_motion = False
+  with_head.motion_image.enabled = True
+  with_head.loss.weights.update(dict(motion=0.0, motion_image=1.0))
+  with_head.vae.scaling_factor = 1.3
+  rs = np.random.RandomState(7)
+  params = jax.tree.map(lambda s: np.asarray(rs.normal(0.0, 0.15, s.shape), s.dtype),
+                        lamp.abstract_params(with_head))
+  assert {"motion_image", "vae"} <= set(params)
+  info = _export(params, with_head, tmp_path)
+  back, model_cfg, config = export.load_export(str(tmp_path))
+  assert not model_cfg.motion_image.enabled and not config["model"]["motion_image"]["enabled"]
+  assert set(back) == {"vlm", "action_expert"}
+  assert info["tensors"] == len(export.layout(model_cfg)[0])  # the entries of the policy without the head
+  for name, value in strict.flatten(back).items():
+    np.testing.assert_array_equal(value, strict.flatten(params)[name])

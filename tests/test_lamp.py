@@ -9,7 +9,7 @@ import pytest
 
 from lamp_jax import specs
 from lamp_jax.models import lamp as lamp_model
-from lamp_jax.models import lamp_config, motion_expert, registry
+from lamp_jax.models import flops, lamp_config, motion_expert, registry
 
 lamp = registry.get("lamp")
 
@@ -157,8 +157,9 @@ def test_stage_configs_need_only_their_data(setup):
                                                            method="compute_loss"), params, batch)
   # Named terms: an unknown term and all-zero weights are errors naming the field.
   unknown = copy.deepcopy(CFG)
-  unknown.loss.weights.motion_image = 1.0
-  with pytest.raises(ValueError, match=r"model\.loss\.weights\.motion_image.*terms: \['motion', 'action'\]"):
+  unknown.loss.weights.depth_image = 1.0
+  with pytest.raises(ValueError,
+                     match=r"model\.loss\.weights\.depth_image.*terms: \['motion', 'action', 'motion_image'\]"):
     jax.eval_shape(lambda p, b: lamp.build(unknown).apply({"params": p}, b, jax.random.key(0),
                                                           method="compute_loss"), params, batch)
   nothing = copy.deepcopy(CFG)
@@ -196,13 +197,14 @@ def test_sample_actions_compiles_once_and_gate_zero_equals_no_motion(setup):
 
 
 def test_exact_inference_rewrites_equal_the_reference_math(setup):
-  """The default sampling (pruned last motion block, action cross-attention keys / values projected once)
-  computes the same actions as the plain per-step computation (unrolled scans: the expert tests)."""
+  """The default sampling (pruned last motion block, action cross-attention keys / values projected once,
+  heads-major attention) computes the same actions as the plain per-step computation (unrolled scans: the
+  expert tests)."""
   _, params, batch = setup
   obs_only = {k: batch[k] for k in (specs.OBSERVATION, specs.TASK)}
-  reference_cfg = copy.deepcopy(CFG)
-  reference_cfg.motion.prune_last_condition = False
-  reference_cfg.action.cache_context_kv = False
+  reference_cfg = lamp.reference_config(CFG)
+  assert (reference_cfg.attention, reference_cfg.vlm.attention) == ("plain", "plain")
+  assert not reference_cfg.motion.prune_last_condition and not reference_cfg.action.cache_context_kv
 
   def sample(cfg):
     fn = jax.jit(lambda p, b, r: lamp.build(cfg).apply({"params": p}, b, r, method="sample_actions"),
@@ -212,6 +214,59 @@ def test_exact_inference_rewrites_equal_the_reference_math(setup):
   np.testing.assert_allclose(sample(CFG), sample(reference_cfg), rtol=1e-5, atol=1e-5)
   # The analytic FLOPs count the work actually done.
   assert lamp.analytic_flops(CFG, 1, "sample_actions") < lamp.analytic_flops(reference_cfg, 1, "sample_actions")
+
+
+@pytest.mark.slow  # two compiled gradients of the whole model (~40 s)
+def test_heads_major_attention_gives_the_plain_loss_and_gradient(setup):
+  """Training through the default attention ('heads_major', every component) equals the plain attention."""
+  _, params, batch = setup
+  plain_cfg = copy.deepcopy(CFG)
+  plain_cfg.attention = "plain"
+  assert plain_cfg.vlm.attention == "plain"  # the VLM follows the model-wide field
+
+  def loss_and_grad(cfg):
+    model = lamp.build(cfg)
+    fn = jax.jit(jax.value_and_grad(lambda p: model.apply({"params": p}, batch, jax.random.key(5),
+                                                          method="compute_loss")[0]),
+                 compiler_options=FAST_COMPILE)
+    return fn(params)
+
+  (loss, grads), (plain_loss, plain_grads) = loss_and_grad(CFG), loss_and_grad(plain_cfg)
+  np.testing.assert_allclose(loss, plain_loss, rtol=1e-5)
+  for (path, g), p in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(plain_grads)):
+    np.testing.assert_allclose(g, p, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+
+
+def test_openpi_dummy_preset_has_pi0_test_sizes_and_equal_flops():
+  """configs/lamp.py:openpi_dummy is openpi's π0 test model (SigLIP S/14 at 224², dummy Gemma, 3 cameras, 48
+  tokens, horizon 10, action dim 8) w/o motion, with a DiT action expert of π0's analytic cost: 38.49 GFLOP per
+  ``sample_actions`` and 459.5 GFLOP per batch-4 train step for π0, computed here from its layer shapes."""
+  cfg = lamp.model_config("openpi_dummy")
+  vlm = lamp_model.paligemma.config_from_dict(cfg.vlm)
+  assert (vlm.vision.width, vlm.vision.depth, vlm.vision.mlp_dim, vlm.vision.num_heads) == (384, 12, 1536, 6)
+  assert (vlm.vision.patch_size, vlm.vision.image_size, vlm.vision.num_patches) == (14, 224, 256)
+  assert (vlm.llm.width, vlm.llm.depth, vlm.llm.mlp_dim, vlm.llm.num_heads, vlm.llm.num_kv_heads,
+          vlm.llm.head_dim, vlm.llm.vocab_size) == (64, 4, 128, 8, 1, 16, 257_152)
+  assert tuple(cfg.image_keys) == (specs.IMAGE_PRIMARY, specs.IMAGE_SECONDARY, specs.IMAGE_WRIST)
+  assert (cfg.max_token_len, cfg.action_horizon, cfg.action_dim, cfg.proprio_dim, cfg.dtype) == (48, 10, 8, 8,
+                                                                                                   "float32")
+  assert not cfg.use_motion and cfg.loss.weights.motion == 0.0
+  assert (cfg.action.width, cfg.action.depth) == (64, 8)
+  assert lamp_config.prefix_length(cfg) == 3 * 256 + 48
+  # π0: SigLIP per camera, Gemma over the 816-token prefix, then per Euler step the action expert ('dummy' Gemma
+  # sizes) over 11 suffix tokens (state + 10 actions) attending to prefix + suffix, and its in / out projections.
+  g, v, prefix, suffix, w = vlm.llm, vlm.vision, 816, 11, 64
+  vision = 3 * (2 * 256 * 14 * 14 * 3 * v.width + v.depth * flops.transformer_layer(256, v.width, v.mlp_dim)
+                + 2 * 256 * v.width * g.width)
+  prefix_llm = g.depth * flops.gemma_layer(g, prefix)
+  suffix_layers = g.depth * flops.gemma_layer(g, suffix, keys=prefix + suffix)
+  projections = 2 * 8 * w + 2 * 10 * 8 * w + 2 * 10 * 3 * w * w + 2 * 10 * w * 8
+  step = g.depth * flops.gemma_layer(g, suffix, keys=prefix + suffix, kv_tokens=suffix) + projections
+  pi0_sample = vision + prefix_llm + 10 * step
+  pi0_train = 3 * 4 * (vision + prefix_llm + suffix_layers + projections)
+  assert abs(pi0_sample / 38.4946e9 - 1) < 1e-4 and abs(pi0_train / 459.4856e9 - 1) < 1e-4
+  assert abs(lamp.analytic_flops(cfg, 1, "sample_actions") / pi0_sample - 1) < 1e-3
+  assert abs(lamp.analytic_flops(cfg, 4, "train_step") / pi0_train - 1) < 2e-3
 
 
 def test_reconstruct_motion_and_full_sampling_shapes(setup):
@@ -243,7 +298,9 @@ def test_all_variants_shapes_and_paper_size():
   for variant in lamp.variants:
     cfg = lamp.model_config(variant)
     params = lamp.abstract_params(cfg)
-    assert set(params) == set(lamp_model.TOP_LEVEL), variant
+    # The w/o-motion ablation (openpi_dummy) has neither a Motion Expert nor guidance.
+    expected = lamp_model.TOP_LEVEL if cfg.use_motion else ("vlm", "action_expert")
+    assert set(params) == set(expected), variant
     counts[variant] = {k: _count(v) for k, v in params.items()}
     assert lamp.analytic_flops(cfg, 1, "sample_actions") < lamp.analytic_flops(cfg, 1, "sample_actions_full_motion")
   paper = counts["paper"]

@@ -34,16 +34,80 @@ def test_attention_mask_and_gqa_match_reference():
   v = jnp.asarray(rng.normal(size=(b, s, kv, h)), jnp.float32)
   mask = jnp.asarray(rng.random((b, t, s)) > 0.4)
   mask = mask.at[:, :, 0].set(True)
-  out = layers.dot_product_attention(q, k, v, mask)
   # Reference: repeat kv heads, plain softmax with -inf.
   k_rep, v_rep = jnp.repeat(k, g, axis=2), jnp.repeat(v, g, axis=2)
   logits = jnp.einsum("btnh,bsnh->bnts", q, k_rep) / np.sqrt(h)
   logits = jnp.where(mask[:, None], logits, -jnp.inf)
   ref = jnp.einsum("bnts,bsnh->btnh", jax.nn.softmax(logits, -1), v_rep)
-  np.testing.assert_allclose(out, ref, atol=1e-5)
-  # A fully masked row gives zeros, not NaN.
-  out0 = layers.dot_product_attention(q, k, v, jnp.zeros((b, t, s), bool))
-  assert np.all(np.asarray(out0) == 0)
+  for implementation in layers.ATTENTION_IMPLEMENTATIONS:
+    if implementation == "jax_cudnn":  # GPU only
+      continue
+    out = layers.dot_product_attention(q, k, v, mask, implementation=implementation)
+    np.testing.assert_allclose(out, ref, atol=1e-5, err_msg=implementation)
+    # A fully masked row gives zeros, not NaN.
+    out0 = layers.dot_product_attention(q, k, v, jnp.zeros((b, t, s), bool), implementation=implementation)
+    assert np.all(np.asarray(out0) == 0), implementation
+
+
+# (query heads, kv heads, mask kind): multi-head, grouped-query and multi-query attention; no mask, a shared
+# [B, T, S] mask, one mask per kv head, and a [B, 1, T, S] mask; odd sizes.
+_ATTENTION_CASES = [(6, 6, None), (6, 3, "shared"), (6, 3, "per_kv_head"), (5, 1, "shared"), (5, 1, "one_head")]
+
+
+def _attention_inputs(n, kv, mask_kind, dtype=jnp.float32):
+  rng = np.random.default_rng(n * 10 + kv)
+  b, t, s, h = 2, 7, 11, 6
+  q, k, v = (jnp.asarray(rng.normal(size=shape), dtype) for shape in ((b, t, n, h), (b, s, kv, h), (b, s, kv, h)))
+  masks = {None: None, "shared": rng.random((b, t, s)) > 0.3, "per_kv_head": rng.random((b, kv, t, s)) > 0.3,
+           "one_head": rng.random((b, 1, t, s)) > 0.3}
+  mask = masks[mask_kind]
+  if mask is not None:
+    mask[0, ..., 2, :] = False  # a fully masked query row (every head)
+    mask = jnp.asarray(mask)
+  return q, k, v, mask
+
+
+@pytest.mark.parametrize("n,kv,mask_kind", _ATTENTION_CASES)
+@pytest.mark.parametrize("implementation", ["heads_major", "jax_xla"])
+def test_attention_implementations_equal_the_plain_computation_and_its_gradient(n, kv, mask_kind, implementation):
+  """The rewrites compute the plain attention's function: outputs and gradients (w.r.t. q, k, v) to float32
+  rounding, fully masked rows zero with zero gradient (no NaN)."""
+  q, k, v, mask = _attention_inputs(n, kv, mask_kind)
+
+  def loss(impl):
+    return lambda q, k, v: jnp.sum(jnp.sin(layers.dot_product_attention(q, k, v, mask, implementation=impl)))
+
+  np.testing.assert_allclose(layers.dot_product_attention(q, k, v, mask, implementation=implementation),
+                             layers.plain_dot_product_attention(q, k, v, mask), atol=2e-6)
+  grads = jax.grad(loss(implementation), argnums=(0, 1, 2))(q, k, v)
+  plain_grads = jax.grad(loss("plain"), argnums=(0, 1, 2))(q, k, v)
+  for name, got, want in zip("qkv", grads, plain_grads):
+    assert np.all(np.isfinite(np.asarray(got))), name
+    np.testing.assert_allclose(got, want, atol=5e-6, err_msg=f"d loss / d {name}")
+  if mask is not None:
+    assert np.all(np.asarray(grads[0])[0, 2] == 0)  # the fully masked row's queries get no gradient
+
+
+def test_heads_major_attention_in_bfloat16_within_output_rounding_of_float32():
+  """bfloat16 activations: the result is the float32 attention of the same (rounded) inputs up to about the
+  rounding of the bfloat16 output (values |x| < 4 here, bfloat16 spacing 2^-6 at most), like the plain one."""
+  q, k, v, mask = _attention_inputs(6, 3, "shared")
+  q16, k16, v16 = (x.astype(jnp.bfloat16) for x in (q, k, v))
+  exact = layers.plain_dot_product_attention(*(x.astype(jnp.float32) for x in (q16, k16, v16)), mask)
+  heads_major = layers.dot_product_attention(q16, k16, v16, mask)
+  plain = layers.plain_dot_product_attention(q16, k16, v16, mask)
+  assert heads_major.dtype == plain.dtype == jnp.bfloat16
+  for out in (heads_major, plain):
+    np.testing.assert_allclose(out.astype(jnp.float32), exact, atol=2.0**-6, rtol=2.0**-7)
+
+
+def test_unknown_attention_implementation_is_named():
+  q, k, v, _ = _attention_inputs(6, 6, None)
+  with pytest.raises(ValueError, match="'flash'"):
+    layers.dot_product_attention(q, k, v, None, implementation="flash")
+  with pytest.raises(ValueError, match="GemmaConfig.attention"):
+    from lamp_jax.models import gemma
+    gemma.get_config("tiny", attention="flash")
 
 
 def test_rmsnorm_and_layernorm_carry_logical_axes_and_fp32():

@@ -22,7 +22,9 @@ ALLOWED = {
     "data": {"specs", "flow_image"},
     "sim": {"specs", "flow_image"},
     "serving": set(),
-    "probe": {"models"},
+    # The probing toolkit is numpy-only; its checkpoint loader (probe/lam_latents.py, probe/__main__.py) reads
+    # LAM checkpoints (training) and their pipelines (data).
+    "probe": {"models", "training", "data", "specs"},
     "libero": {"sim", "specs"},
     "training": {"models", "data", "specs", "tokenizer"},
     "eval": {"training", "models", "data", "sim", "libero", "serving", "specs", "tokenizer", "allocator"},

@@ -524,3 +524,28 @@ def test_sim_smoke_pi0_command_checkpoint_policy_and_serve_without_lamp(tmp_path
     sim.close()
   served = _serve_and_compare(policy, CheckpointPolicy(str(workdir)), observation, task.instruction)
   assert served.shape == (policy.action_horizon, 7) and served.dtype == np.float32 and np.all(np.isfinite(served))
+
+
+def test_heads_major_attention_gives_the_plain_loss_and_actions(setup):
+  """The default attention ('heads_major') of the VLM and the expert equals the plain reference
+  (``reference_config``): same loss, gradient and sampled actions."""
+  _, params, batch = setup
+  plain_cfg = pi0.reference_config(CFG)
+  assert (plain_cfg.attention, plain_cfg.vlm.attention, plain_cfg.action.attention) == ("plain",) * 3
+  assert CFG.attention == "heads_major"
+  vlm, expert = pi0_model.vlm_and_expert_configs(plain_cfg)
+  assert (vlm.vision.attention, vlm.llm.attention, expert.attention) == ("plain",) * 3
+  noise = np.random.RandomState(6).normal(size=(B, CFG.action_horizon, CFG.action_dim)).astype(np.float32)
+
+  def run(cfg):
+    model = pi0.build(cfg)
+    loss_grad = jax.value_and_grad(lambda p: _apply(model, p, batch, jax.random.key(5), method="compute_loss")[0])
+    sample = lambda p: _apply(model, p, batch, jax.random.key(0), method="sample_actions", num_steps=2,
+                              noise={"action": noise})
+    return _jit(lambda p: (loss_grad(p), sample(p)))(params)
+
+  ((loss, grads), actions), ((plain_loss, plain_grads), plain_actions) = run(CFG), run(plain_cfg)
+  np.testing.assert_allclose(loss, plain_loss, rtol=1e-5)
+  np.testing.assert_allclose(actions, plain_actions, rtol=1e-4, atol=1e-5)
+  for (path, g), p in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(plain_grads)):
+    np.testing.assert_allclose(g, p, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))

@@ -84,6 +84,18 @@ def default_data_config() -> ml_collections.ConfigDict:
   # generated without it (lamp_sim without --optical-flow-steps), give zero images and has_optical_flow=False.
   # False: the keys are absent and nothing is decoded.
   cfg.optical_flow = False
+  # Datasets without exact flow images (their layout has no optical-flow field, or they were generated without it):
+  # 'off' = zero images and has_optical_flow=False (above); 'dis' | 'farneback' = estimate them
+  # (lamp_jax.data.flow_estimation, OpenCV) per episode on the decoded primary-camera frames at their stored
+  # resolution, before the frame shuffle: the flow from o_t to o_{min(t + k, L - 1)} with k = action_horizon (the
+  # motion spans the action chunk), encoded as PNG flow images and then read like stored ones. Needs the
+  # dataset's image_primary. Single-frame episodes have no o_{t+k}: a DataError naming the episode (kind
+  # 'single_frame'), or a counted skip with skip_bad (found when validate_episodes checks the episode).
+  cfg.optical_flow_estimator = "off"
+  # Flow-image normaliser in pixels of the stored frames (saturation = |flow| / this): 0 = the paper's 64 px at
+  # 224 px width scaled to the stored width (lamp_jax.flow_image.default_max_magnitude). Used by the estimator and
+  # by the simulator's generation of exact flow images (experiment.generation_flags).
+  cfg.optical_flow_max_magnitude = 0.0
   # --- normalisation --------------------------------------------------------------------------------------
   cfg.action_normalization = "bounds"  # 'normal' (z-score) | 'bounds' (p01-p99 -> [-1,1]) | 'bounds_minmax' | 'none'
   cfg.proprio_normalization = "normal"

@@ -28,6 +28,7 @@ NON_FINITE = "non_finite"
 ZERO_LENGTH = "zero_length"
 MISSING_RECORDS = "missing_records"  # a file holds fewer records than the dataset info promises
 CORRUPT_IMAGE = "corrupt_image"  # an encoded image that cannot be decoded (truncated, bad header, not an image)
+SINGLE_FRAME = "single_frame"  # one frame: no o_{t+k} to estimate optical flow to (data.optical_flow_estimator)
 EMPTY_INSTRUCTION = "empty_instruction"  # not an error: a configured filter, counted like the others
 ACTION_BOUNDS = "action_out_of_bounds"  # not an error: a configured filter
 

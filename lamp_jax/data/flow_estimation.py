@@ -17,9 +17,12 @@ clamped to the last frame, as the simulator export does (so the last step's imag
 single frame has no second frame at all: a :class:`~lamp_jax.data.errors.DataError` of kind
 :data:`SINGLE_FRAME`, raised, or counted and skipped with ``skip_bad`` (like every other bad episode).
 
-Hooking this into the pipeline (not done here): for datasets without an optical-flow key, compute the encoded
-images per episode on the host (``tf.numpy_function`` over the decoded primary-camera frames of the trajectory)
-with :class:`EpisodeFlowImages` and pass them on in place of the stored images.
+In the pipeline (``data.optical_flow_estimator``): for datasets without stored flow images,
+:func:`encoded_episode_flow_images` runs :class:`EpisodeFlowImages` per episode inside the trajectory map
+(``tf.numpy_function`` over the decoded primary-camera frames at their stored resolution, k =
+``data.action_horizon``) and PNG-encodes the result, which then takes the place of stored images (frame shuffle,
+decode, resize / crop like image_primary). Single-frame episodes are found when the episode is validated (a
+counted skip with ``data.skip_bad``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import numpy as np
 from lamp_jax import flow_image
 from lamp_jax.data import errors
 
-SINGLE_FRAME = "single_frame"  # skip kind: an episode with one frame has no o_{t+k}
+SINGLE_FRAME = errors.SINGLE_FRAME  # skip kind: an episode with one frame has no o_{t+k}
 
 
 def _gray(frame: np.ndarray, name: str) -> np.ndarray:
@@ -149,3 +152,24 @@ class EpisodeFlowImages:
           dataset=dataset, episode=episode, key=key, kind=SINGLE_FRAME), self.skip_bad, self.counter)
       return None
     return flow_image.flow_to_rgb(episode_flow(frames, self.k, self.method), self.max_magnitude)
+
+
+def encoded_episode_flow_images(encoded_frames, *, k: int, method: str, max_magnitude: float, dataset: str = "",
+                                key: str = "image_primary"):
+  """TF graph: string[L] encoded frames of one episode -> string[L] PNG flow images (:class:`EpisodeFlowImages`
+  on the host; ``max_magnitude`` 0 = ``flow_image.default_max_magnitude`` of the stored width). An episode of one
+  frame raises the ``DataError`` of kind :data:`SINGLE_FRAME` (the reader's validation skips it first when
+  ``data.skip_bad``)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (the estimator itself is numpy / OpenCV)
+
+  frames = tf.map_fn(lambda e: tf.io.decode_image(e, channels=3, expand_animations=False), encoded_frames,
+                     fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+
+  def run(frames_np):
+    scale = float(max_magnitude) or flow_image.default_max_magnitude(frames_np.shape[2])
+    images = EpisodeFlowImages(k=int(k), max_magnitude=scale, method=method)(frames_np, dataset=dataset, key=key)
+    return images
+
+  images = tf.numpy_function(run, [frames], tf.uint8, stateful=False)
+  images.set_shape([None, None, None, 3])
+  return tf.map_fn(tf.io.encode_png, images, fn_output_signature=tf.TensorSpec([], tf.string))

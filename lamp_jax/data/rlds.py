@@ -84,6 +84,10 @@ class OpenedDataset:
   # Observation key of the optical-flow images this pipeline reads ('' = none: data.optical_flow is off, the
   # layout has none, or this dataset was written without them).
   optical_flow_key: str = ""
+  # Without stored flow images and with data.optical_flow_estimator on: the estimator ('dis' | 'farneback') and the
+  # observation key of the primary-camera frames it reads ('' = no estimation).
+  optical_flow_estimator: str = ""
+  optical_flow_source_key: str = ""
   # Serialized key -> declared (height, width, channels) (None where variable) of the image features read.
   image_features: dict = dataclasses.field(default_factory=dict)
   _content: str = ""
@@ -240,6 +244,9 @@ def open_dataset(entry, data_cfg) -> OpenedDataset:
     if flow_key in serialized:  # optional field: read (and validated per episode) only where it exists
       requirements[flow_key] = ((), "bytes")
       optical_flow_key = standardization.optical_flow_key
+  estimator, source_key = _flow_estimation(entry, data_cfg, image_keys, optical_flow_key, directory)
+  if source_key:
+    requirements[f"steps/observation/{source_key}"] = ((), "bytes")
   for key, (shape, kind) in requirements.items():
     if key not in serialized:
       field = ""
@@ -269,7 +276,27 @@ def open_dataset(entry, data_cfg) -> OpenedDataset:
   return OpenedDataset(name=entry.name, directory=directory, builder=builder, standardization=standardization,
                        image_keys=image_keys, kwargs=kwargs, requirements=requirements, serialized_info=serialized,
                        action_mask=action_mask, proprio_mask=proprio_mask, entry=entry,
-                       optical_flow_key=optical_flow_key, image_features=image_features)
+                       optical_flow_key=optical_flow_key, optical_flow_estimator=estimator,
+                       optical_flow_source_key=source_key, image_features=image_features)
+
+
+FLOW_ESTIMATORS = ("off", "dis", "farneback")
+
+
+def _flow_estimation(entry, data_cfg, image_keys: dict, optical_flow_key: str, directory: str) -> tuple[str, str]:
+  """(estimator, primary-camera observation key) when this dataset's flow images are to be estimated, else
+  ('', '') (data.optical_flow off, the estimator off, or the dataset stores exact flow images)."""
+  method = str(data_cfg.get("optical_flow_estimator", "off") or "off")
+  if method not in FLOW_ESTIMATORS:
+    raise errors.DataError(f"data.optical_flow_estimator='{method}' is not one of {FLOW_ESTIMATORS}")
+  if not data_cfg.get("optical_flow", False) or method == "off" or optical_flow_key:
+    return "", ""
+  source = image_keys.get("image_primary", "")
+  if not source:
+    raise errors.DataError("data.optical_flow_estimator estimates flow on the primary camera, but this dataset has "
+                           "no image_primary (set the entry's image_keys.image_primary)", dataset=entry.name,
+                           file=directory, key="image_primary")
+  return method, source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -398,6 +425,11 @@ def validate_episode(opened: OpenedDataset, raw: bytes, *, filename: str, index:
     raise errors.DataError(f"episode has {length} steps; standardisation '{opened.standardization.name}' needs "
                            f"at least {max(1, opened.standardization.min_length)}", kind=errors.ZERO_LENGTH,
                            key="steps", **where)
+  if opened.optical_flow_estimator and length < 2:
+    raise errors.DataError(f"an episode of {length} frame has no frame t + k to estimate optical flow to "
+                           f"(data.optical_flow_estimator='{opened.optical_flow_estimator}')",
+                           key=f"steps/observation/{opened.optical_flow_source_key}", kind=errors.SINGLE_FRAME,
+                           **where)
   for key in finite_keys(opened.requirements):
     if key in features:
       values = np.asarray(features[key].float_list.value, np.float32)

@@ -17,7 +17,9 @@ Scene flow: the labels of the current step t (points tracked from t to t+1 .. t+
 one-point zero placeholders (K = 1) through the shuffle; the batch pads them to K with zeros / False (not
 K x T x 3 zeros per frame: 170 KB at K = 400, T = 32). ``data.scene_flow=False``: no scene-flow keys at all.
 Optical flow (``data.optical_flow``): the encoded flow image of the current step t (flow from t to t + k), the
-same time index as the scene flow; an empty string and has_optical_flow=False where the dataset has none.
+same time index as the scene flow; an empty string and has_optical_flow=False where the dataset has none, or,
+with ``data.optical_flow_estimator``, flow images estimated here per episode from the primary camera's stored
+frames with k = H (``flow_estimation.encoded_episode_flow_images``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import tensorflow as tf
 import tensorflow.experimental.numpy as tnp
 
 from lamp_jax import specs
+from lamp_jax.data import flow_estimation
 from lamp_jax.data import normalization
 
 FLOW_KEYS = (specs.SCENE_FLOW, specs.SCENE_FLOW_QUERY, specs.SCENE_FLOW_MASK, specs.SCENE_FLOW_QUERY_MASK)
@@ -88,6 +91,12 @@ def standard_trajectory(opened, steps, metadata, data_cfg, stats) -> dict:
   if data_cfg.get("optical_flow", False):
     if opened.optical_flow_key:
       out[specs.OPTICAL_FLOW] = traj["observation"][opened.optical_flow_key]  # string[L], still encoded
+      out[specs.HAS_OPTICAL_FLOW] = tf.ones([length], tf.bool)
+    elif opened.optical_flow_estimator:
+      out[specs.OPTICAL_FLOW] = flow_estimation.encoded_episode_flow_images(
+          traj["observation"][opened.optical_flow_source_key], k=int(data_cfg.action_horizon),
+          method=opened.optical_flow_estimator, max_magnitude=float(data_cfg.get("optical_flow_max_magnitude", 0.0)),
+          dataset=opened.name, key=f"steps/observation/{opened.optical_flow_source_key}")
       out[specs.HAS_OPTICAL_FLOW] = tf.ones([length], tf.bool)
     else:
       out[specs.OPTICAL_FLOW] = tf.fill([length], "")

@@ -1,7 +1,7 @@
 """Can an image encoder trained from scratch learn to find an object in the built-in benchmark's front camera?
 
-  python -m lamp_jax.eval.localization_probe [--encoder=siglip] [--readout=attention] [--task=single] \
-      [--steps=1000] [--stem=patch] [--posemb=learn] [--pretrain-steps=0]
+  python -m lamp_jax.eval.localization_probe [--encoder=siglip|vlm|film_cnn|cnn] [--readout=attention] \
+      [--task=single|named] [--steps=1000] [--stem=patch] [--posemb=learn] [--pretrain-steps=0] [--keypoints=K]
 
 A supervised probe, separate from policy training. It renders scenes of the tabletop4 pick-and-place families
 (seeds from ``PROBE_SEED_OFFSET``, disjoint from the demonstration and evaluation seeds), labels each with the
@@ -15,8 +15,10 @@ Why: the policies of ``configs/sim.py`` fail the pick-and-place families while i
 object even under direct supervision within the steps the policy trains, behaviour cloning cannot either.
 
 Encoders: 'siglip' — the SigLIP tower of ``lamp_config.model_config('sim')`` (no instruction); 'vlm' — the whole sim
-PaliGemma (SigLIP + Gemma prefix with the instruction tokens, as the policy sees them); 'cnn' — three 3x3
-stride-2 convolutions with ReLU (a reference point, not part of any model here).
+PaliGemma (SigLIP + Gemma prefix with the instruction tokens, as the policy sees them); 'film_cnn' — the
+instruction-FiLM-conditioned CNN prefix encoder of ``vlm.kind='film_cnn'`` (``lamp_jax.models.film_cnn``, its
+prefix tokens with the instruction, as the policy sees them; ``--keypoints`` spatial-softmax keypoints per image);
+'cnn' — three 3x3 stride-2 convolutions with ReLU (a reference point, not part of any model here).
 Readouts over the encoder's tokens: 'mean' (average), 'attention' (one learned query, as a MAP head or the
 Action Expert's cross-attention reads the prefix), 'flatten' (a dense layer on all tokens: position-specific),
 'text_attention' (the query is computed from the instruction: a learned embedding of its word tokens, flattened
@@ -46,9 +48,11 @@ import tqdm
 
 PROBE_SEED_OFFSET = 9_000_000  # tasks.EVAL_SEED_OFFSET and the demonstration seeds lie far below
 FAMILIES = ("put_on_plate", "stack")
-ENCODERS, READOUTS, TASKS = ("siglip", "vlm", "cnn"), ("mean", "attention", "flatten", "text_attention"), ("single",
-                                                                                                      "named")
+ENCODERS = ("siglip", "vlm", "film_cnn", "cnn")
+READOUTS = ("mean", "attention", "flatten", "text_attention", "keypoint", "heatmap")
+TASKS = ("single", "named")
 SHAPES = ("cube", "cylinder", "plate")  # tasks.shape_of names
+MAX_WORDS = 12  # instruction token budget (configs/sim.py)
 MAX_OBJECTS = 6
 
 
@@ -113,22 +117,30 @@ class LocalisationProbe(nn.Module):
 
   encoder: str
   readout: str
-  vlm_config: Any = None  # paligemma.PaliGemmaConfig for 'siglip' / 'vlm'
+  vlm_config: Any = None  # paligemma.PaliGemmaConfig for 'siglip' / 'vlm'; film_cnn.FiLMCNNConfig for 'film_cnn'
   vocab_size: int = 64  # word ids of the instruction ('text_attention')
 
   @nn.compact
   def __call__(self, images, tokens, token_mask):
-    from lamp_jax.models import paligemma, siglip  # pylint: disable=g-import-not-at-top
+    from lamp_jax.models import film_cnn, paligemma, siglip  # pylint: disable=g-import-not-at-top
 
-    if self.readout == "text_attention" and self.encoder == "vlm":
-      raise ValueError("readout 'text_attention' is for --encoder=siglip / cnn (the VLM reads the instruction itself)")
+    if self.readout == "text_attention" and self.encoder in ("vlm", "film_cnn"):
+      raise ValueError("readout 'text_attention' is for --encoder=siglip / cnn (the VLM and the FiLM-CNN read the "
+                       "instruction themselves)")
+    if self.readout in ("keypoint", "heatmap") and (self.encoder != "film_cnn" or not self.vlm_config.keypoints):
+      raise ValueError(f"readout {self.readout!r} reads the first spatial-softmax keypoint of --encoder=film_cnn "
+                       "(needs --keypoints >= 1)")
     if self.encoder == "cnn":
       h = CNNEncoder(name="cnn")(images)
     elif self.encoder == "siglip":
       h = siglip.SigLIP(self.vlm_config.vision, name="siglip")(images)
     else:
-      out = paligemma.PaliGemma(self.vlm_config, name="vlm")(
-          images[:, None], jnp.ones((images.shape[0], 1), bool), tokens, token_mask)
+      encoder = (film_cnn.FiLMCNNEncoder(self.vlm_config, name="vlm") if self.encoder == "film_cnn"
+                 else paligemma.PaliGemma(self.vlm_config, name="vlm"))
+      out = encoder(images[:, None], jnp.ones((images.shape[0], 1), bool), tokens, token_mask)
+      if self.readout in ("keypoint", "heatmap"):
+        # (u, v) of keypoint 0 and its logits float32[B, h * w] over the feature map.
+        return out["keypoints"][:, 0, 0], out["keypoint_logits"][:, 0, ..., 0].reshape(images.shape[0], -1)
       h = jnp.where(out["prefix_mask"][..., None], out["last_hidden"], 0.0)
     h = h.astype(jnp.float32)
     if self.readout == "mean":
@@ -144,6 +156,19 @@ class LocalisationProbe(nn.Module):
     else:
       pooled = h.reshape(h.shape[0], -1)
     return nn.Dense(2)(nn.gelu(nn.Dense(128)(pooled)))
+
+
+def _film_config(image_size: int, film_overrides: dict | None):
+  """The FiLM-CNN encoder of ``lamp_config.model_config('sim')`` with vlm.kind='film_cnn', one camera."""
+  from lamp_jax.models import film_cnn, lamp_config  # pylint: disable=g-import-not-at-top
+  from lamp_jax.sim import tasks  # pylint: disable=g-import-not-at-top
+
+  cfg = lamp_config.model_config("sim").vlm
+  cfg.vocab_size = len(tasks.INSTRUCTION_WORDS) + 8
+  cfg.image_size = image_size
+  for key, value in (film_overrides or {}).items():
+    cfg.film_cnn[key] = value
+  return film_cnn.config_from_dict(cfg, max_text_len=MAX_WORDS, num_cameras=1)
 
 
 def _vlm_config(stem: str, posemb: str, vision_overrides: dict | None):
@@ -221,7 +246,7 @@ def pretrain_tower(data: dict, vlm_config, *, steps: int, num_heldout: int, batc
 def run_probe(data: dict, *, encoder: str = "siglip", readout: str = "attention", steps: int = 1000,
               num_heldout: int = 500, batch_size: int = 32, lr: float = 1e-3, eval_every: int = 100,
               stem: str = "patch", posemb: str = "learn", vision_overrides: dict | None = None, seed: int = 0,
-              pretrain_steps: int = 0, progress: bool = True) -> dict:
+              pretrain_steps: int = 0, film_overrides: dict | None = None, progress: bool = True) -> dict:
   """Trains the probe on ``data`` (from :func:`render_probe_data`; the last ``num_heldout`` scenes are held
   out), after ``pretrain_steps`` of :func:`pretrain_tower` when > 0. Returns dict(curve=[{step,
   heldout_rmse_px, train_mse}], mean_predictor_rmse_px, final_heldout_rmse_px, ...). Optimiser: ``_adamw``."""
@@ -238,14 +263,19 @@ def run_probe(data: dict, *, encoder: str = "siglip", readout: str = "attention"
     raise ValueError(f"{len(uv)} scenes leave {num_train} for training (batch {batch_size}) and {num_heldout} "
                      "held out")
   words = tokenizer_lib.WordTokenizer(tasks.INSTRUCTION_WORDS)
-  tokens, token_mask = tokenizer_lib.tokenize_prompts(words, data["instructions"], 12)
+  tokens, token_mask = tokenizer_lib.tokenize_prompts(words, data["instructions"], MAX_WORDS)
   size = images.shape[1]
-  vlm_config = None if encoder == "cnn" else _vlm_config(stem, posemb, dict(vision_overrides or {}, image_size=size))
+  if encoder == "cnn":
+    vlm_config = None
+  elif encoder == "film_cnn":
+    vlm_config = _film_config(size, film_overrides)
+  else:
+    vlm_config = _vlm_config(stem, posemb, dict(vision_overrides or {}, image_size=size))
   model = LocalisationProbe(encoder, readout, vlm_config, vocab_size=len(tasks.INSTRUCTION_WORDS) + 8)
   params = nn.unbox(model.init(jax.random.key(seed), images[:2], tokens[:2], token_mask[:2]))
   pretraining = None
   if pretrain_steps:
-    if encoder == "cnn":
+    if encoder in ("cnn", "film_cnn"):
       raise ValueError("pretrain_steps needs the SigLIP tower (encoder 'siglip' or 'vlm')")
     tower, pretraining = pretrain_tower(data, vlm_config, steps=pretrain_steps, num_heldout=num_heldout,
                                         batch_size=batch_size, lr=lr, seed=seed, progress=progress)
@@ -256,13 +286,24 @@ def run_probe(data: dict, *, encoder: str = "siglip", readout: str = "attention"
   optimizer = _adamw(lr, steps)
   opt_state = optimizer.init(params)
 
+  def loss_fn(p, x, t, m, y):
+    if readout not in ("keypoint", "heatmap"):
+      return jnp.mean((model.apply(p, x, t, m) - y) ** 2)
+    uv_pred, logits = model.apply(p, x, t, m)
+    if readout == "keypoint":  # regression through the spatial softmax
+      return jnp.mean((uv_pred - y) ** 2)
+    side = int(round(logits.shape[-1] ** 0.5))  # cross-entropy against the feature-map cell holding (u, v)
+    cell = jnp.clip((y * side).astype(jnp.int32), 0, side - 1)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, cell[:, 1] * side + cell[:, 0]).mean()
+
   @jax.jit
   def train_step(params, opt_state, x, t, m, y):
-    loss, grads = jax.value_and_grad(lambda p: jnp.mean((model.apply(p, x, t, m) - y) ** 2))(params)
+    loss, grads = jax.value_and_grad(loss_fn)(params, x, t, m, y)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
-  predict = jax.jit(model.apply)
+  predict = jax.jit(lambda *args: model.apply(*args)[0] if readout in ("keypoint", "heatmap") else
+                    model.apply(*args))
   heldout = slice(num_train, len(uv))
 
   def heldout_rmse_px(params):
@@ -280,7 +321,7 @@ def run_probe(data: dict, *, encoder: str = "siglip", readout: str = "attention"
                     "train_mse": round(float(loss), 6)})
   mean_rmse = float(np.sqrt(((uv[heldout] - uv[:num_train].mean(0)) ** 2).sum(-1).mean()) * size)
   return {"encoder": encoder, "readout": readout, "stem": stem, "posemb": posemb, "steps": steps,
-          "pretraining": pretraining,
+          "pretraining": pretraining, "film_overrides": dict(film_overrides or {}),
           "train_scenes": num_train, "heldout_scenes": num_heldout, "image_size": size, "batch_size": batch_size,
           "lr": lr, "mean_predictor_rmse_px": round(mean_rmse, 3), "final_heldout_rmse_px": curve[-1]["heldout_rmse_px"],
           "seconds": round(time.perf_counter() - start, 1), "curve": curve}
@@ -295,6 +336,8 @@ def main(argv=None) -> None:
   p.add_argument("--posemb", choices=("learn", "sincos2d"), default="learn")
   p.add_argument("--steps", type=int, default=1000)
   p.add_argument("--pretrain-steps", type=int, default=0, help="dense pretraining of the SigLIP tower first (0: none)")
+  p.add_argument("--keypoints", type=int, default=None, help="film_cnn: spatial-softmax keypoints per image "
+                 "(vlm.film_cnn.keypoints; default: the model config's)")
   p.add_argument("--scenes", type=int, default=3500, help="rendered scenes, the last --heldout held out")
   p.add_argument("--heldout", type=int, default=500)
   p.add_argument("--image-size", type=int, default=64)
@@ -306,7 +349,8 @@ def main(argv=None) -> None:
   data = render_probe_data(args.scenes, args.image_size, args.task, progress=not args.no_progress)
   result = run_probe(data, encoder=args.encoder, readout=args.readout, steps=args.steps, num_heldout=args.heldout,
                      batch_size=args.batch_size, lr=args.lr, stem=args.stem, posemb=args.posemb, seed=args.seed,
-                     pretrain_steps=args.pretrain_steps, progress=not args.no_progress)
+                     pretrain_steps=args.pretrain_steps, progress=not args.no_progress,
+                     film_overrides=None if args.keypoints is None else {"keypoints": args.keypoints})
   result["task"] = args.task
   print(json.dumps(result, indent=2))
 

@@ -1,5 +1,6 @@
 """PNG plots of a run (matplotlib, Agg): loss curves from ``metrics.jsonl``, success per task from
-``eval_results.json``; and the side-by-side success plot of several runs (``python -m lamp_jax.compare``)."""
+``eval_results.json``; the side-by-side success plot of several runs (``python -m lamp_jax.compare``); rows of
+images (flow images: true, reconstructed, predicted) with ``image_rows``."""
 
 from __future__ import annotations
 
@@ -94,6 +95,37 @@ def success_per_task(results: dict[str, dict], out_path: str, title: str = "clos
   ax.legend(fontsize=8)
   fig.tight_layout()
   os.makedirs(os.path.dirname(out_path), exist_ok=True)
+  fig.savefig(out_path, dpi=110)
+  plt.close(fig)
+  return out_path
+
+
+def image_rows(rows: dict[str, np.ndarray], out_path: str, title: str = "") -> str:
+  """One labelled row per entry of ``rows`` (label -> uint8[N, H, W, 3]; rows may differ in N), columns aligned
+  (column j of every row shows example j). Returns ``out_path``."""
+  if not rows:
+    raise ValueError("image_rows needs at least one row")
+  for label, images in rows.items():
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+      raise ValueError(f"image_rows: row {label!r} must be uint8[N, H, W, 3], got {images.dtype}{list(images.shape)}")
+  columns = max(len(v) for v in rows.values())
+  plt = _pyplot()
+  fig, axes = plt.subplots(len(rows), columns, figsize=(1.5 * columns + 1.0, 1.6 * len(rows) + 0.4), squeeze=False)
+  for i, (label, images) in enumerate(rows.items()):
+    for j in range(columns):
+      ax = axes[i][j]
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if j < len(images):
+        ax.imshow(np.asarray(images[j]), interpolation="nearest")
+      else:
+        ax.axis("off")
+    axes[i][0].set_ylabel(label, fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
   fig.savefig(out_path, dpi=110)
   plt.close(fig)
   return out_path

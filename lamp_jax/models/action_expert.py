@@ -38,6 +38,7 @@ class DiTLayer(nn.Module):
   mlp_dim: int
   cross: bool
   dtype: Dtype = jnp.float32
+  attention: str = "heads_major"  # layers.ATTENTION_IMPLEMENTATIONS
 
   @nn.compact
   def __call__(self, x, temb, context, context_mask):
@@ -46,7 +47,8 @@ class DiTLayer(nn.Module):
     shift, scale, gate, m_shift, m_scale, m_gate = dit.Modulation(6, width, self.dtype, name="mod")(temb)
     h = dit.modulate(layers.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype, name="norm1")(x),
                      shift, scale)
-    attention = dit.Attention(self.num_heads, self.head_dim, qk_norm=True, dtype=self.dtype, name="attn")
+    attention = dit.Attention(self.num_heads, self.head_dim, qk_norm=True, dtype=self.dtype,
+                              implementation=self.attention, name="attn")
     if self.cross:
       mask = jnp.broadcast_to(context_mask[:, None, :], (x.shape[0], x.shape[1], context_mask.shape[1]))
       if isinstance(context, tuple):  # precomputed (keys, values) of this layer: DiTActionExpert.context_kv
@@ -68,10 +70,12 @@ class CrossSelfPair(nn.Module):
   head_dim: int
   mlp_dim: int
   dtype: Dtype = jnp.float32
+  attention: str = "heads_major"
 
   @nn.compact
   def __call__(self, x, temb, context, context_mask):
-    kw = dict(num_heads=self.num_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim, dtype=self.dtype)
+    kw = dict(num_heads=self.num_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim, dtype=self.dtype,
+              attention=self.attention)
     x = DiTLayer(cross=True, name="cross", **kw)(x, temb, context, context_mask)
     x = DiTLayer(cross=False, name="self", **kw)(x, temb, context, context_mask)
     return x, x  # the pair's output, also as the scan's per-layer output (dropped unless collected)
@@ -92,6 +96,7 @@ class DiTActionExpert(nn.Module):
 
   config: ml_collections.ConfigDict
   dtype: Dtype = jnp.float32
+  attention: str = "heads_major"  # layers.ATTENTION_IMPLEMENTATIONS
 
   def _check(self):
     cfg = self.config
@@ -116,7 +121,7 @@ class DiTActionExpert(nn.Module):
                        unroll=cfg.get("scan_unroll", 1), num_broadcast_args=3,
                        per_layer_args=() if context_kv is None else (1,),
                        name="blocks", num_heads=cfg.num_heads, head_dim=width // cfg.num_heads,
-                       mlp_dim=cfg.mlp_ratio * width, dtype=self.dtype)
+                       mlp_dim=cfg.mlp_ratio * width, dtype=self.dtype, attention=self.attention)
     context = context if context_kv is None else tuple(context_kv)
     if hidden_after is None:
       x = blocks(x, temb, context, context_mask)

@@ -76,7 +76,7 @@ class Attention(nn.Module):
   ``context=None`` it is self-attention. ``q_transform`` / ``k_transform`` (e.g. RoPE) act on
   float[B, T, N, H] after the QK norm. ``kv=(keys, values)`` float[B, S, N, H] replaces the key / value
   projection of ``context`` by precomputed ones (``project_kv`` of this layer's parameters: post-norm, no
-  transform). Output float[B, T, out_features or D].
+  transform). Output float[B, T, out_features or D]. ``implementation``: ``layers.ATTENTION_IMPLEMENTATIONS``.
   """
 
   num_heads: int
@@ -84,6 +84,7 @@ class Attention(nn.Module):
   qk_norm: bool = False
   out_features: int | None = None
   dtype: Dtype = jnp.float32
+  implementation: str = "heads_major"
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None, mask: jax.Array | None = None,
@@ -105,7 +106,7 @@ class Attention(nn.Module):
       q = q_transform(q)
     if k_transform is not None:
       k = k_transform(k)
-    out = layers.dot_product_attention(q, k, v, mask)
+    out = layers.dot_product_attention(q, k, v, mask, implementation=self.implementation)
     return layers.DenseGeneral(self.out_features or x.shape[-1], ("q_heads", "head_dim", "embed"), axis=(-2, -1),
                                dtype=self.dtype, name="out")(out)
 

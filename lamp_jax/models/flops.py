@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ml_collections
 
+from lamp_jax.models import film_cnn
 from lamp_jax.models import paligemma
+from lamp_jax.models import prefix_encoder
 
 
 def transformer_layer(tokens: int, width: int, mlp_dim: int, *, context: int | None = None,
@@ -47,13 +49,40 @@ def siglip_tower(vision) -> float:
 
 
 def image_patches(vlm_cfg: ml_collections.ConfigDict) -> int:
-  vision = paligemma.config_from_dict(vlm_cfg).vision
-  return (vision.image_size // vision.patch_size) ** 2
+  """Prefix tokens of one camera (SigLIP patches, or the FiLM-CNN grid + keypoint tokens)."""
+  return prefix_encoder.tokens_per_image(vlm_cfg)
 
 
 def prefix_length(vlm_cfg: ml_collections.ConfigDict, num_cameras: int, text_tokens: int) -> int:
   """VLM prefix tokens: every camera's patches + the text tokens."""
   return num_cameras * image_patches(vlm_cfg) + int(text_tokens)
+
+
+def prefix_encoder_call(vlm_cfg: ml_collections.ConfigDict, num_cameras: int, text_tokens: int) -> float:
+  """The prefix encoder of ``vlm.kind`` ('paligemma': :func:`paligemma_prefix`; 'film_cnn': its convolutions)."""
+  if prefix_encoder.kind_of(vlm_cfg) == film_cnn.KIND:
+    cfg = film_cnn.config_from_dict(vlm_cfg, int(text_tokens), num_cameras)
+    return film_cnn_prefix(cfg, num_cameras, int(text_tokens))
+  return paligemma_prefix(vlm_cfg, num_cameras, text_tokens)
+
+
+def film_cnn_prefix(cfg: film_cnn.FiLMCNNConfig, num_cameras: int, text_tokens: int) -> float:
+  """The FiLM-CNN encoder: convolutions (k x k x fan-in per output value), FiLM and token projections, the
+  instruction MLP, keypoint heads and the optional transformer blocks over the prefix."""
+  fan_in, total = 3 + 2, 0.0  # RGB + the two coordinate channels
+  for i, (channels, kernel) in enumerate(zip(cfg.channels, cfg.kernels)):
+    size = cfg.stage_size(i)
+    total += 2.0 * size * size * kernel**2 * fan_in * channels + 2.0 * cfg.cond_width * 2 * channels
+    fan_in = channels
+  total += 2.0 * cfg.grid**2 * cfg.channels[-1] * cfg.width
+  if cfg.keypoints:
+    total += 2.0 * cfg.stage_size(cfg.keypoint_stage)**2 * cfg.channels[cfg.keypoint_stage] * cfg.keypoints
+    total += 2.0 * cfg.keypoints * (4 * film_cnn.KEYPOINT_FREQUENCIES + 2) * cfg.width
+  total *= num_cameras
+  instruction = 2.0 * cfg.max_text_len * cfg.text_width * cfg.cond_width + 2.0 * cfg.cond_width**2
+  prefix = num_cameras * cfg.tokens_per_image + text_tokens
+  blocks = cfg.transformer_depth * transformer_layer(prefix, cfg.width, cfg.mlp_ratio * cfg.width)
+  return float(total + instruction + 2.0 * text_tokens * cfg.text_width * cfg.width + blocks)
 
 
 def paligemma_prefix(vlm_cfg: ml_collections.ConfigDict, num_cameras: int, text_tokens: int) -> float:
@@ -115,6 +144,39 @@ def dit_action_call(action_cfg: ml_collections.ConfigDict, horizon: int, action_
 def dit_context_kv(action_cfg: ml_collections.ConfigDict, prefix: int, feature_width: int) -> float:
   """The cross-attention keys + values of the prefix features in every cross-attention block."""
   return float((action_cfg.depth // 2) * 2 * prefix * feature_width * action_cfg.width * 2)
+
+
+def motion_image_call(head_cfg: ml_collections.ConfigDict, vae_cfg, image_size: int, prefix: int,
+                      feature_width: int) -> float:
+  """One motion-image head evaluation (``motion_image.MotionImageDiT``) on the latent of an ``image_size`` flow
+  image, cross-attending to ``prefix`` VLM features of ``feature_width``: patch in / out, ``depth`` blocks of
+  self-attention + MLP, cross-attention (keys / values projected from the prefix in every block) and 9 adaLN
+  modulations, the time embedding and the final modulation."""
+  from lamp_jax.models import motion_image as motion_image_lib  # deferred (see motion_expert_call)
+
+  c = head_cfg
+  tokens = motion_image_lib.num_tokens(c, vae_cfg, image_size)
+  _, _, channels = motion_image_lib.latent_shape(vae_cfg, image_size)
+  width, p = int(c.width), int(c.patch_size)
+  block = (transformer_layer(tokens, width, int(c.mlp_ratio) * width)
+           + transformer_layer(tokens, width, 0, context=prefix, context_width=feature_width)
+           + 2 * 9 * width * width)
+  embed = 2 * int(c.time_frequency_dim) * width + 2 * width * width + 2 * 2 * width * width
+  return float(int(c.depth) * block + embed + 2 * 2 * tokens * p * p * channels * width)
+
+
+def vae_encoder(vae_cfg, image_size: int) -> float:
+  """The VAE encoder on one ``image_size`` x ``image_size`` image (``vae.encoder_flops``)."""
+  from lamp_jax.models import vae as vae_lib  # deferred (see motion_expert_call)
+
+  return vae_lib.encoder_flops(vae_cfg, image_size)
+
+
+def vae_decoder(vae_cfg, image_size: int) -> float:
+  """The VAE decoder from the latent of an ``image_size`` image (``vae.decoder_flops``)."""
+  from lamp_jax.models import vae as vae_lib  # deferred (see motion_expert_call)
+
+  return vae_lib.decoder_flops(vae_cfg, image_size)
 
 
 def gemma_expert_call(expert, horizon: int, action_dim: int, proprio_dim: int, prefix: int) -> float:

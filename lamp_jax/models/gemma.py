@@ -51,6 +51,7 @@ class GemmaConfig:
     rope_max_wavelength: RoPE base.
     dtype: activation dtype name, 'float32' or 'bfloat16'.
     remat: rematerialise each layer in the backward pass.
+    attention: attention implementation (``layers.ATTENTION_IMPLEMENTATIONS``; all compute the same function).
   """
 
   width: int
@@ -64,8 +65,10 @@ class GemmaConfig:
   rope_max_wavelength: float = 10_000.0
   dtype: str = "float32"
   remat: bool = False
+  attention: str = "heads_major"
 
   def __post_init__(self):
+    layers.check_attention_implementation(self.attention, "GemmaConfig.attention")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"GemmaConfig.num_heads={self.num_heads} is not a multiple of "
                        f"num_kv_heads={self.num_kv_heads}")
@@ -185,7 +188,7 @@ class Attention(nn.Module):
     if mask.shape[-1] != k.shape[1]:
       raise ValueError(f"attention mask covers {mask.shape[-1]} keys but there are {k.shape[1]} "
                        "(cache + new tokens)")
-    out = layers.dot_product_attention(q, k, v, mask)
+    out = layers.dot_product_attention(q, k, v, mask, implementation=cfg.attention)
     out = Einsum((n, h, d), ("q_heads", "head_dim", "embed"), dtype, in_axis=(-3, -2),
                  name="attn_vec_einsum")("btnh,nhd->btd", out)
     return out, new_kv

@@ -33,6 +33,7 @@ class GatedMotionGuidance(nn.Module):
   config: ml_collections.ConfigDict
   width: int
   dtype: Dtype = jnp.float32
+  attention: str = "heads_major"  # layers.ATTENTION_IMPLEMENTATIONS
 
   def setup(self):
     cfg = self.config
@@ -41,7 +42,8 @@ class GatedMotionGuidance(nn.Module):
     self.query_norm = layers.LayerNorm(dtype=self.dtype)
     self.motion_proj = layers.DenseGeneral(self.width, ("embed", "embed"), dtype=self.dtype)
     self.motion_norm = layers.LayerNorm(dtype=self.dtype)
-    self.attn = dit.Attention(cfg.num_heads, self.width // cfg.num_heads, dtype=self.dtype)
+    self.attn = dit.Attention(cfg.num_heads, self.width // cfg.num_heads, dtype=self.dtype,
+                              implementation=self.attention)
     self.gate_logit = self.param("gate_logit",
                                  layers.param_with_axes(nn.initializers.constant(cfg.gate_init_logit), ()), (),
                                  jnp.float32)

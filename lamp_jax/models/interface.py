@@ -23,6 +23,11 @@ is the library's ``name``):
                                updates while training (e.g. a VQ codebook's usage statistics); () for none
   after_update(cfg, params, model_state, rng)   (optional) runs inside the jitted train step after the
                                optimizer update: returns (params, model_state, metrics); the identity by default
+  inference_config(cfg)        (optional) the config of what ``sample_actions`` runs, without training-only
+                               parts (e.g. an auxiliary head); export keeps only its parameters
+  report(cfg, params, batches, out_dir)  (optional) figures of a trained model on held-out batches, written by
+                               ``python -m lamp_jax.train`` after the last stage (``report.json``; e.g. a VAE's
+                               reconstruction error and latent statistics, with a PNG); None = nothing to report
 Derived (not overridden): ``init_variables`` (boxed, logical axis names), ``init_params``, ``init_model_state``,
 ``abstract_variables``, ``abstract_params``, ``logical_axes`` (``jax.eval_shape``: nothing allocated),
 ``loss_weights``.
@@ -44,6 +49,7 @@ The module (flax linen; pure ``init`` / ``apply``; every method takes the batch 
         so that two implementations can be compared on identical draws
   encode_latent(batch, rng) -> dict              latent action models: pre-quantisation latent and codes
   reconstruct_motion(batch, rng, ...)            models with a motion head: the decoded motion for plots
+  reconstruct_motion_image(batch, rng, ...)      models with a motion-image head: the decoded flow image
 
 Stages (``training/defaults.py``) change term weights through ``model_overrides.loss.weights.<term>`` and freeze
 parameters by path regexes; both are checked against the model before any work starts.
@@ -129,6 +135,21 @@ class ModelLibrary(abc.ABC):
     traceable; e.g. a VQ model restarts dead codes here. Default: unchanged, no metrics."""
     del cfg, rng
     return params, model_state, {}
+
+  def inference_config(self, cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config of the model ``sample_actions`` runs: ``cfg`` without training-only parts (an auxiliary head
+    that inference never calls). Its parameter tree is a subtree of ``cfg``'s; export keeps only it."""
+    return cfg
+
+  def report(self, cfg: ml_collections.ConfigDict, params: Any, batches: list[dict], out_dir: str) -> dict | None:
+    """Figures of trained ``params`` on held-out ``batches`` (numpy, the data pipeline's layout), files written
+    into ``out_dir``; ``python -m lamp_jax.train`` writes the result to ``<workdir>/report.json`` after the last
+    stage. None (default): the model has nothing to report (policies are evaluated closed-loop instead)."""
+    del cfg, params, batches, out_dir
+    return None
+
+  # Held-out batches ``report`` reads (0: no report).
+  report_batches: int = 0
 
   def reference_config(self, cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
     """``cfg`` with the model's exact rewrites (same math, faster) switched off: the plain computation that

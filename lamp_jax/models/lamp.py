@@ -14,12 +14,18 @@ Flow-matching time convention: flow_matching.py (tau = 0 noise, tau = 1 data). M
 motion_expert.py. ``use_motion=False`` is the w/o-motion ablation: the guided features are the VLM features
 (same code path, no motion expert / guidance parameters are used). Configs: lamp_config.py. FLOPs: flops.py.
 
+Optional joint motion-image diffusion (``motion_image.enabled``; motion_image.py): a DiT head over the frozen VAE's
+latents of the batch's optical-flow image, conditioned on the VLM prefix features (before guidance), trained by
+the loss term 'motion_image'. ``sample_actions`` never runs it (the same computation with or without the head);
+``reconstruct_motion_image`` decodes its prediction for visualisation.
+
 LARA (``model.lara``, lara.py; training-only): loss terms 'align' (the Action Expert's hidden state at block
 L - lara.block_from_end of its ``depth`` layers, last action token, predicts the latent action model's latent) and
 'lam' (that model's own loss), parameters 'lam' and 'lara_predictor'.
 
-Parameter tree top level: 'vlm', 'motion_expert', 'guidance', 'action_expert' (+ 'lam', 'lara_predictor' with
-LARA; nothing else).
+Parameter tree top level: 'vlm', 'motion_expert', 'guidance', 'action_expert' (nothing else); with the motion-image
+head also 'motion_image' and 'vae'; with LARA also 'lam' and 'lara_predictor'; without motion (use_motion=False) no
+'motion_expert' / 'guidance'.
 """
 
 from __future__ import annotations
@@ -38,16 +44,19 @@ from lamp_jax.models import flops
 from lamp_jax.models import flow_matching as fm
 from lamp_jax.models import guidance as guidance_lib
 from lamp_jax.models import interface
+from lamp_jax.models import layers
 from lamp_jax.models import lamp_config
 from lamp_jax.models import lara
 from lamp_jax.models import losses
 from lamp_jax.models import motion_expert as motion_lib
+from lamp_jax.models import motion_image as motion_image_lib
 from lamp_jax.models import observation
-from lamp_jax.models import paligemma
+from lamp_jax.models import prefix_encoder
+from lamp_jax.models import vae as vae_lib
 
 NAME = lamp_config.NAME
 TOP_LEVEL = ("vlm", "motion_expert", "guidance", "action_expert")
-LOSS_TERMS = ("motion", "action")
+LOSS_TERMS = ("motion", "action", motion_image_lib.LOSS_TERM)
 
 
 # ------------------------------------------------------------------------------------------ the model
@@ -58,6 +67,8 @@ class LaMP(nn.Module):
   * ``sample_actions(batch, rng, *, num_steps=None, motion_steps=None, gate_override=None, noise=None)
     -> float32[B, H, A]``
   * ``reconstruct_motion(batch, rng, *, num_steps=10) -> float32[B, K, T, 3]``
+  * ``reconstruct_motion_image(batch, rng, *, num_steps=None, noise=None) -> float32[B, S, S, 3]`` (with the
+    motion-image head)
   * ``__call__(batch, rng)``: runs every component once (used by ``init``).
   """
 
@@ -66,11 +77,17 @@ class LaMP(nn.Module):
   def setup(self):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
-    self.vlm_config = paligemma.config_from_dict(cfg.vlm)
-    self.vlm = paligemma.PaliGemma(self.vlm_config)
-    self.motion_expert = motion_lib.MotionExpert(cfg.motion, dtype=dtype)
-    self.guidance = guidance_lib.GatedMotionGuidance(cfg.guidance, width=self.vlm_config.llm.width, dtype=dtype)
-    self.action_expert = action_lib.build_action_expert(cfg.action, dtype)
+    # 'vlm': the prefix encoder of vlm.kind (PaliGemma by default; prefix_encoder.py).
+    self.vlm = prefix_encoder.build(cfg.vlm, int(cfg.max_token_len), len(cfg.image_keys))
+    attention = cfg.get("attention", "heads_major")
+    layers.check_attention_implementation(attention, "config field model.attention")
+    self.motion_expert = motion_lib.MotionExpert(cfg.motion, dtype=dtype, attention=attention)
+    self.guidance = guidance_lib.GatedMotionGuidance(cfg.guidance, width=prefix_encoder.width(cfg.vlm), dtype=dtype,
+                                                     attention=attention)
+    self.action_expert = action_lib.build_action_expert(cfg.action, dtype, attention=attention)
+    if _has_motion_image(cfg):
+      self.vae = vae_lib.AutoencoderKL(cfg.vae)
+      self.motion_image = motion_image_lib.MotionImageDiT(cfg.motion_image, dtype=dtype)
     if lara.enabled(cfg):
       self.lam, self.lara_predictor = lara.build(cfg)
 
@@ -144,6 +161,11 @@ class LaMP(nn.Module):
       _, hidden = self.motion_expert(jnp.zeros(self._motion_shape(b)), jnp.zeros((b,)), features, mask)
       guided, _ = self.guidance(features, hidden)
     actions = jnp.zeros((b, self.config.action_horizon, self.config.action_dim))
+    if _has_motion_image(self.config):
+      images, _ = motion_image_lib.flow_images(batch, int(self.config.image_size))
+      latents = self.vae.latents(images)
+      self.vae.decode_latents(latents)
+      self.motion_image(latents, jnp.zeros((b,)), features, mask)
     velocity = self.action_expert(actions, jnp.zeros((b,)), self._proprio(batch), guided, mask)
     if lara.enabled(self.config):
       velocity = velocity + 0.0 * lara.init_touch(self.config, self.lam, self.lara_predictor, batch, rng,
@@ -153,10 +175,13 @@ class LaMP(nn.Module):
   def compute_loss(self, batch, rng, *, train: bool = True, gate_override=None):
     """Weighted flow-matching losses of the named terms (``losses.py``; weights ``loss.weights``).
 
-    Terms: 'motion' (scene-flow deltas; needs the scene_flow keys and use_motion) and 'action' (the action chunk,
-    through guidance when use_motion). ``train`` enables ``proprio_dropout`` (the only stochastic regulariser;
+    Terms: 'motion' (scene-flow deltas; needs the scene_flow keys and use_motion), 'action' (the action chunk,
+    through guidance when use_motion) and 'motion_image' (the VAE latents of the optical-flow image, by the
+    motion-image head from the VLM features; needs motion_image.enabled and the optical_flow keys; examples with
+    has_optical_flow False weigh 0). ``train`` enables ``proprio_dropout`` (the only stochastic regulariser;
     ``train=False`` gives the deterministic loss of evaluation).
-    Returns (loss float32[], metrics dict of float32[]: 'loss', 'loss/motion', 'loss/action', 'guidance/gate').
+    Returns (loss float32[], metrics dict of float32[]: 'loss', 'loss/motion', 'loss/action', 'loss/motion_image',
+    'guidance/gate').
     With ``loss.{motion,action}_repeats`` = R, each term averages R (tau, eps) draws per example: the expert sees
     its inputs tiled R times along the batch (copy r of example i at r * B + i).
     """
@@ -169,6 +194,9 @@ class LaMP(nn.Module):
     if "motion" in weights and not cfg.use_motion:
       raise ValueError("config field model.loss.weights.motion > 0 but use_motion=False (the w/o-motion ablation "
                        "has no motion loss)")
+    if motion_image_lib.LOSS_TERM in weights and not _has_motion_image(cfg):
+      raise ValueError("config field model.loss.weights.motion_image > 0 but model.motion_image.enabled=False (no "
+                       "motion-image head)")
     features, mask = self.encode(batch)
     rng_motion, rng_action, rng_guide = jax.random.split(rng, 3)
     rng_proprio = jax.random.fold_in(rng, 4)  # a separate stream: the other draws stay those of earlier versions
@@ -219,6 +247,12 @@ class LaMP(nn.Module):
 
       values["action"] = fm.flow_matching_loss(rng_action, actions, velocity, time_dist=cfg.action.time_dist,
                                                mask=pad_mask)
+
+    if motion_image_lib.LOSS_TERM in weights:
+      rng_image = jax.random.fold_in(rng, 5)  # its own stream: the other terms' draws do not depend on the head
+      values[motion_image_lib.LOSS_TERM] = motion_image_lib.loss(
+          self.vae, self.motion_image, batch, features, mask, rng_image, image_size=int(cfg.image_size),
+          time_dist=str(cfg.motion_image.time_dist))
 
     extra = {}
     if lara.enabled(cfg):
@@ -284,6 +318,24 @@ class LaMP(nn.Module):
       query = jnp.broadcast_to(jnp.concatenate([uv, jnp.zeros_like(uv[:, :1])], -1)[None], (b,) + (uv.shape[0], 3))
     return motion_lib.target_to_tracks(query, deltas, self.config.motion.delta_scale)
 
+  def reconstruct_motion_image(self, batch, rng, *, num_steps: int | None = None, noise=None):
+    """The motion-image head's predicted flow image float32[B, S, S, 3] (about [-1, 1]; ``vae.images_to_uint8``
+    for a PNG, ``flow_image.rgb_to_flow`` for pixels): ``num_steps`` Euler steps (default
+    motion_image.reconstruction_steps) of the head from noise (``noise`` float32[B, h, w, L] replaces the draw),
+    decoded by the frozen VAE. For visualisation; ``sample_actions`` never runs the head."""
+    cfg = self.config
+    if not _has_motion_image(cfg):
+      raise ValueError("reconstruct_motion_image needs model.motion_image.enabled=True")
+    features, mask = self.encode(batch)
+    steps = int(cfg.motion_image.reconstruction_steps if num_steps is None else num_steps)
+    latent = motion_image_lib.latent_shape(cfg.vae, int(cfg.image_size))
+    return motion_image_lib.reconstruct(self, lambda mdl: mdl.motion_image, self.vae, features, mask, rng,
+                                        latent=latent, num_steps=steps, noise=noise)
+
+
+def _has_motion_image(cfg: ml_collections.ConfigDict) -> bool:
+  return "motion_image" in cfg and bool(cfg.motion_image.enabled)
+
 
 def _given_noise(noise, shape: tuple[int, ...], name: str) -> jax.Array:
   """Injected noise as float32 of the expected ``shape``; another shape raises naming ``noise[name]``."""
@@ -299,7 +351,7 @@ def dummy_batch(model_cfg: ml_collections.ConfigDict, batch_size: int = 2, seed:
   """A random numpy batch following specs.py (with tokens, without the raw language_instruction)."""
   rs = np.random.RandomState(seed)
   b = batch_size
-  inputs = observation.dummy_inputs(model_cfg, b, rs, paligemma.config_from_dict(model_cfg.vlm).llm.vocab_size,
+  inputs = observation.dummy_inputs(model_cfg, b, rs, prefix_encoder.vocab_size(model_cfg.vlm),
                                     window=window)
   m = model_cfg.motion
   k, t = m.num_keypoints, m.num_steps
@@ -307,7 +359,10 @@ def dummy_batch(model_cfg: ml_collections.ConfigDict, batch_size: int = 2, seed:
   query = np.concatenate([np.broadcast_to(uv, (b, k, 2)), rs.uniform(0.5, 1.5, (b, k, 1))], -1).astype(np.float32)
   steps = rs.uniform(-0.8, 0.8, (b, k, t, 3)) * np.asarray(m.delta_scale)
   flow = (query[:, :, None] + np.cumsum(steps, axis=2)).astype(np.float32)
+  extra = (motion_image_lib.dummy_flow_images(model_cfg.vae, b, int(model_cfg.image_size), seed)
+           if _has_motion_image(model_cfg) else {})
   return {
+      **extra,
       **inputs,
       specs.ACTION: rs.uniform(-1, 1, (b, model_cfg.action_horizon, model_cfg.action_dim)).astype(np.float32),
       specs.ACTION_PAD_MASK: np.ones((b, model_cfg.action_horizon, model_cfg.action_dim), bool),
@@ -336,18 +391,27 @@ class LaMPLibrary(interface.ModelLibrary):
 
   name = NAME
   variants = lamp_config.VARIANTS
-  methods = frozenset({"sample_actions", "reconstruct_motion"})
-  flop_modes = ("train_step", "sample_actions", "sample_actions_full_motion", "motion_partial", "motion_full")
+  methods = frozenset({"sample_actions", "reconstruct_motion", "reconstruct_motion_image"})
+  flop_modes = ("train_step", "sample_actions", "sample_actions_full_motion", "motion_partial", "motion_full",
+                "motion_image_call", "reconstruct_motion_image")
 
   bench_ratios = {"with_over_without_motion": ("with_motion", "without_motion"),
-                  "sample_actions_one_step_over_full": ("with_motion", "full_motion")}
+                  "sample_actions_one_step_over_full": ("with_motion", "full_motion"),
+                  "with_over_without_motion_image_head": ("with_motion_image_head", "without_motion_image_head")}
 
   def model_config(self, variant: str = "tiny") -> ml_collections.ConfigDict:
     return lamp_config.model_config(variant)
 
   def bench_variants(self, cfg: ml_collections.ConfigDict) -> dict[str, interface.BenchVariant]:
     """With motion (one-step partial denoising), without motion (the ablation: use_motion=False) and with the
-    full ``motion_reconstruction_steps`` reconstruction of the motion instead."""
+    full ``motion_reconstruction_steps`` reconstruction of the motion instead. A config with the motion-image head
+    (motion_image.enabled) is timed with and without the head instead (its use_motion as configured): the claim
+    that the head adds no inference latency."""
+    if _has_motion_image(cfg):
+      without_head = copy.deepcopy(cfg)
+      without_head.motion_image.enabled = False
+      return {"with_motion_image_head": interface.BenchVariant(cfg),
+              "without_motion_image_head": interface.BenchVariant(without_head)}
     with_motion, without_motion = copy.deepcopy(cfg), copy.deepcopy(cfg)
     with_motion.use_motion, without_motion.use_motion = True, False
     full = (("motion_steps", int(cfg.motion_reconstruction_steps)),)
@@ -356,15 +420,29 @@ class LaMPLibrary(interface.ModelLibrary):
             "full_motion": interface.BenchVariant(with_motion, full, "sample_actions_full_motion")}
 
   def reference_config(self, cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Motion Expert's pruned last block, cached action cross-attention keys / values and unrolled scans off."""
+    """Motion Expert's pruned last block, cached action cross-attention keys / values, unrolled scans and the
+    heads-major attention (``layers.ATTENTION_IMPLEMENTATIONS``: 'plain' instead) off."""
     ref = copy.deepcopy(cfg)
+    ref.attention = "plain"  # the VLM follows (vlm.attention refers to it)
     ref.motion.prune_last_condition = False
     ref.action.cache_context_kv = False
     ref.motion.scan_unroll = ref.action.scan_unroll = 1
     return ref
 
   def build(self, cfg: ml_collections.ConfigDict) -> LaMP:
+    if _has_motion_image(cfg):
+      motion_image_lib.check_scaling(cfg.vae)
+      motion_image_lib.check_config(cfg.motion_image, cfg.vae, int(cfg.image_size))
     return LaMP(cfg)
+
+  def inference_config(self, cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Without the motion-image head (``sample_actions`` never runs it; its parameters and the VAE's are dropped)."""
+    if not _has_motion_image(cfg):
+      return cfg
+    out = copy.deepcopy(cfg)
+    out.motion_image.enabled = False
+    out.loss.weights.motion_image = 0.0
+    return out
 
   def dummy_batch(self, cfg: ml_collections.ConfigDict, batch_size: int = 2, seed: int = 0) -> dict:
     return lara.add_dummy_future(cfg, dummy_batch(cfg, batch_size, seed), seed)
@@ -375,7 +453,8 @@ class LaMPLibrary(interface.ModelLibrary):
         cameras=tuple(cfg.image_keys), image_size=int(cfg.image_size), window=1,
         action_horizon=int(cfg.action_horizon), action_dim=int(cfg.action_dim), proprio_dim=int(cfg.proprio_dim),
         scene_flow=(int(motion.num_keypoints), int(motion.num_steps)) if cfg.use_motion else None,
-        text_tokens=int(cfg.max_token_len), vocab_size=int(paligemma.config_from_dict(cfg.vlm).llm.vocab_size)))
+        optical_flow=_has_motion_image(cfg),
+        text_tokens=int(cfg.max_token_len), vocab_size=int(prefix_encoder.vocab_size(cfg.vlm))))
 
   def analytic_flops(self, cfg: ml_collections.ConfigDict, batch_size: int, mode: str) -> float:
     """Modes: 'sample_actions' (VLM + partial_steps + 1 motion calls + guidance + num_inference_steps action
@@ -386,8 +465,8 @@ class LaMPLibrary(interface.ModelLibrary):
     block (motion.prune_last_condition) and, when sampling, the action cross-attention keys / values projected
     once (action.cache_context_kv)."""
     prefix = lamp_config.prefix_length(cfg)
-    width = paligemma.config_from_dict(cfg.vlm).llm.width
-    vlm = flops.paligemma_prefix(cfg.vlm, len(cfg.image_keys), int(cfg.max_token_len))
+    width = prefix_encoder.width(cfg.vlm)
+    vlm = flops.prefix_encoder_call(cfg.vlm, len(cfg.image_keys), int(cfg.max_token_len))
     motion_call = flops.motion_expert_call(cfg.motion, prefix, width)
     guidance = flops.gated_guidance(cfg.motion, prefix, width)
     action_call = flops.dit_action_call(cfg.action, cfg.action_horizon, cfg.action_dim, cfg.proprio_dim, prefix,
@@ -406,6 +485,13 @@ class LaMPLibrary(interface.ModelLibrary):
       total = partial_calls * motion_call
     elif mode == "motion_full":
       total = full_calls * motion_call
+    elif mode in ("motion_image_call", "reconstruct_motion_image"):
+      if not _has_motion_image(cfg):
+        raise ValueError(f"analytic_flops mode {mode!r} needs model.motion_image.enabled=True")
+      head_call = flops.motion_image_call(cfg.motion_image, cfg.vae, int(cfg.image_size), prefix, width)
+      total = head_call if mode == "motion_image_call" else (
+          vlm + int(cfg.motion_image.reconstruction_steps) * head_call
+          + flops.vae_decoder(cfg.vae, int(cfg.image_size)))
     elif mode == "train_step":
       weights = self.loss_weights(cfg)
       forward = vlm
@@ -415,7 +501,11 @@ class LaMPLibrary(interface.ModelLibrary):
         forward += int(cfg.loss.get("action_repeats", 1)) * action_call
         if use_motion:
           forward += partial_calls * motion_call + guidance
-      total = 3 * forward + lara.train_flops(cfg, 1, weights, int(cfg.action.width))
+      encoder = 0.0
+      if weights.get(motion_image_lib.LOSS_TERM, 0.0) > 0 and _has_motion_image(cfg):
+        forward += flops.motion_image_call(cfg.motion_image, cfg.vae, int(cfg.image_size), prefix, width)
+        encoder = flops.vae_encoder(cfg.vae, int(cfg.image_size))
+      total = 3 * forward + encoder + lara.train_flops(cfg, 1, weights, int(cfg.action.width))
     else:
       raise ValueError(f"unknown analytic_flops mode {mode!r} of 'lamp' (modes: {self.flop_modes})")
     return float(batch_size * total)

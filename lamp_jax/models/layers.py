@@ -166,15 +166,35 @@ def apply_rope(x: jax.Array, positions: jax.Array, max_wavelength: float = 10_00
   return out.astype(x.dtype)
 
 
+# Implementations of ``dot_product_attention`` (config fields ``attention``; all compute the same function):
+#   'heads_major'  default: logits laid out [B, K, T * G, S] so that both matmuls and the softmax read their
+#                  operands in place (no transposed copies of the [.., T, S] arrays), the 1/sqrt(H) scale folded
+#                  into the queries, the softmax normalisation applied to the [.., T, H] output instead of the
+#                  [.., T, S] weights, and no gradient through the max subtraction (the softmax does not depend
+#                  on it). Same outputs as 'plain' to float32 rounding (tests/test_layers.py).
+#   'plain'        the textbook computation (the reference the rewrites are tested and benchmarked against).
+#   'jax_xla' / 'jax_cudnn'  ``jax.nn.dot_product_attention`` with implementation 'xla' / 'cudnn' (cuDNN flash
+#                  attention: GPU only, float16 / bfloat16 only); fully masked query rows are zeroed afterwards.
+ATTENTION_IMPLEMENTATIONS = ("heads_major", "plain", "jax_xla", "jax_cudnn")
+
+
+def check_attention_implementation(name: str, field: str) -> None:
+  """Raises naming the config ``field`` when ``name`` is not one of ``ATTENTION_IMPLEMENTATIONS``."""
+  if name not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f"{field}={name!r} is not an attention implementation; choose one of "
+                     f"{ATTENTION_IMPLEMENTATIONS}")
+
+
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
-                          *, scale: float | None = None) -> jax.Array:
+                          *, scale: float | None = None, implementation: str = "heads_major") -> jax.Array:
   """Multi-head / grouped-query attention with a float32 softmax.
 
   Args:
     q: float[B, T, N, H] queries (N = K * G query heads).
     k, v: float[B, S, K, H] keys / values (K kv heads, K divides N).
-    mask: bool[B, T, S] or bool[B, 1, T, S] (True = may attend), or None for full attention.
+    mask: bool[B, T, S] or bool[B, M, T, S] with M in (1, K) (True = may attend), or None for full attention.
     scale: logit scale, default 1/sqrt(H).
+    implementation: one of ``ATTENTION_IMPLEMENTATIONS`` (see there); all give the same result.
   Returns:
     float[B, T, N, H] in q's dtype. Fully masked query rows return zeros, not NaN.
   """
@@ -182,6 +202,24 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
   kv_heads = k.shape[2]
   if n % kv_heads:
     raise ValueError(f"{n} query heads are not a multiple of {kv_heads} kv heads")
+  if mask is not None and mask.ndim not in (3, 4):
+    raise ValueError(f"attention mask must be bool[B, T, S] or bool[B, M, T, S], got shape {mask.shape}")
+  scale = h**-0.5 if scale is None else scale
+  if implementation == "heads_major":
+    return _heads_major_attention(q, k, v, mask, scale)
+  if implementation == "plain":
+    return plain_dot_product_attention(q, k, v, mask, scale=scale)
+  if implementation in ("jax_xla", "jax_cudnn"):
+    return _jax_nn_attention(q, k, v, mask, scale, implementation[len("jax_"):])
+  check_attention_implementation(implementation, "implementation")
+  raise AssertionError("unreachable")
+
+
+def plain_dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+                                *, scale: float | None = None) -> jax.Array:
+  """The textbook attention (the reference of ``dot_product_attention``; same arguments and result)."""
+  b, t, n, h = q.shape
+  kv_heads = k.shape[2]
   g = n // kv_heads
   scale = h**-0.5 if scale is None else scale
   q = q.reshape(b, t, kv_heads, g, h)
@@ -198,6 +236,46 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     probs = jnp.where(mask, probs, 0.0)
   out = jnp.einsum("bkgts,bskh->btkgh", probs.astype(v.dtype), v)
   return out.reshape(b, t, n, h)
+
+
+def _heads_major_attention(q, k, v, mask, scale):
+  """'heads_major' (see ``ATTENTION_IMPLEMENTATIONS``). Axis letters: q = T * G query rows of one kv head."""
+  b, t, n, h = q.shape
+  s, kv_heads = k.shape[1], k.shape[2]
+  g = n // kv_heads
+  # [B, T, K, G, H] -> [B, K, T * G, H]: a bitcast when K == 1 (multi-query attention).
+  q = (q * jnp.asarray(scale, q.dtype)).reshape(b, t, kv_heads, g, h)
+  q = q.transpose(0, 2, 1, 3, 4).reshape(b, kv_heads, t * g, h)
+  k = k.transpose(0, 2, 1, 3)  # [B, K, S, H]
+  v = v.transpose(0, 2, 1, 3)
+  logits = jnp.einsum("bkqh,bksh->bkqs", q, k, preferred_element_type=jnp.float32)
+  if mask is not None:
+    mask = mask[:, None] if mask.ndim == 3 else mask  # [B, M, T, S], M in (1, K)
+    m = mask.shape[1]
+    mask = jnp.broadcast_to(mask[:, :, :, None, :], (b, m, t, g, s)).reshape(b, m, t * g, s)
+    logits = jnp.where(mask, logits, -jnp.inf)
+  # The softmax is invariant to the shift: no gradient flows through it (exact, and saves the max's backward).
+  shift = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  shift = jnp.where(jnp.isfinite(shift), shift, 0.0)  # fully masked rows: exp(-inf) = 0 below, no NaN
+  weights = jnp.exp(logits - shift)  # unnormalised, in [0, 1]
+  total = jnp.sum(weights, axis=-1, keepdims=True)
+  out = jnp.einsum("bkqs,bksh->bkqh", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  out = out / jnp.maximum(total, jnp.finfo(jnp.float32).tiny)  # fully masked rows: 0 / tiny = 0
+  out = out.astype(q.dtype).reshape(b, kv_heads, t, g, h).transpose(0, 2, 1, 3, 4)
+  return out.reshape(b, t, n, h)
+
+
+def _jax_nn_attention(q, k, v, mask, scale, implementation):
+  """``jax.nn.dot_product_attention`` (its fully masked rows average all values: zeroed here)."""
+  if mask is not None:
+    mask = mask[:, None] if mask.ndim == 3 else mask  # [B, 1 or K, T, S]; jax.nn broadcasts over query heads
+    if mask.shape[1] not in (1, q.shape[2]):
+      mask = jnp.repeat(mask, q.shape[2] // mask.shape[1], axis=1)
+  out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=implementation)
+  if mask is not None:
+    any_key = jnp.any(mask, axis=-1)  # [B, 1 or N, T]
+    out = jnp.where(jnp.moveaxis(any_key, 1, 2)[..., None], out, jnp.zeros((), out.dtype))
+  return out
 
 
 def sincos_1d(positions: np.ndarray | jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:

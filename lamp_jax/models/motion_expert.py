@@ -178,6 +178,7 @@ class CogVideoXBlock(nn.Module):
   use_rope: bool = False
   motion_only: bool = False
   dtype: Dtype = jnp.float32
+  attention: str = "heads_major"  # layers.ATTENTION_IMPLEMENTATIONS
 
   @nn.compact
   def __call__(self, streams, temb: jax.Array, positions: jax.Array):
@@ -193,7 +194,8 @@ class CogVideoXBlock(nn.Module):
     def rope_motion(qk):  # RoPE only on motion tokens, as CogVideoX.
       return jnp.concatenate([qk[:, :num_cond], rope_3d(qk[:, num_cond:], positions)], axis=1)
 
-    attention = dit.Attention(self.num_heads, self.head_dim, qk_norm=True, dtype=self.dtype, name="attn")
+    attention = dit.Attention(self.num_heads, self.head_dim, qk_norm=True, dtype=self.dtype,
+                              implementation=self.attention, name="attn")
     if self.motion_only:
       q_transform = (lambda q: rope_3d(q, positions)) if self.use_rope else None
       k_transform = rope_motion if self.use_rope else None
@@ -228,6 +230,7 @@ class MotionExpert(nn.Module):
 
   config: ml_collections.ConfigDict
   dtype: Dtype = jnp.float32
+  attention: str = "heads_major"  # layers.ATTENTION_IMPLEMENTATIONS
 
   @nn.compact
   def __call__(self, x_tau: jax.Array, tau: jax.Array, features: jax.Array, feature_mask: jax.Array):
@@ -267,7 +270,8 @@ class MotionExpert(nn.Module):
     blocks = dit.stack(CogVideoXBlock, cfg.depth, scan=cfg.scan_layers, remat=cfg.remat,
                        unroll=cfg.get("scan_unroll", 1), last_layer_kwargs=last, num_broadcast_args=2,
                        name="blocks", num_heads=cfg.num_heads, head_dim=width // cfg.num_heads,
-                       mlp_dim=cfg.mlp_ratio * width, use_rope=cfg.use_rope, dtype=self.dtype)
+                       mlp_dim=cfg.mlp_ratio * width, use_rope=cfg.use_rope, dtype=self.dtype,
+                       attention=self.attention)
     _, hidden = blocks((cond, motion), temb, positions)
 
     shift, scale = dit.Modulation(2, width, self.dtype, name="out_mod")(temb)

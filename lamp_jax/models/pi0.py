@@ -23,6 +23,8 @@ nothing else).
 
 from __future__ import annotations
 
+import copy
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -219,6 +221,12 @@ class Pi0Library(interface.ModelLibrary):
 
   def model_config(self, variant: str = "tiny") -> ml_collections.ConfigDict:
     return pi0_config.model_config(variant)
+
+  def reference_config(self, cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``cfg`` with the plain attention (``layers.ATTENTION_IMPLEMENTATIONS``) in the VLM and the expert."""
+    ref = copy.deepcopy(cfg)
+    ref.attention = "plain"  # vlm.attention and action.attention refer to it
+    return ref
 
   def build(self, cfg: ml_collections.ConfigDict) -> Pi0:
     self.check_config(cfg)

@@ -1,7 +1,9 @@
 """π0 model configs: the named variants as a table, and the derived sizes.
 
 ``model_config(variant)`` -> ConfigDict with:
-  name 'pi0' · variant · dtype (activations of the VLM and the expert; ``vlm.dtype`` follows it)
+  name 'pi0' · variant · dtype (activations of the VLM and the expert; ``vlm.dtype`` follows it) · attention (the
+  attention implementation of both, ``layers.ATTENTION_IMPLEMENTATIONS``; ``vlm.attention`` / ``action.attention``
+  follow it)
   vlm (``paligemma.config_from_dict``) · image_keys · image_size (follows vlm.image_size) · max_token_len
   action (kind 'pi0', variant + overrides of ``gemma.get_config`` for the expert, time_dist, time_min_period,
   time_max_period, remat; ``pi0_expert.py``) · use_proprio · proprio_dropout · loss (weights {action}, action_repeats)
@@ -84,11 +86,16 @@ def model_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   for key, value in vlm_overrides.items():
     cfg.vlm[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
   cfg.vlm.dtype = cfg.get_ref("dtype")  # the VLM computes in the model's dtype (the trainer sets compute_dtype)
+  # Attention implementation of the VLM and the expert (layers.ATTENTION_IMPLEMENTATIONS; all compute the same
+  # function; 'plain' is the reference of ``Pi0Library.reference_config``).
+  cfg.attention = "heads_major"
+  cfg.vlm.attention = cfg.get_ref("attention")
   cfg.image_keys = row["image_keys"]
   cfg.image_size = cfg.vlm.get_ref("image_size")  # follows vlm.image_size
   cfg.max_token_len = row["max_token_len"]
   expert_variant, expert_overrides = row["action"]
   cfg.action = action_config(expert_variant, **expert_overrides)
+  cfg.action.attention = cfg.get_ref("attention")
   # Proprio input (observation.current_proprio): use_proprio=False feeds zeros; proprio_dropout=p zeroes it for a
   # random fraction p of the training examples. π0: True / 0.0.
   cfg.use_proprio = True

@@ -53,16 +53,18 @@ SHARED_FIELDS = ("depth", "num_heads", "num_kv_heads", "head_dim")
 
 
 def gemma_config(action_cfg: ml_collections.ConfigDict, dtype: str) -> gemma_lib.GemmaConfig:
-  """The expert's Gemma: ``gemma.get_config(action.variant, **action.overrides)`` in the model's ``dtype``."""
+  """The expert's Gemma: ``gemma.get_config(action.variant, **action.overrides)`` in the model's ``dtype``, with
+  ``action.attention`` (follows ``model.attention``; 'heads_major' when absent)."""
   if action_cfg.get("kind", None) != KIND:
     raise ValueError(f"config field model.action.kind={action_cfg.get('kind', None)!r}: the π0 expert is kind "
                      f"{KIND!r}")
   overrides = dict(action_cfg.get("overrides", None) or {})
-  for field in ("dtype", "remat"):
+  for field in ("dtype", "remat", "attention"):
     if field in overrides:
-      raise ValueError(f"config field model.action.overrides.{field}: set model.dtype / model.action.remat instead")
+      raise ValueError(f"config field model.action.overrides.{field}: set model.dtype / model.action.remat / "
+                       f"model.attention instead")
   return gemma_lib.get_config(action_cfg.variant, dtype=dtype, remat=bool(action_cfg.get("remat", False)),
-                              **overrides)
+                              attention=str(action_cfg.get("attention", "heads_major")), **overrides)
 
 
 def check_matches_vlm(expert: gemma_lib.GemmaConfig, vlm_llm: gemma_lib.GemmaConfig) -> None:

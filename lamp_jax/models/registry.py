@@ -18,6 +18,7 @@ LIBRARIES = {
     "lamp": "lamp_jax.models.lamp",
     "pi0": "lamp_jax.models.pi0",
     "lam": "lamp_jax.models.lam",
+    "vae": "lamp_jax.models.vae",
 }
 
 

@@ -53,6 +53,7 @@ class SigLIPConfig:
     norm_eps: LayerNorm epsilon.
     dtype: activation dtype name, 'float32' or 'bfloat16'.
     remat: rematerialise each block in the backward pass (saves activation memory).
+    attention: attention implementation (``layers.ATTENTION_IMPLEMENTATIONS``; all compute the same function).
   """
 
   width: int
@@ -68,8 +69,10 @@ class SigLIPConfig:
   norm_eps: float = 1e-6
   dtype: str = "float32"
   remat: bool = False
+  attention: str = "heads_major"
 
   def __post_init__(self):
+    layers.check_attention_implementation(self.attention, "SigLIPConfig.attention")
     if self.width % self.num_heads:
       raise ValueError(f"SigLIPConfig.width={self.width} is not divisible by num_heads={self.num_heads}")
     if self.image_size % self.patch_size:
@@ -186,7 +189,7 @@ class Attention(nn.Module):
     q = _dense(heads, qkv_axes, "query", dtype)(x)  # [B, N, Q, H]
     k = _dense(heads, qkv_axes, "key", dtype)(x)
     v = _dense(heads, qkv_axes, "value", dtype)(x)
-    out = layers.dot_product_attention(q, k, v, mask=None)
+    out = layers.dot_product_attention(q, k, v, mask=None, implementation=cfg.attention)
     return _dense(cfg.width, ("q_heads", "head_dim", "embed"), "out", dtype, axis=(-2, -1))(out)
 
 

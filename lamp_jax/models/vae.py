@@ -41,8 +41,12 @@ KL(posterior || N(0, I)) summed over the latent and divided by the number of ima
 weight means what the LDM recipe's ``kl_weight`` means (both terms are per-image sums there; its perceptual and
 adversarial terms are not used here).
 
-Public module-level helpers (a model library like ``models.lamp``): ``model_config(variant)``, ``build``,
-``init_variables``, ``init_params``, ``abstract_params``, ``logical_axes``, ``dummy_batch``, ``param_count``.
+Public module-level helpers: ``model_config(variant)``, ``build``, ``init_variables``, ``init_params``,
+``abstract_params``, ``logical_axes``, ``dummy_batch``, ``param_count``; and ``LIBRARY``, the 'vae' model library
+(``interface.ModelLibrary``), so that a VAE trains through the one trainer (``python -m lamp_jax.train
+--config=configs/sim.py:vae``: reads only the batch's flow images) and reports its reconstruction error and latent
+statistics (``report``: the scaling a diffusion head over its latents needs). A policy with a motion-image head
+loads a trained VAE run into its ``vae`` subtree (``config.init`` entry of kind 'checkpoint', source '/').
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ import numpy as np
 
 from lamp_jax import flow_image
 from lamp_jax import specs
+from lamp_jax.models import interface
 from lamp_jax.models import layers
 
 VARIANTS = ("tiny", "sim", "sd", "sdxl")
@@ -592,3 +597,181 @@ def dummy_batch(model_cfg: ml_collections.ConfigDict, batch_size: int = 2, seed:
   flow = synthetic_flow(np.random.default_rng(seed), batch_size, size, max_magnitude)
   return {specs.OPTICAL_FLOW: flow_image.flow_to_rgb(flow, max_magnitude),
           specs.HAS_OPTICAL_FLOW: np.ones((batch_size,), bool)}
+
+
+# ------------------------------------------------------------------------------------------ FLOPs
+def _conv_flops(size: int, kernel: int, c_in: int, c_out: int) -> float:
+  return 2.0 * size * size * kernel * kernel * c_in * c_out
+
+
+def _resnet_flops(size: int, c_in: int, c_out: int) -> float:
+  shortcut = _conv_flops(size, 1, c_in, c_out) if c_in != c_out else 0.0
+  return _conv_flops(size, 3, c_in, c_out) + _conv_flops(size, 3, c_out, c_out) + shortcut
+
+
+def _mid_flops(arch, size: int, channels: int) -> float:
+  attention = 0.0
+  if arch.mid_block_add_attention:
+    positions = size * size
+    attention = 4 * 2 * positions * channels * channels + 2 * 2 * positions * positions * channels
+  return 2 * _resnet_flops(size, channels, channels) + attention
+
+
+def encoder_flops(vae_cfg, image_size: int) -> float:
+  """Matmul FLOPs (2 per multiply-add) of the encoder (convolutions, 1x1 maps and the mid-block attention) on one
+  ``image_size`` x ``image_size`` image, through the quant conv to the posterior moments."""
+  arch = config_from_dict(vae_cfg)
+  chans = arch.block_out_channels
+  size = int(image_size)
+  total = _conv_flops(size, 3, arch.in_channels, chans[0])
+  c_prev = chans[0]
+  for i, c in enumerate(chans):
+    for _ in range(arch.layers_per_block):
+      total += _resnet_flops(size, c_prev, c)
+      c_prev = c
+    if i < len(chans) - 1:
+      size //= 2
+      total += _conv_flops(size, 3, c, c)  # the stride-2 conv, counted at its output size
+  total += _mid_flops(arch, size, chans[-1]) + _conv_flops(size, 3, chans[-1], arch.moment_channels)
+  if arch.use_quant_conv:
+    total += _conv_flops(size, 1, arch.moment_channels, arch.moment_channels)
+  return float(total)
+
+
+def decoder_flops(vae_cfg, image_size: int) -> float:
+  """Matmul FLOPs of the decoder from the latent of an ``image_size`` image (post-quant conv, mid block, up blocks, conv out)."""
+  arch = config_from_dict(vae_cfg)
+  chans = tuple(reversed(arch.block_out_channels))
+  size = int(image_size) // arch.downsample_factor
+  total = _conv_flops(size, 1, arch.latent_channels, arch.latent_channels) if arch.use_post_quant_conv else 0.0
+  total += _conv_flops(size, 3, arch.latent_channels, chans[0]) + _mid_flops(arch, size, chans[0])
+  c_prev = chans[0]
+  for i, c in enumerate(chans):
+    for _ in range(arch.layers_per_block + 1):
+      total += _resnet_flops(size, c_prev, c)
+      c_prev = c
+    if i < len(chans) - 1:
+      size *= 2
+      total += _conv_flops(size, 3, c, c)
+  return float(total + _conv_flops(size, 3, chans[-1], arch.out_channels))
+
+
+# ------------------------------------------------------------------------------------------ the library
+def _flow(images01: np.ndarray, max_magnitude: float) -> np.ndarray:
+  return flow_image.rgb_to_flow(images01, max_magnitude)
+
+
+class VAELibrary(interface.ModelLibrary):
+  """The 'vae' model library (``interface.ModelLibrary``): no policy methods; ``compute_loss`` trains it on the
+  batch's flow images and ``report`` measures it on held-out ones."""
+
+  name = "vae"
+  variants = VARIANTS
+  methods = frozenset()
+  flop_modes = ("train_step", "encode", "decode")
+  report_batches = 8
+
+  def model_config(self, variant: str = "tiny") -> ml_collections.ConfigDict:
+    return model_config(variant)
+
+  def build(self, cfg: ml_collections.ConfigDict) -> AutoencoderKL:
+    return build(cfg)
+
+  def dummy_batch(self, cfg: ml_collections.ConfigDict, batch_size: int = 2, seed: int = 0) -> dict:
+    return dummy_batch(cfg, batch_size, seed)
+
+  def data_requirements(self, cfg: ml_collections.ConfigDict) -> specs.DataRequirements:
+    """Only the flow images (``optical_flow`` at image_size; no camera, action or text)."""
+    return specs.DataRequirements(cameras=(), image_size=int(cfg.image_size), optical_flow=True)
+
+  def init_variables(self, cfg: ml_collections.ConfigDict, rng: jax.Array, batch: dict) -> dict:
+    return init_variables(cfg, rng, batch)
+
+  def analytic_flops(self, cfg: ml_collections.ConfigDict, batch_size: int, mode: str) -> float:
+    """'encode' (encoder to the posterior moments), 'decode' (decoder from a latent), 'train_step' (3 x both)."""
+    size = int(cfg.image_size)
+    encode, decode = encoder_flops(cfg, size), decoder_flops(cfg, size)
+    if mode == "encode":
+      total = encode
+    elif mode == "decode":
+      total = decode
+    elif mode == "train_step":
+      total = 3 * (encode + decode)
+    else:
+      raise ValueError(f"unknown analytic_flops mode {mode!r} of 'vae' (modes: {self.flop_modes})")
+    return float(batch_size * total)
+
+  def report(self, cfg: ml_collections.ConfigDict, params, batches: list[dict], out_dir: str) -> dict:
+    """Reconstruction error and latent statistics on held-out flow images (examples with has_optical_flow only).
+
+    Reconstructions decode the posterior mean (what a diffusion head's target is). Figures: 'reconstruction_l1' /
+    'reconstruction_mse' (images in [-1, 1]); 'flow_epe_px' (mean end-point error in pixels of the flow decoded
+    from the reconstruction, ``flow_image.rgb_to_flow`` with ``flow_max_magnitude``) over all pixels and
+    'flow_epe_moving_px' over pixels whose true flow is longer than one saturation level, each beside the error of
+    predicting no motion at all ('zero_flow_epe_px', 'zero_flow_epe_moving_px'); 'latent_mean' / 'latent_std'
+    (of the UNSCALED posterior means, every value), 'latent_std_per_channel'; 'scaling_factor' = 1 / latent_std
+    and 'shift_factor' = latent_mean: z = scaling_factor * (mean - shift_factor) has zero mean and unit variance
+    on these images. 'image_rows' holds the first examples' true and reconstructed flow images (uint8) for the
+    report PNG.
+    """
+    del out_dir
+    model = build(cfg)
+    max_magnitude = float(cfg.flow_max_magnitude)
+
+    @jax.jit
+    def encode_decode(p, images):
+      mean, _ = model.apply({"params": p}, images, method=AutoencoderKL.encode)
+      return mean, model.apply({"params": p}, mean, method=AutoencoderKL.decode)
+
+    l1, mse, epe, epe_moving, zero, zero_moving, latents = [], [], [], [], [], [], []
+    moving_pixels, shown_true, shown_recon = 0, [], []
+    for batch in batches:
+      images = np.asarray(batch[specs.OPTICAL_FLOW])
+      present = np.asarray(batch.get(specs.HAS_OPTICAL_FLOW, np.ones(images.shape[:1], bool)), bool)
+      if not present.any():
+        continue
+      images = images[present]
+      x = np.asarray(images_from_uint8(images))
+      mean, recon = (np.asarray(a) for a in encode_decode(params, x))
+      l1.append(np.abs(recon - x).mean(axis=(1, 2, 3)))
+      mse.append(np.square(recon - x).mean(axis=(1, 2, 3)))
+      true_flow = _flow(images, max_magnitude)
+      recon_flow = _flow((np.clip(recon, -1.0, 1.0) + 1.0) / 2.0, max_magnitude)
+      error = np.linalg.norm(recon_flow - true_flow, axis=-1)
+      length = np.linalg.norm(true_flow, axis=-1)
+      moving = length > max_magnitude / 255.0
+      epe.append(error.reshape(len(images), -1).mean(-1))
+      zero.append(length.reshape(len(images), -1).mean(-1))
+      epe_moving.append(float(error[moving].sum()))
+      zero_moving.append(float(length[moving].sum()))
+      moving_pixels += int(moving.sum())
+      latents.append(mean.reshape(-1, mean.shape[-1]))
+      shown_true.append(images)
+      shown_recon.append(np.asarray(images_to_uint8(recon)))
+    if not latents:
+      raise ValueError("VAE report: no held-out example has a flow image (has_optical_flow is False everywhere)")
+    values = np.concatenate(latents)
+    std = float(values.std())
+    shown = 8
+    return {
+        "examples": int(sum(len(a) for a in l1)),
+        "reconstruction_l1": float(np.concatenate(l1).mean()),
+        "reconstruction_mse": float(np.concatenate(mse).mean()),
+        "flow_epe_px": float(np.concatenate(epe).mean()),
+        "zero_flow_epe_px": float(np.concatenate(zero).mean()),
+        "flow_epe_moving_px": sum(epe_moving) / max(moving_pixels, 1),
+        "zero_flow_epe_moving_px": sum(zero_moving) / max(moving_pixels, 1),
+        "moving_pixel_fraction": moving_pixels / float(sum(a.shape[0] * a.shape[1] * a.shape[2]
+                                                           for a in shown_true)),
+        "flow_max_magnitude_px": max_magnitude,
+        "latent_mean": float(values.mean()),
+        "latent_std": std,
+        "latent_std_per_channel": [float(v) for v in values.std(axis=0)],
+        "scaling_factor": 1.0 / std if std > 0 else 1.0,
+        "shift_factor": float(values.mean()),
+        "image_rows": {"true flow image": np.concatenate(shown_true)[:shown],
+                       "VAE reconstruction": np.concatenate(shown_recon)[:shown]},
+    }
+
+
+LIBRARY = VAELibrary()

@@ -2,19 +2,27 @@
 
   python -m lamp_jax.bench --config=configs/lamp.py:sim --what=inference [--with_reference]
   python -m lamp_jax.bench --config=configs/lamp.py:sim --what=train_step --batch_size=8 [--op_breakdown]
+  python -m lamp_jax.bench --config=configs/lamp.py:openpi_dummy --what=train_step --batch_size=4 --with_reference
 
 inference: median latency (ms) of the jitted ``sample_actions`` at --batch_size (default 1) after compilation, for
   every inference variant the model's library declares (``ModelLibrary.bench_variants``; LaMP: with motion,
   without motion, with the full motion reconstruction), with compile times, analytic FLOPs and the library's
   named ratios (``bench_ratios``). Calls are interleaved round-robin so that load on a shared host affects all
-  variants alike; ratios are from the same run. ``--with_reference`` also times, in the same round robin, the
-  model with its exact rewrites switched off (``ModelLibrary.reference_config``): a before / after under identical
-  load. ``analytic_ratios`` are the FLOP ratios, the floor of the latency ratios at equal efficiency.
-train_step: median time of a jitted AdamW step on ``compute_loss`` and its fraction of the host's matmul roof
-  (lamp_jax.perf.roofline, measured in the same run) using analytic FLOPs. ``--op_breakdown`` adds where the
-  step's time goes (lamp_jax.perf.op_profile): the share of XLA op time in matmul kernels, layout copies, loop
-  bookkeeping and other ops, the top ops, and ``roof_fraction_if_only_matmul_ops`` = fraction_of_roof /
-  share['matmul'], the most this model can reach here while its matmul kernels run as they do.
+  variants alike; ratios are from the same run. ``analytic_ratios`` are the FLOP ratios, the floor of the
+  latency ratios at equal efficiency.
+train_step: median time of a jitted AdamW step (parameters and optimizer state donated) on ``compute_loss``.
+  ``--op_breakdown`` adds where the step's time goes (lamp_jax.perf.op_profile): the share of XLA op time in
+  matmul kernels, layout copies, loop bookkeeping and other ops, the top ops, and
+  ``roof_fraction_if_only_matmul_ops`` = fraction_of_roof / share['matmul'], the most this model can reach here
+  while its matmul kernels run as they do.
+Both: ``--with_reference`` also times, in the same round robin, the model with its exact rewrites switched off
+  (``ModelLibrary.reference_config``): a before / after under identical load ('rewrite_speedup'). Beside every
+  wall time the process CPU time per call ('cpu_ms' / 'cpu_step_s', all threads) and the host's load average:
+  on a shared host the CPU time is the steadier figure. Efficiency: analytic FLOPs per wall second and per CPU
+  second, as fractions of the matmul roofs measured in the same run (lamp_jax.perf.roofline; best of a
+  measurement before and after the timing). Memory ('memory_gb'): every compiled executable's buffer plan
+  (``timing.executable_memory``: arguments, outputs, temporaries; 'live' is what it holds at once) and the
+  process's resident set after each stage and at its peak (the peak includes compilation).
 The Motion Expert alone (LaMP's one-step partial denoising vs full reconstruction, feasible at paper size on a
 CPU host): ``python -m lamp_jax.perf.motion_bench``.
 
@@ -24,7 +32,6 @@ Model options are config values, e.g. ``--config.model.motion.scan_unroll=2 --co
 from __future__ import annotations
 
 import json
-import statistics
 import time
 
 from absl import app, flags
@@ -46,19 +53,42 @@ _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
 _OP_BREAKDOWN = flags.DEFINE_bool("op_breakdown", False, "train_step: also profile the step and report the share "
                                    "of XLA op time by kind (matmul / layout / loop / other; lamp_jax.perf.op_profile) "
                                    "and the roof fraction the step would reach with only its matmul ops.")
-_WITH_REFERENCE = flags.DEFINE_bool("with_reference", False, "inference: also time the model with the exact "
-                                    "rewrites switched off (before / after in one run).")
+_WITH_REFERENCE = flags.DEFINE_bool("with_reference", False, "Also time the model with its exact rewrites switched "
+                                    "off (ModelLibrary.reference_config): before / after in one run.")
 
 
-def _ratios(latency: dict, named: dict, prefix: str = "") -> dict:
-  return {name: latency[prefix + a] / latency[prefix + b] for name, (a, b) in named.items()
-          if prefix + a in latency and prefix + b in latency}
+def _ratios(values: dict, named: dict, prefix: str = "") -> dict:
+  return {name: values[prefix + a] / values[prefix + b] for name, (a, b) in named.items()
+          if prefix + a in values and prefix + b in values}
+
+
+def _roofs(dtype) -> dict:
+  """The matmul roofs (``roofline.measure_matmul_roofs``) of ``dtype`` in GFLOP per wall / CPU second."""
+  roofs = roofline.measure_matmul_roofs(jnp.dtype(dtype))
+  return {"gflop_per_s": roofs["flop_per_s"] / 1e9, "gflop_per_cpu_s": roofs["flop_per_cpu_s"] / 1e9}
+
+
+def _best_roofs(*measured: dict) -> dict:
+  """Per field the best of several roof measurements (a roof is the best the host achieves)."""
+  return {k: round(max(m[k] for m in measured), 3) for k in measured[0]}
+
+
+def _efficiency(flops: dict, times: dict, roof: dict) -> dict:
+  """Per name: achieved GFLOP/s (median wall) and GFLOP per CPU second, and both as fractions of the roofs."""
+  result = {}
+  for name, t in times.items():
+    per_s, per_cpu_s = flops[name] / t.median_s / 1e9, flops[name] / t.cpu_median_s / 1e9
+    result[name] = {"gflop_per_s": round(per_s, 3), "gflop_per_cpu_s": round(per_cpu_s, 3),
+                    "fraction_of_roof": round(per_s / roof["gflop_per_s"], 4),
+                    "fraction_of_cpu_roof": round(per_cpu_s / roof["gflop_per_cpu_s"], 4)}
+  return result
 
 
 def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int, with_reference: bool = False) -> dict:
   lib = registry.for_config(model_cfg)
   if "sample_actions" not in lib.methods:
     raise ValueError(f"model {lib.name!r} has no sample_actions to benchmark")
+  load_before = timing.host_load()
   variants = dict(lib.bench_variants(model_cfg))
   if with_reference:
     reference = lib.reference_config(model_cfg)
@@ -66,7 +96,7 @@ def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int, with_re
       raise ValueError(f"--with_reference: model {lib.name!r} has no exact rewrites to switch off")
     variants.update({f"reference/{name}": v for name, v in lib.bench_variants(reference).items()})
   rng = jax.random.key(seed + 1)
-  calls, compile_s, flops, params_by_cfg = {}, {}, {}, {}
+  calls, compile_s, flops, params_by_cfg, memory = {}, {}, {}, {}, {}
   for name, variant in variants.items():
     key = json.dumps(variant.cfg.to_dict(), sort_keys=True, default=str)
     if key not in params_by_cfg:  # variants that differ only in their call share one parameter set
@@ -74,7 +104,7 @@ def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int, with_re
     params = params_by_cfg[key]
     model = lib.build(variant.cfg)
     kwargs = dict(variant.sample_kwargs)
-    batch = timing.inference_batch(lib, variant.cfg, batch_size, seed)
+    batch = jax.device_put(timing.inference_batch(lib, variant.cfg, batch_size, seed))
 
     def sample(p, b, r, model=model, kwargs=kwargs):
       return model.apply({"params": p}, b, r, method="sample_actions", **kwargs)
@@ -83,38 +113,48 @@ def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int, with_re
     calls[name] = (lambda e=exe, p=params, b=batch: e(p, b, rng))
     compile_s[name] = round(seconds, 3)
     flops[name] = lib.analytic_flops(variant.cfg, batch_size, variant.flop_mode)
-  latency, fastest = timing.time_round_robin(calls, repeats)
+    memory[name] = timing.executable_memory(exe)
+  dtype = model_cfg.get("dtype", "float32")
+  roof_before = _roofs(dtype)
+  times = timing.time_round_robin(calls, repeats)
+  roof = _best_roofs(roof_before, _roofs(dtype))
+  latency = {k: t.median_s for k, t in times.items()}
+  fastest = {k: t.min_s for k, t in times.items()}
+  cpu = {k: t.cpu_median_s for k, t in times.items()}
   result = {
       "what": "inference", "model": lib.name, "variant": model_cfg.get("variant", ""), "batch_size": batch_size,
       "repeats": repeats,
       "latency_ms": {k: round(v * 1e3, 3) for k, v in latency.items()},
       # Fastest call of each variant: less sensitive than the median to other load on a shared host.
       "min_latency_ms": {k: round(v * 1e3, 3) for k, v in fastest.items()},
+      # CPU time of the process per call (all threads): the work done, less inflated by other load.
+      "cpu_ms": {k: round(v * 1e3, 3) for k, v in cpu.items()},
       "compile_s": compile_s,
       "analytic_gflops": {k: round(v / 1e9, 4) for k, v in flops.items()},
+      "matmul_roof": roof,
+      "efficiency": _efficiency(flops, times, roof),
       "ratios": _ratios(latency, lib.bench_ratios),
       "ratios_of_min_latency": _ratios(fastest, lib.bench_ratios),
+      "ratios_of_cpu_time": _ratios(cpu, lib.bench_ratios),
       "analytic_ratios": _ratios(flops, lib.bench_ratios),
+      "memory_gb": {"executables": memory, "peak_rss": round(timing.peak_rss_gb(), 3),
+                    "rss_after_timing": round(timing.current_rss_gb(), 3)},
+      "load": {"before": load_before, "after": timing.host_load()},
   }
   if with_reference:
     result["reference_ratios"] = _ratios(latency, lib.bench_ratios, "reference/")
     result["reference_ratios_of_min_latency"] = _ratios(fastest, lib.bench_ratios, "reference/")
-    result["rewrite_speedup"] = {name: latency[f"reference/{name}"] / latency[name] for name in lib.bench_variants(
-        model_cfg)}
+    names = lib.bench_variants(model_cfg)
+    result["rewrite_speedup"] = {name: latency[f"reference/{name}"] / latency[name] for name in names}
+    result["rewrite_speedup_of_cpu_time"] = {name: cpu[f"reference/{name}"] / cpu[name] for name in names}
   return result
 
 
-def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int, op_breakdown: bool = False) -> dict:
-  """Models with state collections (``ModelLibrary.state_collections``) are timed as the trainer runs them: the
-  loss with the state mutable, then ``after_update``. Frozen parts are not frozen here (AdamW on everything)."""
-  lib = registry.for_config(model_cfg)
-  batch = lib.dummy_batch(model_cfg, batch_size, seed)
-  params = lib.init_params(model_cfg, jax.random.key(seed), batch)
-  model_state = lib.init_model_state(model_cfg, jax.random.key(seed), batch) or {}
-  collections = list(lib.state_collections)
+def _train_step_fn(lib, model_cfg, optimizer):
+  """One AdamW step on ``compute_loss``. Models with state collections (``ModelLibrary.state_collections``) are
+  stepped as the trainer steps them: the loss with the state mutable, then ``after_update``."""
   model = lib.build(model_cfg)
-  optimizer = optax.adamw(1e-4, b1=0.9, b2=0.95, weight_decay=1e-4)
-  opt_state = optimizer.init(params)
+  collections = list(lib.state_collections)
 
   def step(params, opt_state, model_state, batch, rng):
     def loss_fn(p):
@@ -125,47 +165,92 @@ def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int, op_bre
                                              mutable=collections)
       return loss, (metrics, written)
 
-    (_, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    (_, (metrics, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     if collections:
-      params, model_state, _ = lib.after_update(model_cfg, params, model_state, jax.random.fold_in(rng, 1))
-    return params, opt_state, model_state, metrics
+      params, new_state, _ = lib.after_update(model_cfg, params, new_state, jax.random.fold_in(rng, 1))
+    return params, opt_state, new_state, metrics
 
-  start = time.perf_counter()
-  compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(params, opt_state, model_state, batch,
-                                                            jax.random.key(0)).compile()
-  compile_s = time.perf_counter() - start
-  params, opt_state, model_state, _ = compiled(params, opt_state, model_state, batch, jax.random.key(0))  # warm-up
-  jax.block_until_ready(params)
-  times = []
-  for i in tqdm.trange(repeats, desc="train steps", leave=False):
+  return step
+
+
+def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int, op_breakdown: bool = False,
+                     with_reference: bool = False) -> dict:
+  """Median AdamW step on ``compute_loss`` (see the module doc). With ``with_reference`` the model with its exact
+  rewrites off (``reference_config``) steps in the same round robin (its own parameters and optimizer state)."""
+  lib = registry.for_config(model_cfg)
+  load_before = timing.host_load()
+  configs = {"train_step": model_cfg}
+  if with_reference:
+    reference = lib.reference_config(model_cfg)
+    if reference is None:
+      raise ValueError(f"--with_reference: model {lib.name!r} has no exact rewrites to switch off")
+    configs["reference/train_step"] = reference
+  batch = jax.device_put(lib.dummy_batch(model_cfg, batch_size, seed))
+  optimizer = optax.adamw(1e-4, b1=0.9, b2=0.95, weight_decay=1e-4)
+  states, compiled, compile_s, memory, rss_gb, metrics = {}, {}, {}, {}, {}, {}
+  for name, cfg in configs.items():
+    params = lib.init_params(cfg, jax.random.key(seed), batch)
+    model_state = lib.init_model_state(cfg, jax.random.key(seed), batch) or {}
+    states[name] = [params, optimizer.init(params), model_state]
     start = time.perf_counter()
-    params, opt_state, model_state, metrics = compiled(params, opt_state, model_state, batch, jax.random.key(i + 1))
-    jax.block_until_ready((params, metrics))
-    times.append(time.perf_counter() - start)
-  median = statistics.median(times)
-  flops = lib.analytic_flops(model_cfg, batch_size, "train_step")
-  roof = roofline.measure_matmul_roof(jnp.dtype(model_cfg.get("dtype", "float32")))
+    compiled[name] = jax.jit(_train_step_fn(lib, cfg, optimizer), donate_argnums=(0, 1, 2)).lower(
+        *states[name], batch, jax.random.key(0)).compile()
+    compile_s[name] = round(time.perf_counter() - start, 3)
+    memory[name] = timing.executable_memory(compiled[name])
+    rss_gb[f"after_compile/{name}"] = round(timing.current_rss_gb(), 3)
+
+  def call(name):
+    counter = {"step": 0}
+
+    def run():
+      counter["step"] += 1
+      state = states[name]
+      state[0], state[1], state[2], metrics[name] = compiled[name](*state, batch, jax.random.key(counter["step"]))
+      return state[0], metrics[name]
+
+    return run
+
+  calls = {name: call(name) for name in configs}
+  for name, run in calls.items():  # the first step (its temporaries are allocated for the first time)
+    jax.block_until_ready(run())
+    rss_gb[f"after_first_step/{name}"] = round(timing.current_rss_gb(), 3)
+  dtype = model_cfg.get("dtype", "float32")
+  roof_before = _roofs(dtype)
+  times = timing.time_round_robin(calls, repeats)
+  roof = _best_roofs(roof_before, _roofs(dtype))
+  rss_gb["after_timing"] = round(timing.current_rss_gb(), 3)
+  flops = {name: lib.analytic_flops(cfg, batch_size, "train_step") for name, cfg in configs.items()}
+  main = times["train_step"]
+  efficiency = _efficiency(flops, times, roof)
   result = {
-      "what": "train_step", "model": lib.name, "variant": model_cfg.get("variant", ""), "batch_size": batch_size, "repeats": repeats,
-      "median_step_s": round(median, 4), "compile_s": round(compile_s, 3),
-      "analytic_gflops_per_step": round(flops / 1e9, 3), "achieved_gflops_per_s": round(flops / median / 1e9, 3),
-      "matmul_roof_gflops_per_s": round(roof / 1e9, 3), "fraction_of_roof": flops / median / roof,
-      "final_loss": float(metrics["loss"]),
+      "what": "train_step", "model": lib.name, "variant": model_cfg.get("variant", ""), "batch_size": batch_size,
+      "repeats": repeats,
+      "median_step_s": round(main.median_s, 4), "min_step_s": round(main.min_s, 4),
+      "cpu_step_s": round(main.cpu_median_s, 4), "compile_s": compile_s["train_step"],
+      "analytic_gflops_per_step": round(flops["train_step"] / 1e9, 3),
+      "achieved_gflops_per_s": efficiency["train_step"]["gflop_per_s"],
+      "matmul_roof_gflops_per_s": roof["gflop_per_s"], "matmul_roof": roof,
+      "fraction_of_roof": flops["train_step"] / main.median_s / 1e9 / roof["gflop_per_s"],
+      "fraction_of_cpu_roof": efficiency["train_step"]["fraction_of_cpu_roof"],
+      "final_loss": float(metrics["train_step"]["loss"]),
   }
+  if with_reference:
+    ref = times["reference/train_step"]
+    result["reference"] = {"median_step_s": round(ref.median_s, 4), "cpu_step_s": round(ref.cpu_median_s, 4),
+                           "compile_s": compile_s["reference/train_step"],
+                           **efficiency["reference/train_step"]}
+    result["rewrite_speedup"] = ref.median_s / main.median_s
+    result["rewrite_speedup_of_cpu_time"] = ref.cpu_median_s / main.cpu_median_s
   if op_breakdown:
-    state = {"params": params, "opt_state": opt_state, "model_state": model_state}
-
-    def call():
-      state["params"], state["opt_state"], state["model_state"], step_metrics = compiled(
-          state["params"], state["opt_state"], state["model_state"], batch, jax.random.key(0))
-      return step_metrics
-
-    breakdown = op_profile.op_time_breakdown(call, repeats=min(repeats, 5))
+    breakdown = op_profile.op_time_breakdown(calls["train_step"], repeats=min(repeats, 5))
+    rss_gb["after_op_breakdown"] = round(timing.current_rss_gb(), 3)
     result["op_breakdown"] = breakdown
     if breakdown["share"]["matmul"] > 0:
       result["roof_fraction_if_only_matmul_ops"] = result["fraction_of_roof"] / breakdown["share"]["matmul"]
+  result["memory_gb"] = {"executables": memory, "rss": rss_gb, "peak_rss": round(timing.peak_rss_gb(), 3)}
+  result["load"] = {"before": load_before, "after": timing.host_load()}
   return result
 
 
@@ -177,7 +262,8 @@ def main(argv):
   if _WHAT.value == "inference":
     result = bench_inference(model_cfg, _BATCH.value or 1, _REPEATS.value, _SEED.value, _WITH_REFERENCE.value)
   else:
-    result = bench_train_step(model_cfg, _BATCH.value or 8, _REPEATS.value, _SEED.value, _OP_BREAKDOWN.value)
+    result = bench_train_step(model_cfg, _BATCH.value or 8, _REPEATS.value, _SEED.value, _OP_BREAKDOWN.value,
+                              _WITH_REFERENCE.value)
   print(json.dumps(result, indent=2))
 
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 
 from lamp_jax.models import lamp_config
-from lamp_jax.models import paligemma
+from lamp_jax.models import prefix_encoder
 from lamp_jax.models import registry
 from lamp_jax.perf import timing
 
@@ -59,7 +59,7 @@ def bench_motion(model_cfg, batch_size: int, repeats: int, seed: int) -> dict:
   params = {"motion_expert": motion_params}
   model = lib.build(model_cfg)
   prefix = lamp_config.prefix_length(model_cfg)
-  width = int(paligemma.config_from_dict(model_cfg.vlm).llm.width)
+  width = int(prefix_encoder.width(model_cfg.vlm))
   features = jax.random.normal(jax.random.key(seed + 1), (batch_size, prefix, width), jnp.float32)
   mask = jnp.ones((batch_size, prefix), bool)
   rng = jax.random.key(seed + 2)
@@ -68,8 +68,12 @@ def bench_motion(model_cfg, batch_size: int, repeats: int, seed: int) -> dict:
   for name, fn in zip(("motion_partial", "motion_full"), _motion_fns(model, full_steps)):
     compiled[name], seconds = timing.compile_call(fn, params, features, mask, rng)
     compile_s[name] = round(seconds, 3)
-  latency, fastest = timing.time_round_robin(
+  load_before = timing.host_load()
+  times = timing.time_round_robin(
       {n: (lambda e=e: e(params, features, mask, rng)) for n, e in compiled.items()}, repeats)
+  latency = {k: t.median_s for k, t in times.items()}
+  fastest = {k: t.min_s for k, t in times.items()}
+  cpu = {k: t.cpu_median_s for k, t in times.items()}
   flops = {k: lib.analytic_flops(model_cfg, batch_size, k) for k in ("motion_partial", "motion_full")}
   return {
       "what": "motion", "variant": model_cfg.variant, "dtype": str(model_cfg.dtype), "batch_size": batch_size,
@@ -78,11 +82,14 @@ def bench_motion(model_cfg, batch_size: int, repeats: int, seed: int) -> dict:
       "motion_expert_parameters": sum(int(x.size) for x in leaves),
       "latency_ms": {k: round(v * 1e3, 3) for k, v in latency.items()},
       "min_latency_ms": {k: round(v * 1e3, 3) for k, v in fastest.items()},
+      "cpu_ms": {k: round(v * 1e3, 3) for k, v in cpu.items()},
       "compile_s": compile_s,
       "analytic_gflops": {k: round(v / 1e9, 4) for k, v in flops.items()},
       "one_step_over_full_motion": latency["motion_partial"] / latency["motion_full"],
       "one_step_over_full_motion_of_min_latency": fastest["motion_partial"] / fastest["motion_full"],
+      "one_step_over_full_motion_of_cpu_time": cpu["motion_partial"] / cpu["motion_full"],
       "analytic_one_step_over_full_motion": flops["motion_partial"] / flops["motion_full"],
+      "load": {"before": load_before, "after": timing.host_load()},
   }
 
 

@@ -1,8 +1,13 @@
-"""Timing helpers of the benchmarks: compile once, then interleave the timed calls (round robin) so that load on a
-shared host affects every variant alike; the inference batch a robot would send."""
+"""Timing and memory helpers of the benchmarks: compile once, then interleave the timed calls (round robin) so
+that load on a shared host affects every variant alike; per call the wall time and the process CPU time (all
+threads) are recorded, and the host's load beside them. Memory: the peak / current resident set of the process
+and each compiled executable's own buffer plan (``executable_memory``). The inference batch a robot would send."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import resource
 import statistics
 import time
 
@@ -12,6 +17,22 @@ import tqdm
 from lamp_jax import specs
 
 
+@dataclasses.dataclass(frozen=True)
+class CallTimes:
+  """Seconds per call of one timed function.
+
+  Attributes:
+    median_s: median wall time.
+    min_s: fastest wall time (less sensitive than the median to other load on a shared host).
+    cpu_median_s: median CPU time of this process (every thread) during the call: the work done, which other
+      processes on the host inflate less than the wall time (they still slow it through shared caches).
+  """
+
+  median_s: float
+  min_s: float
+  cpu_median_s: float
+
+
 def compile_call(fn, *args):
   """(compiled executable, compile seconds)."""
   start = time.perf_counter()
@@ -19,18 +40,53 @@ def compile_call(fn, *args):
   return compiled, time.perf_counter() - start
 
 
-def time_round_robin(calls: dict, repeats: int) -> tuple[dict, dict]:
-  """calls: name -> zero-arg callable returning arrays. Returns (name -> median seconds, name -> min seconds)."""
+def time_round_robin(calls: dict, repeats: int) -> dict[str, CallTimes]:
+  """calls: name -> zero-arg callable returning arrays (blocked on). Returns name -> ``CallTimes``."""
   for fn in calls.values():  # warm-up
     jax.block_until_ready(fn())
-  times = {name: [] for name in calls}
+  wall = {name: [] for name in calls}
+  cpu = {name: [] for name in calls}
   for _ in tqdm.trange(repeats, desc="timing", leave=False):
     for name, fn in calls.items():
-      start = time.perf_counter()
+      start, start_cpu = time.perf_counter(), time.process_time()
       jax.block_until_ready(fn())
-      times[name].append(time.perf_counter() - start)
-  return ({name: statistics.median(ts) for name, ts in times.items()},
-          {name: min(ts) for name, ts in times.items()})
+      wall[name].append(time.perf_counter() - start)
+      cpu[name].append(time.process_time() - start_cpu)
+  return {name: CallTimes(statistics.median(wall[name]), min(wall[name]), statistics.median(cpu[name]))
+          for name in calls}
+
+
+def host_load() -> dict:
+  """The host's 1-minute load average and CPU count (a load above the CPU count means shared cores)."""
+  return {"load_average_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
+
+
+def peak_rss_gb() -> float:
+  """Peak resident set size of this process so far, GB (Linux ``ru_maxrss`` is in KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def current_rss_gb() -> float:
+  """Resident set size of this process now, GB (``/proc/self/statm``; the peak where that is unavailable)."""
+  try:
+    with open("/proc/self/statm") as f:
+      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+  except OSError:
+    return peak_rss_gb()
+
+
+def executable_memory(compiled) -> dict:
+  """A compiled executable's buffer plan in GB: 'arguments', 'outputs', 'temporaries', 'aliased' (outputs
+  written into donated arguments) and 'live' = arguments + outputs - aliased + temporaries, the most it holds
+  at once (XLA:CPU allocates its temporaries at every call). Empty when the backend reports nothing."""
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    return {}
+  gb = lambda name: getattr(analysis, name, 0) / 1e9
+  result = {"arguments": gb("argument_size_in_bytes"), "outputs": gb("output_size_in_bytes"),
+            "temporaries": gb("temp_size_in_bytes"), "aliased": gb("alias_size_in_bytes")}
+  result["live"] = result["arguments"] + result["outputs"] - result["aliased"] + result["temporaries"]
+  return {k: round(v, 4) for k, v in result.items()}
 
 
 _LABEL_KEYS = (specs.ACTION, specs.ACTION_PAD_MASK, specs.SCENE_FLOW, specs.SCENE_FLOW_MASK, specs.SCENE_FLOW_QUERY,

@@ -206,6 +206,23 @@ class TabletopEnv:
     done = success or self.steps >= self.task.max_steps
     return self.observation(), float(success), done, {"success": success}
 
+  def teleport_hand(self, tcp, rpy, gripper: float) -> None:
+    """Puts the hand at ``tcp`` / ``rpy`` (clipped to the workspace and RPY_LIMIT), the arm links after it and
+    the fingers at ``gripper`` (0 closed .. 1 open) WITHOUT simulating: kinematics only, for still renders of
+    the current scene (the grounding data of ``lamp_jax.sim.grounding``). Objects do not react; a later
+    ``step`` starts from this pose."""
+    m, d = self.model, self.data
+    self.tcp = np.clip(np.asarray(tcp, np.float64), WORKSPACE_LOW, WORKSPACE_HIGH)
+    self.rpy = np.clip(np.asarray(rpy, np.float64), -RPY_LIMIT, RPY_LIMIT)
+    self.gripper = float(np.clip(gripper, 0.0, 1.0))
+    self._set_hand_pose(self.tcp, self.rpy)
+    d.qpos[self._hand_qadr:self._hand_qadr + 3] = self.tcp
+    d.qpos[self._hand_qadr + 3:self._hand_qadr + 7] = rpy_to_quat(self.rpy)
+    for adr in self._finger_qadr:
+      d.qpos[adr] = self.gripper * FINGER_MAX
+    d.ctrl[:] = self.gripper * FINGER_MAX
+    mujoco.mj_forward(m, d)
+
   # ------------------------------------------------------------------------------------------ kinematics
   def _set_hand_pose(self, tcp: np.ndarray, rpy: np.ndarray) -> None:
     """Poses the hand target and the arm links (2-link IK from the shoulder to the wrist)."""

@@ -30,6 +30,9 @@ Fields (``ml_collections.ConfigDict``; every one can be overridden as ``--config
   sim_data              enabled · suite · episodes · out_dir (tfds data_dir, relative to the workdir unless
                         absolute; '' = shared cache keyed by the settings) · extra_flags (more
                         ``lamp_jax.sim.generate`` flags, e.g. '--image-size=64')
+  grounding             stage 0 of a FiLM-CNN encoder on labelled simulator renders (``training/grounding.py``):
+                        enabled · scenes · heldout · steps · batch_size · lr · weight_decay · eval_every; the
+                        run then initialises model.vlm from it (init entry 'grounding')
 """
 
 from __future__ import annotations
@@ -84,6 +87,8 @@ def base_config() -> ml_collections.ConfigDict:
                                           videos=0, seed=0))
   c.sim_data = ml_collections.ConfigDict(dict(enabled=False, suite="", episodes=0, out_dir="",
                                               extra_flags=()))
+  c.grounding = ml_collections.ConfigDict(dict(enabled=False, scenes=4000, heldout=400, steps=600, batch_size=32,
+                                               lr=1e-3, weight_decay=1e-4, eval_every=200))
   return c
 
 

@@ -7,8 +7,11 @@
              'hf_paligemma'    a Hugging Face PaliGemma safetensors directory into a PaliGemma subtree
              'checkpoint'      any subtree of another lamp_jax run (its workdir or checkpoint directory), e.g. a
                                trained latent action model into a policy, a stage-1 Motion Expert into a new run
+             'params_npz'      a flat ``.npz`` of '/'-joined parameter paths (e.g. the encoder trained by the
+                               grounding stage 0, ``training/grounding.py``)
   path       the file / directory; '' = entry off; None (a placeholder) = required: an error naming the field
-  source     ('checkpoint') the subtree of the other run's parameters (default: ``target``)
+  source     ('checkpoint') the subtree of the other run's parameters (default: ``target``); ('params_npz') the
+             subtree of the file's tree ('' = all of it)
   step       ('checkpoint') its step (-1 = latest);  ema: read its EMA parameters
   keep_init  regexes (on paths relative to ``target``) of parameters deliberately left to their random init
 
@@ -39,7 +42,7 @@ from lamp_jax.models.weights import strict
 from lamp_jax.training import checkpoints as ckpt_lib
 from lamp_jax.training import defaults
 
-KINDS = ("big_vision_npz", "hf_paligemma", "checkpoint")
+KINDS = ("big_vision_npz", "hf_paligemma", "checkpoint", "params_npz")
 
 
 def init_entry(kind: str, target: str, path: str | None = "", *, source: str = "", step: int = -1,
@@ -204,6 +207,12 @@ def load_entry(entry: ml_collections.ConfigDict, field: str, model_cfg: ml_colle
   if kind == "checkpoint":
     return _subtree(_read_checkpoint(entry, field), str(entry.source or entry.target), f"the run in {entry.path}",
                     f"{field}.source")
+  if kind == "params_npz":
+    if "://" in str(entry.path):
+      raise ValueError(f"config field {field}.path: kind 'params_npz' reads local files only, got {entry.path}")
+    with np.load(_local_copy(str(entry.path), "", f"{field}.path")) as flat:
+      tree = strict.unflatten({name: flat[name] for name in flat.files})
+    return _subtree(tree, str(entry.source), f"the file {entry.path}", f"{field}.source")
   from lamp_jax.models.weights import big_vision_npz  # pylint: disable=g-import-not-at-top
   from lamp_jax.models.weights import hf_paligemma  # pylint: disable=g-import-not-at-top
 

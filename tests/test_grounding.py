@@ -1,0 +1,112 @@
+"""Grounding stage 0: labelled renders (sim/grounding.py), the heatmap loss and its training (training/grounding.py),
+and the 'params_npz' init entry that hands the encoder to the policy run."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from lamp_jax.models import film_cnn
+from lamp_jax.sim import grounding as grounding_data
+from lamp_jax.sim import tasks
+from lamp_jax.training import grounding
+
+
+@pytest.fixture(scope="module")
+def scenes():
+  return grounding_data.render_scenes(9, 32, ("front", "wrist"), progress=False)
+
+
+def test_front_labels_land_on_the_named_objects(scenes):
+  """In the front camera (the hand never hides the whole object there) the pixel at each valid label shows the
+  role's colour: the named object's for 'object', the named plate / bottom cube's for 'receptacle'; the drawer's
+  handle is dark. Labels are invalid exactly where the family has no such role."""
+  size = scenes["images"].shape[2]
+  families = tasks.suite_families("tabletop4")
+  checked = 0
+  for i in range(len(scenes["images"])):
+    family = families[scenes["family"][i]]
+    task = tasks.sample_task(family, grounding_data.GROUNDING_SEED_OFFSET + i)
+    assert scenes["instructions"][i] == task.instruction
+    if family in ("push", "drawer"):
+      assert not scenes["valid"][i, :, 1].any()
+    for k, role in enumerate(grounding_data.ROLES):
+      if not scenes["valid"][i, 0, k] or family == "drawer":
+        continue
+      name = task.params["object" if role == "object" else "receptacle"]
+      col, row = np.clip((scenes["uv"][i, 0, k] * size).astype(int), 0, size - 1)
+      patch = scenes["images"][i, 0, max(row - 1, 0):row + 2, max(col - 1, 0):col + 2].reshape(-1, 3) / 255.0
+      distance = np.abs(patch - np.asarray(task.colors[name][:3])).sum(-1).min()
+      assert distance < 0.35, (task.instruction, role, distance)
+      checked += 1
+  assert checked >= 6
+  assert scenes["valid"][:, 0, 0].all()  # the object is always in the front view
+
+
+def test_heatmap_targets_expect_the_label_exactly():
+  """Bilinear soft labels sum to one, put all weight on one cell at a cell centre, and their expected position is
+  the label itself (inside the outermost cell centres); outside, it is clamped to the outermost centre."""
+  side = 7
+  uv = jnp.asarray([[0.31, 0.77], [(2 + 0.5) / side, (4 + 0.5) / side], [0.5, 0.5], [0.02, 0.99]])
+  targets = grounding.heatmap_targets(uv, side)
+  assert targets.shape == (4, side * side)
+  np.testing.assert_allclose(targets.sum(-1), 1.0, atol=1e-6)
+  assert float(targets[1, 4 * side + 2]) == pytest.approx(1.0)
+  expected = grounding.expected_uv(jnp.log(jnp.maximum(targets, 1e-30)))
+  np.testing.assert_allclose(expected[:3], uv[:3], atol=1e-5)
+  np.testing.assert_allclose(expected[3], [0.5 / side, (side - 0.5) / side], atol=1e-5)
+
+
+def test_heatmap_loss_ignores_invalid_labels_and_is_minimal_at_the_target():
+  side = 5
+  rs = np.random.RandomState(0)
+  uv = jnp.asarray(rs.uniform(0, 1, (3, 2, 2, 2)), jnp.float32)
+  valid = jnp.asarray(rs.rand(3, 2, 2) > 0.4)
+  logits = jnp.asarray(rs.normal(size=(3, 2, 2, side * side)), jnp.float32)
+  loss = grounding.heatmap_loss(logits, uv, valid)
+  moved = jnp.where(valid[..., None], uv, 0.123)
+  np.testing.assert_allclose(grounding.heatmap_loss(logits, moved, valid), loss, rtol=1e-6)
+  # The cross-entropy of soft labels is smallest for logits = log(targets): then it is their entropy.
+  perfect = jnp.log(jnp.maximum(grounding.heatmap_targets(uv, side), 1e-12))
+  assert float(grounding.heatmap_loss(perfect, uv, valid)) < float(loss)
+
+
+@pytest.mark.slow  # ~120 s at load 7 on the 2-core box
+def test_stage0_learns_and_its_encoder_loads_into_the_policy(scenes, tmp_path):
+  """A few steps on the rendered scenes lower the training loss; the saved encoder loads strictly into LaMP's
+  'vlm' subtree through a 'params_npz' init entry, value for value."""
+  from lamp_jax import tokenizer as tokenizer_lib
+  from lamp_jax.models import lamp_config, registry
+  from lamp_jax.models.weights import strict
+  from lamp_jax.training import pretrained
+
+  model_cfg = lamp_config.model_config("tiny")
+  model_cfg.vlm.update(dict(kind="film_cnn", vocab_size=40, image_size=32))
+  model_cfg.vlm.film_cnn.update(dict(width=15, channels=(5, 7), kernels=(4, 3), strides=(4, 2), text_width=9,
+                                     cond_width=11, keypoints=3))
+  model_cfg.max_token_len = 12  # the longest instruction: 10 words + bos + separator
+  model_cfg.motion.cond_len = lamp_config.prefix_length(model_cfg)
+  data = dict(scenes, cameras=("front", "wrist"), roles=grounding_data.ROLES)
+  words = tokenizer_lib.WordTokenizer(tasks.INSTRUCTION_WORDS)
+  data["tokens"], data["token_mask"] = tokenizer_lib.tokenize_prompts(
+      words, [str(t) for t in data["instructions"]], int(model_cfg.max_token_len))
+  encoder_cfg = film_cnn.config_from_dict(model_cfg.vlm, int(model_cfg.max_token_len), 2)
+  g = ml_collections.ConfigDict(dict(heldout=3, steps=12, batch_size=4, lr=3e-3, weight_decay=0.0, eval_every=6))
+  params, result = grounding.train_encoder(data, encoder_cfg, g, seed=0, log=lambda _: None)
+  assert [c["step"] for c in result["curve"]] == [6, 12]
+  assert set(result["heldout"]) <= {f"{c}/{r}" for c in ("front", "wrist") for r in grounding_data.ROLES}
+  assert result["curve"][-1]["train_loss"] < np.log(encoder_cfg.stage_size(encoder_cfg.keypoint_stage) ** 2)
+
+  path = os.path.join(tmp_path, "encoder.npz")
+  np.savez(path, **{k: np.asarray(v) for k, v in strict.flatten(params).items()})
+  lamp = registry.get("lamp")
+  entry = pretrained.init_entry("params_npz", "vlm", path)
+  loaded = pretrained.load_entry(entry, "init.grounding", model_cfg)
+  abstract = lamp.abstract_params(model_cfg)["vlm"]
+  assert jax.tree.structure(loaded) == jax.tree.structure(abstract)
+  for (name, value), (_, like) in zip(sorted(strict.flatten(loaded).items()), sorted(strict.flatten(abstract).items())):
+    assert value.shape == like.shape, name
+  np.testing.assert_array_equal(loaded["conv_0"]["kernel"], params["conv_0"]["kernel"])
