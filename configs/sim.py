@@ -56,17 +56,36 @@ spatial-softmax keypoints 0 and 1 are first trained by a grounding stage 0 to fi
 receptacle on labelled renders of random scenes (``grounding``, lamp_jax/training/grounding.py).
 
   python -m lamp_jax.train --config=configs/sim.py:film_cnn --workdir=/tmp/lamp_sim_film_cnn
+
+LARA (``lara``, ``lara_frozen``; lara.py, docs/lara.md): LaMP with latent action representation alignment, on
+LaMP's data, steps, stages and optimizers. A single-view latent action model (lam_config 'sim': 64^2 pixel patches
+in and out, front camera, pairs (o_t, o_{t+H}) with H = the action horizon: the frame after the chunk) rides
+along under params['lam']; in stage 'action' the Action Expert's hidden state after layer L-2, last action token,
+predicts that model's pre-quantisation latent (term 'align', 0.01) and the model keeps its own loss (term 'lam',
+0.01). Stage 'motion' is LaMP's (both terms 0, 'lam' and 'lara_predictor' frozen).
+  lara           joint: the latent action model starts random and trains with the policy
+  lara_frozen    the paper's frozen-LAM ablation: the latent action model comes from a trained LAM run
+                 (``--config.init.lam.path=<workdir of configs/lam.py:sim_single run with
+                 --config.model.future_offsets='(8,)'>``, required), frozen (^lam/), no 'lam' term
+The smoke variants (``smoke_lara``, ``smoke_lara_frozen``) use the 'tiny' latent action model at the smoke image
+size; ``smoke_lara_frozen`` leaves the LAM at its random initialisation (no checkpoint; frozen all the same).
+
+LARA variants: 'lara' · 'lara_frozen' · 'smoke_lara' · 'smoke_lara_frozen'.
 """
 
 import ml_collections
 
 from configs import common
 from lamp_jax.data import config as data_config
+from lamp_jax import specs
+from lamp_jax.models import lam_config
 from lamp_jax.models import lamp_config
+from lamp_jax.models import lara
 from lamp_jax.models import pi0_config
 from lamp_jax.models import vae as vae_lib
 from lamp_jax.sim import tasks
 from lamp_jax.training import defaults
+from lamp_jax.training import pretrained
 
 SUITE = "tabletop4"
 # Instructions are tokenised by whole words of the suite's vocabulary (tasks.INSTRUCTION_WORDS): the longest,
@@ -78,6 +97,8 @@ ABLATION_METHODS = {
     "lamp": ("", "smoke"),
     "no_motion": ("no_motion", "smoke_no_motion"),
     "pi0": ("pi0", "smoke_pi0"),
+    "lara": ("lara", "smoke_lara"),
+    "lara_frozen_lam": ("lara_frozen", "smoke_lara_frozen"),
     "motion_image": ("motion_image", "smoke_motion_image"),
 }
 # Joint motion-image diffusion: warm-up steps (head only) out of the w/o-motion ablation's step budget; the VAE's
@@ -90,9 +111,9 @@ VAE_STEPS, VAE_BATCH = 1200, 16
 # with spatial-softmax keypoints, 0 and 1 grounded by stage 0 on the named object and receptacle
 # (lamp_jax/training/grounding.py). The other variants keep the from-scratch PaliGemma ('paligemma').
 FILM_KEYPOINTS = 4
-VARIANTS = ("", "no_motion", "pi0", "motion_image", "vae", "film_cnn", "film_cnn_no_motion", "smoke",
-            "smoke_no_motion", "smoke_pi0", "smoke_motion_image", "smoke_vae", "smoke_film_cnn",
-            "smoke_film_cnn_no_motion")
+VARIANTS = ("", "no_motion", "pi0", "motion_image", "vae", "film_cnn", "film_cnn_no_motion", "lara", "lara_frozen",
+            "smoke", "smoke_no_motion", "smoke_pi0", "smoke_motion_image", "smoke_vae", "smoke_film_cnn",
+            "smoke_film_cnn_no_motion", "smoke_lara", "smoke_lara_frozen")
 
 
 def _model(smoke: bool, use_motion: bool, encoder: str = "paligemma") -> ml_collections.ConfigDict:
@@ -162,6 +183,26 @@ def _pi0_model(smoke: bool) -> ml_collections.ConfigDict:
   return m
 
 
+def _add_lara(m: ml_collections.ConfigDict, smoke: bool, joint: bool) -> ml_collections.ConfigDict:
+  """LaMP's model with LARA: a single-view latent action model on the front camera, pairs (o_t, o_{t+H})."""
+  lam = lam_config.model_config("tiny" if smoke else "sim")
+  lam.views = (specs.IMAGE_PRIMARY,)
+  lam.future_offsets = (int(m.action_horizon),)
+  lam.loss.weights.cross_view = 0.0
+  # The smoke Action Expert has 2 layers (one cross / self pair): align at its output (block L).
+  return lara.add(m, lam, block_from_end=0 if smoke else 2, joint=joint)
+
+
+def _lara_stages(c: ml_collections.ConfigDict, joint: bool) -> None:
+  """LaMP's stages with LARA in stage 'action' only (stage 'motion' trains neither the LAM nor the predictor)."""
+  motion, action = c.stages.motion, c.stages.action
+  motion.model_overrides.loss.weights.align = 0.0
+  motion.model_overrides.loss.weights.lam = 0.0
+  motion.frozen = tuple(motion.frozen) + (r"^lam/", r"^lara_predictor/")
+  if not joint:
+    action.frozen = tuple(action.frozen) + (r"^lam/",)
+
+
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if arg not in VARIANTS:
     raise ValueError(f"unknown variant {arg!r} of configs/sim.py (variants: {VARIANTS})")
@@ -172,12 +213,16 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                               arg.startswith("smoke"))
   smoke = arg.startswith("smoke")
   is_pi0 = arg.endswith("pi0")
+  is_lara = "lara" in arg
+  joint = not arg.endswith("lara_frozen")
   use_motion = "no_motion" not in arg and not is_pi0
   encoder = "film_cnn" if "film_cnn" in arg else "paligemma"
 
   c = defaults.base_config()
   c.seed = 0
   c.model = _pi0_model(smoke) if is_pi0 else _model(smoke, use_motion, encoder)
+  if is_lara:
+    _add_lara(c.model, smoke, joint)
   # ~36 GFLOP per stage-2 step at batch 32 (analytic_flops) against a measured ~210 GFLOP/s matmul roof.
   batch = 4 if smoke else 32
   c.data.kind = "pipeline"
@@ -215,6 +260,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   else:
     c.stage_order, c.stages = common.lamp_stages(use_motion, motion_steps, action_steps, stage1_opt, stage2_opt,
                                                  motion_repeats=motion_repeats, action_repeats=action_repeats)
+  if is_lara:
+    _lara_stages(c, joint)
+    if not joint:  # the trained latent action model (the whole run's parameters) into params['lam']
+      c.init = ml_collections.ConfigDict(dict(lam=pretrained.init_entry("checkpoint", "lam", path="" if smoke else None,
+                                                                        source="/")))
   c.ema.decay = 0.0 if smoke else 0.999
   c.checkpoint.every_steps = 3 if smoke else 200
   c.checkpoint.max_to_keep = 2

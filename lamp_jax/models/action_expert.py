@@ -78,7 +78,7 @@ class CrossSelfPair(nn.Module):
               attention=self.attention)
     x = DiTLayer(cross=True, name="cross", **kw)(x, temb, context, context_mask)
     x = DiTLayer(cross=False, name="self", **kw)(x, temb, context, context_mask)
-    return x, None
+    return x, x  # the pair's output, also as the scan's per-layer output (dropped unless collected)
 
 
 class DiTActionExpert(nn.Module):
@@ -89,6 +89,9 @@ class DiTActionExpert(nn.Module):
   ``context_kv(context)`` computes them once for every cross layer ((keys, values), each
   float[depth / 2, B, P, N, H]) and ``__call__(..., context_kv=cache)`` uses them instead of projecting
   ``context`` again (same function of the same parameters; ``context`` is then not read).
+  ``__call__(..., hidden_after=n)`` returns (velocity, hidden float[B, 1 + H, D]): the token sequence
+  [state; H actions] after the first n of the ``depth`` layers (n even; 0 = the input embedding), read by
+  representation alignment (lara.py). The velocity is the same.
   """
 
   config: ml_collections.ConfigDict
@@ -103,7 +106,7 @@ class DiTActionExpert(nn.Module):
       raise ValueError(f"action.num_heads={cfg.num_heads} does not divide action.width={cfg.width}")
 
   @nn.compact
-  def __call__(self, x_tau, tau, proprio, context, context_mask, context_kv=None):
+  def __call__(self, x_tau, tau, proprio, context, context_mask, context_kv=None, hidden_after=None):
     cfg = self.config
     self._check()
     b, horizon, _ = x_tau.shape
@@ -111,7 +114,7 @@ class DiTActionExpert(nn.Module):
     actions = layers.DenseGeneral(width, (None, "embed"), dtype=self.dtype, name="action_in")(x_tau.astype(self.dtype))
     actions = actions + layers.sincos_1d(jnp.arange(horizon), width)[None].astype(self.dtype)
     state = layers.DenseGeneral(width, (None, "embed"), dtype=self.dtype, name="state_in")(proprio.astype(self.dtype))
-    x = jnp.concatenate([state[:, None], actions], axis=1)
+    x = x_in = jnp.concatenate([state[:, None], actions], axis=1)
     temb = dit.TimestepEmbedder(width, cfg.time_frequency_dim, self.dtype, name="time_embed")(
         jnp.broadcast_to(jnp.asarray(tau, jnp.float32), (b,)))
     blocks = dit.stack(CrossSelfPair, cfg.depth // 2, scan=cfg.scan_layers, remat=cfg.remat,
@@ -119,12 +122,29 @@ class DiTActionExpert(nn.Module):
                        per_layer_args=() if context_kv is None else (1,),
                        name="blocks", num_heads=cfg.num_heads, head_dim=width // cfg.num_heads,
                        mlp_dim=cfg.mlp_ratio * width, dtype=self.dtype, attention=self.attention)
-    x = blocks(x, temb, context if context_kv is None else tuple(context_kv), context_mask)
+    context = context if context_kv is None else tuple(context_kv)
+    if hidden_after is None:
+      x = blocks(x, temb, context, context_mask)
+    else:
+      x, per_pair = blocks(x, temb, context, context_mask, collect=True)
+      pairs = self.hidden_pairs(hidden_after)
+      hidden = x_in if pairs == 0 else per_pair[pairs - 1]
     shift, scale = dit.Modulation(2, width, self.dtype, name="out_mod")(temb)
     out = dit.modulate(layers.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype, name="norm_out")(x[:, 1:]),
                        shift, scale)
-    return layers.DenseGeneral(x_tau.shape[-1], ("embed", None), dtype=self.dtype, name="action_out")(out).astype(
-        jnp.float32)
+    velocity = layers.DenseGeneral(x_tau.shape[-1], ("embed", None), dtype=self.dtype, name="action_out")(
+        out).astype(jnp.float32)
+    return velocity if hidden_after is None else (velocity, hidden)
+
+  def hidden_pairs(self, hidden_after: int) -> int:
+    """Cross / self pairs run before the hidden state after ``hidden_after`` of the ``depth`` layers (even: the
+    stack's unit is one cross + one self layer); errors name the config field."""
+    depth = int(self.config.depth)
+    if not 0 <= hidden_after <= depth or hidden_after % 2:
+      raise ValueError(f"the DiT action expert's hidden state after layer {hidden_after} of model.action.depth="
+                       f"{depth}: give an even layer count in [0, {depth}] (layers alternate cross / self "
+                       "attention in pairs; config field model.lara.block_from_end counts from the last layer)")
+    return hidden_after // 2
 
   def context_kv(self, context: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Every cross layer's (keys, values) of ``context`` float[B, P, Dc]: each float[depth / 2, B, P, N, H].

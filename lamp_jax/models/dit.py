@@ -142,6 +142,9 @@ def stack(block: type[nn.Module], num_layers: int, *, scan: bool, remat: bool, n
   ``last_layer_kwargs``: extra attributes of the LAST layer only (e.g. ``motion_only=True``); they must not
   change its parameters. Scanned stacks then run (outside ``init``) as a ``lax.scan`` of the first
   ``num_layers - 1`` layers plus the last layer, both reading the same stacked parameters.
+  ``f(carry, *args, collect=True) -> (carry, per_layer)``: also the blocks' second outputs stacked on a leading
+  [num_layers] axis (e.g. each layer's output, for representation alignment; not with ``last_layer_kwargs``).
+  Unused outputs cost nothing under jit (jax removes them from the scan).
   """
   cls = nn.remat(block, prevent_cse=not scan) if remat else block
   last_kwargs = {**block_kwargs, **(last_layer_kwargs or {})}
@@ -157,7 +160,11 @@ def stack(block: type[nn.Module], num_layers: int, *, scan: bool, remat: bool, n
                       length=num_layers, unroll=unroll_n,
                       metadata_params={nn.PARTITION_NAME: layers.LAYERS_AXIS})(name=name, **block_kwargs)
 
-    def apply_scanned(carry, *args):
+    def apply_scanned(carry, *args, collect=False):
+      if collect and last_layer_kwargs:
+        raise ValueError(f"dit.stack {name!r}: collect=True is not supported with last_layer_kwargs")
+      if collect:
+        return scanned(carry, *args)
       if not last_layer_kwargs or scanned.is_initializing():
         return scanned(carry, *args)[0]
       stacked = nn.unbox(scanned.variables["params"])
@@ -175,9 +182,15 @@ def stack(block: type[nn.Module], num_layers: int, *, scan: bool, remat: bool, n
   blocks = [cls(name=f"{name}_{i}", **(last_kwargs if i == num_layers - 1 else block_kwargs))
             for i in range(num_layers)]
 
-  def apply_loop(carry, *args):
+  def apply_loop(carry, *args, collect=False):
+    if collect and last_layer_kwargs:
+      raise ValueError(f"dit.stack {name!r}: collect=True is not supported with last_layer_kwargs")
+    outputs = []
     for i, blk in enumerate(blocks):
-      carry = blk(carry, *layer_args(args, i))[0]
-    return carry
+      carry, out = blk(carry, *layer_args(args, i))
+      outputs.append(out)
+    if not collect:
+      return carry
+    return carry, jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
 
   return apply_loop

@@ -225,8 +225,8 @@ class LatentActionModel(nn.Module):
   def __call__(self, batch, rng):
     """The loss with every term on (creates all parameters in ``init``)."""
     cfg = self.config
-    loss, _ = self._loss(batch, rng, {name: 1.0 for name in LOSS_TERMS} if len(cfg.views) > 1 else
-                         {name: 1.0 for name in LOSS_TERMS if name != "cross_view"})
+    loss, _, _, _ = self._loss(batch, rng, {name: 1.0 for name in LOSS_TERMS} if len(cfg.views) > 1 else
+                               {name: 1.0 for name in LOSS_TERMS if name != "cross_view"})
     return loss
 
   def compute_loss(self, batch, rng, *, train: bool = True):
@@ -234,9 +234,27 @@ class LatentActionModel(nn.Module):
     interface: the model has no stochastic regulariser. Returns (loss float32[], metrics: 'loss', 'loss/<term>',
     the quantiser's 'vq/...' and 'lam/valid_pairs' (fraction of the pairs that count))."""
     del train
-    return self._loss(batch, rng, losses.active_weights(self.config.loss.weights, LOSS_TERMS, NAME))
+    total, metrics, _, _ = self._loss(batch, rng, losses.active_weights(self.config.loss.weights, LOSS_TERMS, NAME))
+    return total, metrics
+
+  def pair_latents(self, batch, rng, *, with_loss: bool = False):
+    """The pre-quantisation latents of every view's pairs, and (``with_loss``) the model's own weighted loss of
+    the same forward pass (one inverse-model pass serves both; policies that align to the latents use it).
+
+    Returns (z float32[V, B, F, L, Dc] (views in ``model.views`` order, offsets in ``model.future_offsets``
+    order), valid bool[V, B, F], loss float32[] or None, metrics (empty without the loss)).
+    """
+    if with_loss:
+      total, metrics, z, valid = self._loss(batch, rng, losses.active_weights(self.config.loss.weights, LOSS_TERMS,
+                                                                              NAME))
+      return z, valid, total, metrics
+    current, future, valid = self._frames(batch, tuple(self.config.views))
+    z, _, _, _ = self._latents(current, future, valid, rng)
+    v, b, f = valid.shape
+    return z.reshape(v, b, f, *z.shape[2:]), valid, None, {}
 
   def _loss(self, batch, rng, weights):
+    """(total, metrics, z float32[V, B, F, L, Dc], valid bool[V, B, F])."""
     cfg = self.config
     views = tuple(cfg.views)
     current, future, valid = self._frames(batch, views)
@@ -278,7 +296,7 @@ class LatentActionModel(nn.Module):
     total, metrics = losses.weighted_total(values, weights, LOSS_TERMS)
     metrics.update(quantised["metrics"])
     metrics["lam/valid_pairs"] = jnp.mean(valid.astype(jnp.float32))
-    return total, metrics
+    return total, metrics, z.reshape(v, b, f, *z.shape[2:]), valid
 
   def encode_latent(self, batch, rng, *, view: str | None = None, offset_index: int = 0):
     """The latent action of one view's pair (o_t, o_{t+k}), k = future_offsets[offset_index].

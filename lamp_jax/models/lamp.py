@@ -19,8 +19,13 @@ latents of the batch's optical-flow image, conditioned on the VLM prefix feature
 the loss term 'motion_image'. ``sample_actions`` never runs it (the same computation with or without the head);
 ``reconstruct_motion_image`` decodes its prediction for visualisation.
 
+LARA (``model.lara``, lara.py; training-only): loss terms 'align' (the Action Expert's hidden state at block
+L - lara.block_from_end of its ``depth`` layers, last action token, predicts the latent action model's latent) and
+'lam' (that model's own loss), parameters 'lam' and 'lara_predictor'.
+
 Parameter tree top level: 'vlm', 'motion_expert', 'guidance', 'action_expert' (nothing else); with the motion-image
-head also 'motion_image' and 'vae'; without motion (use_motion=False) no 'motion_expert' / 'guidance'.
+head also 'motion_image' and 'vae'; with LARA also 'lam' and 'lara_predictor'; without motion (use_motion=False) no
+'motion_expert' / 'guidance'.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from lamp_jax.models import guidance as guidance_lib
 from lamp_jax.models import interface
 from lamp_jax.models import layers
 from lamp_jax.models import lamp_config
+from lamp_jax.models import lara
 from lamp_jax.models import losses
 from lamp_jax.models import motion_expert as motion_lib
 from lamp_jax.models import motion_image as motion_image_lib
@@ -82,6 +88,8 @@ class LaMP(nn.Module):
     if _has_motion_image(cfg):
       self.vae = vae_lib.AutoencoderKL(cfg.vae)
       self.motion_image = motion_image_lib.MotionImageDiT(cfg.motion_image, dtype=dtype)
+    if lara.enabled(cfg):
+      self.lam, self.lara_predictor = lara.build(cfg)
 
   # ---------------------------------------------------------------------------------------- inputs
   def _proprio(self, batch, dropout_rng=None):
@@ -158,7 +166,11 @@ class LaMP(nn.Module):
       latents = self.vae.latents(images)
       self.vae.decode_latents(latents)
       self.motion_image(latents, jnp.zeros((b,)), features, mask)
-    return self.action_expert(actions, jnp.zeros((b,)), self._proprio(batch), guided, mask)
+    velocity = self.action_expert(actions, jnp.zeros((b,)), self._proprio(batch), guided, mask)
+    if lara.enabled(self.config):
+      velocity = velocity + 0.0 * lara.init_touch(self.config, self.lam, self.lara_predictor, batch, rng,
+                                                  int(self.config.action.width))
+    return velocity
 
   def compute_loss(self, batch, rng, *, train: bool = True, gate_override=None):
     """Weighted flow-matching losses of the named terms (``losses.py``; weights ``loss.weights``).
@@ -174,7 +186,8 @@ class LaMP(nn.Module):
     its inputs tiled R times along the batch (copy r of example i at r * B + i).
     """
     cfg = self.config
-    weights = losses.active_weights(cfg.loss.weights, LOSS_TERMS, NAME)
+    terms = lara.loss_terms(cfg, LOSS_TERMS)
+    weights = losses.active_weights(cfg.loss.weights, terms, NAME)
     r_motion, r_action = int(cfg.loss.get("motion_repeats", 1)), int(cfg.loss.get("action_repeats", 1))
     if r_motion < 1 or r_action < 1:
       raise ValueError(f"config loss.motion_repeats / loss.action_repeats must be >= 1, got {r_motion}, {r_action}")
@@ -207,6 +220,7 @@ class LaMP(nn.Module):
           time_dist=cfg.motion.time_dist, mask=delta_weights[..., None])
 
     gate = self.guidance.gate() if cfg.use_motion else jnp.zeros((), jnp.float32)
+    captured = {}  # LARA: the Action Expert's hidden state of the action loss's forward pass
     if "action" in weights:
       _require(batch, (specs.ACTION, specs.ACTION_PAD_MASK), "action")
       actions = batch[specs.ACTION].astype(jnp.float32)
@@ -222,9 +236,17 @@ class LaMP(nn.Module):
       actions, pad_mask, proprio, guided, guided_mask = (
           _tile(x, r_action) for x in (actions, pad_mask, self._proprio(batch, rng_proprio if train else None),
                                        guided, mask))
-      values["action"] = fm.flow_matching_loss(
-          rng_action, actions, lambda x, tau: self.action_expert(x, tau, proprio, guided, guided_mask),
-          time_dist=cfg.action.time_dist, mask=pad_mask)
+      align_after = (lara.hidden_after(cfg, int(cfg.action.depth)) if "align" in weights else None)
+
+      def velocity(x, tau):
+        if align_after is None:
+          return self.action_expert(x, tau, proprio, guided, guided_mask)
+        v, hidden = self.action_expert(x, tau, proprio, guided, guided_mask, hidden_after=align_after)
+        captured["hidden"] = hidden[:, -1]  # the last action token
+        return v
+
+      values["action"] = fm.flow_matching_loss(rng_action, actions, velocity, time_dist=cfg.action.time_dist,
+                                               mask=pad_mask)
 
     if motion_image_lib.LOSS_TERM in weights:
       rng_image = jax.random.fold_in(rng, 5)  # its own stream: the other terms' draws do not depend on the head
@@ -232,8 +254,14 @@ class LaMP(nn.Module):
           self.vae, self.motion_image, batch, features, mask, rng_image, image_size=int(cfg.image_size),
           time_dist=str(cfg.motion_image.time_dist))
 
-    total, metrics = losses.weighted_total(values, weights, LOSS_TERMS)
+    extra = {}
+    if lara.enabled(cfg):
+      lara_values, extra = lara.loss_values(cfg, self.lam, self.lara_predictor, batch, rng, captured.get("hidden"),
+                                            weights)
+      values.update(lara_values)
+    total, metrics = losses.weighted_total(values, weights, terms)
     metrics["guidance/gate"] = gate
+    metrics.update(extra)
     return total, metrics
 
   def sample_actions(self, batch, rng, *, num_steps: int | None = None, motion_steps: int | None = None,
@@ -417,16 +445,16 @@ class LaMPLibrary(interface.ModelLibrary):
     return out
 
   def dummy_batch(self, cfg: ml_collections.ConfigDict, batch_size: int = 2, seed: int = 0) -> dict:
-    return dummy_batch(cfg, batch_size, seed)
+    return lara.add_dummy_future(cfg, dummy_batch(cfg, batch_size, seed), seed)
 
   def data_requirements(self, cfg: ml_collections.ConfigDict) -> specs.DataRequirements:
     motion = cfg.motion
-    return specs.DataRequirements(
+    return lara.data_requirements(cfg, specs.DataRequirements(
         cameras=tuple(cfg.image_keys), image_size=int(cfg.image_size), window=1,
         action_horizon=int(cfg.action_horizon), action_dim=int(cfg.action_dim), proprio_dim=int(cfg.proprio_dim),
         scene_flow=(int(motion.num_keypoints), int(motion.num_steps)) if cfg.use_motion else None,
         optical_flow=_has_motion_image(cfg),
-        text_tokens=int(cfg.max_token_len), vocab_size=int(prefix_encoder.vocab_size(cfg.vlm)))
+        text_tokens=int(cfg.max_token_len), vocab_size=int(prefix_encoder.vocab_size(cfg.vlm))))
 
   def analytic_flops(self, cfg: ml_collections.ConfigDict, batch_size: int, mode: str) -> float:
     """Modes: 'sample_actions' (VLM + partial_steps + 1 motion calls + guidance + num_inference_steps action
@@ -477,7 +505,7 @@ class LaMPLibrary(interface.ModelLibrary):
       if weights.get(motion_image_lib.LOSS_TERM, 0.0) > 0 and _has_motion_image(cfg):
         forward += flops.motion_image_call(cfg.motion_image, cfg.vae, int(cfg.image_size), prefix, width)
         encoder = flops.vae_encoder(cfg.vae, int(cfg.image_size))
-      total = 3 * forward + encoder
+      total = 3 * forward + encoder + lara.train_flops(cfg, 1, weights, int(cfg.action.width))
     else:
       raise ValueError(f"unknown analytic_flops mode {mode!r} of 'lamp' (modes: {self.flop_modes})")
     return float(batch_size * total)

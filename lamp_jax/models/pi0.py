@@ -13,7 +13,12 @@ step reuses it, and ``compute_loss`` uses the same split. Time convention: flow_
 tau = 1 data); openpi's t = 1 - tau (pi0_expert.py says what the expert's time embedding is fed). Configs:
 pi0_config.py. FLOPs: flops.py.
 
-Parameter tree top level: 'vlm' (PaliGemma: 'img', 'llm'), 'action_expert' (nothing else).
+LARA (``model.lara``, lara.py; training-only): loss terms 'align' (the expert's hidden state after layer
+L - lara.block_from_end, last action token, predicts the latent action model's latent) and 'lam' (that model's own
+loss), parameters 'lam' and 'lara_predictor'.
+
+Parameter tree top level: 'vlm' (PaliGemma: 'img', 'llm'), 'action_expert' (+ 'lam', 'lara_predictor' with LARA;
+nothing else).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from lamp_jax import specs
 from lamp_jax.models import flops
 from lamp_jax.models import flow_matching as fm
 from lamp_jax.models import interface
+from lamp_jax.models import lara
 from lamp_jax.models import losses
 from lamp_jax.models import observation
 from lamp_jax.models import paligemma
@@ -65,6 +71,8 @@ class Pi0(nn.Module):
     vlm_config, _ = vlm_and_expert_configs(cfg)
     self.vlm = paligemma.PaliGemma(vlm_config)
     self.action_expert = pi0_expert.Pi0ActionExpert(cfg.action, int(cfg.action_dim), dtype=jnp.dtype(cfg.dtype))
+    if lara.enabled(cfg):
+      self.lam, self.lara_predictor = lara.build(cfg)
 
   def prefix(self, batch):
     """The VLM over the prefix (images + prompt) alone: (per-layer (keys, values), prefix_mask bool[B, P])."""
@@ -73,12 +81,16 @@ class Pi0(nn.Module):
 
   def __call__(self, batch, rng):
     """Runs the VLM and the expert once (creates all parameters in ``init``). Returns the action velocity."""
-    del rng
     prefix_kv, prefix_mask = self.prefix(batch)
     b = prefix_mask.shape[0]
     actions = jnp.zeros((b, self.config.action_horizon, self.config.action_dim), jnp.float32)
-    return self.action_expert(actions, jnp.zeros((b,)), observation.current_proprio(batch, self.config), prefix_kv,
-                              prefix_mask)
+    velocity = self.action_expert(actions, jnp.zeros((b,)), observation.current_proprio(batch, self.config),
+                                  prefix_kv, prefix_mask)
+    if lara.enabled(self.config):
+      _, expert = vlm_and_expert_configs(self.config)
+      velocity = velocity + 0.0 * lara.init_touch(self.config, self.lam, self.lara_predictor, batch, rng,
+                                                  expert.width)
+    return velocity
 
   def compute_loss(self, batch, rng, *, train: bool = True):
     """Flow-matching loss of the action chunk (term 'action', ``fm.flow_matching_loss`` with ``action.time_dist``).
@@ -87,10 +99,21 @@ class Pi0(nn.Module):
     unweighted; time padding stays in the input and is only unweighted (as LaMP). ``train`` enables
     ``proprio_dropout``. With ``loss.action_repeats`` = R the expert sees its inputs tiled R times along the
     batch (copy r of example i at r * B + i), all reading one VLM pass.
-    Returns (loss float32[], metrics dict of float32[]: 'loss', 'loss/action').
+    With LARA (lara.py) the terms 'align' (reads this forward pass's hidden state) and 'lam' join.
+    Returns (loss float32[], metrics dict of float32[]: 'loss', 'loss/<term>' of every declared term, and with
+    LARA 'lara/cosine', 'lara/valid_pairs', the latent action model's 'lam/...').
     """
     cfg = self.config
-    weights = losses.active_weights(cfg.loss.weights, LOSS_TERMS, NAME)
+    terms = lara.loss_terms(cfg, LOSS_TERMS)
+    weights = losses.active_weights(cfg.loss.weights, terms, NAME)
+    if "action" not in weights:
+      if "align" in weights:
+        raise ValueError("config field model.loss.weights.align > 0 needs model.loss.weights.action > 0: the "
+                         "alignment reads the action expert's forward pass of the action loss")
+      values, extra = lara.loss_values(cfg, self.lam, self.lara_predictor, batch, rng, None, weights)
+      total, metrics = losses.weighted_total(values, weights, terms)
+      metrics.update(extra)
+      return total, metrics
     repeats = int(cfg.loss.get("action_repeats", 1))
     if repeats < 1:
       raise ValueError(f"config field model.loss.action_repeats must be >= 1, got {repeats}")
@@ -109,10 +132,28 @@ class Pi0(nn.Module):
     proprio = observation.current_proprio(batch, cfg, rng_proprio if train else None)
     actions, pad_mask, proprio, prefix_mask = (_tile(x, repeats) for x in (actions, pad_mask, proprio, prefix_mask))
     prefix_kv = jax.tree.map(lambda x: _tile(x, repeats, axis=1), prefix_kv)
-    values = {"action": fm.flow_matching_loss(
-        rng_action, actions, lambda x, tau: self.action_expert(x, tau, proprio, prefix_kv, prefix_mask),
-        time_dist=cfg.action.time_dist, mask=pad_mask)}
-    return losses.weighted_total(values, weights, LOSS_TERMS)
+    captured = {}  # LARA: the expert's hidden state of this forward pass
+    align_after = None
+    if "align" in weights:
+      align_after = lara.hidden_after(cfg, vlm_and_expert_configs(cfg)[1].depth)
+
+    def velocity(x, tau):
+      if align_after is None:
+        return self.action_expert(x, tau, proprio, prefix_kv, prefix_mask)
+      v, hidden = self.action_expert(x, tau, proprio, prefix_kv, prefix_mask, hidden_after=align_after)
+      captured["hidden"] = hidden[:, -1]  # the last action token
+      return v
+
+    values = {"action": fm.flow_matching_loss(rng_action, actions, velocity, time_dist=cfg.action.time_dist,
+                                              mask=pad_mask)}
+    extra = {}
+    if lara.enabled(cfg):
+      lara_values, extra = lara.loss_values(cfg, self.lam, self.lara_predictor, batch, rng, captured.get("hidden"),
+                                            weights)
+      values.update(lara_values)
+    total, metrics = losses.weighted_total(values, weights, terms)
+    metrics.update(extra)
+    return total, metrics
 
   def sample_actions(self, batch, rng, *, num_steps: int | None = None, noise: dict | None = None):
     """Normalised action chunk float32[B, H, A]: the VLM prefix pass once, then ``num_steps`` Euler steps (default
@@ -193,13 +234,13 @@ class Pi0Library(interface.ModelLibrary):
     return Pi0(cfg)
 
   def dummy_batch(self, cfg: ml_collections.ConfigDict, batch_size: int = 2, seed: int = 0) -> dict:
-    return dummy_batch(cfg, batch_size, seed)
+    return lara.add_dummy_future(cfg, dummy_batch(cfg, batch_size, seed), seed)
 
   def data_requirements(self, cfg: ml_collections.ConfigDict) -> specs.DataRequirements:
-    return specs.DataRequirements(
+    return lara.data_requirements(cfg, specs.DataRequirements(
         cameras=tuple(cfg.image_keys), image_size=int(cfg.image_size), window=1,
         action_horizon=int(cfg.action_horizon), action_dim=int(cfg.action_dim), proprio_dim=int(cfg.proprio_dim),
-        text_tokens=int(cfg.max_token_len), vocab_size=int(paligemma.config_from_dict(cfg.vlm).llm.vocab_size))
+        text_tokens=int(cfg.max_token_len), vocab_size=int(paligemma.config_from_dict(cfg.vlm).llm.vocab_size)))
 
   def analytic_flops(self, cfg: ml_collections.ConfigDict, batch_size: int, mode: str) -> float:
     """Modes: 'sample_actions' (the VLM prefix once + num_inference_steps expert calls), 'train_step' (3 x the
@@ -212,7 +253,8 @@ class Pi0Library(interface.ModelLibrary):
     if mode == "sample_actions":
       total = vlm + int(cfg.num_inference_steps) * call
     elif mode == "train_step":
-      total = 3 * (vlm + int(cfg.loss.get("action_repeats", 1)) * call)
+      total = (3 * (vlm + int(cfg.loss.get("action_repeats", 1)) * call)
+               + lara.train_flops(cfg, 1, self.loss_weights(cfg), expert.width))
     else:
       raise ValueError(f"unknown analytic_flops mode {mode!r} of 'pi0' (modes: {self.flop_modes})")
     return float(batch_size * total)

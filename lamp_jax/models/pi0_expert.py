@@ -131,6 +131,9 @@ class Pi0ActionExpert(nn.Module):
   ``kv_cache``, keys after RoPE).
 
   ``embed_suffix(x_tau, tau, proprio) -> float[B, 1 + H, D]`` is the expert's input sequence.
+  ``__call__(..., hidden_after=n)`` returns (velocity, hidden float[B, 1 + H, D]): the suffix after the first n
+  Gemma layers (0 = the input embedding; n = depth: the last layer's output before the final norm), read by
+  representation alignment (lara.py). The velocity is the same.
   """
 
   config: ml_collections.ConfigDict  # the model's 'action' section
@@ -160,7 +163,7 @@ class Pi0ActionExpert(nn.Module):
     h = nn.swish(self.action_time_mlp_in(jnp.concatenate([actions, time], axis=-1)))
     return jnp.concatenate([state, self.action_time_mlp_out(h)], axis=1)
 
-  def __call__(self, x_tau, tau, proprio, prefix_kv, prefix_mask):
+  def __call__(self, x_tau, tau, proprio, prefix_kv, prefix_mask, hidden_after=None):
     if x_tau.shape[-1] != self.action_dim:
       raise ValueError(f"x_tau has {x_tau.shape[-1]} action dims; config action_dim={self.action_dim}")
     keys, values = prefix_kv
@@ -174,4 +177,11 @@ class Pi0ActionExpert(nn.Module):
     mask, positions = attention_inputs(prefix_mask, horizon)
     p = prefix_mask.shape[1]
     out = self.llm(tokens, positions[:, p:], mask[:, p:], kv_cache=(keys, values))
-    return self.action_out_proj(out["last_hidden"][:, 1:]).astype(jnp.float32)
+    velocity = self.action_out_proj(out["last_hidden"][:, 1:]).astype(jnp.float32)
+    if hidden_after is None:
+      return velocity
+    depth = self.llm_config.depth
+    if not 0 <= hidden_after <= depth:
+      raise ValueError(f"the π0 expert's hidden state after layer {hidden_after}: give a layer count in [0, {depth}] "
+                       f"(the expert's depth; config field model.lara.block_from_end counts from the last layer)")
+    return velocity, out["hidden_states"][hidden_after]

@@ -110,6 +110,66 @@ def _tower_section(model_cfg: ml_collections.ConfigDict, target: str) -> ml_coll
   return cfg if isinstance(cfg, ml_collections.ConfigDict) and cfg.get("name", None) == "siglip" else None
 
 
+def _section(cfg: Any, path: str) -> Any:
+  """The config section at a '/'-joined parameter path ('' or '/': the whole config; None when absent)."""
+  for part in [p for p in path.split("/") if p]:
+    cfg = cfg.get(part, None) if isinstance(cfg, ml_collections.ConfigDict) else None
+  return cfg
+
+
+def config_notes(entry: ml_collections.ConfigDict, field: str, model_cfg: ml_collections.ConfigDict,
+                 limit: int = 12) -> list[str]:
+  """For a 'checkpoint' entry whose target has a config section here (``model.<target>``, e.g. model.lam for
+  target 'lam') and whose source has one in the other run: the config fields that differ, named
+  (``model.lam.vq.code_dim=11 here, 13 in the checkpoint``), at most ``limit``. [] otherwise."""
+  if str(entry.kind) != "checkpoint":
+    return []
+  here = _section(model_cfg, str(entry.target))
+  if not isinstance(here, ml_collections.ConfigDict):
+    return []
+  _, other_model = _checkpoint_config(entry, field)
+  there = _section(other_model, str(entry.source or entry.target))
+  if not isinstance(there, ml_collections.ConfigDict):
+    return []
+  flat_here, flat_there = strict.flatten(here.to_dict(), "."), strict.flatten(there.to_dict(), ".")
+  prefix = "model." + ".".join(p for p in str(entry.target).split("/") if p)
+  notes = []
+  for key in sorted(set(flat_here) | set(flat_there)):
+    a, b = flat_here.get(key, "<absent>"), flat_there.get(key, "<absent>")
+    if (list(a) if isinstance(a, (tuple, list)) else a) != (list(b) if isinstance(b, (tuple, list)) else b):
+      notes.append(f"config field {prefix}.{key}={a!r} here, {b!r} in the checkpoint's model config")
+  if len(notes) > limit:
+    notes = notes[:limit] + [f"... and {len(notes) - limit} more differing field(s)"]
+  return notes
+
+
+def _checkpoint_dir(entry: ml_collections.ConfigDict, field: str) -> str:
+  directory = os.path.abspath(entry.path)
+  if os.path.isdir(os.path.join(directory, "checkpoints")):
+    directory = os.path.join(directory, "checkpoints")
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"config field {field}.path: no checkpoint directory {directory}")
+  return directory
+
+
+def _checkpoint_config(entry: ml_collections.ConfigDict, field: str) -> tuple[ml_collections.ConfigDict,
+                                                                             ml_collections.ConfigDict]:
+  """(run config, model config of its checkpoint's stage) of the run an entry reads."""
+  directory = _checkpoint_dir(entry, field)
+  checkpointer = ckpt_lib.Checkpointer(directory, read_only=True, async_save=False)
+  try:
+    step = checkpointer.latest_step() if int(entry.step) < 0 else int(entry.step)
+    if step is None or step not in checkpointer.all_steps():
+      raise FileNotFoundError(f"config field {field}: no checkpoint step {entry.step} in {directory} "
+                              f"(steps: {checkpointer.all_steps()})")
+    meta, config_json, _ = checkpointer.restore_json(step)
+    config = ckpt_lib.config_from_json(config_json)
+    stage = str(meta.get("stage_name", config.stage_order[-1]))
+    return config, defaults.stage_model_config(config, stage)
+  finally:
+    checkpointer.close()
+
+
 def _read_checkpoint(entry: ml_collections.ConfigDict, field: str) -> dict:
   """The (EMA) parameters of another lamp_jax run, as host numpy arrays."""
   directory = os.path.abspath(entry.path)
@@ -221,11 +281,18 @@ def apply_pretrained(state, shardings, config: ml_collections.ConfigDict, model_
     kept = {n for n in flat_abstract if any(p.search(n) for p in keep)}
     host = strict.flatten(load_entry(entry, field, model_cfg))
     source = f"{entry.path} ({field}, target {target!r})"
-    strict.check_names(source, set(flat_abstract) - kept, set(host) - kept, optional=())
-    mismatched = [problem for name in sorted(set(flat_abstract) - kept)
-                  if (problem := strict.check_tensor(name, host[name], tuple(flat_abstract[name].shape)))]
-    if mismatched:
-      raise strict.StrictLoadError(source, mismatched=mismatched)
+    try:
+      strict.check_names(source, set(flat_abstract) - kept, set(host) - kept, optional=())
+      mismatched = [problem for name in sorted(set(flat_abstract) - kept)
+                    if (problem := strict.check_tensor(name, host[name], tuple(flat_abstract[name].shape)))]
+      if mismatched:
+        raise strict.StrictLoadError(source, mismatched=mismatched)
+    except strict.StrictLoadError as e:
+      notes = config_notes(entry, field, model_cfg)
+      if not notes:
+        raise
+      raise strict.StrictLoadError(e.source, missing=e.missing, unexpected=e.unexpected, mismatched=e.mismatched,
+                                   notes=notes) from e
     load = {n: flat_abstract[n] for n in flat_abstract if n not in kept}
     flat_sh = strict.flatten(_subtree(shardings.params, target, "the model", f"{field}.target"))
     flat_params = strict.flatten(_subtree(params, target, "the model", f"{field}.target"))

@@ -16,8 +16,9 @@ class StrictLoadError(ValueError):
   """A checkpoint does not match the model: lists every missing, unexpected and mismatched tensor by name."""
 
   def __init__(self, source: str, *, missing: Iterable[str] = (), unexpected: Iterable[str] = (),
-               mismatched: Iterable[str] = ()):
+               mismatched: Iterable[str] = (), notes: Iterable[str] = ()):
     self.source = source
+    self.notes = list(notes)
     self.missing = sorted(missing)
     self.unexpected = sorted(unexpected)
     self.mismatched = sorted(mismatched)
@@ -28,6 +29,7 @@ class StrictLoadError(ValueError):
       lines.append(f"  {len(self.unexpected)} unexpected tensor(s): " + ", ".join(self.unexpected))
     if self.mismatched:
       lines.append(f"  {len(self.mismatched)} mismatched tensor(s): " + "; ".join(self.mismatched))
+    lines += [f"  {note}" for note in self.notes]
     super().__init__("\n".join(lines))
 
 
