@@ -29,8 +29,9 @@ IMAGE_MAX_DIM = 4096  # the largest free image axis an exported policy accepts (
 
 
 def observation_spec(policy) -> dict[str, server_lib.ArraySpec] | None:
-  """The server's observation spec from the policy's own ``observation_spec()`` ({key: (dtype, shape with None
-  for any size, required)}, as ``lamp_torch.ExportedPolicy`` gives), or None for the server's default.
+  """The server's observation spec from the policy's own ``observation_spec()``: {key: ``ArraySpec``} (as
+  ``CheckpointPolicy`` gives; used as is) or {key: (dtype, shape with None for any size, required)} (as the
+  JAX-free ``lamp_torch.ExportedPolicy`` gives), or None for the server's default.
 
   The checks match ``CheckpointPolicy.observation_spec``'s: float entries must be finite, a free image axis takes
   up to ``IMAGE_MAX_DIM`` pixels (the policy resizes).
@@ -39,7 +40,11 @@ def observation_spec(policy) -> dict[str, server_lib.ArraySpec] | None:
   if spec is None:
     return None
   out = {}
-  for key, (dtype, shape, required) in spec().items():
+  for key, entry in spec().items():
+    if isinstance(entry, server_lib.ArraySpec):
+      out[key] = entry
+      continue
+    dtype, shape, required = entry
     size = {"max_dim": IMAGE_MAX_DIM} if dtype == "uint8" else {}
     out[key] = server_lib.ArraySpec(dtype, tuple(shape), required=required, finite=np.dtype(dtype).kind == "f",
                                     **size)

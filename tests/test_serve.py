@@ -306,3 +306,26 @@ def test_load_bench_counts_every_request(served):
   obs = serve_load.observation_from_spec({"image_0": {"dtype": "uint8", "shape": [-1, -1, 3]},
                                           "state": {"dtype": "float32", "shape": [5]}}, np.random.default_rng(0), 9)
   assert obs["image_0"].shape == (9, 9, 3) and obs["state"].shape == (5,) and obs["state"].dtype == np.float32
+
+
+def test_serve_takes_either_form_of_a_policys_observation_spec():
+  """``python -m lamp_jax.serve --checkpoint=DIR`` failed to start (TypeError) after CheckpointPolicy's spec became
+  {key: ArraySpec}: the server's spec takes ArraySpecs as they are and the torch export's (dtype, shape, required)
+  tuples as before."""
+  from lamp_jax import serve  # pylint: disable=g-import-not-at-top
+
+  state = server_lib.ArraySpec("float32", (7,), required=True, finite=True)
+
+  class WithArraySpecs:
+    def observation_spec(self):
+      return {"state": state}
+
+  class WithTuples:
+    def observation_spec(self):
+      return {"image_0": ("uint8", (None, None, 3), True), "state": ("float32", (7,), True)}
+
+  assert serve.observation_spec(WithArraySpecs()) == {"state": state}
+  spec = serve.observation_spec(WithTuples())
+  assert spec["state"] == state
+  assert spec["image_0"] == server_lib.ArraySpec("uint8", (None, None, 3), required=True, max_dim=serve.IMAGE_MAX_DIM)
+  assert serve.observation_spec(object()) is None
