@@ -312,3 +312,27 @@ def test_sim_lara_variants_share_lamp_data_and_budget():
   sim.loader.exec_module(module)
   assert module.ABLATION_METHODS["lara"] == ("lara", "smoke_lara")
   assert module.ABLATION_METHODS["lara_frozen_lam"] == ("lara_frozen", "smoke_lara_frozen")
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_export_leaves_out_the_alignment(policy):
+  """LARA is training-only: the exported policy is the policy without it (no 'lam' / 'lara_predictor' tensors,
+  no lara / lam config sections, no 'align' / 'lam' loss weights), the remaining tensors bit-exact."""
+  from lamp_jax import export  # pylint: disable=g-import-not-at-top
+
+  cfg = _tiny(policy)
+  lib = registry.for_config(cfg)
+  rs = np.random.RandomState(3)
+  params = jax.tree.map(lambda s: np.asarray(rs.normal(0.0, 0.1, s.shape), s.dtype), lib.abstract_params(cfg))
+  assert set(lara.TOP_LEVEL) <= set(params)
+  inference = lib.inference_config(cfg)
+  assert "lara" not in inference and "lam" not in inference
+  assert not set(lara.LOSS_TERMS) & set(inference.loss.weights)
+  assert "lara" in cfg and "align" in cfg.loss.weights  # the training config is left as it was
+  kept, kept_cfg = export._inference_only(params, cfg)  # pylint: disable=protected-access
+  assert set(kept) == set(params) - set(lara.TOP_LEVEL)
+  assert kept_cfg.to_dict() == inference.to_dict()
+  entries, abstract = export.layout(kept_cfg)  # the exporter's strict layout of what is kept
+  assert set(abstract) == set(kept) and entries
+  for name, value in strict.flatten(kept).items():
+    np.testing.assert_array_equal(value, strict.flatten(params)[name])

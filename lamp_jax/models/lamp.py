@@ -436,7 +436,9 @@ class LaMPLibrary(interface.ModelLibrary):
     return LaMP(cfg)
 
   def inference_config(self, cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Without the motion-image head (``sample_actions`` never runs it; its parameters and the VAE's are dropped)."""
+    """Without the training-only parts ``sample_actions`` never runs: the motion-image head (its parameters and
+    the VAE's are dropped) and LARA's alignment (the LAM and the predictor)."""
+    cfg = lara.without(cfg)
     if not _has_motion_image(cfg):
       return cfg
     out = copy.deepcopy(cfg)

@@ -233,6 +233,10 @@ class Pi0Library(interface.ModelLibrary):
     vlm_and_expert_configs(cfg)  # fails here, naming the fields, rather than inside a trace
     return Pi0(cfg)
 
+  def inference_config(self, cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Without LARA's training-only alignment (the LAM and the predictor)."""
+    return lara.without(cfg)
+
   def dummy_batch(self, cfg: ml_collections.ConfigDict, batch_size: int = 2, seed: int = 0) -> dict:
     return lara.add_dummy_future(cfg, dummy_batch(cfg, batch_size, seed), seed)
 
