@@ -39,6 +39,7 @@ def test_motion_bench_tiny_cli():
                       result["latency_ms"]["motion_partial"] / result["latency_ms"]["motion_full"], rel_tol=1e-2)
 
 
+@pytest.mark.slow  # compiles several models in a subprocess: minutes on a 2-core host
 def test_bench_inference_times_the_library_variants_and_their_ratios():
   result = _run("lamp_jax.bench", "--config=configs/lamp.py:tiny", "--what=inference", "--repeats=2",
                 "--with_reference")
@@ -87,6 +88,7 @@ def test_bench_train_step_with_reference_times_both_and_reports_memory():
   assert result["memory_gb"]["peak_rss"] >= result["memory_gb"]["rss"]["after_timing"] > 0
 
 
+@pytest.mark.slow  # compiles several models in a subprocess: minutes on a 2-core host
 def test_bench_train_step_of_a_model_with_state():
   """The latent action model (state collection 'vq_state', after_update) is timed as the trainer runs it."""
   result = _run("lamp_jax.bench", "--config=configs/lam.py:tiny", "--what=train_step", "--batch_size=3",

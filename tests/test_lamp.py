@@ -101,6 +101,7 @@ def test_loss_repeats_equal_a_tiled_batch(setup):
     lamp.build(bad).apply({"params": params}, batch, jax.random.key(0), method="compute_loss")
 
 
+@pytest.mark.slow  # several compilations of the sim-size model
 def test_proprio_off_and_dropout(setup):
   """use_proprio=False: the action loss does not depend on the proprio values. proprio_dropout only acts in
   training (train=False equals no dropout), only zeroes the state (zero proprio is unchanged by it), and does act

@@ -267,6 +267,7 @@ def _frozen_config(lam_workdir: str):
   return config
 
 
+@pytest.mark.slow  # trains through the trainer (minutes on a 2-core host)
 def test_frozen_lam_is_loaded_from_a_lam_run_and_unchanged_by_training(lam_run, tmp_path):
   workdir, lam_final = lam_run
   initial, final = _run(_frozen_config(workdir), tmp_path / "policy")
@@ -275,6 +276,7 @@ def test_frozen_lam_is_loaded_from_a_lam_run_and_unchanged_by_training(lam_run, 
   assert _norm(jax.tree.map(lambda a, b: a - b, final.params["lara_predictor"], initial.params["lara_predictor"])) > 0
 
 
+@pytest.mark.slow  # trains through the trainer (minutes on a 2-core host)
 def test_a_lam_checkpoint_of_another_latent_size_is_an_error_naming_the_field(lam_run, tmp_path):
   config = _frozen_config(lam_run[0])
   config.model.lam.vq.code_dim = 13
@@ -283,6 +285,7 @@ def test_a_lam_checkpoint_of_another_latent_size_is_an_error_naming_the_field(la
 
 
 @pytest.mark.parametrize("variant", ["smoke", "smoke_pi0"])
+@pytest.mark.slow  # trains through the trainer (minutes on a 2-core host)
 def test_joint_smoke_trains_the_policy_and_the_lam(variant, tmp_path):
   config = _config_file("lara", variant)
   config.stages.main.steps = 2
