@@ -120,6 +120,7 @@ def test_every_float_key_of_a_standardisation_is_checked():
 
   class Cfg:
     scene_flow_num_points, scene_flow_horizon = K, T
+    cameras = ("image_primary", "image_wrist")  # the pipeline config always names its cameras
 
   for name in ("bridge_dataset", "bridge", "lamp_sim_x", "libero_x"):
     std = datasets.get(name)
