@@ -78,6 +78,7 @@ import ml_collections
 from configs import common
 from lamp_jax.data import config as data_config
 from lamp_jax import specs
+from lamp_jax.models import lafp_config
 from lamp_jax.models import lam_config
 from lamp_jax.models import lamp_config
 from lamp_jax.models import lara
@@ -100,6 +101,8 @@ ABLATION_METHODS = {
     "lara": ("lara", "smoke_lara"),
     "lara_frozen_lam": ("lara_frozen", "smoke_lara_frozen"),
     "motion_image": ("motion_image", "smoke_motion_image"),
+    "lafp": ("lafp", "smoke_lafp"),
+    "lafp_bc": ("lafp_bc", "smoke_lafp_bc"),
 }
 # Joint motion-image diffusion: warm-up steps (head only) out of the w/o-motion ablation's step budget; the VAE's
 # training steps and batch.
@@ -113,7 +116,8 @@ VAE_STEPS, VAE_BATCH = 1200, 16
 FILM_KEYPOINTS = 4
 VARIANTS = ("", "no_motion", "pi0", "motion_image", "vae", "film_cnn", "film_cnn_no_motion", "lara", "lara_frozen",
             "smoke", "smoke_no_motion", "smoke_pi0", "smoke_motion_image", "smoke_vae", "smoke_film_cnn",
-            "smoke_film_cnn_no_motion", "smoke_lara", "smoke_lara_frozen")
+            "smoke_film_cnn_no_motion", "smoke_lara", "smoke_lara_frozen", "lafp", "lafp_bc", "smoke_lafp",
+            "smoke_lafp_bc")
 
 
 def _model(smoke: bool, use_motion: bool, encoder: str = "paligemma") -> ml_collections.ConfigDict:
@@ -203,9 +207,30 @@ def _lara_stages(c: ml_collections.ConfigDict, joint: bool) -> None:
     action.frozen = tuple(action.frozen) + (r"^lam/",)
 
 
+def _lafp(c: ml_collections.ConfigDict, smoke: bool, objective: str) -> ml_collections.ConfigDict:
+  """The w/o-motion config ``c`` turned into LAFP (``objective`` 'flow') or its BC baseline ('bc'): the same prefix
+  encoder and DiT sizes, data, batch, steps and optimizer (one stage); a single-view latent action model on the
+  front camera, pairs (o_t, o_{t+H}), loaded from a trained LAM run into params['lam'] and frozen."""
+  m = c.model
+  lam = lafp_config.single_view_lam("tiny" if smoke else "sim", int(m.action_horizon))
+  c.model = lafp_config.from_policy(m, lam, objective=objective)
+  c.data.pipeline = _pipeline(c.model, int(c.data.global_batch_size), smoke)
+  (stage,) = c.stage_order
+  c.stages[stage].frozen = (r"^lam/",)
+  with c.stages[stage].unlocked():
+    c.stages[stage].model_overrides = ml_collections.ConfigDict()
+  c.init = ml_collections.ConfigDict(dict(lam=pretrained.init_entry("checkpoint", "lam", path="" if smoke else None,
+                                                                    source="/")))
+  return c
+
+
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if arg not in VARIANTS:
     raise ValueError(f"unknown variant {arg!r} of configs/sim.py (variants: {VARIANTS})")
+  if "lafp" in arg:
+    smoke = arg.startswith("smoke")
+    return _lafp(get_config("smoke_no_motion" if smoke else "no_motion"), smoke,
+                 "bc" if arg.endswith("_bc") else "flow")
   if arg in ("vae", "smoke_vae"):  # the motion-image variant's VAE run alone
     return get_config("smoke_motion_image" if arg == "smoke_vae" else "motion_image").prerequisites.vae.config
   if arg.endswith("motion_image"):
