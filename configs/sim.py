@@ -71,6 +71,15 @@ The smoke variants (``smoke_lara``, ``smoke_lara_frozen``) use the 'tiny' latent
 size; ``smoke_lara_frozen`` leaves the LAM at its random initialisation (no checkpoint; frozen all the same).
 
 LARA variants: 'lara' · 'lara_frozen' · 'smoke_lara' · 'smoke_lara_frozen'.
+
+LAFP (``lafp``, ``lafp_bc``; lafp.py, docs/lafp.md): the latent action flow policy and its behaviour-cloned
+baseline on the w/o-motion policy's data, batch, steps and optimizer (one stage). LaMP's prefix encoder conditions
+a DiT that predicts the pre-quantisation latent of a single-view latent action model (front camera, pairs
+(o_t, o_{t+H})) by x-prediction flow matching, 3 sampling steps ('lafp'), or regresses it ('lafp_bc'); an MLP
+decoder maps a latent (+ proprio) to the action chunk, trained on (1 - tau_i) z_0 + tau_i z_t (tau_i 0.5). The
+latent action model comes from a trained LAM run (``--config.init.lam.path=<workdir of configs/lam.py:sim_single
+with --config.model.future_offsets='(8,)'>``, required) and stays frozen (^lam/); it never runs at inference.
+The smoke variants ('smoke_lafp', 'smoke_lafp_bc') leave it at its random initialisation.
 """
 
 import ml_collections
