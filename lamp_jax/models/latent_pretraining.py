@@ -5,8 +5,9 @@ The policy's VLM (prefix encoder) reads o_t and the instruction; a small head pr
 (o_t, o_{t+k}), the L_z codebook indices the frozen latent action model (LAM, lam.py) assigns to it:
 
   images, tokens ─► vlm ─► prefix float[B, P, D], prefix_mask bool[B, P]
-  latent_head: L_z learned queries ─► LayerNorm ─► one multi-head cross-attention onto the LayerNorm'd prefix
-               (masked by prefix_mask) ─► + queries ─► LayerNorm ─► Linear(D -> K) ─► logits float32[B, L_z, K]
+  latent_head: L_z learned queries ─► LayerNorm ─► one multi-head cross-attention onto the LayerNorm'd
+               prefix (masked by prefix_mask) ─► + queries ─► LayerNorm ─► Linear(D -> K)
+               ─► logits float32[B, L_z, K]
   o_t, o_{t+k} of view ``model.lam.views[0]`` at ``model.lam.future_offsets[0]`` ─► frozen LAM
                ``encode_latent`` ─► codes int32[B, L_z] (nearest codebook entries), valid bool[B]
   latent_codes = mean over valid examples and the L_z tokens of -log softmax(logits)[code]
@@ -233,11 +234,15 @@ def data_requirements(cfg: ml_collections.ConfigDict, base: specs.DataRequiremen
 
 
 def add_dummy_future(cfg: ml_collections.ConfigDict, batch: dict, seed: int) -> dict:
-  """``batch`` (a policy's dummy batch) with the LAM's views and future frames (lara.py's draws). Identity
-  without the option."""
+  """``batch`` (a policy's dummy batch) with the LAM's views and future frames (lara.py's draws), and without
+  the action keys when the policy reads no actions (the 'latent' stage: synthetic batches are action-free like
+  its data). Identity without the option."""
   if not enabled(cfg):
     return batch
-  return lara.dummy_future(cfg, batch, seed)
+  batch = lara.dummy_future(cfg, batch, seed)
+  if not reads_actions(cfg):
+    batch = {k: v for k, v in batch.items() if k not in (specs.ACTION, specs.ACTION_PAD_MASK)}
+  return batch
 
 
 def train_flops(cfg: ml_collections.ConfigDict, batch_size: int, weights: dict, prefix: int, width: int) -> float:
