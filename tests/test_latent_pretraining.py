@@ -17,6 +17,7 @@ import pytest
 from lamp_jax import experiment
 from lamp_jax import specs
 from lamp_jax.data import config as data_config
+from lamp_jax.data import errors
 from lamp_jax.data import normalization
 from lamp_jax.data import pipeline
 from lamp_jax.data import synthetic
@@ -264,6 +265,20 @@ def test_hidden_actions_and_episode_slices_in_the_pipeline_and_the_statistics_ca
   assert len(keys) == 3
 
 
+def test_a_sliced_train_split_without_a_val_split_is_an_error_naming_the_fix(tmp_path):
+  rng = np.random.default_rng(5)
+  episodes = [synthetic.lamp_sim_episode(rng, i, n, IMG, K, T) for i, n in enumerate(SIM_LENGTHS)]
+  no_val = synthetic.write("lamp_sim_lpnoval", str(tmp_path / "rlds"), synthetic.lamp_sim_features(IMG, K, T),
+                           episodes, num_shards=1)
+  cfg = _data_cfg(no_val, tmp_path, "train[:1]", False)
+  cfg.datasets[0].name = "lamp_sim_lpnoval"
+  with pytest.raises(errors.DataError, match=r"train_split 'train\[:1\]' is a slice .* give the dataset entry's "
+                     "val_split"):
+    pipeline.dataset_statistics(cfg)
+  cfg.datasets[0].val_split = "train[2:]"
+  assert pipeline.dataset_statistics(cfg)["lamp_sim_lpnoval"].num_trajectories == 1
+
+
 def test_generated_data_directory_reaches_the_stages_dataset_entries():
   _, c = _config_file("sim", "smoke_latent_pretraining")
   experiment.point_data_config_at(c, "/data/lamp_sim_tabletop4/1.0.0")
@@ -335,7 +350,7 @@ def _two_stage_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _run_stage(config, workdir, stage_index):
+def _run_stage(config, workdir):
   t = trainer_lib.Trainer(config, str(workdir))
   try:
     before = jax.device_get(t.initial_state(t.stage(0)))
@@ -350,8 +365,8 @@ def test_both_stages_train_through_the_trainer(tmp_path):
   config = _two_stage_config()
   latent_only = copy.deepcopy(config)
   latent_only.stage_order = ("latent",)
-  initial, after_latent = _run_stage(latent_only, tmp_path / "latent", 0)
-  _, final = _run_stage(config, tmp_path / "both", 0)
+  initial, after_latent = _run_stage(latent_only, tmp_path / "latent")
+  _, final = _run_stage(config, tmp_path / "both")
   jax.tree.map(np.testing.assert_array_equal, after_latent.params["lam"], initial.params["lam"])
   jax.tree.map(np.testing.assert_array_equal, after_latent.params["action_expert"], initial.params["action_expert"])
   assert _norm(jax.tree.map(lambda a, b: a - b, after_latent.params["latent_head"], initial.params["latent_head"])) > 0
