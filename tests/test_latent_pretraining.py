@@ -312,6 +312,10 @@ def test_sim_variants_split_the_episodes_and_share_the_labelled_budget():
   assert float(pre.stages.action.model_overrides.loss.weights.latent_codes) == 0.0
   with pytest.raises(ValueError, match="init.lam.path"):
     pretrained.active_entries(pre)
+  for variants in (("no_motion", "latent_pretraining", "small_labelled"),
+                   ("smoke_no_motion", "smoke_latent_pretraining", "smoke_small_labelled")):
+    dirs = {experiment.sim_dataset_dir(_config_file("sim", v)[1], "/unused") for v in variants}
+    assert len(dirs) == 1, (variants, dirs)  # one generated dataset, split by the dataset entries
   for name in pre.stage_order:  # each stage's data gives its model what it reads
     staged = defaults.stage_model_config(pre, name)
     data = copy.deepcopy(pre.data.pipeline)
