@@ -188,7 +188,8 @@ class LaMP(nn.Module):
     Terms: 'motion' (scene-flow deltas; needs the scene_flow keys and use_motion), 'action' (the action chunk,
     through guidance when use_motion) and 'motion_image' (the VAE latents of the optical-flow image, by the
     motion-image head from the VLM features; needs motion_image.enabled and the optical_flow keys; examples with
-    has_optical_flow False weigh 0). ``train`` enables ``proprio_dropout`` (the only stochastic regulariser;
+    has_optical_flow False weigh 0); with options also LARA's 'align' / 'lam' and latent-action pretraining's
+    'latent_codes' (latent_pretraining.py). ``train`` enables ``proprio_dropout`` (the only stochastic regulariser;
     ``train=False`` gives the deterministic loss of evaluation).
     Returns (loss float32[], metrics dict of float32[]: 'loss', 'loss/motion', 'loss/action', 'loss/motion_image',
     'guidance/gate').

@@ -168,7 +168,7 @@ def code_cross_entropy(logits: jax.Array, codes: jax.Array, valid: jax.Array) ->
     codes: int32[B, L_z] codebook indices.
     valid: bool[B] the examples whose pair counts (0 loss and accuracy when none does).
   """
-  b, length, k = logits.shape
+  b, length, _ = logits.shape
   if tuple(codes.shape) != (b, length):
     raise ValueError(f"the LAM's codes have shape {tuple(codes.shape)}; the latent head predicts {(b, length)} "
                      "(model.lam.vq.code_length tokens per example)")
@@ -177,7 +177,6 @@ def code_cross_entropy(logits: jax.Array, codes: jax.Array, valid: jax.Array) ->
   hit = (jnp.argmax(logits, -1) == codes).astype(jnp.float32)
   mask = jnp.broadcast_to(valid.astype(jnp.float32)[:, None], (b, length))
   count = jnp.maximum(jnp.sum(mask), 1.0)
-  del k
   return -jnp.sum(picked * mask) / count, jnp.sum(hit * mask) / count
 
 
