@@ -80,6 +80,23 @@ decoder maps a latent (+ proprio) to the action chunk, trained on (1 - tau_i) z_
 latent action model comes from a trained LAM run (``--config.init.lam.path=<workdir of configs/lam.py:sim_single
 with --config.model.future_offsets='(8,)'>``, required) and stays frozen (^lam/); it never runs at inference.
 The smoke variants ('smoke_lafp', 'smoke_lafp_bc') leave it at its random initialisation.
+Latent-action pretraining (``latent_pretraining``; lamp_jax/models/latent_pretraining.py,
+docs/latent_pretraining.md): the w/o-motion policy (VLM + Action Expert) on the same generated demonstrations,
+whose training episodes are split into a small LABELLED set (the first ``LABELLED_EPISODES``) and an ACTION-FREE
+set (the rest; read with ``data.hide_actions``: no action value in a batch or in the statistics):
+  stage 'latent'  (``LATENT_STEPS``) the VLM and a code head learn to predict the frozen latent action model's
+                  codes of (o_t, o_{t+H}) on the action-free episodes (term 'latent_codes'; the model reads no
+                  actions; Action Expert and ^lam/ frozen)
+  stage 'action'  (the w/o-motion ablation's steps minus ``LATENT_STEPS``) VLM + Action Expert learn the actions
+                  on the labelled episodes; the code head is frozen and its term 0 (training-only: dropped from
+                  the exported policy)
+The latent action model comes from a trained LAM run as for ``lara_frozen`` (``--config.init.lam.path=<workdir
+of configs/lam.py:sim_single run with --config.model.future_offsets='(8,)'>``, required; the smoke variant leaves
+it random).
+  small_labelled  its baseline at the same labelled budget: the w/o-motion policy's 'action' stage alone, the
+                  same steps and optimizer, on the labelled episodes only
+Latent-pretraining variants: 'latent_pretraining' · 'small_labelled' · 'smoke_latent_pretraining' ·
+'smoke_small_labelled'.
 """
 
 import ml_collections
@@ -91,6 +108,7 @@ from lamp_jax.models import lafp_config
 from lamp_jax.models import lam_config
 from lamp_jax.models import lamp_config
 from lamp_jax.models import lara
+from lamp_jax.models import latent_pretraining
 from lamp_jax.models import pi0_config
 from lamp_jax.models import vae as vae_lib
 from lamp_jax.sim import tasks
@@ -112,7 +130,13 @@ ABLATION_METHODS = {
     "motion_image": ("motion_image", "smoke_motion_image"),
     "lafp": ("lafp", "smoke_lafp"),
     "lafp_bc": ("lafp_bc", "smoke_lafp_bc"),
+    "latent_pretraining": ("latent_pretraining", "smoke_latent_pretraining"),
+    "small_labelled": ("small_labelled", "smoke_small_labelled"),
 }
+# Latent-action pretraining: labelled training episodes (the first ones; the rest are action-free) and the
+# steps of its 'latent' stage, taken out of the w/o-motion ablation's step budget (smoke: 1 episode, 1 step).
+LABELLED_EPISODES = 60
+LATENT_STEPS = 600
 # Joint motion-image diffusion: warm-up steps (head only) out of the w/o-motion ablation's step budget; the VAE's
 # training steps and batch.
 MOTION_IMAGE_WARMUP_STEPS = 200
@@ -126,7 +150,8 @@ FILM_KEYPOINTS = 4
 VARIANTS = ("", "no_motion", "pi0", "motion_image", "vae", "film_cnn", "film_cnn_no_motion", "lara", "lara_frozen",
             "smoke", "smoke_no_motion", "smoke_pi0", "smoke_motion_image", "smoke_vae", "smoke_film_cnn",
             "smoke_film_cnn_no_motion", "smoke_lara", "smoke_lara_frozen", "lafp", "lafp_bc", "smoke_lafp",
-            "smoke_lafp_bc")
+            "smoke_lafp_bc", "latent_pretraining", "small_labelled", "smoke_latent_pretraining",
+            "smoke_small_labelled")
 
 
 def _model(smoke: bool, use_motion: bool, encoder: str = "paligemma") -> ml_collections.ConfigDict:
@@ -228,6 +253,49 @@ def _lafp(c: ml_collections.ConfigDict, smoke: bool, objective: str) -> ml_colle
   c.stages[stage].frozen = (r"^lam/",)
   with c.stages[stage].unlocked():
     c.stages[stage].model_overrides = ml_collections.ConfigDict()
+def episode_split(episodes: int, val_fraction: float, labelled: int) -> tuple[str, str, str]:
+  """(labelled train_split, action-free train_split, val_split) of the generated 'train' split of ``episodes``:
+  the validation carve-out is the data pipeline's (the last ``val_fraction``), the labelled set the first
+  ``labelled`` of the rest, the action-free set the others."""
+  train = max(1, min(episodes - 1, int(round(episodes * (1.0 - val_fraction))))) if episodes > 1 else episodes
+  if not 0 < labelled < train:
+    raise ValueError(f"configs/sim.py LABELLED_EPISODES={labelled}: give 1 .. {train - 1} of the {train} training "
+                     f"episodes (sim_data.episodes={episodes}, data.pipeline.val_fraction={val_fraction})")
+  return f"train[:{labelled}]", f"train[{labelled}:{train}]", f"train[{train}:]"
+
+
+def _with_latent_pretraining(c: ml_collections.ConfigDict, smoke: bool, pretrain: bool) -> ml_collections.ConfigDict:
+  """The w/o-motion config ``c`` on the labelled episodes; with ``pretrain`` also the code head, the frozen latent
+  action model and the 'latent' stage on the action-free episodes (module docstring)."""
+  m = c.model
+  total = int(c.stages.action.steps)
+  latent_steps = 1 if smoke else LATENT_STEPS
+  labelled, action_free, val = episode_split(int(c.sim_data.episodes), float(c.data.pipeline.val_fraction),
+                                             1 if smoke else LABELLED_EPISODES)
+  c.stages.action.steps = total - latent_steps
+  if pretrain:
+    lam = lam_config.model_config("tiny" if smoke else "sim")
+    lam.views = (specs.IMAGE_PRIMARY,)
+    lam.future_offsets = (int(m.action_horizon),)
+    lam.loss.weights.cross_view = 0.0
+    latent_pretraining.add(m, lam)
+    c.data.pipeline = _pipeline(m, int(c.data.global_batch_size), smoke)
+  entry = c.data.pipeline.datasets[0]
+  entry.train_split, entry.val_split = labelled, val
+  if not pretrain:
+    return c
+  free = ml_collections.ConfigDict(entry.to_dict())
+  free.train_split = action_free
+  action = c.stages.action
+  action.frozen = tuple(action.frozen) + (r"^lam/", r"^latent_head/")
+  action.model_overrides.loss.weights[latent_pretraining.LOSS_TERM] = 0.0
+  latent = defaults.stage_config(
+      latent_steps, frozen=(r"^lam/", r"^action_expert/"), optimizer=action.optimizer,
+      model_overrides=dict(loss=dict(weights={"motion": 0.0, "action": 0.0, latent_pretraining.LOSS_TERM: 1.0})),
+      data_overrides=dict(datasets=[free], hide_actions=True))
+  c.stage_order = ("latent", "action")
+  c.stages = ml_collections.ConfigDict(dict(latent=latent, action=action))
+  # The trained latent action model (the whole run's parameters) into params['lam'].
   c.init = ml_collections.ConfigDict(dict(lam=pretrained.init_entry("checkpoint", "lam", path="" if smoke else None,
                                                                     source="/")))
   return c
@@ -240,6 +308,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     smoke = arg.startswith("smoke")
     return _lafp(get_config("smoke_no_motion" if smoke else "no_motion"), smoke,
                  "bc" if arg.endswith("_bc") else "flow")
+  if arg.endswith(("latent_pretraining", "small_labelled")):
+    smoke = arg.startswith("smoke")
+    return _with_latent_pretraining(get_config("smoke_no_motion" if smoke else "no_motion"), smoke,
+                                    pretrain=arg.endswith("latent_pretraining"))
   if arg in ("vae", "smoke_vae"):  # the motion-image variant's VAE run alone
     return get_config("smoke_motion_image" if arg == "smoke_vae" else "motion_image").prerequisites.vae.config
   if arg.endswith("motion_image"):

@@ -109,9 +109,16 @@ def ensure_sim_dataset(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def point_data_config_at(config: ml_collections.ConfigDict, version_dir: str) -> None:
-  """Writes the generated dataset's directory into the (first) pipeline dataset entry."""
+  """Writes the generated dataset's directory into the (first) pipeline dataset entry, and into the stages'
+  ``data_overrides.datasets`` entries of the same dataset that name no directory (e.g. a stage reading another
+  episode subset of the generated data: latent-action pretraining's action-free episodes)."""
   with config.unlocked():
-    config.data.pipeline.datasets[0].data_dir = version_dir
+    first = config.data.pipeline.datasets[0]
+    first.data_dir = version_dir
+    for stage in config.stages.values():
+      for entry in stage.data_overrides.get("datasets", ()):
+        if entry.name == first.name and not entry.data_dir:
+          entry.data_dir = version_dir
 
 
 # ---------------------------------------------------------------------------------------- prerequisites --

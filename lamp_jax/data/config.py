@@ -96,6 +96,11 @@ def default_data_config() -> ml_collections.ConfigDict:
   # 224 px width scaled to the stored width (lamp_jax.flow_image.default_max_magnitude). Used by the estimator and
   # by the simulator's generation of exact flow images (experiment.generation_flags).
   cfg.optical_flow_max_magnitude = 0.0
+  # --- action labels ------------------------------------------------------------------------------------------
+  # True: the data are treated as action-free (latent-action pretraining): the batches carry no 'action' /
+  # 'action_pad_mask', and the statistics pass reads no action value (the action statistics are those of zeros;
+  # the cache keeps them apart). A model that reads actions fails check_requirements naming this field.
+  cfg.hide_actions = False
   # --- normalisation --------------------------------------------------------------------------------------
   cfg.action_normalization = "bounds"  # 'normal' (z-score) | 'bounds' (p01-p99 -> [-1,1]) | 'bounds_minmax' | 'none'
   cfg.proprio_normalization = "normal"
@@ -177,6 +182,10 @@ def check_requirements(data_cfg, requirements) -> list[str]:
     mismatch("image_size", tuple(data_cfg.image_size), size, "reads square images of size")
   if int(data_cfg.window_size) != int(requirements.window):
     mismatch("window_size", int(data_cfg.window_size), int(requirements.window), "reads an observation window of")
+  if requirements.action_horizon and data_cfg.get("hide_actions", False):
+    problems.append(f"data.hide_actions=True (action-free data) but the model reads action chunks of "
+                    f"{int(requirements.action_horizon)} steps (a stage that reads actions needs labelled data: "
+                    "set its model's loss.weights.action to 0 or data.hide_actions to False)")
   if requirements.action_horizon and int(data_cfg.action_horizon) != int(requirements.action_horizon):
     mismatch("action_horizon", int(data_cfg.action_horizon), int(requirements.action_horizon),
              "predicts action chunks of")

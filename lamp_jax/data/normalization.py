@@ -20,6 +20,7 @@ does not match is an error naming the file.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -158,8 +159,23 @@ def default_cache_dir() -> str:
                                                                "dataset_statistics")
 
 
-def cache_path(cache_dir: str, dataset: str, info_hash: str) -> str:
-  return os.path.join(cache_dir or default_cache_dir(), f"{dataset}_{info_hash}.json")
+def cache_path(cache_dir: str, dataset: str, info_hash: str, selection: str = "") -> str:
+  """``<cache_dir>/<dataset>_<info_hash><selection>.json`` (``selection``: ``selection_key``)."""
+  return os.path.join(cache_dir or default_cache_dir(), f"{dataset}_{info_hash}{selection}.json")
+
+
+def selection_key(entry, data_cfg) -> str:
+  """'' for the default selection of a dataset's training episodes (split 'train', the default validation
+  carve-out, actions read); else '_' + a hash of (train_split, val_split, val_fraction, hide_actions), so that
+  statistics of another episode subset (e.g. a small labelled 'train[:60]') or of action-free data never come
+  from the cache entry of the whole split."""
+  train_split = str(entry.get("train_split", "train") or "train")
+  val_split = str(entry.get("val_split", "") or "")
+  hide = bool(data_cfg.get("hide_actions", False))
+  if train_split == "train" and not val_split and not hide:
+    return ""
+  payload = json.dumps([train_split, val_split, float(data_cfg.get("val_fraction", 0.0)), hide])
+  return "_" + hashlib.sha256(payload.encode()).hexdigest()[:10]
 
 
 def load_stats_file(path: str, *, dataset: str, info_hash: str, action_dim: int | None = None,
@@ -198,7 +214,7 @@ def compute_or_load_stats(opened, data_cfg, *, compute_fn, action_dim=None, prop
   if explicit:
     return load_stats_file(explicit, dataset=opened.name, info_hash=info_hash, action_dim=action_dim,
                            proprio_dim=proprio_dim, source="file")
-  path = cache_path(str(data_cfg.stats_cache_dir), opened.name, info_hash)
+  path = cache_path(str(data_cfg.stats_cache_dir), opened.name, info_hash, selection_key(opened.entry, data_cfg))
   if tf.io.gfile.exists(path):
     try:
       stats = load_stats_file(path, dataset=opened.name, info_hash=info_hash, action_dim=action_dim,

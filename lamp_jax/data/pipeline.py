@@ -59,7 +59,10 @@ def _stats_pass(opened, data_cfg, counter):
     del file_index, episode_index
     steps, metadata = rlds.decode_episode(opened, serialized)
     traj = opened.standardize(steps, metadata)
-    return traj["action"], traj["observation"]["proprio"]
+    actions = traj["action"]
+    if data_cfg.get("hide_actions", False):  # action-free data: no action value enters the statistics
+      actions = tf.zeros_like(actions)
+    return actions, traj["observation"]["proprio"]
 
   ds = ds.map(standardize, num_parallel_calls=max(1, int(data_cfg.num_parallel_reads)))
   actions, proprio, count = [], [], 0
@@ -98,6 +101,8 @@ def mixture_weights(data_cfg, stats: dict) -> np.ndarray:
 
 # Cut points of make_dataset(stop_after=...) for the per-stage profile (lamp_jax.data.profile), in order.
 STAGES = ("read", "parse", "shuffle", "decode", "augment", "batch")
+# The batch keys of the action labels (absent with data.hide_actions).
+ACTION_KEYS = (specs.ACTION, specs.ACTION_PAD_MASK)
 
 
 def _frames(opened, stats, data_cfg, *, which, seed, process_index, process_count, threads, counter, train,
@@ -125,6 +130,9 @@ def _frames(opened, stats, data_cfg, *, which, seed, process_index, process_coun
   if int(data_cfg.subsample_length) > 0 and train:  # after chunking: kept steps keep their true chunks
     ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=_derive_seed(seed, 1)).batch(2))
     ds = ds.map(_graph_fn(lambda frames, s: traj_transforms.subsample(frames, int(data_cfg.subsample_length), s)),
+                num_parallel_calls=threads[1])
+  if data_cfg.get("hide_actions", False):  # action-free data: the examples carry no action labels
+    ds = ds.map(_graph_fn(lambda frames: {k: v for k, v in frames.items() if k not in ACTION_KEYS}),
                 num_parallel_calls=threads[1])
   return ds.unbatch()
 

@@ -316,6 +316,10 @@ class FileSlice:
 def _train_count(splits, split: str, val_fraction: float, opened) -> int:
   """Episodes of ``split`` kept for training when the last ``val_fraction`` of them is used for validation."""
   if split not in splits:
+    if "[" in split:
+      raise errors.DataError(f"train_split '{split}' is a slice and the dataset has no 'val' split: give the "
+                             "dataset entry's val_split too (the val_fraction carve-out applies to whole splits)",
+                             dataset=opened.name, file=opened.directory)
     raise errors.DataError(f"unknown split '{split}' (available: {sorted(splits)})", dataset=opened.name,
                            file=opened.directory)
   total = int(splits[split].num_examples)

@@ -23,9 +23,13 @@ LARA (``model.lara``, lara.py; training-only): loss terms 'align' (the Action Ex
 L - lara.block_from_end of its ``depth`` layers, last action token, predicts the latent action model's latent) and
 'lam' (that model's own loss), parameters 'lam' and 'lara_predictor'.
 
+Latent-action pretraining (``model.latent_pretraining``, latent_pretraining.py; training-only): loss term
+'latent_codes' (a head on the VLM prefix predicts the frozen latent action model's codes of (o_t, o_{t+k})),
+parameters 'lam' and 'latent_head'. Without the 'action' term the policy reads no action labels.
+
 Parameter tree top level: 'vlm', 'motion_expert', 'guidance', 'action_expert' (nothing else); with the motion-image
-head also 'motion_image' and 'vae'; with LARA also 'lam' and 'lara_predictor'; without motion (use_motion=False) no
-'motion_expert' / 'guidance'.
+head also 'motion_image' and 'vae'; with LARA also 'lam' and 'lara_predictor'; with latent-action pretraining also
+'lam' and 'latent_head'; without motion (use_motion=False) no 'motion_expert' / 'guidance'.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from lamp_jax.models import interface
 from lamp_jax.models import layers
 from lamp_jax.models import lamp_config
 from lamp_jax.models import lara
+from lamp_jax.models import latent_pretraining
 from lamp_jax.models import losses
 from lamp_jax.models import motion_expert as motion_lib
 from lamp_jax.models import motion_image as motion_image_lib
@@ -90,6 +95,8 @@ class LaMP(nn.Module):
       self.motion_image = motion_image_lib.MotionImageDiT(cfg.motion_image, dtype=dtype)
     if lara.enabled(cfg):
       self.lam, self.lara_predictor = lara.build(cfg)
+    if latent_pretraining.enabled(cfg):
+      self.lam, self.latent_head = latent_pretraining.build(cfg, prefix_encoder.width(cfg.vlm))
 
   # ---------------------------------------------------------------------------------------- inputs
   def _proprio(self, batch, dropout_rng=None):
@@ -170,6 +177,9 @@ class LaMP(nn.Module):
     if lara.enabled(self.config):
       velocity = velocity + 0.0 * lara.init_touch(self.config, self.lam, self.lara_predictor, batch, rng,
                                                   int(self.config.action.width))
+    if latent_pretraining.enabled(self.config):
+      velocity = velocity + 0.0 * latent_pretraining.init_touch(self.latent_head, self.lam, batch, rng, features,
+                                                                mask)
     return velocity
 
   def compute_loss(self, batch, rng, *, train: bool = True, gate_override=None):
@@ -178,7 +188,8 @@ class LaMP(nn.Module):
     Terms: 'motion' (scene-flow deltas; needs the scene_flow keys and use_motion), 'action' (the action chunk,
     through guidance when use_motion) and 'motion_image' (the VAE latents of the optical-flow image, by the
     motion-image head from the VLM features; needs motion_image.enabled and the optical_flow keys; examples with
-    has_optical_flow False weigh 0). ``train`` enables ``proprio_dropout`` (the only stochastic regulariser;
+    has_optical_flow False weigh 0); with options also LARA's 'align' / 'lam' and latent-action pretraining's
+    'latent_codes' (latent_pretraining.py). ``train`` enables ``proprio_dropout`` (the only stochastic regulariser;
     ``train=False`` gives the deterministic loss of evaluation).
     Returns (loss float32[], metrics dict of float32[]: 'loss', 'loss/motion', 'loss/action', 'loss/motion_image',
     'guidance/gate').
@@ -186,7 +197,7 @@ class LaMP(nn.Module):
     its inputs tiled R times along the batch (copy r of example i at r * B + i).
     """
     cfg = self.config
-    terms = lara.loss_terms(cfg, LOSS_TERMS)
+    terms = latent_pretraining.loss_terms(cfg, lara.loss_terms(cfg, LOSS_TERMS))
     weights = losses.active_weights(cfg.loss.weights, terms, NAME)
     r_motion, r_action = int(cfg.loss.get("motion_repeats", 1)), int(cfg.loss.get("action_repeats", 1))
     if r_motion < 1 or r_action < 1:
@@ -259,6 +270,11 @@ class LaMP(nn.Module):
       lara_values, extra = lara.loss_values(cfg, self.lam, self.lara_predictor, batch, rng, captured.get("hidden"),
                                             weights)
       values.update(lara_values)
+    if latent_pretraining.enabled(cfg):
+      latent_values, latent_metrics = latent_pretraining.loss_values(self.latent_head, self.lam, batch, rng,
+                                                                     features, mask, weights)
+      values.update(latent_values)
+      extra.update(latent_metrics)
     total, metrics = losses.weighted_total(values, weights, terms)
     metrics["guidance/gate"] = gate
     metrics.update(extra)
@@ -437,8 +453,9 @@ class LaMPLibrary(interface.ModelLibrary):
 
   def inference_config(self, cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Without the training-only parts ``sample_actions`` never runs: the motion-image head (its parameters and
-    the VAE's are dropped) and LARA's alignment (the LAM and the predictor)."""
-    cfg = lara.without(cfg)
+    the VAE's are dropped), LARA's alignment (the LAM and the predictor) and latent-action pretraining (the LAM
+    and the code head)."""
+    cfg = latent_pretraining.without(lara.without(cfg))
     if not _has_motion_image(cfg):
       return cfg
     out = copy.deepcopy(cfg)
@@ -447,16 +464,17 @@ class LaMPLibrary(interface.ModelLibrary):
     return out
 
   def dummy_batch(self, cfg: ml_collections.ConfigDict, batch_size: int = 2, seed: int = 0) -> dict:
-    return lara.add_dummy_future(cfg, dummy_batch(cfg, batch_size, seed), seed)
+    batch = lara.add_dummy_future(cfg, dummy_batch(cfg, batch_size, seed), seed)
+    return latent_pretraining.add_dummy_future(cfg, batch, seed)
 
   def data_requirements(self, cfg: ml_collections.ConfigDict) -> specs.DataRequirements:
     motion = cfg.motion
-    return lara.data_requirements(cfg, specs.DataRequirements(
+    return latent_pretraining.data_requirements(cfg, lara.data_requirements(cfg, specs.DataRequirements(
         cameras=tuple(cfg.image_keys), image_size=int(cfg.image_size), window=1,
         action_horizon=int(cfg.action_horizon), action_dim=int(cfg.action_dim), proprio_dim=int(cfg.proprio_dim),
         scene_flow=(int(motion.num_keypoints), int(motion.num_steps)) if cfg.use_motion else None,
         optical_flow=_has_motion_image(cfg),
-        text_tokens=int(cfg.max_token_len), vocab_size=int(prefix_encoder.vocab_size(cfg.vlm))))
+        text_tokens=int(cfg.max_token_len), vocab_size=int(prefix_encoder.vocab_size(cfg.vlm)))))
 
   def analytic_flops(self, cfg: ml_collections.ConfigDict, batch_size: int, mode: str) -> float:
     """Modes: 'sample_actions' (VLM + partial_steps + 1 motion calls + guidance + num_inference_steps action
@@ -507,7 +525,8 @@ class LaMPLibrary(interface.ModelLibrary):
       if weights.get(motion_image_lib.LOSS_TERM, 0.0) > 0 and _has_motion_image(cfg):
         forward += flops.motion_image_call(cfg.motion_image, cfg.vae, int(cfg.image_size), prefix, width)
         encoder = flops.vae_encoder(cfg.vae, int(cfg.image_size))
-      total = 3 * forward + encoder + lara.train_flops(cfg, 1, weights, int(cfg.action.width))
+      total = (3 * forward + encoder + lara.train_flops(cfg, 1, weights, int(cfg.action.width))
+               + latent_pretraining.train_flops(cfg, 1, weights, prefix, width))
     else:
       raise ValueError(f"unknown analytic_flops mode {mode!r} of 'lamp' (modes: {self.flop_modes})")
     return float(batch_size * total)

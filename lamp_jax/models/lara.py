@@ -224,6 +224,12 @@ def add_dummy_future(cfg: ml_collections.ConfigDict, batch: dict, seed: int) -> 
   policy's other draws are unchanged). Identity without LARA."""
   if not enabled(cfg):
     return batch
+  return dummy_future(cfg, batch, seed)
+
+
+def dummy_future(cfg: ml_collections.ConfigDict, batch: dict, seed: int) -> dict:
+  """``batch`` with the views and future frames of the LAM config ``cfg.lam`` (random uint8 images drawn from
+  their own stream of ``seed``; all pairs valid). Shared by the policy options that carry a LAM."""
   rs = np.random.RandomState(seed + 0x1A4A)
   obs = dict(batch[specs.OBSERVATION])
   b = next(iter(obs[specs.PROPRIO].shape[:1]))
