@@ -33,8 +33,8 @@ from lamp_jax.eval import stats
 from lamp_jax.training import metrics as metrics_lib
 
 # Every method of the family, in table order; a suite config declares those it has.
-FAMILY = ("lamp", "no_motion", "pi0", "motion_image", "lam", "latent_pretraining", "lara", "lara_frozen_lam",
-          "lafp", "lafp_bc")
+FAMILY = ("lamp", "no_motion", "pi0", "motion_image", "pi0_motion_image", "lam", "latent_pretraining", "lara",
+          "lara_frozen_lam", "lafp", "lafp_bc")
 
 
 def load_suite(path: str) -> tuple[dict, str]:
