@@ -237,7 +237,7 @@ def test_export_drops_the_head_and_its_vae(tmp_path):
     np.testing.assert_array_equal(value, strict.flatten(params)[name])
 
 
-def test_sim_variants_run_on_the_budget_and_data_of_pi0():
+def test_sim_variants_run_on_the_budget_and_data_of_pi0(tmp_path):
   """configs/sim.py:pi0_motion_image is π0 + the head: π0's model, data (plus the exact flow images), total step
   budget, optimizer and action draws, in the head's two stages (the VAE frozen in both; the warm-up trains the head
   alone), its VAE the motion-image variant's (one shared prerequisite run)."""
@@ -260,6 +260,8 @@ def test_sim_variants_run_on_the_budget_and_data_of_pi0():
     assert run.stages.joint.optimizer.to_dict() == base.stages.action.optimizer.to_dict()
     assert set(run.stages.warmup.frozen) == {"^vlm/", "^action_expert/", "^vae/"}
     assert tuple(run.stages.joint.frozen) == ("^vae/",)
+  from lamp_jax import experiment  # pylint: disable=g-import-not-at-top
+  experiment.check_config(sim.get_config("smoke_pi0_motion_image"), str(tmp_path))  # the checks before any work
 
 
 # ------------------------------------------------------------------------ trainer -> checkpoint -> report
