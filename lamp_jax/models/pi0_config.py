@@ -7,8 +7,8 @@
   vlm (``paligemma.config_from_dict``) · image_keys · image_size (follows vlm.image_size) · max_token_len
   action (kind 'pi0', variant + overrides of ``gemma.get_config`` for the expert, time_dist, time_min_period,
   time_max_period, remat; ``pi0_expert.py``) · use_proprio · proprio_dropout · loss (weights {action}, action_repeats)
-  num_inference_steps · action_horizon · action_dim · proprio_dim; with ``with_motion_image`` also motion_image and
-vae (the joint motion-image diffusion head, ``models/motion_image.py``) and loss.weights.motion_image.
+  num_inference_steps · action_horizon · action_dim · proprio_dim; with ``with_motion_image`` also motion_image
+  and vae (the joint motion-image diffusion head, ``models/motion_image.py``) and loss.weights.motion_image.
 
 The expert's depth, num_heads, num_kv_heads and head_dim must equal the VLM LLM's (checked when the model is
 built). Defaults follow openpi's π0: 10 Euler steps, time distribution 'pi0_beta', time embedding periods
