@@ -44,6 +44,24 @@ def test_pca_round_trip_and_orthonormality():
     pca.transform(z[:, :4])
 
 
+def test_fewer_train_rows_than_latent_dims_keeps_heldout_finite():
+  """The bug: with N train rows < D latent dims the PCA kept its N-th direction (rank N - 1 once centred, so
+  pure rounding noise), the probe standardised it by ~1e-15 and held-out NMSE came out ~1e28."""
+  rng = np.random.default_rng(3)
+  z = rng.normal(size=(41 + 199, 97))
+  a = z @ rng.normal(size=(97, 3)) + 0.1 * rng.normal(size=(240, 3))
+  pca = linear_probe.fit_pca(z[:41], 64)
+  assert pca.components.shape == (40, 97)  # the centred train split's rank
+  config = dataclasses.replace(FAST, n_components=64, batch_size=32, epochs=30)
+  result = linear_probe.forward_probe(z[:41], a[:41], {"heldout": (z[41:], a[41:])}, config)
+  assert result.input_dim == 40
+  # 40 inputs + bias fit 41 rows exactly; held out, a minimum-norm interpolation explains part of a: NMSE < 1.
+  assert result.nmse_least_squares["train"] < 1e-20
+  assert 0.0 < result.nmse["heldout"] < 1.0 and 0.0 < result.nmse_least_squares["heldout"] < 1.0
+  with pytest.raises(ValueError, match="all 5 rows are equal"):
+    linear_probe.fit_pca(np.ones((5, 3)), 2)
+
+
 def test_nmse_definition():
   targets = np.array([[0.0, 10.0], [2.0, 10.0], [4.0, 16.0]])
   # Predicting the split's mean scores 1; errors are pooled over dimensions: (Σ MSE) / (Σ Var).

@@ -28,6 +28,7 @@ own checkpoint instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -152,9 +153,9 @@ def _checkpoint_dir(entry: ml_collections.ConfigDict, field: str) -> str:
   return directory
 
 
-def _checkpoint_config(entry: ml_collections.ConfigDict, field: str) -> tuple[ml_collections.ConfigDict,
-                                                                             ml_collections.ConfigDict]:
-  """(run config, model config of its checkpoint's stage) of the run an entry reads."""
+@contextlib.contextmanager
+def _open_run(entry: ml_collections.ConfigDict, field: str):
+  """Yields (checkpointer, step, run config, model config of the step's stage) of the run an entry reads."""
   directory = _checkpoint_dir(entry, field)
   checkpointer = ckpt_lib.Checkpointer(directory, read_only=True, async_save=False)
   try:
@@ -165,38 +166,29 @@ def _checkpoint_config(entry: ml_collections.ConfigDict, field: str) -> tuple[ml
     meta, config_json, _ = checkpointer.restore_json(step)
     config = ckpt_lib.config_from_json(config_json)
     stage = str(meta.get("stage_name", config.stage_order[-1]))
-    return config, defaults.stage_model_config(config, stage)
+    yield checkpointer, step, config, defaults.stage_model_config(config, stage)
   finally:
     checkpointer.close()
+
+
+def _checkpoint_config(entry: ml_collections.ConfigDict, field: str) -> tuple[ml_collections.ConfigDict,
+                                                                             ml_collections.ConfigDict]:
+  """(run config, model config of its checkpoint's stage) of the run an entry reads."""
+  with _open_run(entry, field) as (_, _, config, model_cfg):
+    return config, model_cfg
 
 
 def _read_checkpoint(entry: ml_collections.ConfigDict, field: str) -> dict:
   """The (EMA) parameters of another lamp_jax run, as host numpy arrays."""
-  directory = os.path.abspath(entry.path)
-  if os.path.isdir(os.path.join(directory, "checkpoints")):
-    directory = os.path.join(directory, "checkpoints")
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"config field {field}.path: no checkpoint directory {directory}")
-  checkpointer = ckpt_lib.Checkpointer(directory, read_only=True, async_save=False)
-  try:
-    step = checkpointer.latest_step() if int(entry.step) < 0 else int(entry.step)
-    if step is None or step not in checkpointer.all_steps():
-      raise FileNotFoundError(f"config field {field}: no checkpoint step {entry.step} in {directory} "
-                              f"(steps: {checkpointer.all_steps()})")
-    meta, config_json, _ = checkpointer.restore_json(step)
-    config = ckpt_lib.config_from_json(config_json)
-    stage = str(meta.get("stage_name", config.stage_order[-1]))
-    model_cfg = defaults.stage_model_config(config, stage)
+  with _open_run(entry, field) as (checkpointer, step, config, model_cfg):
     abstract = registry.for_config(model_cfg).abstract_params(model_cfg)
     key = "ema_params" if entry.ema else "params"
     if entry.ema and float(config.ema.decay) <= 0:
-      raise ValueError(f"config field {field}.ema: the run in {directory} keeps no EMA parameters")
-    device = jax.local_devices()[0]
-    sharding = jax.sharding.SingleDeviceSharding(device)
+      raise ValueError(f"config field {field}.ema: the run in {os.path.abspath(entry.path)} keeps no EMA "
+                       "parameters")
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
     return jax.device_get(checkpointer.restore_params(step, abstract, key=key))
-  finally:
-    checkpointer.close()
 
 
 def load_entry(entry: ml_collections.ConfigDict, field: str, model_cfg: ml_collections.ConfigDict) -> dict:
