@@ -142,22 +142,27 @@ def every_prefix_token(model_cfg: ml_collections.ConfigDict) -> None:
 
 def motion_image_stages(warmup_steps: int, joint_steps: int, warmup_optimizer, joint_optimizer, *,
                         motion_image_weight: float = 1.0, action_repeats: int = 1,
-                        policy_parts=("vlm", "action_expert")) -> tuple[tuple[str, ...], ml_collections.ConfigDict]:
-  """(stage_order, stages) of joint motion-image diffusion (the paper's two phases).
+                        policy_parts=("vlm", "action_expert"),
+                        silenced_terms=()) -> tuple[tuple[str, ...], ml_collections.ConfigDict]:
+  """(stage_order, stages) of joint motion-image diffusion (the paper's two phases), for any policy whose loss has
+  the terms 'action' and 'motion_image'.
 
   'warmup': only the motion-image head trains (term 'motion_image'; every ``policy_parts`` subtree and the VAE
   frozen), so that the new head adapts to the policy's VLM features before its gradients reach them; 'joint': the
   VLM, the action head and the motion-image head train together on ``action + motion_image_weight *
   motion_image`` (the VAE stays frozen). ``action_repeats``: flow-matching draws of the action term per example.
+  ``silenced_terms``: the policy's other loss terms, weighted 0 in both stages (e.g. ('motion',) for a policy
+  config that declares a motion term).
   """
   warmup_frozen = tuple(rf"^{part}/" for part in policy_parts) + (VAE_FROZEN,)
+  silent = {term: 0.0 for term in silenced_terms}
   return ("warmup", "joint"), ml_collections.ConfigDict(dict(
       warmup=defaults.stage_config(warmup_steps, frozen=warmup_frozen, optimizer=warmup_optimizer,
-                                   model_overrides=dict(loss=dict(weights=dict(motion=0.0, action=0.0,
+                                   model_overrides=dict(loss=dict(weights=dict(**silent, action=0.0,
                                                                                motion_image=1.0)))),
       joint=defaults.stage_config(joint_steps, frozen=(VAE_FROZEN,), optimizer=joint_optimizer,
                                   model_overrides=dict(loss=dict(
-                                      weights=dict(motion=0.0, action=1.0, motion_image=motion_image_weight),
+                                      weights=dict(**silent, action=1.0, motion_image=motion_image_weight),
                                       action_repeats=action_repeats)))))
 
 

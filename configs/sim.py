@@ -45,9 +45,22 @@ params['vae'] and stay frozen in every stage. Stages (the paper's): 'warmup' (on
 Deviation, stated: the paper attaches the head to a pretrained pi0 and warms it up on DROID; here everything
 starts from scratch, so the warm-up reads a randomly initialised VLM.
 
-Variants (``:variant``): '' (LaMP) · 'no_motion' · 'pi0' · 'motion_image' · 'vae' (the motion-image variant's
-VAE run on its own) · 'smoke' / 'smoke_no_motion' / 'smoke_pi0' / 'smoke_motion_image' / 'smoke_vae' (tiny sizes,
-a few steps, 4 demonstrations, 1 evaluation episode per task: proves the command end to end).
+The paper's own setting, the head on the π0 policy (``pi0_motion_image``): π0 (``pi0``: PaliGemma + Gemma action
+expert) with the same head, VAE prerequisite (the same run, shared), stages ('warmup' 200 steps: only the head;
+'joint': VLM, action expert and head) and demonstrations with flow images, on π0's step budget, optimizer and action
+draws. The head reads the VLM's last hidden states over the prefix (the pass whose keys / values the expert reads):
+
+  python -m lamp_jax.train --config=configs/sim.py:pi0_motion_image --workdir=/tmp/pi0_sim_motion_image
+  python -m lamp_jax.ablate --methods=pi0,pi0_motion_image --seeds=3 --workdir=/tmp/ablate_pi0_motion_image
+  python -m lamp_jax.eval.motion_image_report --checkpoint=/tmp/pi0_sim_motion_image --out=/tmp/pi0_mi_report
+
+The last writes predicted vs true flow images of held-out simulator frames (PNG: camera | true | predicted) and
+their end-point / image errors (JSON); it works for either policy with the head.
+
+Variants (``:variant``): '' (LaMP) · 'no_motion' · 'pi0' · 'motion_image' · 'pi0_motion_image' · 'vae' (the
+motion-image variants' VAE run on its own) · 'smoke' / 'smoke_no_motion' / 'smoke_pi0' / 'smoke_motion_image' /
+'smoke_pi0_motion_image' / 'smoke_vae' (tiny sizes, a few steps, 4 demonstrations, 1 evaluation episode per task:
+proves the command end to end).
 
 FiLM-CNN variants (opt-in; no success rates measured yet, so the default keeps the from-scratch PaliGemma):
 'film_cnn' / 'film_cnn_no_motion' / 'smoke_film_cnn' / 'smoke_film_cnn_no_motion' replace the prefix encoder by
@@ -128,6 +141,7 @@ ABLATION_METHODS = {
     "lara": ("lara", "smoke_lara"),
     "lara_frozen_lam": ("lara_frozen", "smoke_lara_frozen"),
     "motion_image": ("motion_image", "smoke_motion_image"),
+    "pi0_motion_image": ("pi0_motion_image", "smoke_pi0_motion_image"),
     "lafp": ("lafp", "smoke_lafp"),
     "lafp_bc": ("lafp_bc", "smoke_lafp_bc"),
     "latent_pretraining": ("latent_pretraining", "smoke_latent_pretraining"),
@@ -147,11 +161,11 @@ VAE_STEPS, VAE_BATCH = 1200, 16
 # with spatial-softmax keypoints, 0 and 1 grounded by stage 0 on the named object and receptacle
 # (lamp_jax/training/grounding.py). The other variants keep the from-scratch PaliGemma ('paligemma').
 FILM_KEYPOINTS = 4
-VARIANTS = ("", "no_motion", "pi0", "motion_image", "vae", "film_cnn", "film_cnn_no_motion", "lara", "lara_frozen",
-            "smoke", "smoke_no_motion", "smoke_pi0", "smoke_motion_image", "smoke_vae", "smoke_film_cnn",
-            "smoke_film_cnn_no_motion", "smoke_lara", "smoke_lara_frozen", "lafp", "lafp_bc", "smoke_lafp",
-            "smoke_lafp_bc", "latent_pretraining", "small_labelled", "smoke_latent_pretraining",
-            "smoke_small_labelled")
+VARIANTS = ("", "no_motion", "pi0", "motion_image", "pi0_motion_image", "vae", "film_cnn", "film_cnn_no_motion", "lara",
+            "lara_frozen", "smoke", "smoke_no_motion", "smoke_pi0", "smoke_motion_image", "smoke_pi0_motion_image",
+            "smoke_vae", "smoke_film_cnn", "smoke_film_cnn_no_motion", "smoke_lara", "smoke_lara_frozen", "lafp",
+            "lafp_bc", "smoke_lafp", "smoke_lafp_bc", "latent_pretraining", "small_labelled",
+            "smoke_latent_pretraining", "smoke_small_labelled")
 
 
 def _model(smoke: bool, use_motion: bool, encoder: str = "paligemma") -> ml_collections.ConfigDict:
@@ -192,8 +206,11 @@ def _vae_model(smoke: bool) -> ml_collections.ConfigDict:
 
 
 def _with_motion_image(c: ml_collections.ConfigDict, smoke: bool) -> ml_collections.ConfigDict:
-  """The w/o-motion policy config ``c`` with the motion-image head, its VAE prerequisite and its two stages."""
+  """The policy config ``c`` (LaMP's w/o-motion ablation or π0) with the motion-image head, its VAE prerequisite
+  and its two stages."""
   m = c.model
+  if "motion_image" not in m:  # π0's model section has no head sections of its own
+    pi0_config.with_motion_image(m)
   m.motion_image.enabled = True
   if smoke:  # 16 x 16 latents of the tiny VAE in 4 x 4 patches: 16 tokens
     m.motion_image.update(dict(width=32, depth=1, num_heads=2, patch_size=4, time_frequency_dim=32))
@@ -201,7 +218,9 @@ def _with_motion_image(c: ml_collections.ConfigDict, smoke: bool) -> ml_collecti
   opt = c.stages.action.optimizer
   total, repeats = int(c.stages.action.steps), int(c.stages.action.model_overrides.loss.action_repeats)
   warmup = 1 if smoke else MOTION_IMAGE_WARMUP_STEPS
-  c.stage_order, c.stages = common.motion_image_stages(warmup, total - warmup, opt, opt, action_repeats=repeats)
+  silenced = tuple(term for term in ("motion",) if term in m.loss.weights)  # LaMP declares a motion term
+  c.stage_order, c.stages = common.motion_image_stages(warmup, total - warmup, opt, opt, action_repeats=repeats,
+                                                       silenced_terms=silenced)
   vae_opt = defaults.optimizer_config(lr=1e-3, end_lr=1e-5, warmup_steps=0 if smoke else 100, weight_decay=0.0,
                                       clip_norm=1.0)
   vae_model = _vae_model(smoke)
@@ -315,8 +334,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if arg in ("vae", "smoke_vae"):  # the motion-image variant's VAE run alone
     return get_config("smoke_motion_image" if arg == "smoke_vae" else "motion_image").prerequisites.vae.config
   if arg.endswith("motion_image"):
-    return _with_motion_image(get_config("smoke_no_motion" if arg.startswith("smoke") else "no_motion"),
-                              arg.startswith("smoke"))
+    base = ("smoke_" if arg.startswith("smoke") else "") + ("pi0" if "pi0" in arg else "no_motion")
+    return _with_motion_image(get_config(base), arg.startswith("smoke"))
   smoke = arg.startswith("smoke")
   is_pi0 = arg.endswith("pi0")
   is_lara = "lara" in arg

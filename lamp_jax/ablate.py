@@ -33,7 +33,8 @@ from lamp_jax.eval import stats
 from lamp_jax.training import metrics as metrics_lib
 
 # Every method of the family, in table order; a suite config declares those it has.
-FAMILY = ("lamp", "no_motion", "pi0", "motion_image", "lam", "small_labelled", "latent_pretraining", "lara",
+FAMILY = ("lamp", "no_motion", "pi0", "motion_image", "pi0_motion_image", "lam", "small_labelled",
+          "latent_pretraining", "lara",
           "lara_frozen_lam", "lafp", "lafp_bc")
 
 

@@ -27,7 +27,7 @@ ALLOWED = {
     "probe": {"models", "training", "data", "specs"},
     "libero": {"sim", "specs"},
     "training": {"models", "data", "specs", "tokenizer"},
-    "eval": {"training", "models", "data", "sim", "libero", "serving", "specs", "tokenizer", "allocator"},
+    "eval": {"training", "models", "data", "sim", "libero", "serving", "specs", "tokenizer", "allocator", "flow_image"},
     # The benchmark and planning tools sit on top, beside the commands.
     "perf": {"training", "models", "data", "specs", "tokenizer", "eval", "export", "export_format", "allocator", "serving"},
 }

