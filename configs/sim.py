@@ -71,6 +71,15 @@ The smoke variants (``smoke_lara``, ``smoke_lara_frozen``) use the 'tiny' latent
 size; ``smoke_lara_frozen`` leaves the LAM at its random initialisation (no checkpoint; frozen all the same).
 
 LARA variants: 'lara' · 'lara_frozen' · 'smoke_lara' · 'smoke_lara_frozen'.
+
+LAFP (``lafp``, ``lafp_bc``; lafp.py, docs/lafp.md): the latent action flow policy and its behaviour-cloned
+baseline on the w/o-motion policy's data, batch, steps and optimizer (one stage). LaMP's prefix encoder conditions
+a DiT that predicts the pre-quantisation latent of a single-view latent action model (front camera, pairs
+(o_t, o_{t+H})) by x-prediction flow matching, 3 sampling steps ('lafp'), or regresses it ('lafp_bc'); an MLP
+decoder maps a latent (+ proprio) to the action chunk, trained on (1 - tau_i) z_0 + tau_i z_t (tau_i 0.5). The
+latent action model comes from a trained LAM run (``--config.init.lam.path=<workdir of configs/lam.py:sim_single
+with --config.model.future_offsets='(8,)'>``, required) and stays frozen (^lam/); it never runs at inference.
+The smoke variants ('smoke_lafp', 'smoke_lafp_bc') leave it at its random initialisation.
 """
 
 import ml_collections
@@ -78,6 +87,7 @@ import ml_collections
 from configs import common
 from lamp_jax.data import config as data_config
 from lamp_jax import specs
+from lamp_jax.models import lafp_config
 from lamp_jax.models import lam_config
 from lamp_jax.models import lamp_config
 from lamp_jax.models import lara
@@ -100,6 +110,8 @@ ABLATION_METHODS = {
     "lara": ("lara", "smoke_lara"),
     "lara_frozen_lam": ("lara_frozen", "smoke_lara_frozen"),
     "motion_image": ("motion_image", "smoke_motion_image"),
+    "lafp": ("lafp", "smoke_lafp"),
+    "lafp_bc": ("lafp_bc", "smoke_lafp_bc"),
 }
 # Joint motion-image diffusion: warm-up steps (head only) out of the w/o-motion ablation's step budget; the VAE's
 # training steps and batch.
@@ -113,7 +125,8 @@ VAE_STEPS, VAE_BATCH = 1200, 16
 FILM_KEYPOINTS = 4
 VARIANTS = ("", "no_motion", "pi0", "motion_image", "vae", "film_cnn", "film_cnn_no_motion", "lara", "lara_frozen",
             "smoke", "smoke_no_motion", "smoke_pi0", "smoke_motion_image", "smoke_vae", "smoke_film_cnn",
-            "smoke_film_cnn_no_motion", "smoke_lara", "smoke_lara_frozen")
+            "smoke_film_cnn_no_motion", "smoke_lara", "smoke_lara_frozen", "lafp", "lafp_bc", "smoke_lafp",
+            "smoke_lafp_bc")
 
 
 def _model(smoke: bool, use_motion: bool, encoder: str = "paligemma") -> ml_collections.ConfigDict:
@@ -203,9 +216,30 @@ def _lara_stages(c: ml_collections.ConfigDict, joint: bool) -> None:
     action.frozen = tuple(action.frozen) + (r"^lam/",)
 
 
+def _lafp(c: ml_collections.ConfigDict, smoke: bool, objective: str) -> ml_collections.ConfigDict:
+  """The w/o-motion config ``c`` turned into LAFP (``objective`` 'flow') or its BC baseline ('bc'): the same prefix
+  encoder and DiT sizes, data, batch, steps and optimizer (one stage); a single-view latent action model on the
+  front camera, pairs (o_t, o_{t+H}), loaded from a trained LAM run into params['lam'] and frozen."""
+  m = c.model
+  lam = lafp_config.single_view_lam("tiny" if smoke else "sim", int(m.action_horizon))
+  c.model = lafp_config.from_policy(m, lam, objective=objective)
+  c.data.pipeline = _pipeline(c.model, int(c.data.global_batch_size), smoke)
+  (stage,) = c.stage_order
+  c.stages[stage].frozen = (r"^lam/",)
+  with c.stages[stage].unlocked():
+    c.stages[stage].model_overrides = ml_collections.ConfigDict()
+  c.init = ml_collections.ConfigDict(dict(lam=pretrained.init_entry("checkpoint", "lam", path="" if smoke else None,
+                                                                    source="/")))
+  return c
+
+
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if arg not in VARIANTS:
     raise ValueError(f"unknown variant {arg!r} of configs/sim.py (variants: {VARIANTS})")
+  if "lafp" in arg:
+    smoke = arg.startswith("smoke")
+    return _lafp(get_config("smoke_no_motion" if smoke else "no_motion"), smoke,
+                 "bc" if arg.endswith("_bc") else "flow")
   if arg in ("vae", "smoke_vae"):  # the motion-image variant's VAE run alone
     return get_config("smoke_motion_image" if arg == "smoke_vae" else "motion_image").prerequisites.vae.config
   if arg.endswith("motion_image"):

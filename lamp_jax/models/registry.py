@@ -19,6 +19,7 @@ LIBRARIES = {
     "pi0": "lamp_jax.models.pi0",
     "lam": "lamp_jax.models.lam",
     "vae": "lamp_jax.models.vae",
+    "lafp": "lamp_jax.models.lafp",
 }
 
 
