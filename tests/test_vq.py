@@ -199,3 +199,39 @@ def test_collapse_is_a_counted_event():
   # 3 consecutive collapsed steps make one event (seen by the metrics of the step after), then counting restarts.
   assert events == [0, 0, 1, 1, 1, 2, 2]
   assert int(variables[vq_lib.STATE]["collapse_events"]) == 2
+
+
+@pytest.mark.parametrize("usage_decay, dead_fraction", [(0.6, 0.2), (0.9, 0.03), (0.7, 0.1)])
+def test_restart_fires_on_a_collapsed_state_after_steps_until_dead(usage_decay, dead_fraction):
+  """A collapsed quantiser (every latent nearest to code 0, the other codes never chosen) restarts the unused
+  codes exactly ``steps_until_dead`` steps in (the smallest n with usage_decay^n < dead_fraction), from the
+  buffered latents; the restarted codes split latents that differ only slightly (the encoder's collapsed but
+  not identical outputs), so usage rises above one code."""
+  cfg = _config(usage_decay=usage_decay, dead_fraction=dead_fraction, restart_buffer=13)
+  expected = vq_lib.steps_until_dead(cfg)
+  assert usage_decay ** expected < dead_fraction <= usage_decay ** (expected - 1)
+  rs = np.random.RandomState(3)
+  z = jnp.asarray(1.0 + 1e-3 * rs.normal(size=(6, L, D)), jnp.float32)  # spread 1e-3 around one point
+  valid = jnp.ones((6,), bool)
+  module, variables = _init(cfg, z, valid)
+  codebook = np.full((K, D), 40.0, np.float32)
+  codebook[0] = 1.0
+  variables["params"]["codebook"] = jnp.asarray(codebook)
+  fired_at = None
+  for step in range(1, expected + 2):
+    out, metrics, variables = _train_step(module, cfg, variables, z, valid, jax.random.key(step))
+    assert float(out["metrics"]["vq/perplexity"]) == pytest.approx(1.0)
+    if float(metrics["vq/restarted_codes"]):
+      fired_at = step
+      break
+  assert fired_at == expected and float(metrics["vq/restarted_codes"]) == K - 1
+  after = module.apply(variables, z, valid)["metrics"]
+  assert float(after["vq/perplexity"]) > 2.0
+
+
+def test_steps_until_dead_of_the_shipped_configs_fit_a_short_run():
+  """The default rule declares a never-used code dead within 50 steps (it took 349 with usage_decay 0.99)."""
+  assert vq_lib.steps_until_dead(vq_lib.default_config()) <= 50
+  assert vq_lib.steps_until_dead(vq_lib.default_config(usage_decay=0.99, dead_fraction=0.03)) == 349
+  with pytest.raises(ValueError, match="vq.usage_decay"):
+    vq_lib.steps_until_dead(vq_lib.default_config(usage_decay=1.0))

@@ -113,7 +113,14 @@ class InverseDynamics(nn.Module):
 
 
 class ForwardDynamics(nn.Module):
-  """(context tokens float[N, T, Dt] of o_t, latent float[N, L, Dc]) -> predicted tokens of o_t+k float32[N, T, Dt]."""
+  """(context tokens float[N, T, Dt] of o_t, latent float[N, L, Dc]) -> predicted tokens of o_t+k float32[N, T, Dt].
+
+  With ``fdm_residual`` the prediction is o_t's tokens plus the stack's output, whose projection starts at zero:
+  the untrained decoder already predicts "nothing moved" (the copy-the-present baseline), so from the first step
+  the reconstruction error it is trained on is the change between the frames, which only the latent can explain.
+  Without it the decoder spends its first hundreds of steps learning to copy o_t through a final LayerNorm, the
+  latent's gradient is drowned, and the encoder's latents collapse onto one code (docs/lam.md, 'Codebook collapse').
+  """
 
   config: ml_collections.ConfigDict
   out_dim: int
@@ -133,8 +140,15 @@ class ForwardDynamics(nn.Module):
         context.astype(dtype)) + _positions(t, width).astype(dtype)
     x = jnp.concatenate([x_latent, x_context], axis=1)
     x = siglip.Encoder(_block_stack_config(cfg, cfg.fdm_depth), name="encoder")(x)
-    out = layers.DenseGeneral(self.out_dim, ("embed", "patch_in"), dtype=dtype, name="output_proj")(x[:, length:])
-    return out.astype(jnp.float32)
+    residual = bool(cfg.get("fdm_residual", False))
+    if residual and context.shape[-1] != self.out_dim:
+      raise ValueError(f"config field model.fdm_residual=True needs the decoder's context and target tokens of one "
+                       f"width; got context {context.shape[-1]} and target {self.out_dim}")
+    out = layers.DenseGeneral(self.out_dim, ("embed", "patch_in"), dtype=dtype, name="output_proj",
+                              kernel_init=(nn.initializers.zeros_init() if residual else
+                                           nn.initializers.lecun_normal()))(x[:, length:])
+    out = out.astype(jnp.float32)
+    return context.astype(jnp.float32) + out if residual else out
 
 
 class LatentActionModel(nn.Module):
@@ -232,7 +246,8 @@ class LatentActionModel(nn.Module):
   def compute_loss(self, batch, rng, *, train: bool = True):
     """Weighted named terms (module docstring; weights ``loss.weights``). ``train`` is accepted for the
     interface: the model has no stochastic regulariser. Returns (loss float32[], metrics: 'loss', 'loss/<term>',
-    the quantiser's 'vq/...' and 'lam/valid_pairs' (fraction of the pairs that count))."""
+    the quantiser's 'vq/...', 'lam/valid_pairs' (fraction of the pairs that count) and 'lam/copy_baseline' (the
+    self-view MSE of predicting o_t+k by o_t: 'loss/reconstruction' below it means the latent is used))."""
     del train
     total, metrics, _, _ = self._loss(batch, rng, losses.active_weights(self.config.loss.weights, LOSS_TERMS, NAME))
     return total, metrics
@@ -296,6 +311,11 @@ class LatentActionModel(nn.Module):
     total, metrics = losses.weighted_total(values, weights, LOSS_TERMS)
     metrics.update(quantised["metrics"])
     metrics["lam/valid_pairs"] = jnp.mean(valid.astype(jnp.float32))
+    # The error of predicting o_t+k by o_t itself (what a decoder that ignores the latent can reach on a scene
+    # that barely moves): the self-view reconstruction must go below it for the latent to carry the motion.
+    copy_error = jnp.mean(jnp.square(context - target), axis=(2, 3))  # [V, B * F]
+    metrics["lam/copy_baseline"] = jax.lax.stop_gradient(vq_lib.masked_mean(copy_error.reshape(-1),
+                                                                            pair_valid.reshape(-1)))
     return total, metrics, z.reshape(v, b, f, *z.shape[2:]), valid
 
   def encode_latent(self, batch, rng, *, view: str | None = None, offset_index: int = 0):
