@@ -272,6 +272,11 @@ def _lafp(c: ml_collections.ConfigDict, smoke: bool, objective: str) -> ml_colle
   c.stages[stage].frozen = (r"^lam/",)
   with c.stages[stage].unlocked():
     c.stages[stage].model_overrides = ml_collections.ConfigDict()
+  c.init = ml_collections.ConfigDict(dict(lam=pretrained.init_entry("checkpoint", "lam", path="" if smoke else None,
+                                                                    source="/")))
+  return c
+
+
 def episode_split(episodes: int, val_fraction: float, labelled: int) -> tuple[str, str, str]:
   """(labelled train_split, action-free train_split, val_split) of the generated 'train' split of ``episodes``:
   the validation carve-out is the data pipeline's (the last ``val_fraction``), the labelled set the first
