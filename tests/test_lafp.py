@@ -45,7 +45,9 @@ def _tiny(objective: str = "flow", **decoder) -> ml_collections.ConfigDict:
   return cfg
 
 
-@pytest.fixture(scope="module", params=["flow", "bc"])
+# The BC objective's model-level tests (a second compilation of every function) run with the slow tests; its
+# loss and sampling are also covered by the fast function-level tests below.
+@pytest.fixture(scope="module", params=["flow", pytest.param("bc", marks=pytest.mark.slow)])
 def setup(request):
   cfg = _tiny(request.param)
   lib = registry.for_config(cfg)
@@ -154,7 +156,7 @@ class _ExactPolicy(lafp.LatentActionFlowPolicy):
     return jnp.asarray(self.target, jnp.float32) + 0.0 * z_tau
 
 
-@pytest.mark.parametrize("steps", [3, 5])
+@pytest.mark.parametrize("steps", [3, pytest.param(5, marks=pytest.mark.slow)])
 def test_sampling_with_the_exact_network_returns_the_latent(steps):
   cfg = _tiny("flow")
   cfg.num_inference_steps = steps
@@ -187,6 +189,7 @@ def test_the_sampler_takes_x_prediction_euler_steps():
 
 
 # ------------------------------------------------------------------------------------------ gradients, LAM
+@pytest.mark.slow  # ~70 s of compilation; the slow trainer test also checks the LAM stays bit-identical
 def test_gradients_never_reach_the_lam(setup):
   cfg, _, model, batch, params, _ = setup
   # Away from the adaLN-zero initialisation (zero gates: no gradient reaches the prefix through the DiT yet).
@@ -263,6 +266,7 @@ def test_sample_actions_does_not_read_the_lam_and_the_inference_config_leaves_it
                                                         method="compute_loss"), policy)
 
 
+@pytest.mark.slow  # ~40 s of compilation
 def test_bc_samples_its_regression_in_one_call():
   cfg = _tiny("bc")
   lib = registry.for_config(cfg)

@@ -130,6 +130,7 @@ def reference_loss(params, batch, rng):
   return jnp.sum(per_example * present) / jnp.sum(present)
 
 
+@pytest.mark.slow  # 1.5-2 min of compilation; LaMP's twin in test_motion_image.py covers the shared plumbing
 def test_loss_reference_streams_gradients_and_reconstruction(setup):
   """The 'motion_image' term equals the reference (features = the VLM's last hidden states); the action term
   equals the plain π0's (the head draws from its own stream); the warm-up weights (action 0) compute the head's
