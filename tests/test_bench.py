@@ -24,6 +24,7 @@ def _run(*args):
   return json.loads(out.stdout[out.stdout.index("{"):])
 
 
+@pytest.mark.slow  # a bench CLI subprocess (~35 s on a quiet 2-core box)
 def test_motion_bench_tiny_cli():
   result = _run("lamp_jax.perf.motion_bench", "--config=configs/lamp.py:tiny", "--repeats=2")
   lamp = registry.get("lamp")

@@ -78,6 +78,7 @@ def test_every_variant_validates_and_fits_every_libero_instruction():
     module.get_config("tiny")
 
 
+@pytest.mark.slow  # trains, exports and serves (~200 s on a quiet 2-core box)
 def test_smoke_trains_on_an_export_and_the_checkpoint_serves_libero_observations(tmp_path):
   from lamp_jax.libero import rlds_export
 

@@ -42,6 +42,7 @@ def test_dense_labels_mark_the_patch_of_each_object_with_its_colour_and_shape(sc
     assert np.allclose(colours[colour], rgba) and shape in (0, 1)  # a cube or a cylinder, never a plate
 
 
+@pytest.mark.slow  # ~40 s on a quiet 2-core box
 def test_pretrained_tower_is_the_probe_starting_point(scenes):
   result = probe.run_probe(scenes, encoder="siglip", readout="text_attention", steps=2, num_heldout=5,
                            batch_size=4, eval_every=1, vision_overrides=TINY_VISION, pretrain_steps=2,

@@ -59,6 +59,7 @@ def test_op_time_breakdown_of_a_matmul_chain_is_mostly_matmul():
   assert result["top_ops"] and result["top_ops"][0][2] == "matmul"
 
 
+@pytest.mark.slow  # a bench CLI subprocess with a profile (~115 s on a quiet 2-core box)
 def test_bench_train_step_op_breakdown_tiny_cli():
   env = dict(os.environ, JAX_PLATFORMS="cpu", LAMP_JAX_ALLOCATOR="system")
   out = subprocess.run([sys.executable, "-m", "lamp_jax.bench", "--config=configs/lamp.py:tiny", "--what=train_step",

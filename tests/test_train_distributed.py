@@ -156,6 +156,7 @@ def test_sigkill_then_same_command_resumes_bit_exact(tmp_path):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow  # two training processes (~95 s); test_two_processes_train_checkpoint_and_resume stays default
 def test_two_processes_read_their_own_files_checkpoint_and_resume(tmp_path):
   """Two processes train on a 4-file RLDS dataset through the real pipeline (each reads its own files),
   stop at step 2 with a checkpoint, and the same command resumes to step 4 (deterministic data skip)."""
