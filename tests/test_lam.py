@@ -118,7 +118,6 @@ def _train(cfg, steps, batch_size, lr=3e-3):
 def test_a_few_steps_reduce_the_loss():
   cfg = _single_view(CFG)
   cfg.image_size = 8
-  cfg.fdm_residual = False  # from a random decoder (the residual one starts at the copy baseline already)
   _, history = _train(cfg, 12, 8)
   assert np.mean(history[-3:]) < 0.5 * np.mean(history[:2])
 
@@ -175,20 +174,18 @@ def test_untrained_residual_decoder_predicts_the_present_and_logs_the_copy_basel
   """``fdm_residual``: the decoder's zero-initialised change leaves o_t as the prediction, so before training the
   reconstruction and cross-view losses equal the copy-the-present baseline, which is the pixel MSE of (o_t, o_t+k)
   computed here by hand over both views."""
-  assert CFG.fdm_residual
+  residual = copy.deepcopy(CFG)
+  residual.fdm_residual = True
   batch = lam.dummy_batch(CFG, 3, 5)
-  loss_fn = _loss_fn(CFG)
-  _, metrics = loss_fn(params, batch, jax.random.key(0))
+  _, metrics = _loss_fn(residual)(_init(residual)["params"], batch, jax.random.key(0))
   obs = batch[specs.OBSERVATION]
   by_hand = np.mean([np.mean(np.square(obs[v][:, 0].astype(np.float32) / 127.5
                                        - obs[specs.FUTURE][v][:, 0].astype(np.float32) / 127.5)) for v in CFG.views])
   assert float(metrics["lam/copy_baseline"]) == pytest.approx(by_hand, rel=1e-5)
   assert float(metrics["loss/reconstruction"]) == pytest.approx(by_hand, rel=1e-5)
   assert float(metrics["loss/cross_view"]) == pytest.approx(by_hand, rel=1e-5)
-  cfg = copy.deepcopy(CFG)
-  cfg.fdm_residual = False  # the plain decoder predicts from scratch: far from the present at initialisation
-  plain = _init(cfg)["params"]
-  _, metrics = _loss_fn(cfg)(plain, batch, jax.random.key(0))
+  assert not CFG.fdm_residual  # the default: the plain decoder predicts from scratch, far from the present
+  _, metrics = _loss_fn(CFG)(params, batch, jax.random.key(0))
   assert float(metrics["loss/reconstruction"]) > 3 * by_hand
 
 

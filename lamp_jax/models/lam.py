@@ -117,9 +117,10 @@ class ForwardDynamics(nn.Module):
 
   With ``fdm_residual`` the prediction is o_t's tokens plus the stack's output, whose projection starts at zero:
   the untrained decoder already predicts "nothing moved" (the copy-the-present baseline), so from the first step
-  the reconstruction error it is trained on is the change between the frames, which only the latent can explain.
-  Without it the decoder spends its first hundreds of steps learning to copy o_t through a final LayerNorm, the
-  latent's gradient is drowned, and the encoder's latents collapse onto one code (docs/lam.md, 'Codebook collapse').
+  the reconstruction error it is trained on is the change between the frames. Without it (the paper's decoder,
+  the default) the decoder first learns to copy o_t, which on the simulator drowned the latent's gradient and
+  collapsed the codes; with it, the colour-shift toy's decoder never learned to read the latent in 150 steps
+  (docs/lam.md, 'Codebook collapse', has both measurements).
   """
 
   config: ml_collections.ConfigDict
