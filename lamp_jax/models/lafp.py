@@ -53,7 +53,6 @@ lafp_config.py; docs/lafp.md.
 
 from __future__ import annotations
 
-import copy
 
 import flax.linen as nn
 import jax
@@ -88,12 +87,7 @@ def has_lam(cfg: ml_collections.ConfigDict) -> bool:
 
 def without_lam(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """``cfg`` without the ``lam`` section (a copy): the policy ``sample_actions`` runs (what an export keeps)."""
-  if not has_lam(cfg):
-    return cfg
-  out = copy.deepcopy(cfg)
-  with out.unlocked():
-    del out["lam"]
-  return out
+  return losses.without_sections(cfg, ("lam",)) if has_lam(cfg) else cfg
 
 
 def latent_shape(cfg: ml_collections.ConfigDict, batch_size: int) -> tuple[int, int, int]:

@@ -30,7 +30,6 @@ model config (lam_config.py) at the policy's image size; model.loss.weights.{ali
 
 from __future__ import annotations
 
-import copy
 
 import flax.linen as nn
 import jax
@@ -75,17 +74,7 @@ def without(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """``cfg`` with LARA off (a copy; ``cfg`` itself when it is off): no ``lara`` / ``lam`` sections and no 'align' /
   'lam' loss weights. The alignment is training-only, so this is the policy ``sample_actions`` runs (what an
   export keeps: its parameter tree lacks ``lam`` and ``lara_predictor``)."""
-  if not enabled(cfg):
-    return cfg
-  out = copy.deepcopy(cfg)
-  with out.unlocked():
-    del out["lara"]
-    if "lam" in out:
-      del out["lam"]
-    for term in LOSS_TERMS:
-      if term in out.loss.weights:
-        del out.loss.weights[term]
-  return out
+  return losses.without_sections(cfg, ("lara", "lam"), LOSS_TERMS) if enabled(cfg) else cfg
 
 
 def loss_terms(cfg: ml_collections.ConfigDict, base: tuple[str, ...]) -> tuple[str, ...]:

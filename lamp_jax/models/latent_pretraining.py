@@ -41,7 +41,6 @@ policy's image size; model.loss.weights.latent_codes.
 
 from __future__ import annotations
 
-import copy
 
 import flax.linen as nn
 import jax
@@ -53,6 +52,7 @@ from lamp_jax.models import lam as lam_lib
 from lamp_jax.models import lam_config
 from lamp_jax.models import lara
 from lamp_jax.models import layers
+from lamp_jax.models import losses
 
 LOSS_TERM = "latent_codes"
 LOSS_TERMS = (LOSS_TERM,)
@@ -86,16 +86,7 @@ def enabled(cfg: ml_collections.ConfigDict) -> bool:
 def without(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """``cfg`` without the option (a copy; ``cfg`` itself when it is off): no ``latent_pretraining`` / ``lam``
   sections and no 'latent_codes' weight: the policy ``sample_actions`` runs (no 'lam' / 'latent_head')."""
-  if not enabled(cfg):
-    return cfg
-  out = copy.deepcopy(cfg)
-  with out.unlocked():
-    del out["latent_pretraining"]
-    if "lam" in out:
-      del out["lam"]
-    if LOSS_TERM in out.loss.weights:
-      del out.loss.weights[LOSS_TERM]
-  return out
+  return losses.without_sections(cfg, ("latent_pretraining", "lam"), (LOSS_TERM,)) if enabled(cfg) else cfg
 
 
 def loss_terms(cfg: ml_collections.ConfigDict, base: tuple[str, ...]) -> tuple[str, ...]:

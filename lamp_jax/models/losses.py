@@ -7,10 +7,12 @@ Metrics: ``loss/<term>`` for every declared term (unweighted value) and ``loss``
 
 from __future__ import annotations
 
+import copy
 from typing import Mapping
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 
 def active_weights(weights: Mapping[str, float], terms: tuple[str, ...], model: str) -> dict[str, float]:
@@ -44,3 +46,19 @@ def weighted_total(values: Mapping[str, jax.Array], weights: Mapping[str, float]
     total = total + jnp.float32(weights[name]) * value.astype(jnp.float32)
   metrics["loss"] = total
   return total, metrics
+
+
+def without_sections(cfg: ml_collections.ConfigDict, sections: tuple[str, ...],
+                     terms: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+  """A copy of the model config ``cfg`` without the ``sections`` and the ``terms``' loss weights it has: how a
+  training-only option (LARA, latent-action pretraining, a frozen LAM) is taken off for the policy that
+  ``sample_actions`` runs and an export keeps."""
+  out = copy.deepcopy(cfg)
+  with out.unlocked():
+    for name in sections:
+      if name in out:
+        del out[name]
+    for term in terms:
+      if term in out.loss.weights:
+        del out.loss.weights[term]
+  return out
