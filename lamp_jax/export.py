@@ -51,7 +51,7 @@ from lamp_jax.training import checkpoints as ckpt_lib
 # Model config ``name`` -> model library (``abstract_params`` / ``logical_axes`` of a model config).
 # The model kinds (``model.name``) with a PyTorch port: the keys of ``lamp_torch.registry.MODEL_KINDS``
 # (tests/test_export.py checks both agree).
-KINDS = ("lamp", "pi0")
+KINDS = ("lamp", "pi0", "lafp")
 _ML_DTYPES = {"float32": np.float32, "float16": np.float16}
 METADATA = {"format": "pt"}  # what transformers / safetensors.torch expect of a PyTorch checkpoint
 
