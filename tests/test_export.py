@@ -1,8 +1,8 @@
-"""PyTorch export (``lamp_jax.export``) of LaMP, π0 and LAFP: strict name / shape mapping both ways, bit-exact round trips
-(float32, bfloat16), file sizes from shapes alone, checkpoint export (EMA choice, camera mapping, statistics), clear
-errors on bad inputs, the VLM tensors loading into transformers' PaliGemma and π0's expert Gemma into transformers'
-GemmaModel, the exporter's kinds equal to lamp_torch's, and training-only parts (LaMP's motion-image head, LAFP's
-frozen latent action model) left out."""
+"""PyTorch export (``lamp_jax.export``) of LaMP, π0 and LAFP: strict name / shape mapping both ways, bit-exact
+round trips (float32, bfloat16), file sizes from shapes alone, checkpoint export (EMA choice, camera mapping,
+statistics), clear errors on bad inputs, the VLM tensors loading into transformers' PaliGemma and π0's expert Gemma
+into transformers' GemmaModel, the exporter's kinds equal to lamp_torch's, and training-only parts (LaMP's
+motion-image head, LAFP's frozen latent action model) left out."""
 
 from __future__ import annotations
 
