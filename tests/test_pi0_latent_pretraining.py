@@ -97,8 +97,8 @@ def test_latent_term_is_the_heads_cross_entropy_against_the_lams_codes_and_the_a
 
   def reference(p, b, f):
     logits = latent_model.apply({"params": p}, b, method=lambda m, bb: m.latent_head(*m.encode(bb)))
-    codes = lam_model.apply({"params": p["lam"]}, b, jax.random.fold_in(rng, lp._LAM_STREAM),  # pylint: disable=protected-access
-                            method="encode_latent")
+    lam_key = jax.random.fold_in(rng, lp._LAM_STREAM)  # pylint: disable=protected-access
+    codes = lam_model.apply({"params": p["lam"]}, b, lam_key, method="encode_latent")
     return {"logits": logits, "codes": codes["codes"], "valid": codes["valid"],
             "latent_stage": latent_model.apply({"params": p}, f, rng, method="compute_loss"),
             "both": both_model.apply({"params": p}, b, rng, method="compute_loss"),

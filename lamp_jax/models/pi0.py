@@ -23,7 +23,7 @@ VLM's last hidden states over the prefix (``encode``: float[B, P, D] after the f
 keys / values the expert reads), trained by the loss term 'motion_image' (its draws from their own stream, so the
 action term is unchanged by the head). ``sample_actions`` never runs it (the same computation with or without the
 head; ``inference_config`` and the export drop it and the VAE); ``reconstruct_motion_image`` decodes its
-prediction for visualisation. The VLM's final norm feeds only the head (the expert reads keys / values).
+prediction for visualisation. The VLM's final norm feeds only the heads (the expert reads keys / values).
 ``pi0_config.with_motion_image`` adds the sections.
 
 Latent-action pretraining (``model.latent_pretraining``, latent_pretraining.py; training-only, as on LaMP): loss
