@@ -458,7 +458,8 @@ def test_vlm_tensors_load_into_transformers_paligemma(tmp_path):
 
 
 @pytest.mark.slow  # a subprocess compiling the tiny sample_actions (~1 min on 2 shared cores)
-@pytest.mark.parametrize("config, paper_parameters", [("configs/lamp.py:tiny", 3.6e9), ("configs/pi0.py:tiny", 3.2e9)])
+@pytest.mark.parametrize("config, paper_parameters", [("configs/lamp.py:tiny", 3.6e9), ("configs/pi0.py:tiny", 3.2e9),
+                                                      ("configs/lafp.py:smoke", None)])
 def test_bench_torch_export_cli(config, paper_parameters):
   env = dict(os.environ, JAX_PLATFORMS="cpu", LAMP_JAX_ALLOCATOR="system")
   out = subprocess.run([sys.executable, "-m", "lamp_jax.perf.export_bench", f"--config={config}", "--repeats=2"],
@@ -467,6 +468,9 @@ def test_bench_torch_export_cli(config, paper_parameters):
   assert result["what"] == "torch_export" and result["max_abs_diff_torch_vs_jax"] <= 1e-4
   assert result["file_bytes"] == result["predicted_bytes"]
   assert set(result["latency_ms"]) == {"jax", "torch", "torch_1_thread"}
+  if paper_parameters is None:  # LAFP has no 'paper' variant
+    assert result["paper"] is None
+    return
   assert result["paper"]["float32"]["parameters"] == result["paper"]["bfloat16"]["parameters"] > paper_parameters
   assert result["paper"]["bfloat16"]["bytes"] < 0.51 * result["paper"]["float32"]["bytes"]
 
@@ -538,6 +542,8 @@ def test_lafps_frozen_latent_action_model_is_left_out_of_the_export(tmp_path):
   assert not [name for name in tensors if name.startswith("lam.") or ".lam." in name]
   assert {name.split(".")[0] for name in tensors} == {"vlm", "latent_policy", "action_decoder"}
   assert info["tensors"] == len(tensors) == len(export.layout(LAFP)[0])
+  # The size predicted from the training config is that of its export (the LAM not counted).
+  assert export.predicted_size(training_cfg)["bytes"] == info["bytes"] == export.predicted_size(LAFP)["bytes"]
   back, model_cfg, config = export.load_export(str(tmp_path))
   assert "lam" not in config["model"] and "lam" not in model_cfg and config["kind"] == "lafp"
   assert model_cfg.to_dict() == LAFP.to_dict()
