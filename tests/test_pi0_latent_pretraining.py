@@ -268,3 +268,46 @@ def test_sim_variants_are_pis_on_the_labelled_split_with_the_latent_stage(smoke)
   else:
     with pytest.raises(ValueError, match="init.lam.path"):  # the trained LAM run is required
       pretrained.active_entries(pre)
+
+
+# ------------------------------------------------------------------------------------------ through the trainer
+@pytest.mark.slow  # two stages of the tiny π0 + LAM through the trainer (6.5 min at load 6 on the 2-core box)
+def test_both_stages_train_through_the_trainer(tmp_path):
+  """Stage 'latent' (action-free synthetic batches) trains the head and the VLM, not the expert nor the LAM; stage
+  'action' trains the expert, leaving the LAM and the head as they were."""
+  from lamp_jax.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+
+  c = defaults.base_config()
+  c.model = copy.deepcopy(BOTH)
+  c.data.global_batch_size = 3
+  c.logging.measure_roof = c.logging.progress_bar = False
+  c.logging.every_steps = 1
+  c.checkpoint.every_steps = 2
+  c.checkpoint.async_save = False
+  optimizer = defaults.optimizer_config(lr=1e-3, end_lr=1e-4, warmup_steps=0, weight_decay=1e-4, clip_norm=1.0)
+  c.stage_order = ("latent", "action")
+  c.stages = ml_collections.ConfigDict(dict(
+      latent=defaults.stage_config(2, frozen=(r"^lam/", r"^action_expert/"), optimizer=optimizer,
+                                   model_overrides=dict(loss=dict(weights=dict(action=0.0, latent_codes=1.0)))),
+      action=defaults.stage_config(2, frozen=(r"^lam/", r"^latent_head/"), optimizer=optimizer,
+                                   model_overrides=dict(loss=dict(weights=dict(action=1.0, latent_codes=0.0))))))
+  c.init = ml_collections.ConfigDict(dict(lam=pretrained.init_entry("checkpoint", "lam", path="", source="/")))
+
+  def run(config, workdir):
+    t = trainer_lib.Trainer(config, str(workdir))
+    try:
+      return jax.device_get(t.initial_state(t.stage(0))), jax.device_get(t.train())
+    finally:
+      t.close()
+
+  latent_only = copy.deepcopy(c)
+  latent_only.stage_order = ("latent",)
+  initial, after_latent = run(latent_only, tmp_path / "latent")
+  _, final = run(c, tmp_path / "both")
+  changed = lambda a, b, k: _norm(jax.tree.map(lambda x, y: x - y, a.params[k], b.params[k])) > 0  # noqa: E731
+  jax.tree.map(np.testing.assert_array_equal, after_latent.params["lam"], initial.params["lam"])
+  jax.tree.map(np.testing.assert_array_equal, after_latent.params["action_expert"], initial.params["action_expert"])
+  assert changed(after_latent, initial, "latent_head") and changed(after_latent, initial, "vlm")
+  jax.tree.map(np.testing.assert_array_equal, final.params["lam"], initial.params["lam"])
+  jax.tree.map(np.testing.assert_array_equal, final.params["latent_head"], after_latent.params["latent_head"])
+  assert changed(final, initial, "action_expert") and int(final.step) == 4
