@@ -110,6 +110,11 @@ it random).
                   same steps and optimizer, on the labelled episodes only
 Latent-pretraining variants: 'latent_pretraining' · 'small_labelled' · 'smoke_latent_pretraining' ·
 'smoke_small_labelled'.
+The same on the π0-style policy (PaliGemma + Gemma action expert, ``pi0``): ``pi0_latent_pretraining`` (the code
+head reads the VLM's last hidden states over the prefix, the pass whose keys / values the expert reads; stage
+'latent' freezes ^lam/ and ^action_expert/) and its baseline ``pi0_small_labelled`` (π0's 'action' stage alone on
+the labelled episodes), on π0's data, steps and optimizer: 'pi0_latent_pretraining' · 'pi0_small_labelled' ·
+'smoke_pi0_latent_pretraining' · 'smoke_pi0_small_labelled'.
 """
 
 import ml_collections
@@ -146,6 +151,8 @@ ABLATION_METHODS = {
     "lafp_bc": ("lafp_bc", "smoke_lafp_bc"),
     "latent_pretraining": ("latent_pretraining", "smoke_latent_pretraining"),
     "small_labelled": ("small_labelled", "smoke_small_labelled"),
+    "pi0_latent_pretraining": ("pi0_latent_pretraining", "smoke_pi0_latent_pretraining"),
+    "pi0_small_labelled": ("pi0_small_labelled", "smoke_pi0_small_labelled"),
 }
 # Latent-action pretraining: labelled training episodes (the first ones; the rest are action-free) and the
 # steps of its 'latent' stage, taken out of the w/o-motion ablation's step budget (smoke: 1 episode, 1 step).
@@ -165,7 +172,8 @@ VARIANTS = ("", "no_motion", "pi0", "motion_image", "pi0_motion_image", "vae", "
             "lara_frozen", "smoke", "smoke_no_motion", "smoke_pi0", "smoke_motion_image", "smoke_pi0_motion_image",
             "smoke_vae", "smoke_film_cnn", "smoke_film_cnn_no_motion", "smoke_lara", "smoke_lara_frozen", "lafp",
             "lafp_bc", "smoke_lafp", "smoke_lafp_bc", "latent_pretraining", "small_labelled",
-            "smoke_latent_pretraining", "smoke_small_labelled")
+            "smoke_latent_pretraining", "smoke_small_labelled", "pi0_latent_pretraining", "pi0_small_labelled",
+            "smoke_pi0_latent_pretraining", "smoke_pi0_small_labelled")
 
 
 def _model(smoke: bool, use_motion: bool, encoder: str = "paligemma") -> ml_collections.ConfigDict:
@@ -289,8 +297,9 @@ def episode_split(episodes: int, val_fraction: float, labelled: int) -> tuple[st
 
 
 def _with_latent_pretraining(c: ml_collections.ConfigDict, smoke: bool, pretrain: bool) -> ml_collections.ConfigDict:
-  """The w/o-motion config ``c`` on the labelled episodes; with ``pretrain`` also the code head, the frozen latent
-  action model and the 'latent' stage on the action-free episodes (module docstring)."""
+  """The one-stage config ``c`` (the w/o-motion LaMP or π0) on the labelled episodes; with ``pretrain`` also the
+  code head, the frozen latent action model and the 'latent' stage on the action-free episodes (module
+  docstring)."""
   m = c.model
   total = int(c.stages.action.steps)
   latent_steps = 1 if smoke else LATENT_STEPS
@@ -313,9 +322,12 @@ def _with_latent_pretraining(c: ml_collections.ConfigDict, smoke: bool, pretrain
   action = c.stages.action
   action.frozen = tuple(action.frozen) + (r"^lam/", r"^latent_head/")
   action.model_overrides.loss.weights[latent_pretraining.LOSS_TERM] = 0.0
+  # Only 'latent_codes' in the 'latent' stage (LaMP's 'motion' too is off; π0 has no such term).
+  latent_weights = {term: 0.0 for term in ("motion", "action") if term in m.loss.weights}
+  latent_weights[latent_pretraining.LOSS_TERM] = 1.0
   latent = defaults.stage_config(
       latent_steps, frozen=(r"^lam/", r"^action_expert/"), optimizer=action.optimizer,
-      model_overrides=dict(loss=dict(weights={"motion": 0.0, "action": 0.0, latent_pretraining.LOSS_TERM: 1.0})),
+      model_overrides=dict(loss=dict(weights=latent_weights)),
       data_overrides=dict(datasets=[free], hide_actions=True))
   c.stage_order = ("latent", "action")
   c.stages = ml_collections.ConfigDict(dict(latent=latent, action=action))
@@ -334,8 +346,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                  "bc" if arg.endswith("_bc") else "flow")
   if arg.endswith(("latent_pretraining", "small_labelled")):
     smoke = arg.startswith("smoke")
-    return _with_latent_pretraining(get_config("smoke_no_motion" if smoke else "no_motion"), smoke,
-                                    pretrain=arg.endswith("latent_pretraining"))
+    base = ("smoke_" if smoke else "") + ("pi0" if "pi0" in arg else "no_motion")
+    return _with_latent_pretraining(get_config(base), smoke, pretrain=arg.endswith("latent_pretraining"))
   if arg in ("vae", "smoke_vae"):  # the motion-image variant's VAE run alone
     return get_config("smoke_motion_image" if arg == "smoke_vae" else "motion_image").prerequisites.vae.config
   if arg.endswith("motion_image"):

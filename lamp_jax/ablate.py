@@ -34,7 +34,7 @@ from lamp_jax.training import metrics as metrics_lib
 
 # Every method of the family, in table order; a suite config declares those it has.
 FAMILY = ("lamp", "no_motion", "pi0", "motion_image", "pi0_motion_image", "lam", "small_labelled",
-          "latent_pretraining", "lara",
+          "latent_pretraining", "pi0_small_labelled", "pi0_latent_pretraining", "lara",
           "lara_frozen_lam", "lafp", "lafp_bc")
 
 

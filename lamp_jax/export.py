@@ -51,7 +51,7 @@ from lamp_jax.training import checkpoints as ckpt_lib
 # Model config ``name`` -> model library (``abstract_params`` / ``logical_axes`` of a model config).
 # The model kinds (``model.name``) with a PyTorch port: the keys of ``lamp_torch.registry.MODEL_KINDS``
 # (tests/test_export.py checks both agree).
-KINDS = ("lamp", "pi0")
+KINDS = ("lamp", "pi0", "lafp")
 _ML_DTYPES = {"float32": np.float32, "float16": np.float16}
 METADATA = {"format": "pt"}  # what transformers / safetensors.torch expect of a PyTorch checkpoint
 
@@ -330,11 +330,13 @@ def load_export(export_dir: str) -> tuple[dict, ml_collections.ConfigDict, dict]
 
 
 def predicted_size(model_cfg: ml_collections.ConfigDict, dtype: str | None = None) -> dict:
-  """model.safetensors bytes and parameter count of a model config from abstract shapes (nothing allocated).
+  """model.safetensors bytes and parameter count of the export of a model config from abstract shapes (nothing
+  allocated): the tensors of its library's ``inference_config``, as ``export_params`` writes them (a training
+  config's training-only parts, e.g. LAFP's frozen LAM, are not counted).
 
   ``dtype``: the stored dtype of every tensor (default: the abstract parameters' own, float32).
   """
-  entries, abstract = layout(model_cfg)
+  entries, abstract = layout(_library(model_cfg.get("name", None)).inference_config(model_cfg))
   dtypes = {k: np.dtype(v.dtype).name for k, v in strict.flatten(abstract).items()}
   specs_ = [(e.name, dtype or dtypes[e.ours], e.shape) for e in entries]
   return {"bytes": export_format.safetensors_size(specs_, METADATA),

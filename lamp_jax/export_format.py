@@ -12,7 +12,7 @@ An export directory holds
 
 config.json fields:
   format / format_version  'lamp_jax.export' / FORMAT_VERSION
-  kind                the model config's ``name`` ('lamp' | 'pi0'): the registry key of both sides
+  kind                the model config's ``name`` ('lamp' | 'pi0' | 'lafp'): the registry key of both sides
   model               the JAX model config as JSON (``model_config`` of the run's stage, overrides applied)
   vlm                 the resolved VLM: {'vision': SigLIPConfig fields, 'llm': GemmaConfig fields,
                       'camera_embeddings': int}

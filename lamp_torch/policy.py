@@ -242,8 +242,8 @@ class ExportedPolicy:
     """Actions float32[B, H, action_dim] in robot units for a raw observation with its ``instruction``.
 
     ``noise``: the random draws to replace, ``model.noise_shapes``: LaMP {'motion': float32[B, K, T, 3] (use_motion
-    models only), 'action': float32[B, H, A]}, π0 {'action'}; the JAX ``sample_actions(noise=...)`` of either
-    model takes the same dict.
+    models only), 'action': float32[B, H, A]}, π0 {'action'}, LAFP {'latent': float32[B, L_z, Dc]}; the JAX
+    ``sample_actions(noise=...)`` of each model takes the same dict.
     """
     return self.unnormalize(self.sample_normalized(self.model_inputs(observation), noise))
 

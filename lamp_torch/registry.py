@@ -3,7 +3,8 @@
 Adding a kind = one module in lamp_torch/ with a ``torch.nn.Module`` class that provides
 ``from_export_config(config) -> module`` (config = the whole config.json), ``noise_shapes(batch_size)`` and
 ``sample_actions(inputs, noise) -> normalised actions float32[B, H, A]`` (see ``lamp_torch.lamp.LaMP``,
-``lamp_torch.pi0.Pi0``), plus one entry here. The JAX side's exporter (``lamp_jax.export.KINDS``) lists the same keys.
+``lamp_torch.pi0.Pi0``, ``lamp_torch.lafp.LAFP``), plus one entry here. The JAX side's exporter
+(``lamp_jax.export.KINDS``) lists the same keys.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 MODEL_KINDS = {
     "lamp": "lamp_torch.lamp:LaMP",
     "pi0": "lamp_torch.pi0:Pi0",
+    "lafp": "lamp_torch.lafp:LAFP",
 }
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -16,6 +17,7 @@ from lamp_jax import export
 from lamp_jax import specs
 from lamp_jax.data import normalization
 from lamp_jax.eval import checkpoint_policy
+from lamp_jax.models import registry
 from lamp_jax.training import checkpoints as ckpt_lib
 from lamp_jax.training import defaults
 from lamp_jax.training import trainer as trainer_lib
@@ -44,9 +46,16 @@ def sim_config(variant: str = ""):
   return module.get_config(variant)
 
 
+@functools.lru_cache(maxsize=16)
+def _abstract_params(model_json: str):
+  model_cfg = export.model_config_from_json(json.loads(model_json))
+  return registry.for_config(model_cfg).abstract_params(model_cfg)
+
+
 def random_params(model_cfg, seed: int = 0, scale: float = 0.15):
-  """Random parameters (numpy, the abstract tree's dtypes) from the abstract tree: no init compilation."""
-  abstract = export.layout(model_cfg)[1]  # cached per config
+  """Random parameters (numpy, the abstract tree's dtypes) from the abstract tree: no init compilation. The whole
+  training tree (training-only parts such as LAFP's frozen LAM included: what a checkpoint holds)."""
+  abstract = _abstract_params(model_cfg.to_json_best_effort(sort_keys=True))  # cached per config
   rs = np.random.RandomState(seed)
   return jax.tree.map(lambda s: np.asarray(rs.normal(0.0, scale, s.shape), s.dtype), abstract)
 

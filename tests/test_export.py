@@ -1,7 +1,8 @@
-"""PyTorch export (``lamp_jax.export``) of LaMP and π0: strict name / shape mapping both ways, bit-exact round trips
-(float32, bfloat16), file sizes from shapes alone, checkpoint export (EMA choice, camera mapping, statistics), clear
-errors on bad inputs, the VLM tensors loading into transformers' PaliGemma and π0's expert Gemma into transformers'
-GemmaModel, and the exporter's kinds equal to lamp_torch's."""
+"""PyTorch export (``lamp_jax.export``) of LaMP, π0 and LAFP: strict name / shape mapping both ways, bit-exact
+round trips (float32, bfloat16), file sizes from shapes alone, checkpoint export (EMA choice, camera mapping,
+statistics), clear errors on bad inputs, the VLM tensors loading into transformers' PaliGemma and π0's expert Gemma
+into transformers' GemmaModel, the exporter's kinds equal to lamp_torch's, and training-only parts (LaMP's
+motion-image head, LAFP's frozen latent action model) left out."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ import torch
 import lamp_torch
 from lamp_jax import export
 from lamp_jax import export_format
+from lamp_jax.models import lafp
+from lamp_jax.models import lafp_config
 from lamp_jax.models import registry
 from lamp_jax.models.weights import hf_paligemma
 from lamp_jax.models.weights import strict
@@ -34,6 +37,7 @@ lamp = registry.get("lamp")
 pi0 = registry.get("pi0")
 
 TINY = lamp.model_config("tiny")
+LAFP = lafp.without_lam(lafp_config.model_config("tiny"))  # latent 3 tokens x 11 dims, decoder width 36
 INPUTS = {"cameras": list(TINY.image_keys), "camera_keys": {c: c for c in TINY.image_keys},
           "image_size": [TINY.image_size] * 2, "resize": False, "state_key": "state",
           "proprio_dim": TINY.proprio_dim, "state_dim": None}
@@ -68,6 +72,8 @@ def _variants():
   v.vlm.vision_overrides = ml_collections.ConfigDict(dict(stem="conv", stem_width=6, posemb="learn"))
   v.vlm.camera_embeddings = 2
   out["pi0_conv_stem_cameras"] = v
+  out["lafp"] = LAFP  # the policy an export keeps: the inference config (no LAM)
+  out["lafp_bc"] = lafp.without_lam(lafp_config.model_config("tiny", "bc"))
   return out
 
 
@@ -224,7 +230,7 @@ def test_pi0_config_json_errors_name_the_field(tmp_path):
 
 
 def test_the_exporter_and_lamp_torch_know_the_same_kinds():
-  assert set(export.KINDS) == set(lamp_torch.MODEL_KINDS) == {"lamp", "pi0"}
+  assert set(export.KINDS) == set(lamp_torch.MODEL_KINDS) == {"lamp", "pi0", "lafp"}
   for kind in export.KINDS:
     assert registry.get(kind).name == kind
 
@@ -408,7 +414,7 @@ def test_requiring_ema_of_a_run_without_it_is_an_error(tmp_path):
 def test_bad_checkpoints_give_clear_errors(tmp_path):
   _toy_checkpoint(tmp_path / "toy")
   with pytest.raises(ValueError, match=r"cannot export a model of kind 'tests.toy_model' \(config field model.name\); "
-                     r"exportable kinds: \['lamp', 'pi0'\]"):
+                     r"exportable kinds: \['lafp', 'lamp', 'pi0'\]"):
     export.export_checkpoint(str(tmp_path / "toy"), str(tmp_path / "out"))
   export_helpers.sim_checkpoint(tmp_path / "run")
   data_files = glob.glob(str(tmp_path / "run" / "checkpoints" / "3" / "state" / "**" / "d" / "*"), recursive=True)
@@ -452,7 +458,8 @@ def test_vlm_tensors_load_into_transformers_paligemma(tmp_path):
 
 
 @pytest.mark.slow  # a subprocess compiling the tiny sample_actions (~1 min on 2 shared cores)
-@pytest.mark.parametrize("config, paper_parameters", [("configs/lamp.py:tiny", 3.6e9), ("configs/pi0.py:tiny", 3.2e9)])
+@pytest.mark.parametrize("config, paper_parameters", [("configs/lamp.py:tiny", 3.6e9), ("configs/pi0.py:tiny", 3.2e9),
+                                                      ("configs/lafp.py:smoke", None)])
 def test_bench_torch_export_cli(config, paper_parameters):
   env = dict(os.environ, JAX_PLATFORMS="cpu", LAMP_JAX_ALLOCATOR="system")
   out = subprocess.run([sys.executable, "-m", "lamp_jax.perf.export_bench", f"--config={config}", "--repeats=2"],
@@ -461,6 +468,9 @@ def test_bench_torch_export_cli(config, paper_parameters):
   assert result["what"] == "torch_export" and result["max_abs_diff_torch_vs_jax"] <= 1e-4
   assert result["file_bytes"] == result["predicted_bytes"]
   assert set(result["latency_ms"]) == {"jax", "torch", "torch_1_thread"}
+  if paper_parameters is None:  # LAFP has no 'paper' variant
+    assert result["paper"] is None
+    return
   assert result["paper"]["float32"]["parameters"] == result["paper"]["bfloat16"]["parameters"] > paper_parameters
   assert result["paper"]["bfloat16"]["bytes"] < 0.51 * result["paper"]["float32"]["bytes"]
 
@@ -515,3 +525,95 @@ def test_the_motion_image_head_and_its_vae_are_left_out_of_the_export(tmp_path):
   assert info["tensors"] == len(export.layout(model_cfg)[0])  # the entries of the policy without the head
   for name, value in strict.flatten(back).items():
     np.testing.assert_array_equal(value, strict.flatten(params)[name])
+
+
+def test_lafps_frozen_latent_action_model_is_left_out_of_the_export(tmp_path):
+  """LAFP's LAM is training-only (it gives the latent policy's targets): a trained LAFP's parameters (with 'lam')
+  export exactly the policy (config.json without model.lam; no LAM tensor), bit-exact, loadable both ways."""
+  training_cfg = lafp_config.model_config("tiny")
+  rs = np.random.RandomState(8)
+  params = jax.tree.map(lambda s: np.asarray(rs.normal(0.0, 0.15, s.shape), s.dtype),
+                        registry.get("lafp").abstract_params(training_cfg))
+  assert set(params) == {"vlm", "latent_policy", "action_decoder", "lam"}
+  lam_tensors = len(jax.tree.leaves(params["lam"]))
+  assert lam_tensors > 10
+  info = _export(params, training_cfg, tmp_path)
+  tensors = export.read_safetensors(str(tmp_path / export_format.MODEL_FILE))
+  assert not [name for name in tensors if name.startswith("lam.") or ".lam." in name]
+  assert {name.split(".")[0] for name in tensors} == {"vlm", "latent_policy", "action_decoder"}
+  assert info["tensors"] == len(tensors) == len(export.layout(LAFP)[0])
+  # The size predicted from the training config is that of its export (the LAM not counted).
+  assert export.predicted_size(training_cfg)["bytes"] == info["bytes"] == export.predicted_size(LAFP)["bytes"]
+  back, model_cfg, config = export.load_export(str(tmp_path))
+  assert "lam" not in config["model"] and "lam" not in model_cfg and config["kind"] == "lafp"
+  assert model_cfg.to_dict() == LAFP.to_dict()
+  assert set(back) == {"vlm", "latent_policy", "action_decoder"}
+  for name, value in strict.flatten(back).items():
+    np.testing.assert_array_equal(value, strict.flatten(params)[name])
+  assert sorted(lamp_torch.from_pretrained(str(tmp_path)).model.state_dict()) == sorted(tensors)
+
+
+def test_lafp_export_refuses_bad_input_naming_every_problem(tmp_path):
+  params = export_helpers.random_params(LAFP, seed=3)
+  flat = strict.flatten(params)
+  entries, abstract = export.layout(LAFP)
+  broken = dict(flat)
+  del broken["action_decoder/norm_out/ln/bias"]
+  broken["action_decoder/extra"] = np.zeros(3, np.float32)
+  with pytest.raises(strict.StrictLoadError) as e:
+    export.torch_export.to_torch_tensors(strict.unflatten(broken), entries, abstract)
+  assert e.value.missing == ["action_decoder/norm_out/ln/bias"] and e.value.unexpected == ["action_decoder/extra"]
+  reshaped = dict(flat, **{"action_decoder/output_proj/dense/kernel": np.zeros((36, 34), np.float32)})
+  with pytest.raises(strict.StrictLoadError, match=r"action_decoder/output_proj/dense/kernel: shape \(36, 34\) "
+                     r"!= expected \(36, 35\)"):
+    export.torch_export.to_torch_tensors(strict.unflatten(reshaped), entries, abstract)
+
+  _export(params, LAFP, tmp_path)
+  path = str(tmp_path / export_format.MODEL_FILE)
+  tensors = {k: np.array(v) for k, v in export.read_safetensors(path).items()}
+  del tensors["action_decoder.fc2_1.weight"]
+  tensors["lam.idm.out.weight"] = np.zeros((11, 4), np.float32)  # a LAM tensor is foreign to an export
+  tensors["latent_policy.action_in.weight"] = np.zeros((36, 12), np.float32)  # code_dim is 11
+  export.write_safetensors(tensors, path)
+  with pytest.raises(strict.StrictLoadError) as e:  # JAX import
+    export.load_export(str(tmp_path))
+  assert e.value.missing == ["action_decoder.fc2_1.weight"] and e.value.unexpected == ["lam.idm.out.weight"]
+  with pytest.raises(lamp_torch.ExportMismatchError) as e:  # PyTorch import
+    lamp_torch.from_pretrained(str(tmp_path))
+  assert e.value.missing == ["action_decoder.fc2_1.weight"] and e.value.unexpected == ["lam.idm.out.weight"]
+  assert e.value.mismatched == ["latent_policy.action_in.weight: shape (36, 12) != (36, 11) from config.json"]
+
+  _export(params, LAFP, tmp_path)
+  config_path = tmp_path / export_format.CONFIG_FILE
+  config = json.loads(config_path.read_text())
+  edited = copy.deepcopy(config)
+  edited["model"]["decoder"]["width"] = 40  # the modules are built from config.json
+  config_path.write_text(json.dumps(edited))
+  with pytest.raises(lamp_torch.ExportMismatchError, match=r"action_decoder.input_proj.weight: shape \(36, 38\) "
+                     r"!= \(40, 38\) from config.json"):
+    lamp_torch.from_pretrained(str(tmp_path))
+  edited = copy.deepcopy(config)
+  del edited["model"]["latent"]["code_dim"]
+  config_path.write_text(json.dumps(edited))
+  with pytest.raises(export_format.ExportFormatError, match="has no field 'model.latent.code_dim'"):
+    lamp_torch.from_pretrained(str(tmp_path))
+  config_path.write_text(json.dumps(dict(config, kind="pi0")))
+  with pytest.raises(ValueError, match="config.json field kind='pi0' but model.name='lafp'"):
+    lamp_torch.from_pretrained(str(tmp_path))
+  config_path.write_text(json.dumps(config))
+  policy = lamp_torch.from_pretrained(str(tmp_path))
+  assert policy.model.noise_shapes(2) == {"latent": (2, 3, 11)}
+  inputs = {"images": torch.zeros(1, 2, 24, 24, 3), "image_mask": torch.ones(1, 2, dtype=torch.bool),
+            "tokens": torch.ones(1, 5, dtype=torch.int64), "token_mask": torch.ones(1, 5, dtype=torch.bool),
+            "proprio": torch.zeros(1, LAFP.proprio_dim)}
+  with pytest.raises(ValueError, match=r"noise has entries \['action'\]; expected \['latent'\]"):
+    policy.model.sample_actions(inputs, {"action": torch.zeros(1, 5, 7)})
+  with pytest.raises(ValueError, match=r"noise\['latent'\] has shape \(1, 3, 7\); expected \(1, 3, 11\)"):
+    policy.model.sample_actions(inputs, {"latent": torch.zeros(1, 3, 7)})
+
+  # A FiLM-CNN prefix encoder has no PyTorch port: refused by name, as for LaMP.
+  film = lamp.model_config("tiny")
+  film.vlm.kind, film.vlm.vocab_size = "film_cnn", 37
+  film_lafp = lafp_config.from_policy(film, lafp_config.single_view_lam("tiny", int(film.action_horizon)))
+  with pytest.raises(ValueError, match=r"model\.vlm\.kind='film_cnn'"):
+    export.layout(lafp.without_lam(film_lafp))

@@ -1,7 +1,7 @@
 """LAFP (models/lafp.py) and its BC baseline: the x-prediction flow loss and the BC loss against hand computations,
 the sampler with an exact network, the decoder's interpolated latent, where gradients go (never into the frozen
-LAM), the latent-size check, inference without the LAM (sampling, export), the sim configs' data and budget, and
-training through the trainer."""
+LAM), the latent-size check, inference without the LAM (sampling, export), a checkpoint behind the policy server
+and its PyTorch export, the sim configs' data and budget, and training through the trainer."""
 
 import copy
 import importlib.util
@@ -13,18 +13,26 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import torch
 
+import lamp_torch
+from lamp_jax import export
 from lamp_jax import specs
 from lamp_jax.data import config as data_config
+from lamp_jax.eval.checkpoint_policy import CheckpointPolicy
 from lamp_jax.models import flow_matching as fm
 from lamp_jax.models import lafp
 from lamp_jax.models import lafp_config
 from lamp_jax.models import lam as lam_lib
 from lamp_jax.models import registry
 from lamp_jax.models.weights import strict
+from lamp_jax.serving import client as client_lib
+from lamp_jax.serving import server as server_lib
 from lamp_jax.training import defaults
 from lamp_jax.training import pretrained
 from lamp_jax.training import trainer as trainer_lib
+from tests import export_helpers
+from tests.export_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B = 3  # batch of the tiny tests
@@ -264,6 +272,50 @@ def test_sample_actions_does_not_read_the_lam_and_the_inference_config_leaves_it
   with pytest.raises(ValueError, match="model.lam is not set"):
     jax.eval_shape(lambda p: lib.build(inference).apply({"params": p}, batch, jax.random.key(4),
                                                         method="compute_loss"), policy)
+
+
+@pytest.mark.slow  # 85 s at load 7 on the 2-core box (abstract tree with the LAM, checkpoint I/O, 2 compilations)
+def test_a_checkpoint_serves_and_its_torch_export_gives_the_same_actions(tmp_path):
+  """configs/sim.py:smoke_lafp checkpointed with random parameters (the frozen LAM included, as training writes it)
+  -> CheckpointPolicy -> policy server: the served actions are the policy's own (same seed); -> export ->
+  lamp_torch: the same actions for the same latent noise from a raw observation (resize 48x40 -> 32x32, proprio
+  normalisation, word tokens, un-normalisation)."""
+  _, model_cfg, _, _ = export_helpers.sim_checkpoint(tmp_path / "run", "smoke_lafp")
+  run = str(tmp_path / "run")
+  policy = CheckpointPolicy(run, seed=7)
+  assert type(policy.model).__name__ == "LatentActionFlowPolicy" and "lam" in policy.params
+  instruction = "put the red cube on the blue plate"
+  observation = export_helpers.raw_observation(np.random.default_rng(1))
+  key = policy._rng  # pylint: disable=protected-access  (the noise key the served call will use)
+  server = server_lib.PolicyServer(policy, host="127.0.0.1", port=0).start()
+  try:
+    with client_lib.PolicyClient("127.0.0.1", server.port) as client:
+      assert client.health()["action_horizon"] == policy.action_horizon
+      client.reset(instruction)
+      served = client.infer(observation)
+  finally:
+    server.shutdown()
+  policy._rng = key  # pylint: disable=protected-access  (the same draw again, without a second compilation)
+  policy.reset(instruction)
+  np.testing.assert_allclose(served, policy(observation), rtol=1e-6, atol=1e-6)
+  assert served.shape == (model_cfg.action_horizon, specs.ACTION_DIM) and np.all(np.isfinite(served))
+
+  info = export.export_checkpoint(run, str(tmp_path / "export"))
+  assert info["params"] == "ema_params"
+  torch_policy = lamp_torch.from_pretrained(str(tmp_path / "export"))
+  assert torch_policy.kind == "lafp"
+  assert not any(name.startswith("lam.") for name in torch_policy.model.state_dict())
+  jax_policy = export_helpers.FixedNoiseCheckpointPolicy(run)
+  rs = np.random.RandomState(0)
+  jax_policy.noise = {k: rs.normal(size=s).astype(np.float32) for k, s in torch_policy.model.noise_shapes(1).items()}
+  assert set(jax_policy.noise) == {"latent"}
+  jax_policy.reset(instruction)
+  want = jax_policy(observation)
+  got = torch_policy.sample_actions({**observation, "instruction": instruction},
+                                    noise={k: torch.from_numpy(v) for k, v in jax_policy.noise.items()})
+  assert got.shape == (1, model_cfg.action_horizon, specs.ACTION_DIM) and got.dtype == np.float32
+  assert np.abs(got[0] - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+  assert np.abs(want).max() > 0.1  # a non-trivial comparison
 
 
 @pytest.mark.slow  # ~40 s of compilation

@@ -1,4 +1,4 @@
-"""lamp_torch against the JAX model (LaMP and π0): same parameters, same inputs, same injected noise -> every
+"""lamp_torch against the JAX model (LaMP, π0 and LAFP): same parameters, same inputs, same injected noise -> every
 component and ``sample_actions`` agree (float32: <= 1e-4 max abs error; bfloat16: the tolerance stated below), at
 the tiny size (odd dims) and the configs/sim.py size; the raw-observation path (resize, normalisation,
 tokenisation) against ``CheckpointPolicy``; the injected noise against the random draws it replaces."""
@@ -19,6 +19,9 @@ import lamp_torch
 from lamp_jax import specs
 from lamp_jax.data import frame_transforms
 from lamp_jax import export
+from lamp_jax.models import lafp
+from lamp_jax.models import lafp_config
+from lamp_jax.models import observation
 from lamp_jax.models import registry
 from lamp_jax.training import defaults
 from lamp_jax.training import trainer as trainer_lib
@@ -203,6 +206,74 @@ def _pi0_component_errors(model_cfg, tmp_path):
   return errors
 
 
+def _lafp_component_errors(model_cfg, tmp_path):
+  """LAFP's ``_component_errors``: SigLIP, the prefix features (real positions), one latent-policy call (its clean
+  latent z_hat at two times; the PyTorch DiT fed the JAX features), the action decoder on the noise latent, the
+  latent sampler (the PyTorch sampler fed the JAX features), ``sample_actions`` end to end, and the JAX
+  injected-vs-drawn check."""
+  model, params, batch, tm, ti, noise = _setup(model_cfg, tmp_path)
+  images = ti["images"].numpy()
+  flat_images = images.reshape((-1,) + images.shape[2:])
+  tau = np.array([0.0, 0.7], np.float32)
+
+  def reference(mdl, batch, noise):
+    out = {"siglip": mdl.vlm.img(flat_images)}
+    rng = jax.random.key(5)
+    out["drawn"] = mdl.sample_actions(batch, rng)
+    out["drawn_injected"] = mdl.sample_actions(
+        batch, rng, noise={"latent": jax.random.normal(rng, noise["latent"].shape, jnp.float32)})
+    out["prefix"], out["mask"] = mdl.encode(batch)
+    out["proprio"] = proprio = observation.current_proprio(batch, mdl.config)
+    out["latent_prediction"] = mdl.latent_policy(noise["latent"], tau, proprio, out["prefix"], out["mask"])
+    out["decoder"] = mdl.action_decoder(noise["latent"], proprio)
+    out["sample_latent"] = mdl.sample_latent(batch, jax.random.key(0), noise=noise)
+    out["sample_actions"] = mdl.sample_actions(batch, jax.random.key(0), noise=noise)
+    return out
+
+  ref = _jit(lambda p, b, n: model.apply({"params": p}, b, n, method=reference), params, batch, noise)
+  as_torch = lambda x: torch.from_numpy(np.array(x, np.float32)).to(tm.dtype)  # noqa: E731
+  mask = torch.from_numpy(np.array(ref["mask"]))
+  proprio = torch.from_numpy(np.array(ref["proprio"]))
+  latent = torch.from_numpy(noise["latent"])
+  ours = {}
+  with torch.no_grad():
+    ours["siglip"] = tm.vlm.model.multi_modal_projector.linear(tm.vlm.model.vision_tower(torch.from_numpy(
+        flat_images)))
+    ours["prefix"], our_mask = tm.encode(ti["images"], ti["image_mask"], ti["tokens"], ti["token_mask"])
+    np.testing.assert_array_equal(our_mask.numpy(), mask.numpy())
+    features = as_torch(ref["prefix"])
+    context_kv = tm.latent_policy.context_kv(features)
+    ours["latent_prediction"] = tm.latent_policy(latent, torch.from_numpy(tau), proprio, context_kv, mask)
+    ours["decoder"] = tm.action_decoder(latent, proprio)
+    ours["sample_latent"] = tm.sample_latent(features, mask, proprio, latent)
+    ours["sample_actions"] = tm.sample_actions(ti, {k: torch.from_numpy(v) for k, v in noise.items()})
+  real = mask.numpy()
+  errors = {"injected_vs_drawn": (float(np.abs(_np(ref["drawn"]) - _np(ref["drawn_injected"])).max()),
+                                  float(np.abs(_np(ref["drawn"])).max()))}
+  for name, value in ours.items():
+    a, b = _np(value), _np(ref[name])
+    if name == "prefix":
+      a, b = a[real], b[real]
+    errors[name] = (float(np.abs(a - b).max()), float(np.abs(b).max()))
+  return errors
+
+
+def _lafp_tiny(objective: str = "flow"):
+  """The tiny LAFP's inference config (the exported policy: no LAM; latent 3 tokens x 11 dims)."""
+  return lafp.without_lam(lafp_config.model_config("tiny", objective))
+
+
+def _lafp_options(model_cfg):
+  """LAFP with the options that change its computation: conv stem, sin-cos positions, camera embeddings, proprio off
+  (state token and decoder input zeros), no cached context K/V, 4 sampler steps, an unscanned DiT."""
+  model_cfg = copy.deepcopy(model_cfg)
+  model_cfg.vlm.vision_overrides = ml_collections.ConfigDict(dict(stem="conv", stem_width=6, posemb="sincos2d"))
+  model_cfg.vlm.camera_embeddings = 2
+  model_cfg.use_proprio, model_cfg.num_inference_steps = False, 4
+  model_cfg.latent_policy.cache_context_kv = model_cfg.latent_policy.scan_layers = False
+  return model_cfg
+
+
 def _pi0_sim_model():
   config = export_helpers.sim_config("pi0")
   return defaults.stage_model_config(config, config.stage_order[-1])
@@ -241,7 +312,12 @@ CONFIGS = {
     "pi0_tiny_bf16": lambda: _bf16(pi0.model_config("tiny")),
     "pi0_sim": _pi0_sim_model,
     "pi0_tiny_options": lambda: _pi0_options(pi0.model_config("tiny")),
+    "lafp_tiny": _lafp_tiny,
+    "lafp_tiny_bc": lambda: _lafp_tiny("bc"),
+    "lafp_tiny_options": lambda: _lafp_options(_lafp_tiny()),
 }
+ERRORS_OF = {"lamp": lambda: _component_errors, "pi0": lambda: _pi0_component_errors,
+             "lafp": lambda: _lafp_component_errors}
 
 
 @pytest.fixture(scope="module")
@@ -251,8 +327,7 @@ def component_errors(tmp_path_factory):
   def get(name):
     if name not in cache:
       model_cfg = CONFIGS[name]()
-      errors_of = _pi0_component_errors if model_cfg.name == "pi0" else _component_errors
-      cache[name] = errors_of(model_cfg, tmp_path_factory.mktemp(name))
+      cache[name] = ERRORS_OF[model_cfg.name]()(model_cfg, tmp_path_factory.mktemp(name))
     return cache[name]
 
   return get
@@ -330,6 +405,32 @@ def test_pi0_bfloat16_matches_jax_within_the_stated_tolerance(component_errors):
   for component, (err, scale) in errors.items():
     if component != "injected_vs_drawn":
       assert err <= BF16_RELATIVE_TOLERANCE * max(scale, 1.0), (component, err, scale)
+
+
+LAFP_COMPONENTS = {"siglip", "prefix", "latent_prediction", "decoder", "sample_latent", "sample_actions",
+                   "injected_vs_drawn"}
+
+
+def _check_lafp_float32(errors):
+  assert set(errors) == LAFP_COMPONENTS
+  for component, (err, scale) in errors.items():
+    if component == "injected_vs_drawn":  # sample_actions(rng) == sample_actions(rng, noise=the draws of rng)
+      assert err <= 1e-5 and scale > 0.1, (err, scale)
+    else:
+      assert err <= FP32_TOLERANCE, (component, err)
+      assert scale > 0.1, (component, scale)
+
+
+def test_lafp_float32_latent_sampler_decoder_and_sample_actions_match_jax(component_errors):
+  _check_lafp_float32(component_errors("lafp_tiny"))
+
+
+def test_lafp_bc_float32_matches_jax(component_errors):
+  _check_lafp_float32(component_errors("lafp_tiny_bc"))
+
+
+def test_lafp_float32_with_every_model_option_matches_jax(component_errors):
+  _check_lafp_float32(component_errors("lafp_tiny_options"))
 
 
 def test_pi0_time_embedding_is_the_same_table_on_both_sides():

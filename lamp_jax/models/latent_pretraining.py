@@ -1,5 +1,7 @@
 """Latent-action pretraining (UniVLA / LAPA / MVP-LAM recipe): an OPTION of a policy whose VLM prefix learns to
-predict a frozen latent action model's CODES before the Action Expert learns actions.
+predict a frozen latent action model's CODES before the Action Expert learns actions. Shared by LaMP (the head reads
+the prefix encoder's features) and π0 (the head reads ``Pi0.encode``: the VLM's last hidden states over the prefix,
+the pass whose keys / values its expert reads).
 
 The policy's VLM (prefix encoder) reads o_t and the instruction; a small head predicts, for the pair
 (o_t, o_{t+k}), the L_z codebook indices the frozen latent action model (LAM, lam.py) assigns to it:

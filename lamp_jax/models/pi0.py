@@ -23,11 +23,19 @@ VLM's last hidden states over the prefix (``encode``: float[B, P, D] after the f
 keys / values the expert reads), trained by the loss term 'motion_image' (its draws from their own stream, so the
 action term is unchanged by the head). ``sample_actions`` never runs it (the same computation with or without the
 head; ``inference_config`` and the export drop it and the VAE); ``reconstruct_motion_image`` decodes its
-prediction for visualisation. The VLM's final norm feeds only the head (the expert reads keys / values).
+prediction for visualisation. The VLM's final norm feeds only the heads (the expert reads keys / values).
 ``pi0_config.with_motion_image`` adds the sections.
 
+Latent-action pretraining (``model.latent_pretraining``, latent_pretraining.py; training-only, as on LaMP): loss
+term 'latent_codes' (a code head of L_z learned queries cross-attending to the VLM's last hidden states over the
+prefix, ``encode``: the same pass whose keys / values the expert reads, predicts the frozen latent action model's
+codes of (o_t, o_{t+k})), parameters 'lam' and 'latent_head'. Its 'latent' stage (action weight 0) runs the VLM
+and the head only, on batches without action labels; ``sample_actions`` never runs it (``inference_config`` and
+the export drop it). ``latent_pretraining.add`` adds the sections; it excludes LARA (both own ``model.lam``).
+
 Parameter tree top level: 'vlm' (PaliGemma: 'img', 'llm'), 'action_expert' (+ 'lam', 'lara_predictor' with LARA;
-+ 'motion_image', 'vae' with the motion-image head; nothing else).
++ 'motion_image', 'vae' with the motion-image head; + 'lam', 'latent_head' with latent-action pretraining; nothing
+else).
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from lamp_jax.models import flops
 from lamp_jax.models import flow_matching as fm
 from lamp_jax.models import interface
 from lamp_jax.models import lara
+from lamp_jax.models import latent_pretraining
 from lamp_jax.models import losses
 from lamp_jax.models import motion_image as motion_image_lib
 from lamp_jax.models import observation
@@ -89,6 +98,8 @@ class Pi0(nn.Module):
       self.lam, self.lara_predictor = lara.build(cfg)
     if motion_image_lib.enabled(cfg):
       self.vae, self.motion_image = motion_image_lib.build(cfg)
+    if latent_pretraining.enabled(cfg):
+      self.lam, self.latent_head = latent_pretraining.build(cfg, vlm_config.llm.width)
 
   def _vlm_pass(self, batch):
     """The VLM over the prefix (images + prompt) alone: PaliGemma's outputs with 'kv_cache'."""
@@ -118,6 +129,9 @@ class Pi0(nn.Module):
       _, expert = vlm_and_expert_configs(self.config)
       velocity = velocity + 0.0 * lara.init_touch(self.config, self.lam, self.lara_predictor, batch, rng,
                                                   expert.width)
+    if latent_pretraining.enabled(self.config):
+      velocity = velocity + 0.0 * latent_pretraining.init_touch(self.latent_head, self.lam, batch, rng,
+                                                                out["last_hidden"], prefix_mask)
     return velocity
 
   def compute_loss(self, batch, rng, *, train: bool = True):
@@ -130,12 +144,15 @@ class Pi0(nn.Module):
     With LARA (lara.py) the terms 'align' (reads this forward pass's hidden state) and 'lam' join. With the
     motion-image head the term 'motion_image' (motion_image.py; the VLM's last hidden states of the same pass, its
     own random stream; needs the optical_flow keys) joins; it alone (action weight 0: the warm-up stage) runs the
-    VLM and the head, not the expert.
+    VLM and the head, not the expert. With latent-action pretraining the term 'latent_codes'
+    (latent_pretraining.py; the code head on the same last hidden states, the frozen LAM's codes from its own
+    stream) joins; without the action term (the 'latent' stage) the batch needs no action keys.
     Returns (loss float32[], metrics dict of float32[]: 'loss', 'loss/<term>' of every declared term, and with
-    LARA 'lara/cosine', 'lara/valid_pairs', the latent action model's 'lam/...').
+    LARA 'lara/cosine', 'lara/valid_pairs', the latent action model's 'lam/...'; with latent-action pretraining
+    'latent/code_accuracy', 'latent/valid_pairs').
     """
     cfg = self.config
-    terms = lara.loss_terms(cfg, motion_image_lib.loss_terms(cfg, LOSS_TERMS))
+    terms = latent_pretraining.loss_terms(cfg, lara.loss_terms(cfg, motion_image_lib.loss_terms(cfg, LOSS_TERMS)))
     weights = losses.active_weights(cfg.loss.weights, terms, NAME)
     motion_image_lib.check_weights(cfg, weights)
     if "action" not in weights:
@@ -143,13 +160,19 @@ class Pi0(nn.Module):
         raise ValueError("config field model.loss.weights.align > 0 needs model.loss.weights.action > 0: the "
                          "alignment reads the action expert's forward pass of the action loss")
       values, extra = {}, {}
+      if motion_image_lib.LOSS_TERM in weights or latent_pretraining.LOSS_TERM in weights:
+        features, feature_mask = self.encode(batch)  # one VLM pass for both heads
       if motion_image_lib.LOSS_TERM in weights:
-        features, feature_mask = self.encode(batch)
         values[motion_image_lib.LOSS_TERM] = motion_image_lib.loss_value(cfg, self.vae, self.motion_image, batch,
                                                                          features, feature_mask, rng)
       if lara.enabled(cfg):
         lara_values, extra = lara.loss_values(cfg, self.lam, self.lara_predictor, batch, rng, None, weights)
         values.update(lara_values)
+      if latent_pretraining.LOSS_TERM in weights:
+        latent_values, latent_metrics = latent_pretraining.loss_values(self.latent_head, self.lam, batch, rng,
+                                                                       features, feature_mask, weights)
+        values.update(latent_values)
+        extra.update(latent_metrics)
       total, metrics = losses.weighted_total(values, weights, terms)
       metrics.update(extra)
       return total, metrics
@@ -194,6 +217,11 @@ class Pi0(nn.Module):
       lara_values, extra = lara.loss_values(cfg, self.lam, self.lara_predictor, batch, rng, captured.get("hidden"),
                                             weights)
       values.update(lara_values)
+    if latent_pretraining.enabled(cfg):  # the VLM pass of the action term, before tiling
+      latent_values, latent_metrics = latent_pretraining.loss_values(
+          self.latent_head, self.lam, batch, rng, vlm_out["last_hidden"], vlm_out["prefix_mask"], weights)
+      values.update(latent_values)
+      extra.update(latent_metrics)
     total, metrics = losses.weighted_total(values, weights, terms)
     metrics.update(extra)
     return total, metrics
@@ -286,8 +314,10 @@ class Pi0Library(interface.ModelLibrary):
 
   def build(self, cfg: ml_collections.ConfigDict) -> Pi0:
     self.check_config(cfg)
-    vlm_and_expert_configs(cfg)  # fails here, naming the fields, rather than inside a trace
+    vlm_config, _ = vlm_and_expert_configs(cfg)  # fails here, naming the fields, rather than inside a trace
     motion_image_lib.check(cfg)
+    if latent_pretraining.enabled(cfg):
+      latent_pretraining.check(cfg, vlm_config.llm.width)
     return Pi0(cfg)
 
   def bench_variants(self, cfg: ml_collections.ConfigDict) -> dict[str, interface.BenchVariant]:
@@ -299,26 +329,27 @@ class Pi0Library(interface.ModelLibrary):
     return super().bench_variants(cfg)
 
   def inference_config(self, cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Without the training-only parts ``sample_actions`` never runs: LARA's alignment (the LAM and the predictor)
-    and the motion-image head (its sections and weight removed: the config of a plain π0; the head's and the
-    VAE's parameters are dropped)."""
-    return motion_image_lib.without(lara.without(cfg), drop_sections=True)
+    """Without the training-only parts ``sample_actions`` never runs: LARA's alignment (the LAM and the predictor),
+    the motion-image head (its sections and weight removed: the config of a plain π0; the head's and the VAE's
+    parameters are dropped) and latent-action pretraining (the LAM and the code head)."""
+    return latent_pretraining.without(motion_image_lib.without(lara.without(cfg), drop_sections=True))
 
   def dummy_batch(self, cfg: ml_collections.ConfigDict, batch_size: int = 2, seed: int = 0) -> dict:
     batch = motion_image_lib.add_dummy_flow(cfg, dummy_batch(cfg, batch_size, seed), batch_size, seed)
-    return lara.add_dummy_future(cfg, batch, seed)
+    return latent_pretraining.add_dummy_future(cfg, lara.add_dummy_future(cfg, batch, seed), seed)
 
   def data_requirements(self, cfg: ml_collections.ConfigDict) -> specs.DataRequirements:
-    return lara.data_requirements(cfg, specs.DataRequirements(
+    return latent_pretraining.data_requirements(cfg, lara.data_requirements(cfg, specs.DataRequirements(
         cameras=tuple(cfg.image_keys), image_size=int(cfg.image_size), window=1,
         action_horizon=int(cfg.action_horizon), action_dim=int(cfg.action_dim), proprio_dim=int(cfg.proprio_dim),
         optical_flow=motion_image_lib.enabled(cfg),
-        text_tokens=int(cfg.max_token_len), vocab_size=int(paligemma.config_from_dict(cfg.vlm).llm.vocab_size)))
+        text_tokens=int(cfg.max_token_len), vocab_size=int(paligemma.config_from_dict(cfg.vlm).llm.vocab_size))))
 
   def analytic_flops(self, cfg: ml_collections.ConfigDict, batch_size: int, mode: str) -> float:
     """Modes: 'sample_actions' (the VLM prefix once + num_inference_steps expert calls), 'train_step' (3 x the
     forward of compute_loss: the VLM prefix + action_repeats expert calls when the action term is on; with the
-    motion-image head 3 x its call + the frozen VAE encoder once; frozen parts counted as trainable),
+    motion-image head 3 x its call + the frozen VAE encoder once; with latent-action pretraining the frozen LAM's
+    encode_latent + 3 x the code head; frozen parts counted as trainable),
     'motion_image_call' (one head call), 'reconstruct_motion_image' (the VLM prefix + reconstruction_steps head
     calls + the VAE decoder)."""
     vlm_cfg, expert = vlm_and_expert_configs(cfg)
@@ -338,7 +369,8 @@ class Pi0Library(interface.ModelLibrary):
       weights = self.loss_weights(cfg)
       actions = int(cfg.loss.get("action_repeats", 1)) * call if weights.get("action", 0.0) > 0 else 0.0
       total = (3 * (vlm + actions) + flops.motion_image_train(cfg, weights, prefix, width)
-               + lara.train_flops(cfg, 1, weights, expert.width))
+               + lara.train_flops(cfg, 1, weights, expert.width)
+               + latent_pretraining.train_flops(cfg, 1, weights, prefix, width))
     else:
       raise ValueError(f"unknown analytic_flops mode {mode!r} of 'pi0' (modes: {self.flop_modes})")
     return float(batch_size * total)

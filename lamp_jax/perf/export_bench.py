@@ -8,7 +8,7 @@
 and with one thread), interleaved round-robin (their max abs difference is reported as a check); export time (cold:
 including the tracing that gives the layout; warm: mapping + writing) and file size at the config's size; the file
 size at the paper size computed from abstract shapes (``lamp_jax.export.predicted_size``: nothing allocated) in
-float32 and bfloat16.
+float32 and bfloat16 (``paper``: null for a library without a 'paper' variant, e.g. LAFP).
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ def bench_torch_export(model_cfg, batch_size: int, repeats: int, seed: int) -> d
   fastest = {k: t.min_s for k, t in times.items()}
   torch.set_num_threads(default_threads)
   max_abs_diff = float(np.abs(np.asarray(calls["jax"]()) - calls["torch"]()).max())
-  paper = lib.model_config("paper")
+  # The paper-size export (abstract shapes only) for the libraries with a 'paper' variant (LaMP, π0).
+  paper = lib.model_config("paper") if "paper" in lib.variants else None
   return {
       "what": "torch_export", "model": lib.name, "variant": model_cfg.variant,
       "use_motion": bool(model_cfg.get("use_motion", False)),
@@ -105,7 +106,8 @@ def bench_torch_export(model_cfg, batch_size: int, repeats: int, seed: int) -> d
       "max_abs_diff_torch_vs_jax": max_abs_diff, "jax_compile_s": round(compile_s, 3),
       "export_s": export_s, "torch_load_s": round(load_s, 3), "file_bytes": info["bytes"],
       "tensors": info["tensors"], "predicted_bytes": export.predicted_size(model_cfg)["bytes"],
-      "paper": {"float32": export.predicted_size(paper), "bfloat16": export.predicted_size(paper, "bfloat16")},
+      "paper": None if paper is None else {"float32": export.predicted_size(paper),
+                                           "bfloat16": export.predicted_size(paper, "bfloat16")},
   }
 
 
