@@ -408,7 +408,7 @@ class LAMLibrary(interface.ModelLibrary):
   name = NAME
   variants = lam_config.VARIANTS
   methods = frozenset({"encode_latent"})
-  flop_modes = ("train_step", "encode_latent")
+  flop_modes = ("train_step", "encode_latent", "decode")
   state_collections = (vq_lib.STATE,)
 
   def model_config(self, variant: str = "tiny") -> ml_collections.ConfigDict:
@@ -435,9 +435,10 @@ class LAMLibrary(interface.ModelLibrary):
 
   def analytic_flops(self, cfg: ml_collections.ConfigDict, batch_size: int, mode: str) -> float:
     """Modes: 'encode_latent' (one view, one offset: encoder on both frames when a 'features' kind is used,
-    inverse model, quantiser) and 'train_step' (the frozen encoder forward only, everything else 3 x forward:
-    every view's pairs through the inverse model and, for the decoder, V self pairs plus V(V-1) cross pairs
-    when the cross-view term is on)."""
+    inverse model, quantiser), 'decode' (one forward-model pass per example: one view, one offset) and
+    'train_step' (the frozen encoder forward only, everything else 3 x forward: every view's pairs through the
+    inverse model and, for the decoder, V self pairs plus V(V-1) cross pairs when the cross-view term is on;
+    plus the forward-only decoder pass of the V self pairs with shuffled latents, 'lam/reconstruction_shuffled')."""
     v, f = len(cfg.views), len(cfg.future_offsets)
     t_in, d_in = lam_config.input_tokens(cfg, cfg.idm_input)
     t_out, d_out = lam_config.input_tokens(cfg, cfg.target)
@@ -451,13 +452,16 @@ class LAMLibrary(interface.ModelLibrary):
            + 2 * t_out * d_out * width + 2 * t_out * width * d_out)
     if mode == "encode_latent":
       return float(batch_size * (2 * encoder + idm + quantise))
+    if mode == "decode":
+      return float(batch_size * fdm)
     if mode != "train_step":
       raise ValueError(f"unknown analytic_flops mode {mode!r} of 'lam' (modes: {self.flop_modes})")
     weights = self.loss_weights(cfg)
     decoder_pairs = v * v if weights.get("cross_view", 0.0) > 0 else v
     images = v * (1 + f)  # each view's current frame once, its F future frames
     trainable = v * f * (idm + quantise) + decoder_pairs * f * fdm
-    return float(batch_size * (images * encoder + 3 * trainable))
+    shuffled = v * f * fdm  # forward only, no gradient
+    return float(batch_size * (images * encoder + 3 * trainable + shuffled))
 
 
 LIBRARY = LAMLibrary()
