@@ -160,6 +160,8 @@ def test_training_recovers_the_latent_action():
   shuffled = float(model.apply({"params": params}, batch, np.random.RandomState(0).permutation(64),
                                method=decode_error))
   assert shuffled > 3 * own
+  _, metrics = _loss_fn(cfg)(params, batch, jax.random.key(0))  # the logged metric tells the same
+  assert float(metrics["lam/reconstruction_shuffled"]) > 3 * float(metrics["loss/reconstruction"])
   codes = np.asarray(_encode(cfg)(params, batch)["codes"])
   # Each action's most frequent code tuple covers most of its examples, and the four tuples differ.
   modes = []
@@ -187,6 +189,44 @@ def test_untrained_residual_decoder_predicts_the_present_and_logs_the_copy_basel
   assert not CFG.fdm_residual  # the default: the plain decoder predicts from scratch, far from the present
   _, metrics = _loss_fn(CFG)(params, batch, jax.random.key(0))
   assert float(metrics["loss/reconstruction"]) > 3 * by_hand
+
+
+def test_shuffled_latent_reconstruction_decodes_each_valid_pair_with_the_previous_valid_pairs_latent(params):
+  """'lam/reconstruction_shuffled' equals, by hand, the self-view MSE of decoding each valid pair with the quantised
+  latent of the previous valid pair of its view (the first valid pair borrows the last's), over the same pairs as
+  'loss/reconstruction'; and a decoder that ignores the latent (the untrained residual
+  decoder predicts o_t) scores exactly the same with and without the shuffle."""
+  batch = lam.dummy_batch(CFG, 5, 3)
+  batch[specs.OBSERVATION][specs.FUTURE_PAD_MASK][2] = False  # pair 2 neither counts nor lends its latent
+  _, metrics = _loss_fn(CFG)(params, batch, jax.random.key(0))
+  model = lam.build(CFG)
+  kept = np.array([0, 1, 3, 4])
+  lender = np.array([4, 0, 1, 3])  # the previous valid pair, cyclically
+
+  def by_hand(module, batch):
+    current, future, valid = module._frames(batch, tuple(module.config.views))
+    _, quantised, now_tokens, next_tokens = module._latents(current, future, valid, jax.random.key(0))
+    v, b = valid.shape[:2]
+    latent = quantised["quantized"].reshape(v, b, *quantised["quantized"].shape[1:])
+    now, nxt = now_tokens.reshape(v, b, *now_tokens.shape[1:]), next_tokens.reshape(v, b, *next_tokens.shape[1:])
+    prediction = module.fdm(now[:, kept].reshape(v * 4, *now.shape[2:]),
+                            latent[:, lender].reshape(v * 4, *latent.shape[2:]))
+    return jnp.mean(jnp.square(prediction - nxt[:, kept].reshape(v * 4, *nxt.shape[2:])))
+
+  expected = jax.jit(lambda p, b: model.apply({"params": p}, b, method=by_hand), compiler_options=FAST_COMPILE)(
+      params, batch)
+  assert float(metrics["lam/reconstruction_shuffled"]) == pytest.approx(float(expected), rel=1e-5)
+  assert float(metrics["lam/reconstruction_shuffled"]) != pytest.approx(float(metrics["loss/reconstruction"]),
+                                                                         rel=1e-3)
+
+  residual = copy.deepcopy(CFG)
+  residual.fdm_residual = True  # the same parameter tree; its untrained output projection is zero
+  blind = jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.zeros_like(x) if "output_proj" in jax.tree_util.keystr(path) and
+      jax.tree_util.keystr(path).startswith("['fdm']") else x, params)
+  _, metrics = _loss_fn(residual)(blind, batch, jax.random.key(0))
+  assert float(metrics["lam/reconstruction_shuffled"]) == pytest.approx(float(metrics["loss/reconstruction"]),
+                                                                         rel=1e-6)
 
 
 def test_cross_view_off_equals_the_single_view_lam(params):
@@ -356,10 +396,11 @@ def test_analytic_flops_match_xla_for_one_block_stacks():
         params, batch).compile()
     xla = compiled.cost_analysis()
     xla = xla[0] if isinstance(xla, (list, tuple)) else xla
-    # train_step = frozen encoder forward + 3 x the trainable rest.
+    # train_step = frozen encoder forward + 3 x the trainable rest + the forward-only shuffled-latent decoding.
     train = lam.analytic_flops(cfg, 2, "train_step")
     encoder_part = _encoder_flops(cfg, 2) if lam_config.uses_encoder(cfg) else 0.0
-    forward = encoder_part + (train - encoder_part) / 3
+    shuffled = len(cfg.views) * len(cfg.future_offsets) * lam.analytic_flops(cfg, 2, "decode")
+    forward = encoder_part + (train - encoder_part - shuffled) / 3 + shuffled
     assert 0.85 < float(xla["flops"]) / forward < 1.15, (idm_input, target, xla["flops"], forward)
 
 

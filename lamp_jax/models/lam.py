@@ -247,10 +247,13 @@ class LatentActionModel(nn.Module):
   def compute_loss(self, batch, rng, *, train: bool = True):
     """Weighted named terms (module docstring; weights ``loss.weights``). ``train`` is accepted for the
     interface: the model has no stochastic regulariser. Returns (loss float32[], metrics: 'loss', 'loss/<term>',
-    the quantiser's 'vq/...', 'lam/valid_pairs' (fraction of the pairs that count) and 'lam/copy_baseline' (the
-    self-view MSE of predicting o_t+k by o_t: 'loss/reconstruction' below it means the latent is used))."""
+    the quantiser's 'vq/...', 'lam/valid_pairs' (fraction of the pairs that count), 'lam/copy_baseline' (the
+    self-view MSE of predicting o_t+k by o_t: the floor a decoder that ignores the motion reaches) and
+    'lam/reconstruction_shuffled' (the self-view MSE with the latents rolled across the batch: above
+    'loss/reconstruction' only when the decoder reads WHICH latent it gets))."""
     del train
-    total, metrics, _, _ = self._loss(batch, rng, losses.active_weights(self.config.loss.weights, LOSS_TERMS, NAME))
+    total, metrics, _, _ = self._loss(batch, rng, losses.active_weights(self.config.loss.weights, LOSS_TERMS, NAME),
+                                      shuffled_metric=True)
     return total, metrics
 
   def pair_latents(self, batch, rng, *, with_loss: bool = False):
@@ -269,8 +272,29 @@ class LatentActionModel(nn.Module):
     v, b, f = valid.shape
     return z.reshape(v, b, f, *z.shape[2:]), valid, None, {}
 
-  def _loss(self, batch, rng, weights):
-    """(total, metrics, z float32[V, B, F, L, Dc], valid bool[V, B, F])."""
+  def _shuffled_reconstruction(self, context, target, latent, pair_valid):
+    """The self-view reconstruction when every valid pair decodes with ANOTHER valid pair's latent: float32[],
+    no gradient.
+
+    The direct test that the decoder reads the latent: equal to 'loss/reconstruction' (same pairs, same weights)
+    when the decoder ignores which latent it gets, above it when the latent carries the pair's motion. Within each
+    view, the valid pairs in batch order borrow the latent of the previous valid pair (the first borrows the last's),
+    a derangement of the valid pairs whenever there are two or more. Args: context float[V, P, T, Dt] (o_t's
+    tokens), target float[V, P, T, Dt] (o_t+k's), latent float32[V, P, L, Dc] (quantised), pair_valid bool[V, P].
+    """
+    v, p, t, dt = context.shape
+    rank = jnp.cumsum(pair_valid, axis=1) - 1  # [V, P]: the pair's place among its view's valid pairs
+    count = jnp.maximum(jnp.sum(pair_valid, axis=1, keepdims=True), 1)
+    valid_first = jnp.argsort(~pair_valid, axis=1, stable=True)  # [V, P]: the valid pairs' indices, in order
+    source = jnp.take_along_axis(valid_first, jnp.mod(rank - 1, count), axis=1)
+    borrowed = jnp.take_along_axis(jax.lax.stop_gradient(latent), source[:, :, None, None], axis=1)
+    prediction = self.fdm(context.reshape(v * p, t, dt), borrowed.reshape(v * p, *latent.shape[2:]))
+    error = jnp.mean(jnp.square(prediction - target.reshape(v * p, t, dt).astype(jnp.float32)), axis=(1, 2))
+    return jax.lax.stop_gradient(vq_lib.masked_mean(error, pair_valid.reshape(-1)))
+
+  def _loss(self, batch, rng, weights, shuffled_metric: bool = False):
+    """(total, metrics, z float32[V, B, F, L, Dc], valid bool[V, B, F]). ``shuffled_metric`` adds
+    'lam/reconstruction_shuffled' (one more decoder pass, no gradient)."""
     cfg = self.config
     views = tuple(cfg.views)
     current, future, valid = self._frames(batch, views)
@@ -310,6 +334,8 @@ class LatentActionModel(nn.Module):
       cross_valid = pair_valid[src[v:]] & pair_valid[dst[v:]]
       values["cross_view"] = vq_lib.masked_mean(error[v:].reshape(-1), cross_valid.reshape(-1))
     total, metrics = losses.weighted_total(values, weights, LOSS_TERMS)
+    if shuffled_metric:
+      metrics["lam/reconstruction_shuffled"] = self._shuffled_reconstruction(context, target, latent, pair_valid)
     metrics.update(quantised["metrics"])
     metrics["lam/valid_pairs"] = jnp.mean(valid.astype(jnp.float32))
     # The error of predicting o_t+k by o_t itself (what a decoder that ignores the latent can reach on a scene
@@ -382,7 +408,7 @@ class LAMLibrary(interface.ModelLibrary):
   name = NAME
   variants = lam_config.VARIANTS
   methods = frozenset({"encode_latent"})
-  flop_modes = ("train_step", "encode_latent")
+  flop_modes = ("train_step", "encode_latent", "decode")
   state_collections = (vq_lib.STATE,)
 
   def model_config(self, variant: str = "tiny") -> ml_collections.ConfigDict:
@@ -409,9 +435,10 @@ class LAMLibrary(interface.ModelLibrary):
 
   def analytic_flops(self, cfg: ml_collections.ConfigDict, batch_size: int, mode: str) -> float:
     """Modes: 'encode_latent' (one view, one offset: encoder on both frames when a 'features' kind is used,
-    inverse model, quantiser) and 'train_step' (the frozen encoder forward only, everything else 3 x forward:
-    every view's pairs through the inverse model and, for the decoder, V self pairs plus V(V-1) cross pairs
-    when the cross-view term is on)."""
+    inverse model, quantiser), 'decode' (one forward-model pass per example: one view, one offset) and
+    'train_step' (the frozen encoder forward only, everything else 3 x forward: every view's pairs through the
+    inverse model and, for the decoder, V self pairs plus V(V-1) cross pairs when the cross-view term is on;
+    plus the forward-only decoder pass of the V self pairs with shuffled latents, 'lam/reconstruction_shuffled')."""
     v, f = len(cfg.views), len(cfg.future_offsets)
     t_in, d_in = lam_config.input_tokens(cfg, cfg.idm_input)
     t_out, d_out = lam_config.input_tokens(cfg, cfg.target)
@@ -425,13 +452,16 @@ class LAMLibrary(interface.ModelLibrary):
            + 2 * t_out * d_out * width + 2 * t_out * width * d_out)
     if mode == "encode_latent":
       return float(batch_size * (2 * encoder + idm + quantise))
+    if mode == "decode":
+      return float(batch_size * fdm)
     if mode != "train_step":
       raise ValueError(f"unknown analytic_flops mode {mode!r} of 'lam' (modes: {self.flop_modes})")
     weights = self.loss_weights(cfg)
     decoder_pairs = v * v if weights.get("cross_view", 0.0) > 0 else v
     images = v * (1 + f)  # each view's current frame once, its F future frames
     trainable = v * f * (idm + quantise) + decoder_pairs * f * fdm
-    return float(batch_size * (images * encoder + 3 * trainable))
+    shuffled = v * f * fdm  # forward only, no gradient
+    return float(batch_size * (images * encoder + 3 * trainable + shuffled))
 
 
 LIBRARY = LAMLibrary()
