@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from lamp_torch import action_expert as action_lib
+from lamp_torch import inputs as inputs_lib
 from lamp_torch import layers
 from lamp_torch import paligemma
 
@@ -134,19 +135,9 @@ class LAFP(nn.Module):
       noise: {'latent': float32[B, L_z, Dc]} (the JAX ``LatentActionFlowPolicy.sample_actions(noise=...)`` takes
         the same dict).
     """
-    expected = self.noise_shapes(inputs["tokens"].shape[0])
-    if set(noise) != set(expected):
-      raise ValueError(f"sample_actions noise has entries {sorted(noise)}; expected {sorted(expected)}")
-    device = inputs["images"].device
-    z_noise = torch.as_tensor(noise["latent"], dtype=FLOAT32, device=device)
-    if tuple(z_noise.shape) != expected["latent"]:
-      raise ValueError(f"sample_actions noise['latent'] has shape {tuple(z_noise.shape)}; expected "
-                       f"{expected['latent']} (batch, model.latent.code_length, model.latent.code_dim)")
-    proprio = inputs["proprio"].to(FLOAT32)
-    if proprio.shape[-1] != self.cfg["proprio_dim"]:
-      raise ValueError(f"proprio has {proprio.shape[-1]} dims; config.json field model.proprio_dim="
-                       f"{self.cfg['proprio_dim']}")
-    if not self.cfg.get("use_proprio", True):
-      proprio = torch.zeros_like(proprio)
+    z_noise = inputs_lib.checked_noise(
+        noise, self.noise_shapes(inputs["tokens"].shape[0]), inputs["images"].device,
+        {"latent": "batch, model.latent.code_length, model.latent.code_dim"})["latent"]
+    proprio = inputs_lib.checked_proprio(inputs, self.cfg)
     features, mask = self.encode(inputs["images"], inputs["image_mask"], inputs["tokens"], inputs["token_mask"])
     return self.action_decoder(self.sample_latent(features, mask, proprio, z_noise), proprio)

@@ -26,18 +26,12 @@ from torch import nn
 
 from lamp_torch import action_expert as action_lib
 from lamp_torch import guidance as guidance_lib
+from lamp_torch import inputs as inputs_lib
 from lamp_torch import layers
 from lamp_torch import motion_expert as motion_lib
 from lamp_torch import paligemma
 
 FLOAT32 = layers.FLOAT32
-
-
-def _noise(noise: Any, shape: tuple[int, ...], name: str, device) -> torch.Tensor:
-  noise = torch.as_tensor(noise, dtype=FLOAT32, device=device)
-  if tuple(noise.shape) != tuple(shape):
-    raise ValueError(f"sample_actions noise[{name!r}] has shape {tuple(noise.shape)}; expected {tuple(shape)}")
-  return noise
 
 
 class LaMP(nn.Module):
@@ -122,17 +116,8 @@ class LaMP(nn.Module):
         'token_mask' bool[B, L], 'proprio' float32[B, S] (normalised).
       noise: {'action': float32[B, H, A], 'motion': float32[B, K, T, 3] (use_motion only)}.
     """
-    expected = self.noise_shapes(inputs["tokens"].shape[0])
-    if set(noise) != set(expected):
-      raise ValueError(f"sample_actions noise has entries {sorted(noise)}; expected {sorted(expected)}")
-    device = inputs["images"].device
-    noise = {k: _noise(v, expected[k], k, device) for k, v in noise.items()}
-    proprio = inputs["proprio"].to(FLOAT32)
-    if proprio.shape[-1] != self.cfg["proprio_dim"]:
-      raise ValueError(f"proprio has {proprio.shape[-1]} dims; config.json field model.proprio_dim="
-                       f"{self.cfg['proprio_dim']}")
-    if not self.cfg.get("use_proprio", True):
-      proprio = torch.zeros_like(proprio)
+    noise = inputs_lib.checked_noise(noise, self.noise_shapes(inputs["tokens"].shape[0]), inputs["images"].device)
+    proprio = inputs_lib.checked_proprio(inputs, self.cfg)
     features, mask = self.encode(inputs["images"], inputs["image_mask"], inputs["tokens"], inputs["token_mask"])
     guided = self.guide(features, mask, noise.get("motion"))
     return self.integrate_actions(guided, mask, proprio, noise["action"])

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from lamp_torch import inputs as inputs_lib
 from lamp_torch import layers
 from lamp_torch import paligemma
 from lamp_torch import pi0_expert
@@ -81,20 +82,9 @@ class Pi0(nn.Module):
         'token_mask' bool[B, L], 'proprio' float32[B, S] (normalised).
       noise: {'action': float32[B, H, A]} (the JAX ``Pi0.sample_actions(noise=...)`` takes the same dict).
     """
-    expected = self.noise_shapes(inputs["tokens"].shape[0])
-    if set(noise) != set(expected):
-      raise ValueError(f"sample_actions noise has entries {sorted(noise)}; expected {sorted(expected)}")
-    device = inputs["images"].device
-    x0 = torch.as_tensor(noise["action"], dtype=FLOAT32, device=device)
-    if tuple(x0.shape) != expected["action"]:
-      raise ValueError(f"sample_actions noise['action'] has shape {tuple(x0.shape)}; expected "
-                       f"{expected['action']} (batch, action_horizon, action_dim)")
-    proprio = inputs["proprio"].to(FLOAT32)
-    if proprio.shape[-1] != self.cfg["proprio_dim"]:
-      raise ValueError(f"proprio has {proprio.shape[-1]} dims; config.json field model.proprio_dim="
-                       f"{self.cfg['proprio_dim']}")
-    if not self.cfg.get("use_proprio", True):
-      proprio = torch.zeros_like(proprio)
+    x0 = inputs_lib.checked_noise(noise, self.noise_shapes(inputs["tokens"].shape[0]), inputs["images"].device,
+                                  {"action": "batch, action_horizon, action_dim"})["action"]
+    proprio = inputs_lib.checked_proprio(inputs, self.cfg)
     prefix_kv, prefix_mask = self.prefix(inputs["images"], inputs["image_mask"], inputs["tokens"],
                                          inputs["token_mask"])
     return self.integrate_actions(prefix_kv, prefix_mask, proprio, x0)
