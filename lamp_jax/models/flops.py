@@ -10,8 +10,11 @@ from __future__ import annotations
 import ml_collections
 
 from lamp_jax.models import film_cnn
+from lamp_jax.models import motion_expert as motion_lib
+from lamp_jax.models import motion_image as motion_image_lib
 from lamp_jax.models import paligemma
 from lamp_jax.models import prefix_encoder
+from lamp_jax.models import vae as vae_lib
 
 
 def transformer_layer(tokens: int, width: int, mlp_dim: int, *, context: int | None = None,
@@ -101,8 +104,6 @@ def motion_expert_call(motion_cfg: ml_collections.ConfigDict, prefix: int, featu
   """One Motion Expert evaluation (condition projection of ``prefix`` VLM features of ``feature_width``, the
   joint [condition; motion] blocks, adaLN modulations, patch in / out). Counts the pruned last block when
   ``prune_last_condition`` is on."""
-  from lamp_jax.models import motion_expert as motion_lib  # deferred: other models' counts need no Motion Expert
-
   m = motion_cfg
   n_motion = motion_lib.num_motion_tokens(m)
   n_all = n_motion + m.cond_len
@@ -119,8 +120,6 @@ def motion_expert_call(motion_cfg: ml_collections.ConfigDict, prefix: int, featu
 
 def gated_guidance(motion_cfg: ml_collections.ConfigDict, prefix: int, width: int) -> float:
   """The gated cross-attention: ``prefix`` queries of ``width`` over the motion hidden states."""
-  from lamp_jax.models import motion_expert as motion_lib  # deferred (see motion_expert_call)
-
   n_motion = motion_lib.num_motion_tokens(motion_cfg)
   return float(2 * n_motion * motion_cfg.width * width + 2 * n_motion * width * width * 2
                + 2 * prefix * width * width * 2 + 2 * 2 * prefix * n_motion * width)
@@ -152,8 +151,6 @@ def motion_image_call(head_cfg: ml_collections.ConfigDict, vae_cfg, image_size: 
   image, cross-attending to ``prefix`` VLM features of ``feature_width``: patch in / out, ``depth`` blocks of
   self-attention + MLP, cross-attention (keys / values projected from the prefix in every block) and 9 adaLN
   modulations, the time embedding and the final modulation."""
-  from lamp_jax.models import motion_image as motion_image_lib  # deferred (see motion_expert_call)
-
   c = head_cfg
   tokens = motion_image_lib.num_tokens(c, vae_cfg, image_size)
   _, _, channels = motion_image_lib.latent_shape(vae_cfg, image_size)
@@ -170,8 +167,6 @@ def motion_image_train(policy_cfg: ml_collections.ConfigDict, weights: dict, pre
   """Matmul FLOPs the motion-image head adds to one training example of a policy (``policy_cfg``, its
   ``weights``): 3 x one head call (forward + backward) + the frozen VAE encoder once (no backward: its input and
   output are stop_gradient); 0 when the head or its term is off."""
-  from lamp_jax.models import motion_image as motion_image_lib  # deferred (see motion_expert_call)
-
   if weights.get(motion_image_lib.LOSS_TERM, 0.0) <= 0 or not motion_image_lib.enabled(policy_cfg):
     return 0.0
   c = policy_cfg
@@ -191,15 +186,11 @@ def motion_image_reconstruction(policy_cfg: ml_collections.ConfigDict, prefix_fl
 
 def vae_encoder(vae_cfg, image_size: int) -> float:
   """The VAE encoder on one ``image_size`` x ``image_size`` image (``vae.encoder_flops``)."""
-  from lamp_jax.models import vae as vae_lib  # deferred (see motion_expert_call)
-
   return vae_lib.encoder_flops(vae_cfg, image_size)
 
 
 def vae_decoder(vae_cfg, image_size: int) -> float:
   """The VAE decoder from the latent of an ``image_size`` image (``vae.decoder_flops``)."""
-  from lamp_jax.models import vae as vae_lib  # deferred (see motion_expert_call)
-
   return vae_lib.decoder_flops(vae_cfg, image_size)
 
 
