@@ -44,20 +44,34 @@ def _tiny(policy: str, *, joint: bool = True, block_from_end: int = 0, **action)
   return lara.add(cfg, lam, block_from_end=block_from_end, joint=joint)
 
 
+def _key(cfg) -> str:
+  return cfg.to_json_best_effort(sort_keys=True)
+
+
 def _init(cfg, batch_size=3, seed=0):
+  """(library, model, dummy batch, parameters) of ``cfg``. Initialising traces and compiles the whole model (~13 s
+  for the tiny LaMP with its LAM on 2 cores), so each config is initialised once per process; the tests get fresh
+  copies of the batch and of the parameter tree's dicts (the arrays are immutable)."""
   lib = registry.for_config(cfg)
-  batch = lib.dummy_batch(cfg, batch_size, seed)
-  return lib, lib.build(cfg), batch, lib.init_params(cfg, jax.random.key(seed), batch)
+  key = (_key(cfg), batch_size, seed)
+  if key not in _INITS:
+    batch = lib.dummy_batch(cfg, batch_size, seed)
+    _INITS[key] = batch, lib.init_params(cfg, jax.random.key(seed), batch)
+  batch, params = _INITS[key]
+  return lib, lib.build(cfg), copy.deepcopy(batch), jax.tree.map(lambda x: x, params)
 
 
 def _loss(model, params, batch, rng=1):
-  """compute_loss, jitted (one compilation per model and batch structure)."""
-  fn = _JITTED.setdefault(id(model), (model, jax.jit(
+  """compute_loss, jitted once per model config (tests that evaluate the same model share the compiled program)."""
+  fn = _JITTED.setdefault(_key(model.config), (model, jax.jit(
       lambda p, b, r: model.apply({"params": p}, b, jax.random.key(r), method="compute_loss"), static_argnums=2)))[1]
   return fn(params, batch, rng)
 
 
+_INITS = {}
 _JITTED = {}
+# The module's tests share these caches: xdist keeps them on one worker (pytest.ini runs with --dist=loadgroup).
+pytestmark = pytest.mark.xdist_group("lara")
 
 
 # ------------------------------------------------------------------------------------------ the loss
@@ -159,8 +173,9 @@ def test_the_predictor_reads_block_l_minus_k(policy):
 def test_block_fields_are_checked_naming_the_field():
   cfg = _tiny("lamp", block_from_end=1, depth=6)  # inside a cross / self pair
   _, model, batch, params = _init(_tiny("lamp", block_from_end=2, depth=6))
-  with pytest.raises(ValueError, match="model.lara.block_from_end"):
-    registry.get("lamp").build(cfg).apply({"params": params}, batch, jax.random.key(0), method="compute_loss")
+  with pytest.raises(ValueError, match="model.lara.block_from_end"):  # raised while tracing: nothing compiles
+    jax.eval_shape(lambda p: registry.get("lamp").build(cfg).apply({"params": p}, batch, jax.random.key(0),
+                                                                    method="compute_loss"), params)
   with pytest.raises(ValueError, match=r"model.lara.block_from_end=6"):
     lara.hidden_after(_tiny("lamp", block_from_end=6, depth=6), 6)
   bad = _tiny("pi0")
@@ -174,9 +189,13 @@ def test_block_fields_are_checked_naming_the_field():
 
 
 # ------------------------------------------------------------------------------------------ gradients
-def _align_grads(cfg):
-  _, model, batch, params = _init(cfg)
-  return jax.grad(lambda p: _loss(model, p, batch)[1]["loss/align"])(params)
+def _align_grads(cfg, params_cfg):
+  """Gradients of the alignment term of ``cfg``'s model at ``params_cfg``'s initial parameters (the joint and
+  frozen configs have the same parameters: one initialisation serves both)."""
+  _, _, batch, params = _init(params_cfg)
+  model = registry.for_config(cfg).build(cfg)
+  return jax.jit(jax.grad(lambda p: model.apply({"params": p}, batch, jax.random.key(1), method="compute_loss")[1][
+      "loss/align"]))(params)
 
 
 def _norm(tree):
@@ -185,8 +204,8 @@ def _norm(tree):
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_alignment_gradients_reach_the_lam_only_when_joint(policy):
-  joint = _align_grads(_tiny(policy))
-  frozen = _align_grads(_tiny(policy, joint=False))
+  joint = _align_grads(_tiny(policy), _tiny(policy))
+  frozen = _align_grads(_tiny(policy, joint=False), _tiny(policy))
   for grads in (joint, frozen):
     assert _norm(grads["lara_predictor"]) > 0 and _norm(grads["action_expert"]) > 0
   assert _norm(joint["lam"]["idm"]) > 0
