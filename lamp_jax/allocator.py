@@ -38,22 +38,32 @@ def tcmalloc_loaded(env=None) -> bool:
   return "tcmalloc" in (env if env is not None else os.environ).get("LD_PRELOAD", "")
 
 
+def with_tcmalloc(env) -> dict | None:
+  """A copy of ``env`` with tcmalloc added to ``LD_PRELOAD``, for a child process; None when there is nothing to
+  do: tcmalloc already preloaded there, not installed, switched off with ``LAMP_JAX_ALLOCATOR=system`` (read from
+  ``env``), or not Linux."""
+  choice = env.get(ENV_SWITCH, "tcmalloc")
+  if choice not in ("tcmalloc", "system"):
+    raise ValueError(f"{ENV_SWITCH}={choice!r}; expected 'tcmalloc' or 'system'")
+  if choice == "system" or not sys.platform.startswith("linux") or tcmalloc_loaded(env):
+    return None
+  library = find_tcmalloc()
+  if library is None:
+    return None
+  env = dict(env)
+  env["LD_PRELOAD"] = ":".join(p for p in (library, env.get("LD_PRELOAD", "")) if p)
+  return env
+
+
 def reexec_with_tcmalloc(module: str) -> None:
   """Replace this process by ``python -m <module> <same args>`` with tcmalloc preloaded, if useful and possible.
 
   Returns (doing nothing) when tcmalloc is already preloaded, not installed, switched off with
   ``LAMP_JAX_ALLOCATOR=system``, or on a platform other than Linux. Call it first thing in ``__main__``, before
   JAX starts threads."""
-  choice = os.environ.get(ENV_SWITCH, "tcmalloc")
-  if choice not in ("tcmalloc", "system"):
-    raise ValueError(f"{ENV_SWITCH}={choice!r}; expected 'tcmalloc' or 'system'")
-  if choice == "system" or not sys.platform.startswith("linux") or tcmalloc_loaded():
+  env = with_tcmalloc(os.environ)
+  if env is None:
     return
-  library = find_tcmalloc()
-  if library is None:
-    return
-  env = dict(os.environ)
-  env["LD_PRELOAD"] = ":".join(p for p in (library, env.get("LD_PRELOAD", "")) if p)
   sys.stdout.flush()
   sys.stderr.flush()
   os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)

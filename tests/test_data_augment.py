@@ -57,3 +57,37 @@ def test_every_frame_of_a_camera_gets_the_same_augmentation():
   assert out.shape == (3, 17, 19, 3)
   np.testing.assert_array_equal(out[0], out[1])
   np.testing.assert_array_equal(out[0], out[2])
+
+
+def test_frames_not_present_are_zeros_after_the_jitter():
+  """A missing or padded frame (image mask False) is a zero image even when the jitter would brighten it."""
+  rng = np.random.default_rng(2)
+  frames = rng.integers(0, 256, (3, 24, 24, 3), np.uint8)
+  box, color = np.array([0.1, 0.05, 0.8, 0.85], np.float32), np.array([0.08, 1.0, 1.0, 0.0], np.float32)
+  out = augment.augment_frames(frames, box, color, (17, 19), crop_on=True, jitter_on=True,
+                               present=np.array([True, False, True]))
+  everything = augment.augment_frames(frames, box, color, (17, 19), crop_on=True, jitter_on=True)
+  assert not out[1].any() and everything[1].any()
+  np.testing.assert_array_equal(out[[0, 2]], everything[[0, 2]])
+
+
+def test_the_frame_transform_zeros_frames_not_present():
+  """Through the graph (decode, host augmentation): window frames with image mask False come out as zeros."""
+  import cv2
+  import tensorflow as tf
+
+  from lamp_jax import specs
+  from lamp_jax.data import config as data_config
+  from lamp_jax.data import frame_transforms
+
+  cfg = data_config.default_data_config()
+  cfg.cameras = cfg.augment_cameras = (specs.IMAGE_PRIMARY,)
+  cfg.window_size, cfg.image_size = 2, (13, 11)  # stored at the output size: the crop still resamples
+  jpeg = cv2.imencode(".jpg", np.random.default_rng(3).integers(0, 256, (13, 11, 3), np.uint8))[1].tobytes()
+  frame = {"observation": {specs.IMAGE_PRIMARY: tf.constant([jpeg, jpeg]),
+                           specs.IMAGE_MASK: {specs.IMAGE_PRIMARY: tf.constant([False, True])}}}
+  for seed in range(6):  # brightness deltas of both signs
+    out = frame_transforms.decode_and_augment(frame, tf.constant([seed, 7], tf.int64), cfg, True)
+    images = out["observation"][specs.IMAGE_PRIMARY].numpy()
+    assert images.shape == (2, 13, 11, 3)
+    assert not images[0].any() and images[1].any()

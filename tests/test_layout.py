@@ -19,7 +19,8 @@ ALLOWED = {
     "allocator": set(),
     "export_format": set(),
     "models": {"specs", "flow_image"},
-    "data": {"specs", "flow_image"},
+    # The data bench and inspect commands run under the trainer's allocator.
+    "data": {"specs", "flow_image", "allocator"},
     "sim": {"specs", "flow_image"},
     "serving": set(),
     # The probing toolkit is numpy-only; its checkpoint loader (probe/lam_latents.py, probe/__main__.py) reads

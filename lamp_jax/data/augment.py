@@ -71,17 +71,21 @@ def jitter(image: np.ndarray, brightness: float, contrast: float, saturation: fl
 
 
 def augment_frames(images: np.ndarray, box: np.ndarray, color: np.ndarray, out_hw, *, crop_on: bool,
-                   jitter_on: bool) -> np.ndarray:
+                   jitter_on: bool, present: np.ndarray | None = None) -> np.ndarray:
   """One camera of one example: uint8[N, h0, w0, 3] -> uint8[N, h, w, 3], the same crop / jitter on every frame.
 
   Args:
     images: the decoded frames (window frames, then future frames) at their stored size.
     box: float32[4] crop box (x0, y0, bw, bh); with ``crop_on=False`` the full image (a plain resize).
     color: float32[4] (brightness delta, contrast factor, saturation factor, hue delta) used when ``jitter_on``.
+    present: bool[N]; frames not present (missing camera, padding) are zeros in the output. None: all present.
   """
   box = box if crop_on else (0.0, 0.0, 1.0, 1.0)
   out = np.empty((images.shape[0], int(out_hw[0]), int(out_hw[1]), 3), np.uint8)
   for n in range(images.shape[0]):
+    if present is not None and not present[n]:
+      out[n] = 0
+      continue
     frame = images[n]
     if frame.shape[:2] != tuple(out_hw) or crop_on:
       frame = crop(frame, box, out_hw)

@@ -144,18 +144,25 @@ def crop_scene_flow(frame: dict, box: tf.Tensor) -> dict:
 
 
 def _host_augment(images: tf.Tensor, box: tf.Tensor, color: tf.Tensor, size, *, crop_on: bool,
-                  jitter_on: bool) -> tf.Tensor:
-  """uint8[N, h0, w0, 3] -> uint8[N, h, w, 3] through ``augment.augment_frames`` (OpenCV, on this thread)."""
-  def run(images_np, box_np, color_np):
-    return augment.augment_frames(images_np, box_np, color_np, size, crop_on=crop_on, jitter_on=jitter_on)
+                  jitter_on: bool, present: tf.Tensor | None = None) -> tf.Tensor:
+  """uint8[N, h0, w0, 3] -> uint8[N, h, w, 3] through ``augment.augment_frames`` (OpenCV, on this thread); frames
+  not ``present`` (bool[N]) come out as zeros (zeroed on the host: a graph-side select would broadcast the mask to
+  every pixel, which was a measurable part of the pipeline's CPU time)."""
+  def run(images_np, box_np, color_np, present_np):
+    return augment.augment_frames(images_np, box_np, color_np, size, crop_on=crop_on, jitter_on=jitter_on,
+                                  present=present_np)
 
-  out = tf.numpy_function(run, [images, box, color], tf.uint8, stateful=False)
+  if present is None:
+    present = tf.ones([tf.shape(images)[0]], tf.bool)
+  out = tf.numpy_function(run, [images, box, color, present], tf.uint8, stateful=False)
   out.set_shape([images.shape[0], size[0], size[1], 3])
   return out
 
 
 def _decode_stack(encoded: tf.Tensor, present: tf.Tensor, size, count: int) -> tf.Tensor:
   """string[N] -> uint8[N, h0, w0, 3] at the stored size (zeros of ``size`` where not present)."""
+  if count == 1:  # no copy into a stack
+    return decode_image(encoded[0], size, present[0])[None]
   return tf.stack([decode_image(encoded[n], size, present[n]) for n in range(count)])
 
 
@@ -189,15 +196,14 @@ def decode_and_augment(frame: dict, seed: tf.Tensor, data_cfg, train: bool) -> d
       images = tf.cond(
           tf.reduce_any(present),
           lambda: _host_augment(_decode_stack(encoded, present, size, count), box, color, size, crop_on=crop_on,
-                                jitter_on=jitter_on),
+                                jitter_on=jitter_on, present=present),
           lambda: tf.zeros([count, size[0], size[1], 3], tf.uint8))
       if crop_on and camera == specs.IMAGE_PRIMARY:
         if specs.SCENE_FLOW in frame:
           frame = crop_scene_flow(frame, box)
         primary_box = box
-    else:
-      images = tf.stack([resize(decode_image(encoded[n], size, present[n]), size) for n in range(count)])
-    images = tf.where(present[:, None, None, None], images, tf.zeros_like(images))
+    else:  # frames not present decode to zeros, and stay zeros through the resize
+      images = resize(_decode_stack(encoded, present, size, count), size)
     images.set_shape([count, size[0], size[1], 3])
     observation[camera] = images[:window]
     if camera in future:

@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from lamp_jax import allocator
+
 
 def load_config(config_args: list[str]):
   """The run config of ``--config=path/to/config.py[:arg]`` with its ``--config.<field>=<value>`` overrides, parsed
@@ -196,4 +198,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+  allocator.reexec_with_tcmalloc("lamp_jax.data.inspect")  # the allocator of lamp_jax.train's process (allocator.py)
   main()
