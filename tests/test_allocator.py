@@ -38,3 +38,18 @@ def test_no_second_reexec_when_preloaded_and_bad_switch_is_an_error(monkeypatch)
   monkeypatch.setenv(allocator.ENV_SWITCH, "jemalloc")
   with pytest.raises(ValueError, match=allocator.ENV_SWITCH):
     allocator.reexec_with_tcmalloc("tests.allocator_probe")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc: Linux only")
+def test_the_pipeline_keeps_image_buffers_in_the_glibc_heap():
+  """TensorFlow's from_generator sets M_TRIM_THRESHOLD, which makes glibc mmap every 1 MiB buffer afresh (a page
+  fault per 4 KiB page each time); the pipeline's iterator undoes it (allocator.undo_tensorflow_malloc_trim)."""
+  env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+  faults = {}
+  for mode in ("bare", "pipeline"):
+    proc = subprocess.run([sys.executable, "-m", "tests.malloc_probe", mode], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    faults[mode] = json.loads(proc.stdout.strip().splitlines()[-1])["faults"]
+  assert faults["bare"] > 50 * 200, faults  # 50 buffers x 256 pages, faulted in afresh each time
+  assert faults["pipeline"] < 4 * 256, faults  # the first buffer's pages, then reused

@@ -23,10 +23,10 @@ machine (frames/s depends on what else runs). Output: one JSON object on stdout.
 
 Allocator: the command re-executes itself under tcmalloc when it is installed, as ``python -m lamp_jax.train``
 does (``lamp_jax/allocator.py``), so every worker (Octo's too) runs on the allocator the trainer's process has;
-``settings.allocator`` says which. The pipeline allocates fresh image buffers for every example: under glibc malloc
-they are mmap'ed and page-faulted in each time, which cost about half of its CPU time here (3.1-3.4 CPU-s per 1000
-frames with tcmalloc, 6.4-6.5 without, interleaved). ``OCTO_ANCHORS`` were measured under glibc malloc: with Octo
-installed the comparison is like for like; ``LAMP_JAX_ALLOCATOR=system`` runs ours as the anchors ran.
+``settings.allocator`` says which; ``LAMP_JAX_ALLOCATOR=system`` runs ours on glibc malloc, as the anchors ran.
+Under glibc malloc the pipeline's iterator undoes the malloc setting that TensorFlow's ``from_generator`` makes
+(``allocator.undo_tensorflow_malloc_trim``): without that, every image buffer was page-faulted in afresh, about
+half of the pipeline's CPU time.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from lamp_jax import allocator
 from lamp_jax import specs
 from lamp_jax.data import errors, frame_transforms, normalization, rlds, traj_transforms
 
@@ -185,9 +186,13 @@ class DataIterator:
     if self._iterator is None:
       raise StopIteration
     try:
-      return next(self._iterator)
+      batch = next(self._iterator)
     except tf.errors.OpError as exc:
       errors.reraise_from_tf(exc, f"reading datasets {self.names}")
+    # The episode readers' from_generator iterators, created on tf.data's threads once elements are asked for, let
+    # TensorFlow make glibc malloc fault every image buffer in afresh: undo it (allocator.py; a cached call, ~1 µs).
+    allocator.undo_tensorflow_malloc_trim()
+    return batch
 
   def skip_counts(self) -> dict:
     return self.skips.as_dict()
