@@ -146,8 +146,8 @@ def crop_scene_flow(frame: dict, box: tf.Tensor) -> dict:
 def _host_augment(images: tf.Tensor, box: tf.Tensor, color: tf.Tensor, size, *, crop_on: bool,
                   jitter_on: bool, present: tf.Tensor | None = None) -> tf.Tensor:
   """uint8[N, h0, w0, 3] -> uint8[N, h, w, 3] through ``augment.augment_frames`` (OpenCV, on this thread); frames
-  not ``present`` (bool[N]) come out as zeros (zeroed on the host: a graph-side select would broadcast the mask to
-  every pixel, which was a measurable part of the pipeline's CPU time)."""
+  not ``present`` (bool[N]) come out as zeros, zeroed on the host rather than by a graph-side select that broadcasts
+  the mask to every pixel (that select showed in ``perf``; removing it measured within the bench's noise)."""
   def run(images_np, box_np, color_np, present_np):
     return augment.augment_frames(images_np, box_np, color_np, size, crop_on=crop_on, jitter_on=jitter_on,
                                   present=present_np)
