@@ -26,6 +26,16 @@ Both: ``--with_reference`` also times, in the same round robin, the model with i
 The Motion Expert alone (LaMP's one-step partial denoising vs full reconstruction, feasible at paper size on a
 CPU host): ``python -m lamp_jax.perf.motion_bench``.
 
+Training configs: ``--stage=NAME`` with a training config (``configs/bridge.py``) benchmarks that stage's model (its
+``model_overrides`` and ``compute_dtype`` applied, as the trainer does) and, for train_step, steps it as the trainer
+does: the stage's ``frozen`` parameters are held by ``stop_gradient`` and get no optimizer update or state. The
+analytic FLOPs stay 3 x forward of everything (an upper bound for a stage with frozen parts), stated in the JSON.
+
+Accelerators: the roof is measured with [8192, 8192] matrices on GPU / TPU (``roofline.default_size``); 'chip' adds
+the device kind, the vendor's published dense peak for the dtype (``roofline.PUBLISHED_PEAK_TFLOPS``; null where
+not tabled) and every efficiency as a fraction of it ('fraction_of_published_peak', i.e. MFU), and
+'device_memory_gb' the allocator's peak (the process's peak, compilation and initialisation included).
+
 Model options are config values, e.g. ``--config.model.motion.scan_unroll=2 --config.model.action.scan_unroll=2``.
 """
 
@@ -44,8 +54,11 @@ import tqdm
 from lamp_jax.models import registry
 from lamp_jax.perf import op_profile, roofline
 from lamp_jax.perf import timing
+from lamp_jax.training import defaults
+from lamp_jax.training import optim
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with a `model` section (configs/lamp.py).")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with a `model` section (configs/lamp.py), or "
+                                          "a training config with --stage (configs/bridge.py).")
 _WHAT = flags.DEFINE_enum("what", "inference", ["inference", "train_step"], "What to benchmark.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Batch size (default: 1 for inference, 8 for train_step).")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per variant.")
@@ -53,6 +66,12 @@ _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
 _OP_BREAKDOWN = flags.DEFINE_bool("op_breakdown", False, "train_step: also profile the step and report the share "
                                    "of XLA op time by kind (matmul / layout / loop / other; lamp_jax.perf.op_profile) "
                                    "and the roof fraction the step would reach with only its matmul ops.")
+_TIMING_LOCK = flags.DEFINE_string("timing_lock", None, "A file to flock around the timed sections (roofs, warm-up "
+                                   "and timed calls): several bench processes sharing one accelerator then compile "
+                                   "in parallel and time one at a time.")
+_STAGE = flags.DEFINE_string("stage", None, "Name of a stage of a training config (config.stages): its model "
+                             "overrides and compute dtype apply; train_step freezes its `frozen` parameters as the "
+                             "trainer does.")
 _WITH_REFERENCE = flags.DEFINE_bool("with_reference", False, "Also time the model with its exact rewrites switched "
                                     "off (ModelLibrary.reference_config): before / after in one run.")
 
@@ -73,18 +92,31 @@ def _best_roofs(*measured: dict) -> dict:
   return {k: round(max(m[k] for m in measured), 3) for k in measured[0]}
 
 
-def _efficiency(flops: dict, times: dict, roof: dict) -> dict:
-  """Per name: achieved GFLOP/s (median wall) and GFLOP per CPU second, and both as fractions of the roofs."""
+def _chip(dtype) -> dict:
+  """The default device's kind and the vendor's published dense peak in ``dtype`` (``roofline``; null if unknown)."""
+  device = jax.local_devices()[0]
+  peak = roofline.published_peak_flops(device, dtype)
+  return {"platform": device.platform, "device_kind": device.device_kind, "dtype": jnp.dtype(dtype).name,
+          "published_peak_tflops": None if peak is None else round(peak / 1e12, 1)}
+
+
+def _efficiency(flops: dict, times: dict, roof: dict, chip: dict) -> dict:
+  """Per name: achieved GFLOP/s (median wall) and GFLOP per CPU second, both as fractions of the measured roofs,
+  and the wall rate as a fraction of the published peak (MFU; only where ``chip`` has one)."""
   result = {}
+  peak = chip["published_peak_tflops"]
   for name, t in times.items():
     per_s, per_cpu_s = flops[name] / t.median_s / 1e9, flops[name] / t.cpu_median_s / 1e9
     result[name] = {"gflop_per_s": round(per_s, 3), "gflop_per_cpu_s": round(per_cpu_s, 3),
                     "fraction_of_roof": round(per_s / roof["gflop_per_s"], 4),
                     "fraction_of_cpu_roof": round(per_cpu_s / roof["gflop_per_cpu_s"], 4)}
+    if peak:
+      result[name]["fraction_of_published_peak"] = round(per_s / (peak * 1e3), 4)
   return result
 
 
-def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int, with_reference: bool = False) -> dict:
+def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int, with_reference: bool = False,
+                    timing_lock: str | None = None) -> dict:
   lib = registry.for_config(model_cfg)
   if "sample_actions" not in lib.methods:
     raise ValueError(f"model {lib.name!r} has no sample_actions to benchmark")
@@ -115,9 +147,11 @@ def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int, with_re
     flops[name] = lib.analytic_flops(variant.cfg, batch_size, variant.flop_mode)
     memory[name] = timing.executable_memory(exe)
   dtype = model_cfg.get("dtype", "float32")
-  roof_before = _roofs(dtype)
-  times = timing.time_round_robin(calls, repeats)
-  roof = _best_roofs(roof_before, _roofs(dtype))
+  with timing.exclusive(timing_lock):
+    roof_before = _roofs(dtype)
+    times = timing.time_round_robin(calls, repeats)
+    roof = _best_roofs(roof_before, _roofs(dtype))
+  chip = _chip(dtype)
   latency = {k: t.median_s for k, t in times.items()}
   fastest = {k: t.min_s for k, t in times.items()}
   cpu = {k: t.cpu_median_s for k, t in times.items()}
@@ -131,14 +165,15 @@ def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int, with_re
       "cpu_ms": {k: round(v * 1e3, 3) for k, v in cpu.items()},
       "compile_s": compile_s,
       "analytic_gflops": {k: round(v / 1e9, 4) for k, v in flops.items()},
-      "matmul_roof": roof,
-      "efficiency": _efficiency(flops, times, roof),
+      "matmul_roof": roof, "chip": chip,
+      "efficiency": _efficiency(flops, times, roof, chip),
       "ratios": _ratios(latency, lib.bench_ratios),
       "ratios_of_min_latency": _ratios(fastest, lib.bench_ratios),
       "ratios_of_cpu_time": _ratios(cpu, lib.bench_ratios),
       "analytic_ratios": _ratios(flops, lib.bench_ratios),
       "memory_gb": {"executables": memory, "peak_rss": round(timing.peak_rss_gb(), 3),
                     "rss_after_timing": round(timing.current_rss_gb(), 3)},
+      "device_memory_gb": timing.device_memory_gb(),
       "load": {"before": load_before, "after": timing.host_load()},
   }
   if with_reference:
@@ -150,14 +185,28 @@ def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int, with_re
   return result
 
 
-def _train_step_fn(lib, model_cfg, optimizer):
+def _optimizer(frozen: tuple[str, ...]) -> optax.GradientTransformation:
+  """AdamW (0.9 / 0.95, weight decay 1e-4); with ``frozen`` patterns the frozen parameters get no update and no
+  optimizer state, as in the trainer (``optim.make_optimizer``)."""
+  adamw = optax.adamw(1e-4, b1=0.9, b2=0.95, weight_decay=1e-4)
+  if not frozen:
+    return adamw
+  return optax.multi_transform({optim.TRAINABLE: adamw, optim.FROZEN: optax.set_to_zero()},
+                               lambda params: optim.freeze_labels(params, frozen))
+
+
+def _train_step_fn(lib, model_cfg, optimizer, frozen: tuple[str, ...] = ()):
   """One AdamW step on ``compute_loss``. Models with state collections (``ModelLibrary.state_collections``) are
-  stepped as the trainer steps them: the loss with the state mutable, then ``after_update``."""
+  stepped as the trainer steps them: the loss with the state mutable, then ``after_update``. ``frozen``
+  parameters are held by ``stop_gradient`` (no backward through them), as in the trainer's step."""
   model = lib.build(model_cfg)
   collections = list(lib.state_collections)
 
   def step(params, opt_state, model_state, batch, rng):
     def loss_fn(p):
+      if frozen:
+        labels = optim.freeze_labels(p, frozen)
+        p = jax.tree.map(lambda x, label: jax.lax.stop_gradient(x) if label == optim.FROZEN else x, p, labels)
       if not collections:
         loss, metrics = model.apply({"params": p}, batch, rng, method="compute_loss")
         return loss, (metrics, model_state)
@@ -176,9 +225,11 @@ def _train_step_fn(lib, model_cfg, optimizer):
 
 
 def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int, op_breakdown: bool = False,
-                     with_reference: bool = False) -> dict:
+                     with_reference: bool = False, frozen: tuple[str, ...] = (),
+                     timing_lock: str | None = None) -> dict:
   """Median AdamW step on ``compute_loss`` (see the module doc). With ``with_reference`` the model with its exact
-  rewrites off (``reference_config``) steps in the same round robin (its own parameters and optimizer state)."""
+  rewrites off (``reference_config``) steps in the same round robin (its own parameters and optimizer state).
+  ``frozen``: regular expressions of parameters held fixed, as a training stage's ``frozen``."""
   lib = registry.for_config(model_cfg)
   load_before = timing.host_load()
   configs = {"train_step": model_cfg}
@@ -188,14 +239,21 @@ def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int, op_bre
       raise ValueError(f"--with_reference: model {lib.name!r} has no exact rewrites to switch off")
     configs["reference/train_step"] = reference
   batch = jax.device_put(lib.dummy_batch(model_cfg, batch_size, seed))
-  optimizer = optax.adamw(1e-4, b1=0.9, b2=0.95, weight_decay=1e-4)
+  optimizer = _optimizer(tuple(frozen))
   states, compiled, compile_s, memory, rss_gb, metrics = {}, {}, {}, {}, {}, {}
   for name, cfg in configs.items():
     params = lib.init_params(cfg, jax.random.key(seed), batch)
+    if frozen:
+      optim.check_frozen_patterns(params, frozen, "--stage frozen")
+    if name == "train_step":
+      labels = jax.tree.leaves(optim.freeze_labels(params, frozen))
+      sizes = [int(x.size) for x in jax.tree.leaves(params)]
+      parameter_counts = {"parameters": sum(sizes),
+                          "trainable_parameters": sum(n for n, lab in zip(sizes, labels) if lab == optim.TRAINABLE)}
     model_state = lib.init_model_state(cfg, jax.random.key(seed), batch) or {}
     states[name] = [params, optimizer.init(params), model_state]
     start = time.perf_counter()
-    compiled[name] = jax.jit(_train_step_fn(lib, cfg, optimizer), donate_argnums=(0, 1, 2)).lower(
+    compiled[name] = jax.jit(_train_step_fn(lib, cfg, optimizer, tuple(frozen)), donate_argnums=(0, 1, 2)).lower(
         *states[name], batch, jax.random.key(0)).compile()
     compile_s[name] = round(time.perf_counter() - start, 3)
     memory[name] = timing.executable_memory(compiled[name])
@@ -213,17 +271,23 @@ def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int, op_bre
     return run
 
   calls = {name: call(name) for name in configs}
-  for name, run in calls.items():  # the first step (its temporaries are allocated for the first time)
-    jax.block_until_ready(run())
-    rss_gb[f"after_first_step/{name}"] = round(timing.current_rss_gb(), 3)
   dtype = model_cfg.get("dtype", "float32")
-  roof_before = _roofs(dtype)
-  times = timing.time_round_robin(calls, repeats)
-  roof = _best_roofs(roof_before, _roofs(dtype))
-  rss_gb["after_timing"] = round(timing.current_rss_gb(), 3)
+  breakdown = None
+  with timing.exclusive(timing_lock):
+    for name, run in calls.items():  # the first step (its temporaries are allocated for the first time)
+      jax.block_until_ready(run())
+      rss_gb[f"after_first_step/{name}"] = round(timing.current_rss_gb(), 3)
+    roof_before = _roofs(dtype)
+    times = timing.time_round_robin(calls, repeats)
+    roof = _best_roofs(roof_before, _roofs(dtype))
+    rss_gb["after_timing"] = round(timing.current_rss_gb(), 3)
+    if op_breakdown:
+      breakdown = op_profile.op_time_breakdown(calls["train_step"], repeats=min(repeats, 5))
+      rss_gb["after_op_breakdown"] = round(timing.current_rss_gb(), 3)
   flops = {name: lib.analytic_flops(cfg, batch_size, "train_step") for name, cfg in configs.items()}
   main = times["train_step"]
-  efficiency = _efficiency(flops, times, roof)
+  chip = _chip(dtype)
+  efficiency = _efficiency(flops, times, roof, chip)
   result = {
       "what": "train_step", "model": lib.name, "variant": model_cfg.get("variant", ""), "batch_size": batch_size,
       "repeats": repeats,
@@ -231,9 +295,13 @@ def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int, op_bre
       "cpu_step_s": round(main.cpu_median_s, 4), "compile_s": compile_s["train_step"],
       "analytic_gflops_per_step": round(flops["train_step"] / 1e9, 3),
       "achieved_gflops_per_s": efficiency["train_step"]["gflop_per_s"],
-      "matmul_roof_gflops_per_s": roof["gflop_per_s"], "matmul_roof": roof,
+      "matmul_roof_gflops_per_s": roof["gflop_per_s"], "matmul_roof": roof, "chip": chip,
       "fraction_of_roof": flops["train_step"] / main.median_s / 1e9 / roof["gflop_per_s"],
       "fraction_of_cpu_roof": efficiency["train_step"]["fraction_of_cpu_roof"],
+      "fraction_of_published_peak": efficiency["train_step"].get("fraction_of_published_peak"),
+      "frozen": list(frozen), **parameter_counts,
+      "flops_note": ("3 x forward of every term, frozen parts included: an upper bound of the step's FLOPs"
+                     if frozen else "3 x forward of every term"),
       "final_loss": float(metrics["train_step"]["loss"]),
   }
   if with_reference:
@@ -243,13 +311,12 @@ def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int, op_bre
                            **efficiency["reference/train_step"]}
     result["rewrite_speedup"] = ref.median_s / main.median_s
     result["rewrite_speedup_of_cpu_time"] = ref.cpu_median_s / main.cpu_median_s
-  if op_breakdown:
-    breakdown = op_profile.op_time_breakdown(calls["train_step"], repeats=min(repeats, 5))
-    rss_gb["after_op_breakdown"] = round(timing.current_rss_gb(), 3)
+  if breakdown is not None:
     result["op_breakdown"] = breakdown
     if breakdown["share"]["matmul"] > 0:
       result["roof_fraction_if_only_matmul_ops"] = result["fraction_of_roof"] / breakdown["share"]["matmul"]
   result["memory_gb"] = {"executables": memory, "rss": rss_gb, "peak_rss": round(timing.peak_rss_gb(), 3)}
+  result["device_memory_gb"] = timing.device_memory_gb()
   result["load"] = {"before": load_before, "after": timing.host_load()}
   return result
 
@@ -258,12 +325,23 @@ def main(argv):
   del argv
   if _CONFIG.value is None:
     raise app.UsageError("--config is required, e.g. --config=configs/lamp.py:sim")
-  model_cfg = _CONFIG.value.model
+  config, frozen = _CONFIG.value, ()
+  if _STAGE.value is None:
+    model_cfg = config.model
+  else:
+    if "stages" not in config or _STAGE.value not in config.stages:
+      raise app.UsageError(f"--stage={_STAGE.value}: the config has no such stage (stages: "
+                           f"{sorted(config.stages.keys()) if 'stages' in config else 'none'})")
+    model_cfg = defaults.stage_model_config(config, _STAGE.value)
+    frozen = tuple(config.stages[_STAGE.value].frozen)
   if _WHAT.value == "inference":
-    result = bench_inference(model_cfg, _BATCH.value or 1, _REPEATS.value, _SEED.value, _WITH_REFERENCE.value)
+    result = bench_inference(model_cfg, _BATCH.value or 1, _REPEATS.value, _SEED.value, _WITH_REFERENCE.value,
+                             _TIMING_LOCK.value)
   else:
     result = bench_train_step(model_cfg, _BATCH.value or 8, _REPEATS.value, _SEED.value, _OP_BREAKDOWN.value,
-                              _WITH_REFERENCE.value)
+                              _WITH_REFERENCE.value, frozen, _TIMING_LOCK.value)
+  if _STAGE.value is not None:
+    result["stage"] = _STAGE.value
   print(json.dumps(result, indent=2))
 
 

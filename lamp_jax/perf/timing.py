@@ -5,7 +5,9 @@ and each compiled executable's own buffer plan (``executable_memory``). The infe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import os
 import resource
 import statistics
@@ -56,6 +58,23 @@ def time_round_robin(calls: dict, repeats: int) -> dict[str, CallTimes]:
           for name in calls}
 
 
+@contextlib.contextmanager
+def exclusive(lock_path: str | None):
+  """Holds an exclusive ``flock`` on ``lock_path`` (created if missing) for the block; no-op for None / ''.
+
+  Several benchmark processes that share one accelerator then compile and initialise in parallel but time one at
+  a time (each timed section is entered only while no other process times)."""
+  if not lock_path:
+    yield
+    return
+  with open(lock_path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def host_load() -> dict:
   """The host's 1-minute load average and CPU count (a load above the CPU count means shared cores)."""
   return {"load_average_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
@@ -93,6 +112,16 @@ def executable_memory(compiled) -> dict:
             "temporaries": gb("temp_size_in_bytes"), "aliased": gb("alias_size_in_bytes")}
   result["live"] = result["arguments"] + result["outputs"] - result["aliased"] + result["temporaries"]
   return {k: round(v, 4) for k, v in result.items()}
+
+
+def device_memory_gb(device=None) -> dict:
+  """The accelerator allocator's figures for ``device`` (default: the first local device) in GB: 'in_use',
+  'peak_in_use' (since the process started) and 'limit'. Empty on backends that report none (CPU)."""
+  stats = (device or jax.local_devices()[0]).memory_stats()
+  if not stats:
+    return {}
+  fields = {"in_use": "bytes_in_use", "peak_in_use": "peak_bytes_in_use", "limit": "bytes_limit"}
+  return {name: round(stats[key] / 1e9, 3) for name, key in fields.items() if key in stats}
 
 
 _LABEL_KEYS = (specs.ACTION, specs.ACTION_PAD_MASK, specs.SCENE_FLOW, specs.SCENE_FLOW_MASK, specs.SCENE_FLOW_QUERY,
