@@ -99,3 +99,29 @@ def test_bench_train_step_of_a_model_with_state():
   assert result["model"] == "lam" and result["median_step_s"] > 0 and math.isfinite(result["final_loss"])
   assert math.isclose(result["analytic_gflops_per_step"], lam.analytic_flops(cfg, 3, "train_step") / 1e9,
                       abs_tol=1e-3)  # printed with 3 decimals
+
+
+@pytest.mark.slow  # a train-step compilation in a subprocess (~40 s)
+def test_bench_train_step_of_a_stage_freezes_its_parameters():
+  """--stage: the stage's model overrides apply and its frozen parameters get no update (counted as frozen)."""
+  frozen = '("^vlm/","^motion_expert/")'
+  result = _run("lamp_jax.bench", "--config=configs/sim.py:smoke", "--stage=action", "--what=train_step",
+                f"--config.stages.action.frozen={frozen}", "--batch_size=3", "--repeats=2")
+  lamp = registry.get("lamp")
+  from configs import sim
+  from lamp_jax.training import defaults
+  config = sim.get_config("smoke")
+  params = lamp.abstract_params(defaults.stage_model_config(config, "action"))
+  count = lambda tree: sum(int(x.size) for x in jax.tree.leaves(tree))
+  assert result["stage"] == "action" and result["frozen"] == ["^vlm/", "^motion_expert/"]
+  assert result["parameters"] == count(params)
+  assert result["trainable_parameters"] == count(params) - count(params["vlm"]) - count(params["motion_expert"])
+  assert "upper bound" in result["flops_note"] and math.isfinite(result["final_loss"])
+  assert result["chip"]["platform"] == "cpu" and result["chip"]["published_peak_tflops"] is None
+  assert result["device_memory_gb"] == {}  # the CPU allocator reports none
+
+
+def test_bench_stage_names_a_missing_stage():
+  out = subprocess.run([sys.executable, "-m", "lamp_jax.bench", "--config=configs/lamp.py:tiny", "--stage=stage2"],
+                       cwd=REPO, env=ENV, capture_output=True, text=True)
+  assert out.returncode != 0 and "--stage=stage2" in out.stderr and "no such stage" in out.stderr

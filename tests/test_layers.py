@@ -88,6 +88,27 @@ def test_attention_implementations_equal_the_plain_computation_and_its_gradient(
     assert np.all(np.asarray(grads[0])[0, 2] == 0)  # the fully masked row's queries get no gradient
 
 
+@pytest.mark.parametrize("pad_multiple", [2, 4])
+@pytest.mark.parametrize("n,kv,mask_kind", _ATTENTION_CASES)
+def test_padding_the_lengths_for_cudnn_is_exact(n, kv, mask_kind, pad_multiple):
+  """'jax_cudnn' pads odd query / key lengths (7, 11 here; cuDNN refuses to train otherwise), with or without a mask:
+  the padded computation, run through the 'xla' implementation on CPU, equals the plain one, gradients too."""
+  q, k, v, mask = _attention_inputs(n, kv, mask_kind)
+  scale = q.shape[-1] ** -0.5
+
+  def loss(fn):
+    return lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))
+
+  padded = lambda q, k, v: layers._jax_nn_attention(q, k, v, mask, scale, "xla", pad_multiple=pad_multiple)
+  plain = lambda q, k, v: layers.plain_dot_product_attention(q, k, v, mask)
+  out = padded(q, k, v)
+  assert out.shape == q.shape
+  np.testing.assert_allclose(out, plain(q, k, v), atol=2e-6)
+  for name, got, want in zip("qkv", jax.grad(loss(padded), argnums=(0, 1, 2))(q, k, v),
+                             jax.grad(loss(plain), argnums=(0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(got, want, atol=5e-6, err_msg=f"d loss / d {name}")
+
+
 def test_heads_major_attention_in_bfloat16_within_output_rounding_of_float32():
   """bfloat16 activations: the result is the float32 attention of the same (rounded) inputs up to about the
   rounding of the bfloat16 output (values |x| < 4 here, bfloat16 spacing 2^-6 at most), like the plain one."""
@@ -99,6 +120,18 @@ def test_heads_major_attention_in_bfloat16_within_output_rounding_of_float32():
   assert heads_major.dtype == plain.dtype == jnp.bfloat16
   for out in (heads_major, plain):
     np.testing.assert_allclose(out.astype(jnp.float32), exact, atol=2.0**-6, rtol=2.0**-7)
+
+
+def test_auto_attention_picks_cudnn_only_where_it_runs(monkeypatch):
+  """'auto' (the models' default) is 'heads_major' on CPU; on GPU it is cuDNN for bf16 / fp16 with a head dim
+  cuDNN takes (multiple of 8, <= 256), 'heads_major' otherwise."""
+  resolve = layers.resolve_attention_implementation
+  assert resolve("auto", jnp.bfloat16, 64) == "heads_major"  # this CPU host
+  assert resolve("plain", jnp.bfloat16, 64) == "plain"
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert resolve("auto", jnp.bfloat16, 72) == resolve("auto", jnp.float16, 256) == "jax_cudnn"
+  assert resolve("auto", jnp.float32, 72) == resolve("auto", jnp.bfloat16, 12) == "heads_major"
+  assert resolve("auto", jnp.bfloat16, 264) == "heads_major"
 
 
 def test_unknown_attention_implementation_is_named():

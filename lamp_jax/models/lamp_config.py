@@ -12,9 +12,9 @@
   a ``models/vae.py`` model config, its image_size following image_size; read only when motion_image.enabled).
 
 Where the paper and the released code disagree the field defaults to the released code (stated per field).
-Speed options (exact rewrites, same math, on by default): ``attention`` ('heads_major'; 'plain' is the reference,
-'jax_xla' / 'jax_cudnn' use ``jax.nn.dot_product_attention``), ``motion.scan_unroll`` / ``action.scan_unroll`` (layers
-per scan iteration), ``motion.prune_last_condition``, ``action.cache_context_kv``; ``motion.cond_pool`` changes
+Speed options (exact rewrites, same math, on by default): ``attention`` ('auto': cuDNN flash attention on GPU in
+bf16, else 'heads_major'; 'plain' is the reference; 'jax_xla' / 'jax_cudnn' use ``jax.nn.dot_product_attention``),
+``motion.scan_unroll`` / ``action.scan_unroll`` (layers per scan iteration), ``motion.prune_last_condition``, ``action.cache_context_kv``; ``motion.cond_pool`` changes
 the model (1 = released). ``python -m lamp_jax.bench`` times them.
 """
 
@@ -135,7 +135,7 @@ def model_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     cfg.vlm[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
   cfg.vlm.dtype = cfg.get_ref("dtype")  # the VLM computes in the model's dtype (the trainer sets compute_dtype)
   # Attention implementation of every component (layers.ATTENTION_IMPLEMENTATIONS; all compute the same function).
-  cfg.attention = "heads_major"
+  cfg.attention = "auto"  # cuDNN flash attention on GPU in bf16, else 'heads_major'
   cfg.vlm.attention = cfg.get_ref("attention")
   # Prefix encoder (prefix_encoder.py): 'paligemma' (the VLM above) or 'film_cnn' (an instruction-conditioned CNN
   # for from-scratch CPU runs; it reads image_size, vocab_size and dtype above and its sizes here).

@@ -175,7 +175,20 @@ def apply_rope(x: jax.Array, positions: jax.Array, max_wavelength: float = 10_00
 #   'plain'        the textbook computation (the reference the rewrites are tested and benchmarked against).
 #   'jax_xla' / 'jax_cudnn'  ``jax.nn.dot_product_attention`` with implementation 'xla' / 'cudnn' (cuDNN flash
 #                  attention: GPU only, float16 / bfloat16 only); fully masked query rows are zeroed afterwards.
-ATTENTION_IMPLEMENTATIONS = ("heads_major", "plain", "jax_xla", "jax_cudnn")
+#   'auto'         the models' default: 'jax_cudnn' where cuDNN runs it (GPU, float16 / bfloat16, head dim a
+#                  multiple of 8 and <= 256), else 'heads_major' (CPU, TPU, float32). Measured on an H200 at paper
+#                  size, bf16: the LaMP stage-2 train step 0.29 s with cuDNN against 0.38 s with 'heads_major',
+#                  and the all-trainable LaMP step fits in memory only with it (docs/results.md).
+ATTENTION_IMPLEMENTATIONS = ("auto", "heads_major", "plain", "jax_xla", "jax_cudnn")
+
+
+def resolve_attention_implementation(implementation: str, dtype, head_dim: int) -> str:
+  """'auto' -> the implementation it stands for here (see ``ATTENTION_IMPLEMENTATIONS``); others unchanged."""
+  if implementation != "auto":
+    return implementation
+  cudnn_runs_it = (jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+                   and head_dim % 8 == 0 and head_dim <= 256)
+  return "jax_cudnn" if cudnn_runs_it else "heads_major"
 
 
 def check_attention_implementation(name: str, field: str) -> None:
@@ -205,6 +218,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
   if mask is not None and mask.ndim not in (3, 4):
     raise ValueError(f"attention mask must be bool[B, T, S] or bool[B, M, T, S], got shape {mask.shape}")
   scale = h**-0.5 if scale is None else scale
+  implementation = resolve_attention_implementation(implementation, q.dtype, h)
   if implementation == "heads_major":
     return _heads_major_attention(q, k, v, mask, scale)
   if implementation == "plain":
@@ -265,8 +279,36 @@ def _heads_major_attention(q, k, v, mask, scale):
   return out.reshape(b, t, n, h)
 
 
-def _jax_nn_attention(q, k, v, mask, scale, implementation):
-  """``jax.nn.dot_product_attention`` (its fully masked rows average all values: zeroed here)."""
+# cuDNN's fused attention refuses to train unless both sequence lengths are even ("Unsupported sequence length Q 11,
+# KV 827", and "Q 11, KV 11" without a mask; seen on an H200 with jax 0.11.2): queries and keys are padded to this
+# multiple (padded keys masked out, padded query rows sliced off).
+CUDNN_LENGTH_MULTIPLE = 2
+
+
+def _pad_axis(x: jax.Array, axis: int, multiple: int) -> jax.Array:
+  pad = -x.shape[axis] % multiple
+  if not pad:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, pad)
+  return jnp.pad(x, widths)
+
+
+def _jax_nn_attention(q, k, v, mask, scale, implementation, pad_multiple: int | None = None):
+  """``jax.nn.dot_product_attention`` (its fully masked rows average all values: zeroed here).
+
+  ``pad_multiple``: pad the query and key lengths to this multiple first (exact: padded keys are masked out,
+  padded queries dropped); default ``CUDNN_LENGTH_MULTIPLE`` for 'cudnn', 1 for 'xla'."""
+  if pad_multiple is None:
+    pad_multiple = CUDNN_LENGTH_MULTIPLE if implementation == "cudnn" else 1
+  t = q.shape[1]
+  if pad_multiple > 1 and (t % pad_multiple or k.shape[1] % pad_multiple):
+    if mask is None:
+      mask = jnp.ones((q.shape[0], t, k.shape[1]), bool)
+    q = _pad_axis(q, 1, pad_multiple)
+    k, v = _pad_axis(k, 1, pad_multiple), _pad_axis(v, 1, pad_multiple)
+    mask = _pad_axis(_pad_axis(mask, -1, pad_multiple), -2, pad_multiple)  # padding is False: never attended
+    return _jax_nn_attention(q, k, v, mask, scale, implementation, pad_multiple=1)[:, :t]
   if mask is not None:
     mask = mask[:, None] if mask.ndim == 3 else mask  # [B, 1 or K, T, S]; jax.nn broadcasts over query heads
     if mask.shape[1] not in (1, q.shape[2]):

@@ -90,7 +90,7 @@ def model_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   cfg.vlm.dtype = cfg.get_ref("dtype")  # the VLM computes in the model's dtype (the trainer sets compute_dtype)
   # Attention implementation of the VLM and the expert (layers.ATTENTION_IMPLEMENTATIONS; all compute the same
   # function; 'plain' is the reference of ``Pi0Library.reference_config``).
-  cfg.attention = "heads_major"
+  cfg.attention = "auto"  # cuDNN flash attention on GPU in bf16, else 'heads_major'
   cfg.vlm.attention = cfg.get_ref("attention")
   cfg.image_keys = row["image_keys"]
   cfg.image_size = cfg.vlm.get_ref("image_size")  # follows vlm.image_size
