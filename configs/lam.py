@@ -13,6 +13,8 @@ Variants (``:variant``):
     sim_mvp3           MVP-LAM on front + side + top (image_tertiary)
     sim_mvp_no_cross   the same two views, cross-view term off (the ablation: multi-view data alone)
     sim_single         single-view LAM on the front camera
+    <any of these>_explore   the same on exploration ("play") data: the random explorer's 24-step episodes
+                       (``sim.generate --policy=explore``), whose actions are random given the frame
   Bridge V2 (``--config.data.pipeline.datasets`` points at bridge_dataset; 224^2, SigLIP So400m/14 features frozen,
   pairs (o_t, o_t+5) = 1 s at 5 Hz; MVP-LAM's recipe: batch 32, grad clip 1.0, VQ beta 0.25, 160k steps):
     bridge_univla      single view (image_0)
@@ -50,7 +52,9 @@ BRIDGE_VIEWS = {"bridge_univla": (specs.IMAGE_PRIMARY,),
                 "bridge_mvp": (specs.IMAGE_PRIMARY, specs.IMAGE_SECONDARY),
                 "bridge_mvp_no_cross": (specs.IMAGE_PRIMARY, specs.IMAGE_SECONDARY)}
 MODEL_SIZES = lam_config.VARIANTS
-VARIANTS = tuple(SIM_VIEWS) + tuple(BRIDGE_VIEWS) + MODEL_SIZES + ("smoke",)
+EXPLORE_SUFFIX = "_explore"
+VARIANTS = (tuple(SIM_VIEWS) + tuple(v + EXPLORE_SUFFIX for v in SIM_VIEWS) + tuple(BRIDGE_VIEWS) + MODEL_SIZES
+            + ("smoke",))
 # Generation flags of the multi-view simulator data (every sim variant reads the same cached dataset).
 SIM_FLAGS = ("--workers=2", "--randomize-cameras", "--cameras=front,side,top")
 SIM_STEPS = 1500
@@ -89,6 +93,9 @@ def get_config(arg: str = "sim_mvp") -> ml_collections.ConfigDict:
   c.logging.measure_roof = False
   c.checkpoint.max_to_keep = 2
 
+  explore = arg.endswith(EXPLORE_SUFFIX)
+  if explore:
+    arg = arg[:-len(EXPLORE_SUFFIX)]
   if arg in SIM_VIEWS:
     c.model = _model("sim", SIM_VIEWS[arg], cross_view="no_cross" not in arg)
     batch = 32
@@ -105,7 +112,7 @@ def get_config(arg: str = "sim_mvp") -> ml_collections.ConfigDict:
     c.sim_data.enabled = True
     c.sim_data.suite = SIM_SUITE
     c.sim_data.episodes = 400
-    c.sim_data.extra_flags = SIM_FLAGS
+    c.sim_data.extra_flags = SIM_FLAGS + (("--policy=explore",) if explore else ())
     c.compute_dtype = "float32"
     _, optimizer = common.cpu_optimizers(warmup_steps=50)
     _single_stage(c, SIM_STEPS, optimizer)

@@ -50,3 +50,27 @@ def test_success_predicates_are_not_trivially_true():
       task = tasks.sample_task(family, seed)
       env.reset(task)
       assert not task.success(env), (family, seed)
+
+
+def test_explorer_records_fixed_length_episodes_whose_actions_the_frame_does_not_determine():
+  """Exploration data (``policy='explore'``): exactly ``explore_steps`` steps, deterministic per seed, the hand
+  kept near the exploration box, and from the same start frame other seeds act differently (the property a
+  latent action model needs); the recorded actions are what the env executed."""
+  env = env_lib.TabletopEnv(render=False)
+  task = tasks.sample_task("stack", 3)
+  runs = {seed: experts.run_expert_episode(env, task, seed=seed, record=True, policy="explore", explore_steps=19)
+          for seed in (0, 1)}
+  again = experts.run_expert_episode(env, task, seed=0, record=True, policy="explore", explore_steps=19)
+  assert runs[0]["steps"] == 19 and len(runs[0]["observations"]) == 20
+  np.testing.assert_array_equal(np.stack(again["actions"]), np.stack(runs[0]["actions"]))
+  first = [np.stack(r["actions"]) for r in runs.values()]
+  np.testing.assert_array_equal(runs[0]["observations"][0]["state"], runs[1]["observations"][0]["state"])
+  assert np.abs(first[0][:, :3] - first[1][:, :3]).max() > 0.01  # same frame, different actions
+  for actions in first:
+    assert np.all(np.abs(actions[:, :3]) <= env_lib.MAX_POS_DELTA) and set(np.unique(actions[:, 6])) <= {0.0, 1.0}
+  # The measured hand (state[:3]) stays within one step (and ~1 cm of tracking) of the exploration box.
+  tcps = np.stack([o["state"][:3] for r in runs.values() for o in r["observations"]])
+  assert np.all(tcps >= experts.EXPLORE_LOW - env_lib.MAX_POS_DELTA - 0.01)
+  assert np.all(tcps <= experts.EXPLORE_HIGH + env_lib.MAX_POS_DELTA + 0.01)
+  with pytest.raises(ValueError, match="policy='random'"):
+    experts.run_expert_episode(env, task, policy="random")

@@ -215,17 +215,66 @@ _PLANNERS = {
 }
 
 
+# Exploration ("play") data: the box over the table that the explorer's hand keeps to (m), and its defaults.
+EXPLORE_LOW = np.array([-0.22, -0.26, 0.03])
+EXPLORE_HIGH = np.array([0.22, 0.26, 0.22])
+EXPLORE_STEPS = 24
+EXPLORE_HOLD = 3
+EXPLORE_TOGGLE_PROB = 0.25
+
+
+class Explorer:
+  """Random exploration policy: the actions are random GIVEN the frame (what a latent action model needs to
+  learn codes that carry the action; the scripted expert's are nearly determined by the frame).
+
+  Every ``hold`` steps it draws a new TCP velocity (uniform in +-0.75 MAX_POS_DELTA per axis, pointed back inward
+  on an axis where the hand is at the edge of ``EXPLORE_LOW`` / ``EXPLORE_HIGH``), a yaw rate (uniform in
+  +-0.5 MAX_ROT_DELTA) and, with ``toggle_prob``, flips the gripper; roll and pitch are held level as the expert
+  does. ``act()`` returns float32[7] env actions (the recorded labels are exactly these)."""
+
+  def __init__(self, env: env_lib.TabletopEnv, seed: int = 0, hold: int = EXPLORE_HOLD,
+               toggle_prob: float = EXPLORE_TOGGLE_PROB):
+    if hold < 1:
+      raise ValueError(f"Explorer hold={hold} must be >= 1")
+    self.env = env
+    self.rng = np.random.default_rng(seed)
+    self.hold, self.toggle_prob = int(hold), float(toggle_prob)
+    self.steps = 0
+    self.velocity, self.yaw_rate, self.grip = np.zeros(3), 0.0, 1.0
+
+  def act(self) -> np.ndarray:
+    env = self.env
+    if self.steps % self.hold == 0:
+      self.velocity = self.rng.uniform(-0.75, 0.75, 3) * env_lib.MAX_POS_DELTA
+      self.yaw_rate = float(self.rng.uniform(-0.5, 0.5) * env_lib.MAX_ROT_DELTA)
+      if self.rng.random() < self.toggle_prob:
+        self.grip = 1.0 - self.grip
+    # Keep to the box: on an axis where the next step would leave it, move back inward.
+    ahead = env.tcp + self.velocity
+    self.velocity = np.where(ahead < EXPLORE_LOW, np.abs(self.velocity), self.velocity)
+    self.velocity = np.where(ahead > EXPLORE_HIGH, -np.abs(self.velocity), self.velocity)
+    self.steps += 1
+    drot = np.array([-env.rpy[0], -env.rpy[1], self.yaw_rate])
+    drot = np.clip(drot, -env_lib.MAX_ROT_DELTA, env_lib.MAX_ROT_DELTA)
+    return np.concatenate([self.velocity, drot, [self.grip]]).astype(np.float32)
+
+
 def run_expert_episode(env: env_lib.TabletopEnv, task: tasks_lib.TaskInstance, noise: float = 0.0,
-                       seed: int = 0, record: bool = False):
-  """Roll out the expert on ``task``. Returns dict(success, steps, observations, actions, frames)."""
+                       seed: int = 0, record: bool = False, policy: str = "expert",
+                       explore_steps: int = EXPLORE_STEPS):
+  """Roll out the expert on ``task`` (``policy='expert'``: until success or the task's step limit) or the
+  ``Explorer`` (``policy='explore'``: exactly ``explore_steps`` steps, success only recorded). Returns
+  dict(success, steps, observations, actions, frames)."""
+  if policy not in ("expert", "explore"):
+    raise ValueError(f"policy={policy!r}: choose 'expert' or 'explore'")
   obs = env.reset(task)
-  expert = ScriptedExpert(env, noise=noise, seed=seed)
+  actor = ScriptedExpert(env, noise=noise, seed=seed) if policy == "expert" else Explorer(env, seed=seed)
   observations, actions, frames = [obs], [], [env.frame()]
   success, done = False, False
-  while not done:
-    action = expert.act()
+  while len(actions) < explore_steps if policy == "explore" else not done:
+    action = actor.act()
     obs, _, done, info = env.step(action)
-    success = info["success"]
+    success = success or info["success"]
     actions.append(action)
     if record:
       observations.append(obs)

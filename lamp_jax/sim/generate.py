@@ -19,6 +19,11 @@ Multi-view data (latent action models; the defaults leave the layout unchanged, 
                              the episode seed, fixed within the episode; implies --camera-params-per-step
   --cameras=front,side,top   a third synchronised third-person camera ('top' -> image_3); 'wrist' is optional
   --camera-params-per-step   steps/camera_intrinsics_<k> and steps/camera_extrinsics_<k> of every image
+
+Exploration ("play") data for latent action models: ``--policy=explore`` records the random ``experts.Explorer``
+(random TCP velocities held for a few steps, random yaw, random gripper flips) for ``--explore-steps`` steps per
+episode instead of the scripted expert: its actions are random given the frame. Episodes are not retried (success
+is recorded, not required).
 """
 
 from __future__ import annotations
@@ -66,8 +71,10 @@ def _make_episode(job: tuple[str, int]):
                                          optical_flow_steps=cfg["optical_flow_steps"],
                                          optical_flow_max_magnitude=cfg["optical_flow_max_magnitude"],
                                          randomize_cameras=cfg.get("randomize_cameras", False),
-                                         camera_params_per_step=cfg.get("camera_params_per_step", False))
-    if example["episode_metadata"]["success"]:
+                                         camera_params_per_step=cfg.get("camera_params_per_step", False),
+                                         **({"policy": "explore", "explore_steps": cfg["explore_steps"]}
+                                            if cfg.get("policy") == "explore" else {}))
+    if example["episode_metadata"]["success"] or cfg.get("policy") == "explore":  # exploration is never retried
       break
   return f"{family}_{example['episode_metadata']['seed']}", example, attempt + 1
 
@@ -106,6 +113,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="random third-person camera poses per episode (from its seed); implies --camera-params-per-step")
   p.add_argument("--camera-params-per-step", action="store_true",
                  help="record every image's intrinsics / extrinsics at every step")
+  p.add_argument("--policy", default="expert", choices=["expert", "explore"],
+                 help="'explore': random exploration episodes (actions random given the frame) instead of the expert")
+  p.add_argument("--explore-steps", type=int, default=None,
+                 help="steps per exploration episode (--policy=explore; default experts.EXPLORE_STEPS)")
   args = p.parse_args(argv)
   from lamp_jax.sim import env as env_lib  # pylint: disable=g-import-not-at-top
 
@@ -117,6 +128,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.error(f"--num-points={args.num_points} is not a perfect square")
   if args.episodes < 1 or args.val_episodes < 0 or args.workers < 1 or args.flow_steps < 1:
     p.error("--episodes, --workers and --flow-steps must be >= 1 and --val-episodes >= 0")
+  if args.explore_steps is None:
+    from lamp_jax.sim import experts  # pylint: disable=g-import-not-at-top
+
+    args.explore_steps = experts.EXPLORE_STEPS
+  if args.explore_steps < 1:
+    p.error(f"--explore-steps={args.explore_steps} must be >= 1")
   if args.optical_flow_max_magnitude < 0:
     p.error(f"--optical-flow-max-magnitude={args.optical_flow_max_magnitude} must be >= 0 (0 = default)")
   return args
@@ -143,6 +160,8 @@ def generate(args: argparse.Namespace) -> dict:
     cfg["randomize_cameras"] = True
   if args.randomize_cameras or args.camera_params_per_step:
     cfg["camera_params_per_step"] = True
+  if args.policy == "explore":
+    cfg["policy"], cfg["explore_steps"] = "explore", args.explore_steps
   splits = {"train": jobs_for(args.suite, args.episodes, 0, args.seed)}
   if args.val_episodes:
     splits["val"] = jobs_for(args.suite, args.val_episodes, args.episodes, args.seed)

@@ -102,15 +102,18 @@ def features(image_size: int, num_points: int, flow_steps: int, optical_flow: bo
 def record_episode(env: env_lib.TabletopEnv, suite: str, family: str, seed: int, num_points: int,
                    flow_steps: int, noise: float = 0.0, optical_flow_steps: int = 0,
                    optical_flow_max_magnitude: float | None = None, randomize_cameras: bool = False,
-                   camera_params_per_step: bool = False) -> dict[str, Any]:
-  """Run the scripted expert on ``(family, seed)`` and build the RLDS example (numpy; images uint8). The
+                   camera_params_per_step: bool = False, policy: str = "expert",
+                   explore_steps: int = experts_lib.EXPLORE_STEPS) -> dict[str, Any]:
+  """Run the scripted expert (or, with ``policy='explore'``, the random ``experts.Explorer`` for
+  ``explore_steps`` steps) on ``(family, seed)`` and build the RLDS example (numpy; images uint8). The
   third-person cameras take their nominal poses, or random ones from ``seed`` with ``randomize_cameras``.
 
   ``optical_flow_max_magnitude``: flow-image normaliser in pixels (None: ``flow_image.default_max_magnitude``).
   """
   env.set_camera_poses(env.camera_poses(seed if randomize_cameras else None))
   task = tasks_lib.sample_task(family, seed)
-  out = experts_lib.run_expert_episode(env, task, noise=noise, seed=seed, record=True)
+  out = experts_lib.run_expert_episode(env, task, noise=noise, seed=seed, record=True, policy=policy,
+                                       explore_steps=explore_steps)
   frames, observations, actions = out["frames"], out["observations"], out["actions"]
   m = len(actions)
   size = env.image_size
