@@ -191,6 +191,23 @@ def test_untrained_residual_decoder_predicts_the_present_and_logs_the_copy_basel
   assert float(metrics["loss/reconstruction"]) > 3 * by_hand
 
 
+def test_bypass_decodes_the_continuous_latent(params):
+  """``vq.bypass``: the decoder reads z, so moving the codebook changes the codebook / commitment losses but not the
+  reconstruction; without it the reconstruction reads the (moved) codes."""
+  bypass = copy.deepcopy(CFG)
+  bypass.vq.bypass = True
+  batch = lam.dummy_batch(CFG, 3, 5)
+  moved = jax.tree_util.tree_map_with_path(
+      lambda path, x: x + 0.5 if "codebook" in jax.tree_util.keystr(path) else x, params)
+  for cfg, reads_codes in ((bypass, False), (CFG, True)):
+    loss = _loss_fn(cfg)
+    _, before = loss(params, batch, jax.random.key(0))
+    _, after = loss(moved, batch, jax.random.key(0))
+    assert float(after["loss/commitment"]) != pytest.approx(float(before["loss/commitment"]))
+    same = float(after["loss/reconstruction"]) == pytest.approx(float(before["loss/reconstruction"]), rel=1e-6)
+    assert same != reads_codes, cfg.vq.bypass
+
+
 def test_shuffled_latent_reconstruction_decodes_each_valid_pair_with_the_previous_valid_pairs_latent(params):
   """'lam/reconstruction_shuffled' equals, by hand, the self-view MSE of decoding each valid pair with the quantised
   latent of the previous valid pair of its view (the first valid pair borrows the last's), over the same pairs as

@@ -86,6 +86,11 @@ def _positions(tokens: int, width: int) -> jax.Array:
   return layers.sincos_2d(side, side, width)
 
 
+def decoder_latent(cfg: ml_collections.ConfigDict, z: jax.Array, quantised: dict) -> jax.Array:
+  """What the decoder reads: the straight-through codes, or z itself with ``vq.bypass`` (shape of z)."""
+  return z if cfg.vq.get("bypass", False) else quantised["straight_through"].reshape(z.shape)
+
+
 class InverseDynamics(nn.Module):
   """(current tokens float[N, T, Din], future tokens float[N, T, Din]) -> latent z float32[N, L, Dc]."""
 
@@ -309,7 +314,7 @@ class LatentActionModel(nn.Module):
     t, dt = context.shape[1:]
     context = jnp.broadcast_to(context.reshape(v, b, 1, t, dt), (v, b, f, t, dt)).reshape(v, b * f, t, dt)
     target = target.reshape(v, b * f, t, dt)
-    latent = quantised["straight_through"].reshape(z.shape)
+    latent = decoder_latent(cfg, z, quantised)
     pair_valid = valid.reshape(v, b * f)
     # Decoder inputs: self pairs (i, i) for every view, then the cross pairs (i -> j, i != j) when that term is on.
     sources = list(range(v))

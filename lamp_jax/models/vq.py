@@ -73,7 +73,11 @@ def default_config(**overrides) -> ml_collections.ConfigDict:
       init_from_data=True,  # after the first training step, replace every code by one of that step's latents
       restart_buffer=256,  # R recent latents kept for restarts
       collapse_perplexity=1.05,
-      collapse_patience=100))
+      collapse_patience=100,
+      # Diagnostic / continuous-latent ablation: the decoder reads the pre-quantisation latent z instead of the
+      # straight-through codes (codes, losses and statistics are still computed; zero the codebook / commitment
+      # weights for a plain continuous LAM). Tells a VQ bottleneck from a decoder that ignores any latent.
+      bypass=False))
   cfg.update(overrides)
   return cfg
 

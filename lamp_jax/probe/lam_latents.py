@@ -287,7 +287,7 @@ def reconstruct_future(lam: LoadedLAM, batch: dict, *, view: str | None = None, 
     z, quantised, _, _ = module._latents(current, future, valid, rng)  # pylint: disable=protected-access
     context = lam_model.patchify(current.reshape(b, size, size, 3), patch)
     target = lam_model.patchify(future.reshape(b, size, size, 3), patch)
-    predicted = module.fdm(context, quantised["straight_through"].reshape(b, *z.shape[2:]))
+    predicted = module.fdm(context, lam_model.decoder_latent(cfg, z, quantised).reshape(b, *z.shape[2:]))
     mse = jax.numpy.mean(jax.numpy.square(predicted - target), axis=(1, 2))
     as_uint8 = lambda x: jax.numpy.clip(jax.numpy.round((x + 1.0) * 127.5), 0, 255).astype(jax.numpy.uint8)  # noqa: E731
     return {"current": as_uint8(current[0]), "future": as_uint8(future.reshape(b, size, size, 3)),
