@@ -366,7 +366,9 @@ def test_all_variants_shapes_and_paper_size():
   assert pi0.model_config("paper").dtype == "bfloat16"
   dummy = pi0.model_config("openpi_dummy")
   assert pi0_config.prefix_length(dummy) == 3 * 256 + 48  # 3 cameras x 16 x 16 patches of 14 px at 224^2
-  assert pi0_model.vlm_and_expert_configs(dummy)[1] == gemma_lib.get_config("dummy")
+  # The expert is the dummy Gemma, computing attention by the model-wide default ('auto').
+  assert pi0_model.vlm_and_expert_configs(dummy)[1] == gemma_lib.get_config("dummy", attention=dummy.attention)
+  assert dummy.attention == "auto"
   # 'sim' shares LaMP's 'sim' VLM, so that the two policies compare on the same encoder and data.
   lamp_vlm = lamp_config.model_config("sim").vlm.to_dict()
   for key in ("kind", "film_cnn"):  # LaMP's choice of prefix encoder (PaliGemma here); π0 always reads PaliGemma
