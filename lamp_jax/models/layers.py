@@ -177,8 +177,8 @@ def apply_rope(x: jax.Array, positions: jax.Array, max_wavelength: float = 10_00
 #                  attention: GPU only, float16 / bfloat16 only); fully masked query rows are zeroed afterwards.
 #   'auto'         the models' default: 'jax_cudnn' where cuDNN runs it (GPU, float16 / bfloat16, head dim a
 #                  multiple of 8 and <= 256), else 'heads_major' (CPU, TPU, float32). Measured on an H200 at paper
-#                  size, bf16: the LaMP stage-2 train step 0.29 s with cuDNN against 0.38 s with 'heads_major',
-#                  and the all-trainable LaMP step fits in memory only with it (docs/results.md).
+#                  size, bf16: the LaMP stage-2 train step 0.29 s with cuDNN against 0.38 s with 'heads_major'
+#                  (docs/results.md).
 ATTENTION_IMPLEMENTATIONS = ("auto", "heads_major", "plain", "jax_xla", "jax_cudnn")
 
 
