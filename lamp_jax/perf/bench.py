@@ -205,8 +205,7 @@ def _train_step_fn(lib, model_cfg, optimizer, frozen: tuple[str, ...] = ()):
   def step(params, opt_state, model_state, batch, rng):
     def loss_fn(p):
       if frozen:
-        labels = optim.freeze_labels(p, frozen)
-        p = jax.tree.map(lambda x, label: jax.lax.stop_gradient(x) if label == optim.FROZEN else x, p, labels)
+        p = optim.hold_frozen(p, optim.freeze_labels(p, frozen))
       if not collections:
         loss, metrics = model.apply({"params": p}, batch, rng, method="compute_loss")
         return loss, (metrics, model_state)

@@ -35,8 +35,8 @@ def published_peak_flops(device: jax.Device, dtype) -> float | None:
     if dtype_name != "bfloat16":
       return None
     # Per JAX device: the chip's peak split over the TensorCores that form separate devices (v4: two per chip).
-    return tpu_specs.generation_of_device(device).peak_bf16_tflops_per_chip * 1e12 * (
-        tpu_specs.hbm_bytes_per_device(device) / tpu_specs.generation_of_device(device).hbm_bytes_per_chip)
+    return (tpu_specs.generation_of_device(device).peak_bf16_tflops_per_chip * 1e12
+            / tpu_specs.devices_per_chip(device))
   peak = PUBLISHED_PEAK_TFLOPS.get((device.device_kind, dtype_name))
   return None if peak is None else peak * 1e12
 

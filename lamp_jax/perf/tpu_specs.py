@@ -114,9 +114,13 @@ def generation_of_device(device) -> TpuGeneration:
                    f"{[k for g in GENERATIONS.values() for k in g.device_kinds]}")
 
 
-def hbm_bytes_per_device(device) -> int:
-  """HBM one JAX device can address: the chip's HBM split over the TensorCores that form separate devices."""
+def devices_per_chip(device) -> int:
+  """JAX devices per chip: 2 where each TensorCore is its own device (v4), else 1."""
   gen = generation_of_device(device)
   cores_per_device = int(getattr(device, "num_cores", gen.tensorcores_per_chip) or 1)
-  devices_per_chip = max(1, gen.tensorcores_per_chip // cores_per_device)
-  return gen.hbm_bytes_per_chip // devices_per_chip
+  return max(1, gen.tensorcores_per_chip // cores_per_device)
+
+
+def hbm_bytes_per_device(device) -> int:
+  """HBM one JAX device can address: the chip's HBM split over the TensorCores that form separate devices."""
+  return generation_of_device(device).hbm_bytes_per_chip // devices_per_chip(device)

@@ -59,6 +59,12 @@ def freeze_labels(params: Any, frozen_patterns: Sequence[str]) -> Any:
   return jax.tree_util.tree_map_with_path(label, params)
 
 
+def hold_frozen(params: Any, labels: Any) -> Any:
+  """``params`` with every leaf labelled ``FROZEN`` (``freeze_labels``) behind ``stop_gradient``: no backward
+  pass through the frozen parameters (the train step's freezing; the optimizer's is in ``make_optimizer``)."""
+  return jax.tree.map(lambda p, label: jax.lax.stop_gradient(p) if label == FROZEN else p, params, labels)
+
+
 def check_frozen_patterns(params: Any, frozen_patterns: Sequence[str], field: str) -> None:
   """Every pattern must match at least one parameter, otherwise it is a typo: fail naming the field."""
   names = [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]

@@ -189,7 +189,7 @@ def make_train_step(stage: Stage, ema_decay: float, ema_warmup: bool) -> Callabl
     labels = optim.freeze_labels(state.params, frozen)
 
     def loss_fn(params):
-      params = jax.tree.map(lambda p, lab: jax.lax.stop_gradient(p) if lab == optim.FROZEN else p, params, labels)
+      params = optim.hold_frozen(params, labels)
       if not collections:
         loss, aux = model.apply({"params": params}, batch, rng, train=True, method="compute_loss")
         return loss, (aux, None)
