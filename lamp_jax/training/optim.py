@@ -136,9 +136,12 @@ def make_optimizer(opt_cfg: ml_collections.ConfigDict, frozen_patterns: Sequence
 
 
 def ema_update(ema_params: Any, params: Any, step: jax.Array, decay: float, warmup: bool = True) -> Any:
-  """``ema <- d * ema + (1 - d) * params`` with d = min(decay, (1 + step) / (10 + step)) when ``warmup``."""
+  """``ema <- d * ema + (1 - d) * params`` with d = min(decay, (1 + step) / (10 + step)) when ``warmup``.
+
+  Computed as ``ema + (1 - d) * (params - ema)``: the same value, but a leaf whose EMA already equals its
+  parameters (a frozen subtree loaded into both) stays bit-exact, where ``d * e + (1 - d) * e`` rounds."""
   d = jnp.asarray(decay, jnp.float32)
   if warmup:
     s = step.astype(jnp.float32)
     d = jnp.minimum(d, (1.0 + s) / (10.0 + s))
-  return jax.tree.map(lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), ema_params, params)
+  return jax.tree.map(lambda e, p: (e + (1.0 - d) * (p - e)).astype(e.dtype), ema_params, params)
