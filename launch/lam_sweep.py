@@ -72,10 +72,34 @@ import sys
 import time
 from typing import Any, Sequence
 
+import flax.linen as nn
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from scipy import stats as scipy_stats
 
 if __package__ in (None, ""):  # run as a file: the repository root (configs/, lamp_jax/) on the path
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# None of these imports TensorFlow, tensorflow-datasets or MuJoCo (the accelerator has none): only 'export'
+# reads the dataset, and imports its readers itself.
+from configs import lam as lam_configs  # noqa: E402
+from lamp_jax import specs  # noqa: E402
+from lamp_jax.models import vq as vq_lib  # noqa: E402
+from lamp_jax.probe import codes as codes_lib  # noqa: E402
+from lamp_jax.probe import ksg as ksg_lib  # noqa: E402
+from lamp_jax.probe import lam_latents  # noqa: E402
+from lamp_jax.probe import mutual_information  # noqa: E402
+from lamp_jax.probe import report  # noqa: E402
+from lamp_jax.probe import targets as targets_lib  # noqa: E402
+from lamp_jax.training import defaults  # noqa: E402
+from lamp_jax.training import host_batch  # noqa: E402
+from lamp_jax.training import optim  # noqa: E402
+from lamp_jax.training import sharding as sharding_lib  # noqa: E402
+from lamp_jax.training import state as state_lib  # noqa: E402
+from lamp_jax.training import trainer as trainer_lib  # noqa: E402
 
 FORMAT_VERSION = 1
 DEFAULT_VARIANT = "sim_mvp_explore"
@@ -307,7 +331,6 @@ def export(args: argparse.Namespace) -> None:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  from configs import lam as lam_configs  # pylint: disable=g-import-not-at-top
   from lamp_jax import experiment  # pylint: disable=g-import-not-at-top
   from lamp_jax.data import rlds  # pylint: disable=g-import-not-at-top
 
@@ -393,8 +416,6 @@ def export(args: argparse.Namespace) -> None:
 
 def pair_starts(lengths: np.ndarray, first_offset: int) -> np.ndarray:
   """Rows t (episodes back to back) whose pair (t, t + k) lies inside the episode: int64[P]."""
-  from lamp_jax.probe import targets as targets_lib  # pylint: disable=g-import-not-at-top
-
   return targets_lib.transition_pairs(lengths, first_offset).first
 
 
@@ -415,9 +436,7 @@ def pair_batch(data: dict, first: Any, offsets: Sequence[int], views: Sequence[s
     maps them to [-1, 1] itself (x / 127.5 - 1 in ``LatentActionModel._frames``, lamp_jax/models/lam.py), as
     it does for the pipeline's uint8 frames.
   """
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  from lamp_jax import specs  # pylint: disable=g-import-not-at-top
 
   last = data["last_row"][first]
   future_rows = jnp.stack([jnp.minimum(first + k, last) for k in offsets], axis=1)  # [B, F]
@@ -432,7 +451,6 @@ def pair_batch(data: dict, first: Any, offsets: Sequence[int], views: Sequence[s
 
 
 def _config_key(tree: Any) -> str:
-  import ml_collections  # pylint: disable=g-import-not-at-top
 
   if isinstance(tree, ml_collections.ConfigDict):
     tree = tree.to_dict()
@@ -446,10 +464,6 @@ def _override_strings(overrides: dict) -> list[str]:
 
 def run_config(run: Run, steps: int, batch_size: int):
   """The run config: ``configs/lam.py:<variant>`` with the run's overrides, seed, batch size and steps."""
-  from configs import lam as lam_configs  # pylint: disable=g-import-not-at-top
-  from lamp_jax.probe import lam_latents  # pylint: disable=g-import-not-at-top
-  from lamp_jax.training import defaults  # pylint: disable=g-import-not-at-top
-
   config = lam_latents.apply_overrides(lam_configs.get_config(run.variant), _override_strings(run.overrides))
   with config.unlocked():
     config.seed = int(run.seed)
@@ -465,9 +479,6 @@ def run_config(run: Run, steps: int, batch_size: int):
 
 def phase_model_configs(config, run: Run, steps: int) -> list[tuple[int, Any]]:
   """[(steps, model config)] of the run's phases (one phase without a schedule)."""
-  from lamp_jax.probe import lam_latents  # pylint: disable=g-import-not-at-top
-  from lamp_jax.training import defaults  # pylint: disable=g-import-not-at-top
-
   if not run.schedule:
     return [(steps, defaults.stage_model_config(config, "main"))]
   out, done = [], 0
@@ -486,8 +497,6 @@ def phase_model_configs(config, run: Run, steps: int) -> list[tuple[int, Any]]:
 
 def _trees_equal(a: Any, b: Any) -> bool:
   """Same tree structure, leaf shapes and dtypes."""
-  import jax  # pylint: disable=g-import-not-at-top
-
   layout = lambda t: jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), t)  # noqa: E731
   return jax.tree.structure(a) == jax.tree.structure(b) and layout(a) == layout(b)
 
@@ -565,9 +574,7 @@ class Compiled:
 
   def optimizer(self, scfg, steps: int, decay_mask: Any) -> tuple[str, Any, Any]:
     """(key, tx, schedule) of ``optim.make_optimizer`` for the stage config ``scfg`` over ``steps``."""
-    import jax  # pylint: disable=g-import-not-at-top
 
-    from lamp_jax.training import optim  # pylint: disable=g-import-not-at-top
 
     key = _config_key({"optimizer": scfg.optimizer, "frozen": list(scfg.frozen), "steps": steps,
                        "decay_mask": None if decay_mask is None else jax.tree.leaves(decay_mask)})
@@ -579,11 +586,7 @@ class Compiled:
     """``(state, data, starts int32[length, B]) -> (state, metrics {name: float32[length]})``: ``length``
     train steps of model config ``cfg`` (``trainer.make_train_step``, scanned; each step gathers its pairs from
     the device-resident frames), compiled ahead of time, the state donated."""
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-    from lamp_jax.training import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
-    from lamp_jax.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 
     config, scfg = setup.config, setup.config.stages.main
     key = (_config_key(cfg), setup.optimizer_key, setup.batch_size, length, float(config.ema.decay))
@@ -607,8 +610,6 @@ class Compiled:
 
   def evaluation(self, lib, cfg):
     """Jitted ``(params, batch) -> compute_loss metrics`` of model config ``cfg``, without the VQ state."""
-    import jax  # pylint: disable=g-import-not-at-top
-
     key = _config_key(cfg)
     if key not in self.evals:
       model = lib.build(cfg)
@@ -619,9 +620,7 @@ class Compiled:
   def latent_codes(self, lib, cfg):
     """Jitted ``(params, batch) -> (z float32[V, B, F, L, Dc], codes int32[V, B, F, L], valid bool[V, B, F])``:
     ``pair_latents`` and the quantiser's nearest-code assignment, every view in one pass."""
-    import jax  # pylint: disable=g-import-not-at-top
 
-    from lamp_jax.models import vq as vq_lib  # pylint: disable=g-import-not-at-top
 
     key = _config_key(cfg)
     if key not in self.latents:
@@ -638,14 +637,7 @@ class Compiled:
 def setup_run(run: Run, args: argparse.Namespace, frames: Frames, device_data: dict,
               compiled: Compiled) -> RunSetup:
   """The run's config, phases, model library and optimizer, checked against the frames and the model's batch."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  from lamp_jax.training import defaults  # pylint: disable=g-import-not-at-top
-  from lamp_jax.training import host_batch  # pylint: disable=g-import-not-at-top
-  from lamp_jax.training import optim  # pylint: disable=g-import-not-at-top
-  from lamp_jax.training import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
 
   steps = int(args.steps)
   config = run_config(run, steps, int(args.batch_size))
@@ -694,8 +686,6 @@ def evaluate(setup: RunSetup, compiled: Compiled, params: Any, batch: dict, cfg)
   """Reconstruction metrics of a fixed batch (``compute_loss`` without the VQ state): the quantised path, and
   the continuous one (the decoder reads z) when ``cfg`` has ``vq.bypass``; the copy baseline; the batch's code
   perplexity and fraction of codes used."""
-  import jax  # pylint: disable=g-import-not-at-top
-
   paths = {"quantized": False, "continuous": True} if cfg.vq.bypass else {"quantized": False}
   out = {}
   for name, bypass in paths.items():
@@ -731,11 +721,7 @@ def pair_rows(frames: Frames, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
 def train_run(run: Run, frames: Frames, device_data: dict, args: argparse.Namespace, compiled: Compiled,
               sweep: str) -> dict:
   """Trains one run and writes its outputs (module docstring). Returns its JSON record."""
-  import flax.serialization  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  from lamp_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
 
   started = time.perf_counter()
   setup = setup_run(run, args, frames, device_data, compiled)
@@ -828,8 +814,6 @@ def latent_arrays(views: Sequence[str], num_codes: int, z: np.ndarray, codes: np
   """Per view, the held-out pairs' latents at the first offset ('z.<view>' float32[N, L, Dc], 'codes.<view>'
   int32[N, L], 'valid.<view>' bool[N]) from ``Compiled.latent_codes``' outputs, and their code statistics
   (``probe.codes``: perplexity, codes used, distinct code tuples)."""
-  from lamp_jax.probe import codes as codes_lib  # pylint: disable=g-import-not-at-top
-
   arrays, stats = {}, {}
   for i, view in enumerate(views):
     view_valid = np.asarray(valid)[i, :, 0]
@@ -855,9 +839,6 @@ def probe_targets(frames: Frames, train_rows: np.ndarray, heldout_rows: np.ndarr
   the net action over a_t .. a_t+k-1 (six deltas summed, last gripper), z-scored with the statistics of all
   train pairs, the dimensions constant on them left out. Returns 'net_action' float64[N, 7], 'target'
   float64[N, D], 'names' (the D dimensions kept)."""
-  from lamp_jax.probe import lam_latents  # pylint: disable=g-import-not-at-top
-  from lamp_jax.probe import targets as targets_lib  # pylint: disable=g-import-not-at-top
-
   def net(rows):
     windows = frames.actions[np.asarray(rows)[:, None] + np.arange(k)[None, :]]
     return targets_lib.net_action(windows[..., :targets_lib.ACTION_DIM])
@@ -872,10 +853,6 @@ def probe_targets(frames: Frames, train_rows: np.ndarray, heldout_rows: np.ndarr
 def ksg_mutual_information(z: np.ndarray, target: np.ndarray) -> dict:
   """KSG I(z; target) in bits with the probe's defaults (``probe.report.default_config``), and its shuffled-pairs
   score."""
-  from lamp_jax.probe import ksg as ksg_lib  # pylint: disable=g-import-not-at-top
-  from lamp_jax.probe import mutual_information  # pylint: disable=g-import-not-at-top
-  from lamp_jax.probe import report  # pylint: disable=g-import-not-at-top
-
   cfg = report.default_config()
   est = mutual_information.estimate_mutual_information(
       z.reshape(z.shape[0], -1), target, "ksg", seeds=tuple(cfg.seeds),
@@ -887,9 +864,7 @@ def ksg_mutual_information(z: np.ndarray, target: np.ndarray) -> dict:
 
 def train(args: argparse.Namespace) -> None:
   """The ``train`` subcommand (module docstring)."""
-  import jax  # pylint: disable=g-import-not-at-top
 
-  from lamp_jax.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 
   trainer_lib.enable_compilation_cache(args.compilation_cache)
   runs = sweep_runs(args.sweep, args.lever)
@@ -971,14 +946,12 @@ def summary_table(records: list[dict]) -> str:
 
 def t_interval(values: Sequence[float]) -> tuple[float, float]:
   """(mean, half-width of the 95 % t-interval) of ``values`` (half-width nan for fewer than 2)."""
-  from scipy import stats  # pylint: disable=g-import-not-at-top
-
   values = np.asarray([v for v in values if v is not None and math.isfinite(v)], np.float64)
   if values.size == 0:
     return float("nan"), float("nan")
   if values.size < 2:
     return float(values.mean()), float("nan")
-  half = stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size)
+  half = scipy_stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size)
   return float(values.mean()), float(half)
 
 
@@ -1018,7 +991,7 @@ def analyze(args: argparse.Namespace) -> None:
     print(f"\n### sweep {sweep} ({len(records)} runs)\n")
     print(summary_table(records))
     if sweep == "mvp3":
-      print(f"\nmean ± 95 % t-interval half-width over seeds\n")
+      print("\nmean ± 95 % t-interval half-width over seeds\n")
       print(seed_table(records))
     print("\nlast logged fixed-train-batch reconstruction, own / shuffled latents (the path the decoder reads):")
     for r in records:
