@@ -436,8 +436,6 @@ def pair_batch(data: dict, first: Any, offsets: Sequence[int], views: Sequence[s
     maps them to [-1, 1] itself (x / 127.5 - 1 in ``LatentActionModel._frames``, lamp_jax/models/lam.py), as
     it does for the pipeline's uint8 frames.
   """
-
-
   last = data["last_row"][first]
   future_rows = jnp.stack([jnp.minimum(first + k, last) for k in offsets], axis=1)  # [B, F]
   obs = {specs.FUTURE: {}, specs.IMAGE_MASK: {}}
@@ -574,8 +572,6 @@ class Compiled:
 
   def optimizer(self, scfg, steps: int, decay_mask: Any) -> tuple[str, Any, Any]:
     """(key, tx, schedule) of ``optim.make_optimizer`` for the stage config ``scfg`` over ``steps``."""
-
-
     key = _config_key({"optimizer": scfg.optimizer, "frozen": list(scfg.frozen), "steps": steps,
                        "decay_mask": None if decay_mask is None else jax.tree.leaves(decay_mask)})
     if key not in self.optimizers:
@@ -586,8 +582,6 @@ class Compiled:
     """``(state, data, starts int32[length, B]) -> (state, metrics {name: float32[length]})``: ``length``
     train steps of model config ``cfg`` (``trainer.make_train_step``, scanned; each step gathers its pairs from
     the device-resident frames), compiled ahead of time, the state donated."""
-
-
     config, scfg = setup.config, setup.config.stages.main
     key = (_config_key(cfg), setup.optimizer_key, setup.batch_size, length, float(config.ema.decay))
     if key not in self.chunks:
@@ -620,8 +614,6 @@ class Compiled:
   def latent_codes(self, lib, cfg):
     """Jitted ``(params, batch) -> (z float32[V, B, F, L, Dc], codes int32[V, B, F, L], valid bool[V, B, F])``:
     ``pair_latents`` and the quantiser's nearest-code assignment, every view in one pass."""
-
-
     key = _config_key(cfg)
     if key not in self.latents:
       model = lib.build(cfg)
@@ -637,8 +629,6 @@ class Compiled:
 def setup_run(run: Run, args: argparse.Namespace, frames: Frames, device_data: dict,
               compiled: Compiled) -> RunSetup:
   """The run's config, phases, model library and optimizer, checked against the frames and the model's batch."""
-
-
   steps = int(args.steps)
   config = run_config(run, steps, int(args.batch_size))
   phases = phase_model_configs(config, run, steps)
@@ -702,6 +692,13 @@ def evaluate(setup: RunSetup, compiled: Compiled, params: Any, batch: dict, cfg)
   return out
 
 
+def device_arrays(frames: Frames) -> dict:
+  """The arrays ``pair_batch`` gathers from: 'images', 'present' and 'last_row' int32[R] (each row's episode's
+  last row)."""
+  last_row = np.repeat(frames.episode_starts + frames.episode_lengths, frames.episode_lengths) - 1
+  return {"images": frames.images, "present": frames.present, "last_row": last_row.astype(np.int32)}
+
+
 def pair_rows(frames: Frames, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(train starts, held-out starts in a fixed random order, a fixed train sample of as many starts): rows t
   whose pair (t, t + k) lies inside an episode."""
@@ -721,12 +718,11 @@ def pair_rows(frames: Frames, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
 def train_run(run: Run, frames: Frames, device_data: dict, args: argparse.Namespace, compiled: Compiled,
               sweep: str) -> dict:
   """Trains one run and writes its outputs (module docstring). Returns its JSON record."""
-
-
   started = time.perf_counter()
   setup = setup_run(run, args, frames, device_data, compiled)
   config, steps, phases, views = setup.config, setup.steps, setup.phases, setup.views
-  k = min(setup.offsets)
+  # The pairs, the probe's target and the saved latents all use the first offset (the probe's offset_index 0).
+  k = setup.offsets[0]
   # Initialised from the last phase's model config: the phases' trees are equal (setup_run) and so are their
   # initial values (bypass and loss weights change no parameter's creation); runs that end alike share the
   # program (the persistent compilation cache finds it).
@@ -755,6 +751,9 @@ def train_run(run: Run, frames: Frames, device_data: dict, args: argparse.Namesp
       step += length
       finite = np.asarray(metrics.pop("finite"), bool)  # a non-finite step left the state unchanged
       nonfinite += int((~finite).sum())
+      if nonfinite:  # as the trainer (NonFiniteError): the schedule and the host's step count would drift apart
+        raise FloatingPointError(f"{run.name}: {nonfinite} non-finite step(s) by step {step} (loss or gradient "
+                                 "norm not finite); the run is stopped")
       row = {"step": step, "phase": phase_index, "lr": float(setup.schedule(step - 1))}
       for name, values in metrics.items():
         values = np.asarray(values, np.float64)[finite]
@@ -864,8 +863,6 @@ def ksg_mutual_information(z: np.ndarray, target: np.ndarray) -> dict:
 
 def train(args: argparse.Namespace) -> None:
   """The ``train`` subcommand (module docstring)."""
-
-
   trainer_lib.enable_compilation_cache(args.compilation_cache)
   runs = sweep_runs(args.sweep, args.lever)
   if args.runs:
@@ -881,9 +878,7 @@ def train(args: argparse.Namespace) -> None:
   print(f"[lam_sweep] {args.data}: {frames.episode_lengths.size} episodes ({int(frames.heldout.sum())} held out), "
         f"cameras {cameras}, decoded in {decode_seconds:.1f} s; device {jax.devices()[0]}; "
         f"{len(runs)} runs x {args.steps} steps, batch {args.batch_size}", flush=True)
-  last_row = (np.repeat(frames.episode_starts + frames.episode_lengths, frames.episode_lengths) - 1)
-  device_data = jax.device_put({"images": frames.images, "present": frames.present,
-                                "last_row": last_row.astype(np.int32)})
+  device_data = jax.device_put(device_arrays(frames))
   compiled = Compiled()
   records = []
   for run in runs:
@@ -955,6 +950,31 @@ def t_interval(values: Sequence[float]) -> tuple[float, float]:
   return float(values.mean()), float(half)
 
 
+def welch_interval(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+  """(mean(a) - mean(b), half-width of its 95 % Welch t-interval): two groups of seeds, unequal variances."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  var_a, var_b = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+  dof = (var_a + var_b) ** 2 / (var_a ** 2 / (a.size - 1) + var_b ** 2 / (b.size - 1))
+  return float(a.mean() - b.mean()), float(scipy_stats.t.ppf(0.975, dof) * math.sqrt(var_a + var_b))
+
+
+def mvp_difference_lines(records: list[dict]) -> list[str]:
+  """mvp3: per lever, MVP-LAM's KSG bits minus each ablation's, with the Welch interval over seeds."""
+  lines = []
+  for lever in sorted({r["lever"] for r in records}):
+    ksg = {}
+    for r in records:
+      value = _ksg("bits_mean")(r)
+      if r["lever"] == lever and value is not None:
+        ksg.setdefault(r["variant"], []).append(value)
+    mvp = ksg.get(MVP3_VARIANTS[-1], [])
+    for other in MVP3_VARIANTS[:-1]:
+      if len(mvp) >= 2 and len(ksg.get(other, [])) >= 2:
+        diff, half = welch_interval(mvp, ksg[other])
+        lines.append(f"  {lever}: KSG bits {MVP3_VARIANTS[-1]} - {other}: {diff:+.2f} ± {half:.2f}")
+  return lines
+
+
 def seed_table(records: list[dict]) -> str:
   """mvp3: per (lever, variant) the mean ± 95 % t-interval half-width over seeds of every column."""
   groups: dict[tuple[str, str], list[dict]] = {}
@@ -993,6 +1013,8 @@ def analyze(args: argparse.Namespace) -> None:
     if sweep == "mvp3":
       print("\nmean ± 95 % t-interval half-width over seeds\n")
       print(seed_table(records))
+      print("\nMVP-LAM minus each ablation (95 % Welch interval over seeds):")
+      print("\n".join(mvp_difference_lines(records)))
     print("\nlast logged fixed-train-batch reconstruction, own / shuffled latents (the path the decoder reads):")
     for r in records:
       last = r["curve"][-1]

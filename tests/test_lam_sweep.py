@@ -5,6 +5,7 @@ import importlib.util
 import json
 import math
 import pathlib
+import subprocess
 import sys
 
 import numpy as np
@@ -80,3 +81,54 @@ def test_best_lever_is_the_quantised_lever_with_the_largest_heldout_shuffled_pen
   assert capsys.readouterr().out.strip() == "commitment_0.05"
   sweep.main(["best_lever", f"--out={tmp_path}", "--min_gap=5"])  # none reads its codes enough
   assert capsys.readouterr().out.strip() == "continuous"
+
+
+def test_pairs_are_t_and_t_plus_k_of_one_episode_and_the_split_is_by_episode():
+  """Frames that carry their row index: o_t+k is row t + k of the same episode, the pad mask marks offsets past
+  the episode's end (clamped to its last row), and held-out pairs come only from held-out episodes."""
+  sweep = _script()
+  lengths = np.asarray([7, 5, 9, 6])
+  rows = int(lengths.sum())
+  index_images = np.broadcast_to(np.arange(rows, dtype=np.uint8)[:, None, None, None], (rows, 3, 3, 3)).copy()
+  frames = sweep.Frames(images={"image_primary": index_images}, present={"image_primary": np.ones(rows, bool)},
+                        actions=np.zeros((rows, 7), np.float32), episode_lengths=lengths,
+                        heldout=np.asarray([False, True, False, True]), meta={})
+  k = 4
+  train_rows, heldout_rows, fixed_rows = sweep.pair_rows(frames, k)
+  episode = np.repeat(np.arange(lengths.size), lengths)
+  start, end = frames.episode_starts, frames.episode_starts + lengths
+  valid = [t for t in range(rows) if t + k < end[episode[t]]]
+  assert sorted(np.concatenate([train_rows, heldout_rows]).tolist()) == valid
+  assert frames.heldout[episode[heldout_rows]].all() and not frames.heldout[episode[train_rows]].any()
+  assert set(fixed_rows.tolist()) <= set(train_rows.tolist())
+
+  first = np.asarray([0, 2, 7, 12, 21], np.int32)  # episode starts and rows near their ends
+  batch = sweep.pair_batch(sweep.device_arrays(frames), first, (k, 6), ("image_primary",))
+  obs = batch["observation"]
+  np.testing.assert_array_equal(obs["image_primary"][:, 0, 0, 0, 0], first)
+  last = end[episode[first]] - 1
+  for column, offset in enumerate((k, 6)):
+    np.testing.assert_array_equal(obs["future"]["image_primary"][:, column, 0, 0, 0],
+                                  np.minimum(first + offset, last))
+    np.testing.assert_array_equal(obs["future_pad_mask"][:, column], first + offset <= last)
+  assert start[episode[first]].tolist() == [0, 0, 7, 12, 21]
+
+
+def test_the_accelerator_side_imports_without_tensorflow_or_mujoco():
+  code = ("import sys\nfor name in ('tensorflow', 'tensorflow_datasets', 'mujoco'):\n  sys.modules[name] = None\n"
+          f"sys.argv = ['lam_sweep.py', 'train', '--help']\nimport runpy\n"
+          f"try:\n  runpy.run_path({str(_SCRIPT)!r}, run_name='__main__')\nexcept SystemExit as e:\n"
+          "  sys.exit(e.code)\n")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=str(_SCRIPT.parents[1]), capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "--sweep" in proc.stdout
+
+
+def test_welch_interval_matches_scipys_welch_test():
+  from scipy import stats
+
+  sweep = _script()
+  a, b = [5.225, 5.792, 4.618], [6.648, 5.953, 6.550]
+  diff, half = sweep.welch_interval(a, b)
+  low, high = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+  np.testing.assert_allclose([diff - half, diff + half], [low, high], rtol=1e-9)

@@ -68,7 +68,6 @@ def test_ema_update_with_warmup():
   np.testing.assert_allclose(np.asarray(new["w"]), 0.01, rtol=1e-4)
 
 
-
 @pytest.mark.parametrize("step,decay", [(0, 0.999), (3, 0.5), (10**6, 0.9999)])
 def test_ema_of_parameters_equal_to_their_ema_stays_bit_exact(step, decay):
   """A frozen subtree loaded into params and EMA alike must keep an EMA equal to it (the plain
@@ -76,6 +75,7 @@ def test_ema_of_parameters_equal_to_their_ema_stays_bit_exact(step, decay):
   w = jnp.asarray(np.random.RandomState(step % 7).standard_normal((257,)), jnp.float32)
   new = optim.ema_update({"w": w}, {"w": w}, jnp.asarray(step), decay=decay, warmup=True)
   np.testing.assert_array_equal(np.asarray(new["w"]), np.asarray(w))
+
 
 def test_logical_rules_are_shape_aware():
   rules = sharding_lib.DEFAULT_RULES
