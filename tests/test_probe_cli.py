@@ -101,6 +101,9 @@ def test_cli_prints_the_json_report_and_writes_the_plots(run, tmp_path):
   source = report["source"]
   assert source["view"] == specs.IMAGE_PRIMARY and source["stride"] == 1 and source["step"] == 3
   assert source["examples"] == {"train": 3 * BATCH, "test": 2 * BATCH}
+  labelling = source["labelling"]
+  assert labelling["examples"] == 5 * BATCH and labelling["wall_s"] > 0 and labelling["cpu_s"] > 0
+  np.testing.assert_allclose(labelling["examples_per_s"], 5 * BATCH / labelling["wall_s"])
   rows = report["rows"]
   assert rows["train"] + source["dropped_pairs"]["train"] == 3 * BATCH
   assert rows["test"] + source["dropped_pairs"]["test"] == 2 * BATCH

@@ -11,6 +11,8 @@ batches: split 'train'; up to ``--test_batches`` batches of the held-out validat
 encodes them with ``encode_latent`` (jitted, one batch at a time), builds MVP-LAM's net relative action target
 from each pair's action chunk (``lamp_jax/probe/lam_latents.py``), runs ``probe.run_probes`` and prints its
 JSON report; ``--out`` also receives report.json and the plots (mi.png, code_usage.png, latent_pca.png).
+``source.labelling`` is the latent-labelling throughput of the read-and-encode pass (examples/s, CPU-s per 1000
+examples; pipeline start and compilation included).
 
 Overrides (parsed before the flags, typed like the field they set):
   --config.<field>=<value>   the checkpoint's stored run config (e.g. the data directory on this machine);
@@ -25,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any, Sequence
 
 from absl import app, flags
@@ -68,8 +71,11 @@ def probe_checkpoint(checkpoint: str, *, step: int | None = None, config_overrid
 
   lam = lam_latents.load_lam(checkpoint, step=step, overrides=config_overrides, use_ema=use_ema)
   probe_config = lam_latents.apply_overrides(probe.default_config(), list(probe_overrides))
+  wall, cpu = time.perf_counter(), time.process_time()
   latents = lam_latents.latents_from_checkpoint(lam, view=view, offset_index=offset_index, train_batches=batches,
                                                 test_batches=test_batches, seed=seed, progress=progress)
+  wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+  examples = sum(latents["examples"].values())
   report = probe.run_probes(latents["z"], latents["targets"], latents["split"], codes=latents["codes"],
                             codebook_size=latents["codebook_size"], config=probe_config)
   report["source"] = {
@@ -78,6 +84,10 @@ def probe_checkpoint(checkpoint: str, *, step: int | None = None, config_overrid
       "dropped_pairs": latents["dropped"], "latent": "pre-quantisation z, flattened [L * Dc]",
       "target": "net relative action over k (probe.targets), z-scored with the train rows' statistics",
       "target_dims": list(latents["target_names"]), "constant_dims_left_out": list(latents["constant_dims"]),
+      # Latent labelling throughput: the pipeline reads (o_t, o_t+k) and encode_latent labels it; the time
+      # includes the pipeline's start and the encoder's compilation (use many --batches for a steady rate).
+      "labelling": {"examples": examples, "wall_s": wall, "cpu_s": cpu, "examples_per_s": examples / wall,
+                    "cpu_s_per_1000_examples": 1000.0 * cpu / max(examples, 1)},
   }
   if out:
     os.makedirs(out, exist_ok=True)
