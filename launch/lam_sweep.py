@@ -843,7 +843,7 @@ def probe_targets(frames: Frames, train_rows: np.ndarray, heldout_rows: np.ndarr
     return targets_lib.net_action(windows[..., :targets_lib.ACTION_DIM])
 
   horizon = targets_lib.HorizonStatistics.of(net(train_rows), k)
-  varying = np.flatnonzero(horizon.std > 1e-12)
+  varying = horizon.varying_dims()
   heldout_net = net(heldout_rows)
   return {"net_action": heldout_net, "target": horizon.normalize(heldout_net)[:, varying],
           "names": [lam_latents.ACTION_NAMES[i] for i in varying]}

@@ -412,9 +412,7 @@ def latents_from_checkpoint(checkpoint: str | LoadedLAM, *, step: int | None = N
                        "end-effector layout (lamp_jax/specs.py)")
     net[name] = targets_lib.net_action(raw[..., :targets_lib.ACTION_DIM])
   horizon = targets_lib.HorizonStatistics.of(net[TRAIN], k)
-  # A dimension constant on the train rows (e.g. the simulator's roll and pitch) carries no information and has
-  # no entropy (the neural estimators refuse it): it is left out of the targets and named.
-  varying = np.flatnonzero(horizon.std > 1e-12)
+  varying = horizon.varying_dims()  # the constant ones are left out of the targets and named
   order = (TRAIN, TEST)
   cat = lambda key: np.concatenate([parts[n][key] for n in order])  # noqa: E731
   return {

@@ -68,6 +68,12 @@ class HorizonStatistics:
     """(net − mean) / (std + eps)."""
     return (np.asarray(net_actions, np.float64) - self.mean) / (self.std + eps)
 
+  def varying_dims(self) -> np.ndarray:
+    """int[D'] the dimensions that vary on the rows of the statistics. A constant one (e.g. the simulator's roll
+    and pitch) carries no information and has no entropy (the neural estimators refuse it): probing targets
+    leave it out."""
+    return np.flatnonzero(self.std > 1e-12)
+
 
 def net_relative_action_targets(actions: np.ndarray, mean: np.ndarray, std: np.ndarray,
                                 stats: HorizonStatistics | None = None,
