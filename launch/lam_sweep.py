@@ -87,7 +87,6 @@ if __package__ in (None, ""):  # run as a file: the repository root (configs/, l
 # reads the dataset, and imports its readers itself.
 from configs import lam as lam_configs  # noqa: E402
 from lamp_jax import specs  # noqa: E402
-from lamp_jax.models import vq as vq_lib  # noqa: E402
 from lamp_jax.probe import codes as codes_lib  # noqa: E402
 from lamp_jax.probe import ksg as ksg_lib  # noqa: E402
 from lamp_jax.probe import lam_latents  # noqa: E402
@@ -612,15 +611,15 @@ class Compiled:
     return self.evals[key]
 
   def latent_codes(self, lib, cfg):
-    """Jitted ``(params, batch) -> (z float32[V, B, F, L, Dc], codes int32[V, B, F, L], valid bool[V, B, F])``:
-    ``pair_latents`` and the quantiser's nearest-code assignment, every view in one pass."""
+    """Jitted ``(params, batch) -> {view: encode_latent(batch, view=view, offset_index=0)}`` ('latent'
+    float32[B, L, Dc], 'codes' int32[B, L], 'valid' bool[B]): the model's own encoding, as the probe's."""
     key = _config_key(cfg)
     if key not in self.latents:
       model = lib.build(cfg)
 
       def latents(params, batch):
-        z, valid, _, _ = model.apply({"params": params}, batch, jax.random.key(0), method="pair_latents")
-        return z, vq_lib.nearest_codes(z, params["vq"]["codebook"]), valid
+        return {view: model.apply({"params": params}, batch, jax.random.key(0), view=view, offset_index=0,
+                                  method="encode_latent") for view in cfg.views}
 
       self.latents[key] = jax.jit(latents)
     return self.latents[key]
@@ -771,9 +770,9 @@ def train_run(run: Run, frames: Frames, device_data: dict, args: argparse.Namesp
 
   final_cfg = phases[-1][1]
   heldout = evaluate(setup, compiled, state.params, heldout_batch, final_cfg)
-  z, codes, valid = jax.device_get(compiled.latent_codes(setup.lib, eval_model_config(final_cfg, False))(
+  encoded = jax.device_get(compiled.latent_codes(setup.lib, eval_model_config(final_cfg, False))(
       state.params, heldout_batch))
-  arrays, heldout["codes"] = latent_arrays(views, int(final_cfg.vq.num_codes), z, codes, valid)
+  arrays, heldout["codes"] = latent_arrays(int(final_cfg.vq.num_codes), encoded)
   heldout["pairs"] = int(heldout_rows.size)
   episode_of_row = np.repeat(np.arange(frames.episode_lengths.size), frames.episode_lengths)
   target = probe_targets(frames, train_rows, heldout_rows, k)
@@ -808,16 +807,15 @@ def train_run(run: Run, frames: Frames, device_data: dict, args: argparse.Namesp
   return record
 
 
-def latent_arrays(views: Sequence[str], num_codes: int, z: np.ndarray, codes: np.ndarray,
-                  valid: np.ndarray) -> tuple[dict, dict]:
+def latent_arrays(num_codes: int, encoded: dict) -> tuple[dict, dict]:
   """Per view, the held-out pairs' latents at the first offset ('z.<view>' float32[N, L, Dc], 'codes.<view>'
-  int32[N, L], 'valid.<view>' bool[N]) from ``Compiled.latent_codes``' outputs, and their code statistics
-  (``probe.codes``: perplexity, codes used, distinct code tuples)."""
+  int32[N, L], 'valid.<view>' bool[N]) from ``Compiled.latent_codes``' {view: encode_latent output}, and their
+  code statistics (``probe.codes``: perplexity, codes used, distinct code tuples)."""
   arrays, stats = {}, {}
-  for i, view in enumerate(views):
-    view_valid = np.asarray(valid)[i, :, 0]
-    arrays[f"z.{view}"] = np.asarray(z)[i, :, 0].astype(np.float32)
-    arrays[f"codes.{view}"] = np.asarray(codes)[i, :, 0].astype(np.int32)
+  for view, out in encoded.items():
+    view_valid = np.asarray(out["valid"], bool)
+    arrays[f"z.{view}"] = np.asarray(out["latent"], np.float32)
+    arrays[f"codes.{view}"] = np.asarray(out["codes"], np.int32)
     arrays[f"valid.{view}"] = view_valid
     s = codes_lib.code_statistics(arrays[f"codes.{view}"][view_valid], num_codes)
     stats[view] = {"perplexity": s.perplexity, "codes_used": int(np.sum(s.usage > 0)),
