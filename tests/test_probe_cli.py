@@ -105,8 +105,8 @@ def test_cli_prints_the_json_report_and_writes_the_plots(run, tmp_path):
   assert labelling["examples"] == 5 * BATCH and labelling["wall_s"] > 0 and labelling["cpu_s"] > 0
   np.testing.assert_allclose(labelling["examples_per_s"], 5 * BATCH / labelling["wall_s"])
   rows = report["rows"]
-  assert rows["train"] + source["dropped_pairs"]["train"] == 3 * BATCH
-  assert rows["test"] + source["dropped_pairs"]["test"] == 2 * BATCH
+  for split, batches in (("train", 3), ("test", 2)):
+    assert rows[split] + source["dropped_pairs"][split] + source["duplicate_rows_dropped"][split] == batches * BATCH
   assert sorted(os.path.basename(p) for p in report["plots"]) == ["code_usage.png", "latent_pca.png", "mi.png"]
   assert all(os.path.getsize(p) > 1000 for p in report["plots"])
 
@@ -136,6 +136,14 @@ def test_loader_latents_equal_a_direct_encode_latent_of_the_trained_params(run):
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(got["codes"], np.asarray(direct["codes"])[valid])
     np.testing.assert_array_equal(got["action"], batch[specs.ACTION][valid][:, :1])
+    assert got["duplicates"] == 0
+    # The same batch twice (a stream past one pass): each repeated row is left out once and counted.
+    twice = lam_latents.encode_batches(lam, [batch, batch], view=view, offset_index=0)
+    assert twice["duplicates"] == int(valid.sum()) and twice["dropped"] == 2 * int((~valid).sum())
+    for key in ("z", "codes", "quantized", "action"):
+      np.testing.assert_array_equal(twice[key], got[key])
+    kept = lam_latents.encode_batches(lam, [batch, batch], view=view, offset_index=0, drop_duplicates=False)
+    assert kept["duplicates"] == 0 and kept["z"].shape[0] == 2 * int(valid.sum())
 
 
 @pytest.mark.slow
@@ -199,6 +207,15 @@ def test_errors_name_the_model_the_view_and_the_field(run, tmp_path):
     lam_latents.latents_from_checkpoint(run["workdir"], view=specs.IMAGE_WRIST, progress=False)
   with pytest.raises(ValueError, match=r"--config\.data\.pipeline\.nope: no such config field"):
     lam_latents.load_lam(run["workdir"], overrides=["data.pipeline.nope=1"])
+
+
+def test_first_occurrences_keeps_the_first_of_each_repeated_row_across_all_columns():
+  z = np.array([[0.5, 1.0], [0.5, 1.0], [0.5, 2.0], [0.5, 1.0], [np.nan, 0.0], [np.nan, 0.0]], np.float32)
+  action = np.array([[1], [1], [1], [2], [3], [3]], np.float32)
+  # Rows 1 and 5 repeat rows 0 and 4 in both columns; row 3 repeats row 0's z with another action: kept.
+  np.testing.assert_array_equal(lam_latents.first_occurrences(z, action), [0, 2, 3, 4])
+  np.testing.assert_array_equal(lam_latents.first_occurrences(z), [0, 2, 4])
+  assert lam_latents.first_occurrences(z[:0], action[:0]).shape == (0,)
 
 
 def test_overrides_are_parsed_as_the_fields_type():
