@@ -121,6 +121,30 @@ def test_bench_train_step_of_a_stage_freezes_its_parameters():
   assert result["device_memory_gb"] == {}  # the CPU allocator reports none
 
 
+@pytest.mark.slow  # a bench CLI subprocess on the toy model (~20 s)
+def test_bench_inference_times_a_baseline_in_the_same_run_and_reports_the_ratios():
+  """--baseline: another config's sample_actions in the same round robin (here the toy model at another width)."""
+  result = _run("lamp_jax.bench", "--config=tests/toy_train_config.py", "--baseline=tests/toy_train_config.py",
+                "--baseline.model.width=11", "--what=inference", "--repeats=3")
+  assert set(result["latency_ms"]) == {"sample_actions", "baseline/sample_actions"}
+  assert result["baseline"] == {"model": "tests.toy_model", "variant": "tiny"}
+  pair = "sample_actions / baseline/sample_actions"
+  ratios = result["ratios_to_baseline"]
+  lat, cpu, flops = result["latency_ms"], result["cpu_ms"], result["analytic_gflops"]
+  assert math.isclose(ratios["latency"][pair], lat["sample_actions"] / lat["baseline/sample_actions"], rel_tol=1e-2)
+  assert math.isclose(ratios["cpu_time"][pair], cpu["sample_actions"] / cpu["baseline/sample_actions"], rel_tol=1e-2)
+  from tests import toy_model
+  toy = registry.get(toy_model.NAME)
+  cfg, baseline = toy_model.model_config("tiny"), toy_model.model_config("tiny")
+  baseline.width = 11
+  expected = toy.analytic_flops(cfg, 1, "sample_actions") / toy.analytic_flops(baseline, 1, "sample_actions")
+  assert expected != 1.0 and math.isclose(ratios["analytic_flops"][pair], expected, rel_tol=1e-6)
+  out = subprocess.run([sys.executable, "-m", "lamp_jax.bench", "--config=tests/toy_train_config.py",
+                        "--baseline=tests/toy_train_config.py", "--what=train_step"], cwd=REPO, env=ENV,
+                       capture_output=True, text=True)
+  assert out.returncode != 0 and "--baseline times sample_actions" in out.stderr
+
+
 def test_bench_stage_names_a_missing_stage():
   out = subprocess.run([sys.executable, "-m", "lamp_jax.bench", "--config=configs/lamp.py:tiny", "--stage=stage2"],
                        cwd=REPO, env=ENV, capture_output=True, text=True)

@@ -15,6 +15,10 @@ train_step: median time of a jitted AdamW step (parameters and optimizer state d
   matmul kernels, layout copies, loop bookkeeping and other ops, the top ops, and
   ``roof_fraction_if_only_matmul_ops`` = fraction_of_roof / share['matmul'], the most this model can reach here
   while its matmul kernels run as they do.
+inference, ``--baseline=CONFIG``: also times the variants of another config's model (any library: the base policy of a
+  method, e.g. ``--config=configs/sim.py:lafp --baseline=configs/sim.py:no_motion``) in the same round robin, as
+  'baseline/<variant>', and reports 'ratios_to_baseline' (every variant over every baseline variant: latency, CPU
+  time, analytic FLOPs), the cost of a method against its base policy measured under one load.
 Both: ``--with_reference`` also times, in the same round robin, the model with its exact rewrites switched off
   (``ModelLibrary.reference_config``): a before / after under identical load ('rewrite_speedup'). Beside every
   wall time the process CPU time per call ('cpu_ms' / 'cpu_step_s', all threads) and the host's load average:
@@ -72,6 +76,9 @@ _TIMING_LOCK = flags.DEFINE_string("timing_lock", None, "A file to flock around 
 _STAGE = flags.DEFINE_string("stage", None, "Name of a stage of a training config (config.stages): its model "
                              "overrides and compute dtype apply; train_step freezes its `frozen` parameters as the "
                              "trainer does.")
+_BASELINE = config_flags.DEFINE_config_file(
+    "baseline", None, "inference: another config (its `model` section, or the --stage model when it has that stage) "
+    "whose sample_actions variants are timed in the same round robin: the method's cost against its base policy.")
 _WITH_REFERENCE = flags.DEFINE_bool("with_reference", False, "Also time the model with its exact rewrites switched "
                                     "off (ModelLibrary.reference_config): before / after in one run.")
 
@@ -115,21 +122,37 @@ def _efficiency(flops: dict, times: dict, roof: dict, chip: dict) -> dict:
   return result
 
 
-def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int, with_reference: bool = False,
-                    timing_lock: str | None = None) -> dict:
+BASELINE_PREFIX = "baseline/"
+
+
+def _sampling_library(model_cfg, what: str):
   lib = registry.for_config(model_cfg)
   if "sample_actions" not in lib.methods:
-    raise ValueError(f"model {lib.name!r} has no sample_actions to benchmark")
+    raise ValueError(f"{what}: model {lib.name!r} has no sample_actions to benchmark")
+  return lib
+
+
+def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int, with_reference: bool = False,
+                    timing_lock: str | None = None, baseline_cfg=None) -> dict:
+  """Median ``sample_actions`` latency of every variant (see the module doc); ``baseline_cfg``: another model config
+  whose variants are timed in the same round robin ('baseline/<name>', 'ratios_to_baseline')."""
+  lib = _sampling_library(model_cfg, "--config")
   load_before = timing.host_load()
-  variants = dict(lib.bench_variants(model_cfg))
+  variants = {name: (lib, v) for name, v in lib.bench_variants(model_cfg).items()}
   if with_reference:
     reference = lib.reference_config(model_cfg)
     if reference is None:
       raise ValueError(f"--with_reference: model {lib.name!r} has no exact rewrites to switch off")
-    variants.update({f"reference/{name}": v for name, v in lib.bench_variants(reference).items()})
+    variants.update({f"reference/{name}": (lib, v) for name, v in lib.bench_variants(reference).items()})
+  baseline_lib = None
+  if baseline_cfg is not None:
+    baseline_lib = _sampling_library(baseline_cfg, "--baseline")
+    variants.update({BASELINE_PREFIX + name: (baseline_lib, v)
+                     for name, v in baseline_lib.bench_variants(baseline_cfg).items()})
   rng = jax.random.key(seed + 1)
   calls, compile_s, flops, params_by_cfg, memory = {}, {}, {}, {}, {}
-  for name, variant in variants.items():
+  for name, (lib_of_variant, variant) in variants.items():
+    lib = lib_of_variant
     key = json.dumps(variant.cfg.to_dict(), sort_keys=True, default=str)
     if key not in params_by_cfg:  # variants that differ only in their call share one parameter set
       params_by_cfg[key] = lib.init_params(variant.cfg, jax.random.key(seed), lib.dummy_batch(variant.cfg, 1, seed))
@@ -146,6 +169,7 @@ def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int, with_re
     compile_s[name] = round(seconds, 3)
     flops[name] = lib.analytic_flops(variant.cfg, batch_size, variant.flop_mode)
     memory[name] = timing.executable_memory(exe)
+  lib = registry.for_config(model_cfg)
   dtype = model_cfg.get("dtype", "float32")
   with timing.exclusive(timing_lock):
     roof_before = _roofs(dtype)
@@ -182,6 +206,13 @@ def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int, with_re
     names = lib.bench_variants(model_cfg)
     result["rewrite_speedup"] = {name: latency[f"reference/{name}"] / latency[name] for name in names}
     result["rewrite_speedup_of_cpu_time"] = {name: cpu[f"reference/{name}"] / cpu[name] for name in names}
+  if baseline_lib is not None:
+    own = [n for n in variants if not n.startswith((BASELINE_PREFIX, "reference/"))]
+    base = [n for n in variants if n.startswith(BASELINE_PREFIX)]
+    pairs = {f"{a} / {b}": (a, b) for a in own for b in base}
+    result["baseline"] = {"model": baseline_lib.name, "variant": baseline_cfg.get("variant", "")}
+    result["ratios_to_baseline"] = {"latency": _ratios(latency, pairs), "min_latency": _ratios(fastest, pairs),
+                                    "cpu_time": _ratios(cpu, pairs), "analytic_flops": _ratios(flops, pairs)}
   return result
 
 
@@ -334,9 +365,16 @@ def main(argv):
     model_cfg = defaults.stage_model_config(config, _STAGE.value)
     frozen = tuple(config.stages[_STAGE.value].frozen)
   if _WHAT.value == "inference":
+    baseline_cfg = None
+    if _BASELINE.value is not None:
+      baseline = _BASELINE.value
+      has_stage = _STAGE.value is not None and "stages" in baseline and _STAGE.value in baseline.stages
+      baseline_cfg = defaults.stage_model_config(baseline, _STAGE.value) if has_stage else baseline.model
     result = bench_inference(model_cfg, _BATCH.value or 1, _REPEATS.value, _SEED.value, _WITH_REFERENCE.value,
-                             _TIMING_LOCK.value)
+                             _TIMING_LOCK.value, baseline_cfg)
   else:
+    if _BASELINE.value is not None:
+      raise app.UsageError("--baseline times sample_actions: use it with --what=inference")
     result = bench_train_step(model_cfg, _BATCH.value or 8, _REPEATS.value, _SEED.value, _OP_BREAKDOWN.value,
                               _WITH_REFERENCE.value, frozen, _TIMING_LOCK.value)
   if _STAGE.value is not None:
