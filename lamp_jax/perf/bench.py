@@ -151,15 +151,15 @@ def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int, with_re
                      for name, v in baseline_lib.bench_variants(baseline_cfg).items()})
   rng = jax.random.key(seed + 1)
   calls, compile_s, flops, params_by_cfg, memory = {}, {}, {}, {}, {}
-  for name, (lib_of_variant, variant) in variants.items():
-    lib = lib_of_variant
+  for name, (variant_lib, variant) in variants.items():
     key = json.dumps(variant.cfg.to_dict(), sort_keys=True, default=str)
     if key not in params_by_cfg:  # variants that differ only in their call share one parameter set
-      params_by_cfg[key] = lib.init_params(variant.cfg, jax.random.key(seed), lib.dummy_batch(variant.cfg, 1, seed))
+      params_by_cfg[key] = variant_lib.init_params(variant.cfg, jax.random.key(seed),
+                                                   variant_lib.dummy_batch(variant.cfg, 1, seed))
     params = params_by_cfg[key]
-    model = lib.build(variant.cfg)
+    model = variant_lib.build(variant.cfg)
     kwargs = dict(variant.sample_kwargs)
-    batch = jax.device_put(timing.inference_batch(lib, variant.cfg, batch_size, seed))
+    batch = jax.device_put(timing.inference_batch(variant_lib, variant.cfg, batch_size, seed))
 
     def sample(p, b, r, model=model, kwargs=kwargs):
       return model.apply({"params": p}, b, r, method="sample_actions", **kwargs)
@@ -167,9 +167,8 @@ def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int, with_re
     exe, seconds = timing.compile_call(sample, params, batch, rng)
     calls[name] = (lambda e=exe, p=params, b=batch: e(p, b, rng))
     compile_s[name] = round(seconds, 3)
-    flops[name] = lib.analytic_flops(variant.cfg, batch_size, variant.flop_mode)
+    flops[name] = variant_lib.analytic_flops(variant.cfg, batch_size, variant.flop_mode)
     memory[name] = timing.executable_memory(exe)
-  lib = registry.for_config(model_cfg)
   dtype = model_cfg.get("dtype", "float32")
   with timing.exclusive(timing_lock):
     roof_before = _roofs(dtype)

@@ -449,6 +449,7 @@ def latents_from_checkpoint(checkpoint: str | LoadedLAM, *, step: int | None = N
       "codebook_size": int(lam.model_cfg.vq.num_codes), "code_length": int(lam.model_cfg.vq.code_length),
       "code_dim": int(lam.model_cfg.vq.code_dim), "step": lam.step, "checkpoint": lam.directory,
       "dropped": {n: int(parts[n]["dropped"]) for n in order},
-      "duplicates": {n: int(parts[n]["duplicates"]) for n in order}, "examples": {n: int(parts[n]["examples"]) for n in order},
+      "duplicates": {n: int(parts[n]["duplicates"]) for n in order},
+      "examples": {n: int(parts[n]["examples"]) for n in order},
       "dataset": entry.name, "lam": lam,
   }
