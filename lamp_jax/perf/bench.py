@@ -53,7 +53,6 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 import optax
-import tqdm
 
 from lamp_jax.models import registry
 from lamp_jax.perf import op_profile, roofline
