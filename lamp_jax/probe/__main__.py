@@ -64,7 +64,7 @@ def probe_checkpoint(checkpoint: str, *, step: int | None = None, config_overrid
                      probe_overrides: Sequence[str] = (), batches: int = 8, test_batches: int = 4,
                      view: str | None = None, offset_index: int = 0, seed: int = 0, out: str | None = None,
                      use_ema: bool = True, progress: bool = True) -> dict[str, Any]:
-  """The command without flags: the report (``run_probes``' dict plus 'source': checkpoint, step, view, k, rows
+  """The command without flags: the report (``run_probes``' dict plus 'source': checkpoint, step, view, k, rows,
   dropped pairs and repeated rows left out per split); with ``out`` also report.json and the plots there."""
   from lamp_jax import probe
   from lamp_jax.probe import lam_latents
@@ -81,7 +81,8 @@ def probe_checkpoint(checkpoint: str, *, step: int | None = None, config_overrid
   report["source"] = {
       "checkpoint": lam.directory, "step": lam.step, "params": lam.params_key, "view": latents["view"],
       "stride": latents["stride"], "dataset": latents["dataset"], "examples": latents["examples"],
-      "dropped_pairs": latents["dropped"], "duplicate_rows_dropped": latents["duplicates"], "latent": "pre-quantisation z, flattened [L * Dc]",
+      "dropped_pairs": latents["dropped"], "duplicate_rows_dropped": latents["duplicates"],
+      "latent": "pre-quantisation z, flattened [L * Dc]",
       "target": "net relative action over k (probe.targets), z-scored with the train rows' statistics",
       "target_dims": list(latents["target_names"]), "constant_dims_left_out": list(latents["constant_dims"]),
       # Latent labelling throughput: the pipeline reads (o_t, o_t+k) and encode_latent labels it; the time
