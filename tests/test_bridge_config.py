@@ -135,7 +135,8 @@ SHARDING_SCRIPT = textwrap.dedent(r"""
 
 
 def test_paper_abstract_state_is_sufficiently_sharded_on_8_devices():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+  env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu",
              TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
   proc = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT, f"{CONFIG}:stage1+2"], cwd=REPO, env=env,
                         capture_output=True, text=True)

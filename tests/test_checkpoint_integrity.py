@@ -116,7 +116,7 @@ _SHARDED = textwrap.dedent("""
 
 def test_checksums_do_not_depend_on_the_sharding():
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO,
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+         "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"}
   out = subprocess.run([sys.executable, "-c", _SHARDED], cwd=REPO, env=env, capture_output=True, text=True)
   assert out.returncode == 0, out.stderr[-3000:]
   host, sharded, one = json.loads(out.stdout.split("RESULT", 1)[1])

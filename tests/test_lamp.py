@@ -187,14 +187,17 @@ def test_sample_actions_compiles_once_and_gate_zero_equals_no_motion(setup):
   for out in outs:
     assert out.shape == (B, CFG.action_horizon, CFG.action_dim) and out.dtype == jnp.float32
     assert np.isfinite(out).all()
-  assert np.abs(outs[0] - outs[2]).max() > 1e-5  # the motion guidance changes the actions
+  assert np.abs(outs[0] - outs[2]).max() > 1e-3  # the motion guidance changes the actions
 
   ablation = copy.deepcopy(CFG)
   ablation.use_motion = False
   no_motion_params = {k: params[k] for k in ("vlm", "action_expert")}
   no_motion = jax.jit(lambda p, b, r: lamp.build(ablation).apply({"params": p}, b, r, method="sample_actions"),
                       compiler_options=FAST_COMPILE)
-  np.testing.assert_array_equal(no_motion(no_motion_params, obs_only, jax.random.key(0)), outs[0])
+  # The same math in two different programs: equal up to the compiler's choice of summation order (XLA's CPU loop
+  # emitters, which the suite uses, fuse the two programs differently: up to 3 ulp measured), far below the guidance's
+  # effect checked above.
+  np.testing.assert_allclose(no_motion(no_motion_params, obs_only, jax.random.key(0)), outs[0], rtol=0, atol=1e-5)
 
 
 def test_exact_inference_rewrites_equal_the_reference_math(setup):

@@ -70,8 +70,7 @@ def _loss(model, params, batch, rng=1):
 
 _INITS = {}
 _JITTED = {}
-# The module's tests share these caches: xdist keeps them on one worker (pytest.ini runs with --dist=loadgroup).
-pytestmark = pytest.mark.xdist_group("lara")
+# The module's tests share these caches: xdist keeps a module on one worker (pytest.ini runs with --dist=loadfile).
 
 
 # ------------------------------------------------------------------------------------------ the loss

@@ -61,7 +61,8 @@ def _env(**extra):
 def test_eight_devices_shard_every_fsdp_parameter(tmp_path):
   proc = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES, str(tmp_path)], cwd=REPO, capture_output=True,
                         text=True,
-                        env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+                        env=_env(XLA_FLAGS=os.environ.get("XLA_FLAGS", "") +
+                                 " --xla_force_host_platform_device_count=8"))
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(proc.stdout.split("RESULT", 1)[1])
   sharded = [r for r in result["rows"] if "fsdp" in r["spec"]]
