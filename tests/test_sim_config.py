@@ -149,9 +149,9 @@ def test_motion_image_variants_share_one_dataset_with_their_vae_and_differ_from_
 
 
 def test_film_cnn_is_opt_in_and_its_variants_differ_only_in_the_encoder():
-  """The default and the existing variants keep the from-scratch PaliGemma without a grounding stage (no success
-  rate of the FiLM-CNN is measured yet); the ':film_cnn' variants change the encoder and add stage 0, nothing else,
-  and read the same generated demonstrations as the default."""
+  """The default and the existing variants keep the from-scratch PaliGemma without a grounding stage (one seed of
+  the FiLM-CNN is measured so far); the ':film_cnn' variants change the encoder, add stage 0 and freeze the encoder
+  in every policy stage, nothing else, and read the same generated demonstrations as the default."""
   from lamp_jax import experiment  # pylint: disable=g-import-not-at-top
 
   for variant in ("", "no_motion", "smoke", "smoke_no_motion"):
@@ -163,6 +163,9 @@ def test_film_cnn_is_opt_in_and_its_variants_differ_only_in_the_encoder():
     assert c.model.vlm.kind == "film_cnn" and c.grounding.enabled, variant
     assert c.model.use_motion == ref.model.use_motion
     assert experiment.sim_dataset_dir(c, "/unused") == experiment.sim_dataset_dir(ref, "/unused")
+    for stage in c.stage_order:  # the grounded encoder stays as stage 0 left it
+      assert tuple(c.stages[stage].frozen) == tuple(ref.stages[stage].frozen) + ("^vlm/",), (variant, stage)
+      c.stages[stage].frozen = ref.stages[stage].frozen
     for key in ("model", "grounding"):
       del c[key], ref[key]
     assert c.to_dict() == ref.to_dict(), variant
