@@ -36,7 +36,6 @@ jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
-
 # pytest.ini hands whole test files to the xdist workers (--dist=loadfile): many modules cache their tiny model's
 # initialisation and jitted functions per process, which a module split over both workers pays twice. Files go out
 # in collection order (--no-loadscope-reorder; xdist would otherwise start with the files that have the most tests),
