@@ -406,7 +406,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if encoder == "film_cnn":
     # The policy stages keep the stage-0 encoder frozen. Trained on, its keypoints left the named object (held-out
     # front/object 2.2 px after stage 0 -> 42 px after the policy stages) and the policy ignored the front camera
-    # (input_reliance ratio 1.000; 25 % success, seed 0); frozen: front camera ratio 1.40, 35 % [25, 46] (seed 0).
+    # (input_reliance ratio 1.000; 25 % success, seed 0); frozen, it reads the front camera (1.40 / 1.09, seeds 0 / 1)
+    # at 35.0 % / 27.5 % success (docs/results.md: every CI overlaps).
     for name in c.stage_order:
       c.stages[name].frozen = tuple(c.stages[name].frozen) + ("^vlm/",)
   if is_lara:
