@@ -62,9 +62,9 @@ motion-image variants' VAE run on its own) · 'smoke' / 'smoke_no_motion' / 'smo
 'smoke_pi0_motion_image' / 'smoke_vae' (tiny sizes, a few steps, 4 demonstrations, 1 evaluation episode per task:
 proves the command end to end).
 
-FiLM-CNN variants (opt-in; one seed measured so far, docs/results.md, so the default keeps the from-scratch
-PaliGemma): 'film_cnn' / 'film_cnn_no_motion' / 'smoke_film_cnn' / 'smoke_film_cnn_no_motion' replace the prefix
-encoder by an instruction-FiLM-conditioned CNN (``model.vlm.kind='film_cnn'``, lamp_jax/models/film_cnn.py) whose
+FiLM-CNN variants (opt-in; two seeds measured, no success gain shown, docs/results.md, so the default keeps the
+from-scratch PaliGemma): 'film_cnn' / 'film_cnn_no_motion' / 'smoke_film_cnn' / 'smoke_film_cnn_no_motion'
+replace the prefix encoder by an instruction-FiLM-conditioned CNN (``model.vlm.kind='film_cnn'``, lamp_jax/models/film_cnn.py) whose
 spatial-softmax keypoints 0 and 1 are first trained by a grounding stage 0 to find the named object and
 receptacle on labelled renders of random scenes (``grounding``, lamp_jax/training/grounding.py); the policy
 stages then keep that encoder frozen ('^vlm/' in every stage's ``frozen``).

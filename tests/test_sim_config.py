@@ -149,8 +149,8 @@ def test_motion_image_variants_share_one_dataset_with_their_vae_and_differ_from_
 
 
 def test_film_cnn_is_opt_in_and_its_variants_differ_only_in_the_encoder():
-  """The default and the existing variants keep the from-scratch PaliGemma without a grounding stage (one seed of
-  the FiLM-CNN is measured so far); the ':film_cnn' variants change the encoder, add stage 0 and freeze the encoder
+  """The default and the existing variants keep the from-scratch PaliGemma without a grounding stage (two seeds of
+  the FiLM-CNN measured, no gain shown); the ':film_cnn' variants change the encoder, add stage 0 and freeze the encoder
   in every policy stage, nothing else, and read the same generated demonstrations as the default."""
   from lamp_jax import experiment  # pylint: disable=g-import-not-at-top
 
