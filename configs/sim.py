@@ -65,9 +65,10 @@ proves the command end to end).
 FiLM-CNN variants (opt-in; two seeds measured, no success gain shown, docs/results.md, so the default keeps the
 from-scratch PaliGemma): 'film_cnn' / 'film_cnn_no_motion' / 'smoke_film_cnn' / 'smoke_film_cnn_no_motion'
 replace the prefix encoder by an instruction-FiLM-conditioned CNN (``model.vlm.kind='film_cnn'``,
-lamp_jax/models/film_cnn.py) whose spatial-softmax keypoints 0 and 1 are first trained by a grounding stage 0 to find the named object and
-receptacle on labelled renders of random scenes (``grounding``, lamp_jax/training/grounding.py); the policy
-stages then keep that encoder frozen ('^vlm/' in every stage's ``frozen``).
+lamp_jax/models/film_cnn.py) whose spatial-softmax keypoints 0 and 1 are first trained by a grounding stage 0
+to find the named object and receptacle on labelled renders of random scenes (``grounding``,
+lamp_jax/training/grounding.py); the policy stages then keep that encoder frozen ('^vlm/' in every stage's
+``frozen``).
 
   python -m lamp_jax.train --config=configs/sim.py:film_cnn --workdir=/tmp/lamp_sim_film_cnn
 
