@@ -213,6 +213,28 @@ def ground_encoder(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return out["result"]
 
 
+def check_grounding_drift(trainer: trainer_lib.Trainer, state, workdir: str) -> dict | None:
+  """Stage 0's held-out keypoint evaluation on the trained policy's (EMA) 'vlm' next to the stage-0 encoder
+  (``lamp_jax.eval.grounding_drift``): printed and written to ``<workdir>/grounding/after_policy.json``."""
+  from lamp_jax.eval import grounding_drift  # pylint: disable=g-import-not-at-top
+
+  cfg = trainer.config
+  use_ema = bool(cfg.eval.use_ema) and state.ema_params is not None
+  vlm = host_params((state.ema_params if use_ema else state.params)["vlm"])
+  if not is_main_process():
+    return None
+  result = grounding_drift.drift(cfg, vlm, grounding_drift.stage0_file(workdir))
+  result.update(step=int(jax.device_get(state.step)), params="ema_params" if use_ema else "params")
+  path = os.path.join(workdir, "grounding", grounding_drift.AFTER_POLICY_FILE)
+  with open(path + ".tmp", "w") as fh:
+    json.dump(result, fh, indent=1)
+  os.replace(path + ".tmp", path)
+  print("[train] grounding after the policy stages (held-out RMSE px, stage 0 -> now): " + ", ".join(
+      f"{key} {(result['stage0'] or {}).get(key, {}).get('rmse_px', float('nan')):.2f} -> {value['rmse_px']:.2f}"
+      for key, value in result["checkpoint"].items()), flush=True)
+  return result
+
+
 # ------------------------------------------------------------------------------------------- evaluation --
 
 
@@ -363,6 +385,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after_step: int | 
     elif config.eval.enabled:
       result = evaluate_state(trainer, state, video_dir=os.path.join(workdir, "videos")
                               if int(config.eval.videos) else None)
+    if config.get("grounding", None) is not None and config.grounding.enabled:
+      check_grounding_drift(trainer, state, workdir)
     if trainer.lib.report_batches and prerequisites_lib.finished_report(workdir, config) is None:
       report = write_report(trainer, state, workdir)
       if report is not None:

@@ -1,6 +1,7 @@
 """Grounding stage 0: labelled renders (sim/grounding.py), the heatmap loss and its training (training/grounding.py),
 and the 'params_npz' init entry that hands the encoder to the policy run."""
 
+import json
 import os
 
 import jax
@@ -110,3 +111,52 @@ def test_stage0_learns_and_its_encoder_loads_into_the_policy(scenes, tmp_path):
   for (name, value), (_, like) in zip(sorted(strict.flatten(loaded).items()), sorted(strict.flatten(abstract).items())):
     assert value.shape == like.shape, name
   np.testing.assert_array_equal(loaded["conv_0"]["kernel"], params["conv_0"]["kernel"])
+
+
+def test_grounding_drift_compares_a_policy_encoder_with_stage_0(tmp_path, monkeypatch):
+  """eval/grounding_drift.py: the stage-0 encoder against itself drifts by exactly 0 px; an encoder whose keypoint
+  logits are zeroed (a uniform heatmap: every keypoint at the image centre) is scored on the same held-out scenes
+  and drifts; without a stage-0 file only the checkpoint is scored. The bug it guards: the check the closing notes
+  ran as an ad-hoc script (the policy stages moved the keypoints 2.2 -> 42 px) now runs after every grounded run."""
+  from configs import sim
+  from lamp_jax.eval import grounding_drift
+  from lamp_jax.models.weights import strict
+  from lamp_jax.training import defaults
+
+  monkeypatch.setenv("LAMP_JAX_CACHE", str(tmp_path))
+  config = sim.get_config("smoke_film_cnn")
+  config.grounding.update(dict(scenes=11, heldout=5, steps=3, batch_size=3, eval_every=3))
+  config.logging.progress_bar = False
+  model_cfg = defaults.stage_model_config(config, config.stage_order[0])
+  data, encoder_cfg, heldout = grounding.heldout_scenes(config, model_cfg, grounding_drift._load_scenes,
+                                                        grounding_data.ROLES)
+  assert list(heldout) == [6, 7, 8, 9, 10]
+  params, _ = grounding.train_encoder(data, encoder_cfg, config.grounding, seed=0, log=lambda _: None)
+  path = str(tmp_path / grounding.PARAMS_FILE)
+  np.savez(path, **{k: np.asarray(v) for k, v in strict.flatten(params).items()})
+
+  same = grounding_drift.drift(config, grounding.load_params(path), path)
+  assert same["heldout_scenes"] == 5 and same["checkpoint"] == same["stage0"]
+  assert same["rmse_change_px"] and set(same["rmse_change_px"].values()) == {0.0}
+
+  moved = jax.tree.map(np.array, params)
+  moved["keypoint_logits"]["kernel"][:] = 0.0
+  moved["keypoint_logits"]["bias"][:] = 0.0
+  drifted = grounding_drift.drift(config, moved, path)
+  assert drifted["stage0"] == same["stage0"]
+  assert any(abs(v) > 0.1 for v in drifted["rmse_change_px"].values()), drifted["rmse_change_px"]
+  alone = grounding_drift.drift(config, moved, None)
+  assert alone["stage0"] is None and alone["checkpoint"] == drifted["checkpoint"]
+
+  # The run's own check after training (experiment.check_grounding_drift): the state's EMA 'vlm' when it has one.
+  from types import SimpleNamespace
+  from lamp_jax import experiment
+  workdir = tmp_path / "run"
+  (workdir / "grounding").mkdir(parents=True)
+  os.replace(path, grounding_drift.stage0_file(str(workdir)))
+  state = SimpleNamespace(params={"vlm": params}, ema_params={"vlm": moved}, step=np.int32(7))
+  written = experiment.check_grounding_drift(SimpleNamespace(config=config), state, str(workdir))
+  with open(workdir / "grounding" / grounding_drift.AFTER_POLICY_FILE) as fh:
+    assert json.load(fh) == written
+  assert written["step"] == 7 and written["params"] == "ema_params"
+  assert written["checkpoint"] == drifted["checkpoint"] and written["stage0"] == same["stage0"]

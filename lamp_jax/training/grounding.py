@@ -47,6 +47,7 @@ from lamp_jax import tokenizer as tokenizer_lib
 from lamp_jax.models import film_cnn
 from lamp_jax.models import prefix_encoder
 from lamp_jax.models.weights import strict
+from lamp_jax.training import trainer as trainer_lib
 
 # The simulator camera behind each batch image key (the lamp_sim dataset's standardisation:
 # image_primary <- image_0 'front', image_secondary <- image_1 'side', image_wrist <- image_2 'wrist').
@@ -191,6 +192,38 @@ def train_encoder(data: dict, encoder_cfg: film_cnn.FiLMCNNConfig, g: ml_collect
   return jax.device_get(params), result
 
 
+def heldout_scenes(config: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict, load_scenes,
+                   roles: tuple[str, ...]) -> tuple[dict, film_cnn.FiLMCNNConfig, np.ndarray]:
+  """The labelled scenes of stage 0, tokenised (``config.grounding.scenes``), the encoder config and the indices of
+  the held-out scenes (the last ``config.grounding.heldout``). ``load_scenes`` and ``roles`` as for :func:`run`."""
+  g = config.grounding
+  text_length = trainer_lib.text_length(config, model_cfg)
+  encoder_cfg = _encoder_config(model_cfg, text_length, tuple(roles))
+  cameras = _cameras(model_cfg)
+  data, data_path = load_scenes(int(g.scenes), encoder_cfg.image_size, cameras, bool(config.logging.progress_bar))
+  tokenizer = trainer_lib.make_tokenizer(config, model_cfg)
+  data["tokens"], data["token_mask"] = tokenizer_lib.tokenize_prompts(
+      tokenizer, [str(t) for t in data["instructions"]], text_length)
+  data["cameras"], data["roles"], data["path"] = cameras, tuple(roles), data_path
+  n = len(data["images"])
+  return data, encoder_cfg, np.arange(n - int(g.heldout), n)
+
+
+def evaluate_encoder(params, data: dict, encoder_cfg: film_cnn.FiLMCNNConfig, indices: np.ndarray) -> dict:
+  """:func:`evaluate` of the encoder parameters ``params`` (a FiLM-CNN 'vlm' subtree: stage 0's file or a policy
+  checkpoint's) on the scenes ``indices`` of ``data`` (:func:`heldout_scenes`)."""
+  module = film_cnn.FiLMCNNEncoder(encoder_cfg)
+  num_roles = len(data["roles"])
+  apply_fn = jax.jit(lambda p, *inputs: role_logits(module.apply({"params": p}, *inputs), num_roles))
+  return evaluate(apply_fn, params, data, indices, encoder_cfg.image_size)
+
+
+def load_params(path: str) -> dict:
+  """Stage 0's encoder parameters from ``encoder_params.npz`` ('/'-joined paths) as a nested tree."""
+  with np.load(path) as flat:
+    return strict.unflatten({k: flat[k] for k in flat.files})
+
+
 def run(config: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict, workdir: str, load_scenes,
         roles: tuple[str, ...]) -> dict[str, Any]:
   """Stage 0 of a run (reused when ``<workdir>/grounding/`` holds a finished one).
@@ -206,24 +239,14 @@ def run(config: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
   Returns:
     dict(params_path, result).
   """
-  from lamp_jax.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
-
-  g = config.grounding
   out_dir = os.path.join(os.path.abspath(workdir), "grounding")
   params_path, result_path = os.path.join(out_dir, PARAMS_FILE), os.path.join(out_dir, RESULT_FILE)
   if os.path.exists(result_path) and os.path.exists(params_path):
     with open(result_path) as fh:
       return {"params_path": params_path, "result": json.load(fh)}
-  text_length = trainer_lib.text_length(config, model_cfg)
-  encoder_cfg = _encoder_config(model_cfg, text_length, tuple(roles))
-  cameras = _cameras(model_cfg)
-  data, data_path = load_scenes(int(g.scenes), encoder_cfg.image_size, cameras, bool(config.logging.progress_bar))
-  tokenizer = trainer_lib.make_tokenizer(config, model_cfg)
-  data["tokens"], data["token_mask"] = tokenizer_lib.tokenize_prompts(
-      tokenizer, [str(t) for t in data["instructions"]], text_length)
-  data["cameras"], data["roles"] = cameras, tuple(roles)
-  params, result = train_encoder(data, encoder_cfg, g, seed=int(config.seed))
-  result.update(data=data_path, cameras=list(cameras), roles=list(roles))
+  data, encoder_cfg, _ = heldout_scenes(config, model_cfg, load_scenes, roles)
+  params, result = train_encoder(data, encoder_cfg, config.grounding, seed=int(config.seed))
+  result.update(data=data["path"], cameras=list(data["cameras"]), roles=list(roles))
   os.makedirs(out_dir, exist_ok=True)
   np.savez(params_path + ".partial.npz", **{k: np.asarray(v) for k, v in strict.flatten(params).items()})
   os.replace(params_path + ".partial.npz", params_path)
