@@ -49,6 +49,16 @@ Batch (a nested dict of numpy / jax arrays):
                                                    (lamp_jax.flow_image: hue = direction, saturation =
                                                    magnitude, value 1; zero flow is white)
   has_optical_flow     bool[B]                      (with optical_flow) False where the dataset has none
+  frame_codes          int32[B, L_z]                (optional, data.frame_codes set: a model that reads cached
+                                                   codes) the codes a frozen encoder (a latent action model)
+                                                   gave the example's frame pair (o_t, o_{t+k}), read from the
+                                                   dataset's code cache (lamp_jax/data/code_cache.py), computed
+                                                   on un-augmented frames
+  frame_codes_valid    bool[B]                      (with frame_codes) False where the pair does not count
+                                                   (t + k past the episode end, camera absent)
+  episode_key          bytes[B]                     (optional, data.frame_ids) '<TFRecord file basename>:<record
+                                                   index in the file>' of the example's episode (host only)
+  step_index           int32[B]                     (with episode_key) the step t of the example in its episode
 
 What a model reads from this contract is declared once, as a :class:`DataRequirements` (cameras, image size,
 window, action horizon / dims, proprio dim, scene-flow (K, T), future-frame offsets and cameras, optical flow,
@@ -84,6 +94,10 @@ SCENE_FLOW_QUERY_MASK = "scene_flow_query_mask"
 HAS_SCENE_FLOW = "has_scene_flow"
 OPTICAL_FLOW = "optical_flow"
 HAS_OPTICAL_FLOW = "has_optical_flow"
+FRAME_CODES = "frame_codes"
+FRAME_CODES_VALID = "frame_codes_valid"
+EPISODE_KEY = "episode_key"
+STEP_INDEX = "step_index"
 
 # observation/ keys.
 IMAGE_PRIMARY = "image_primary"

@@ -39,6 +39,9 @@ def dataset_entry(name: str, *, data_dir: str = "", standardize: str = "", weigh
       "proprio_normalization_mask": (),
       # Explicit statistics JSON to use instead of the cache (checked against the dataset hash).
       "stats_path": "",
+      # Explicit per-frame code cache (.npz, lamp_jax/data/code_cache.py) to use instead of the one under
+      # codes_cache_dir; checked against the dataset, the episode selection and the encoder (a mismatch raises).
+      "codes_path": "",
       # Split names; '' for val_split = the dataset's own 'val' split if present, else the last val_fraction.
       "train_split": "train",
       "val_split": "",
@@ -105,6 +108,14 @@ def default_data_config() -> ml_collections.ConfigDict:
   cfg.action_normalization = "bounds"  # 'normal' (z-score) | 'bounds' (p01-p99 -> [-1,1]) | 'bounds_minmax' | 'none'
   cfg.proprio_normalization = "normal"
   cfg.stats_cache_dir = ""  # '' = $LAMP_JAX_CACHE or ~/.cache/lamp_jax/dataset_statistics
+  # --- cached per-frame codes (lamp_jax/data/code_cache.py) -------------------------------------------------
+  # JSON fingerprint of the frozen encoder whose cached codes every training frame carries (batch keys frame_codes
+  # int32[B, L_z], frame_codes_valid bool[B]); '' = none. Set by the trainer for a stage whose model reads cached
+  # codes (ModelLibrary.frame_codes), after it built or verified the cache of every dataset of the stage.
+  cfg.frame_codes = ""
+  cfg.codes_cache_dir = ""  # '' = $LAMP_JAX_CACHE/frame_codes or ~/.cache/lamp_jax/frame_codes
+  # True: batch keys episode_key bytes[B] ('<file basename>:<record index>', host only) and step_index int32[B].
+  cfg.frame_ids = False
   # --- trajectory transforms -------------------------------------------------------------------------------
   cfg.subsample_length = 0  # >0: keep a random (seeded) subset of this many steps of longer episodes (Octo)
   cfg.empty_instruction = "keep"  # 'keep' | 'skip' episodes whose instruction is empty (counted)
@@ -201,7 +212,9 @@ def check_requirements(data_cfg, requirements) -> list[str]:
       mismatch("scene_flow_num_points, scene_flow_horizon", got, tuple(requirements.scene_flow),
                "reads scene flow (K, T) =")
   offsets = tuple(int(k) for k in data_cfg.get("future_offsets", ()))
-  if offsets != tuple(int(k) for k in requirements.future_offsets):
+  # A model that reads no future frames accepts data that has them: the trainer drops them from its stage's data
+  # (e.g. a latent-pretraining stage reading cached codes, on a run's data config written for on-the-fly codes).
+  if requirements.future_offsets and offsets != tuple(int(k) for k in requirements.future_offsets):
     mismatch("future_offsets", offsets, tuple(requirements.future_offsets), "reads future frames at offsets")
   missing = [c for c in requirements.future_cameras if c not in tuple(data_cfg.get("future_cameras", ()))]
   if missing:

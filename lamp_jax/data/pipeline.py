@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import gc
 import logging
+import os
 import weakref
 
 import numpy as np
@@ -31,7 +32,7 @@ import tensorflow as tf
 
 from lamp_jax import allocator
 from lamp_jax import specs
-from lamp_jax.data import errors, frame_transforms, normalization, rlds, traj_transforms
+from lamp_jax.data import code_cache, errors, frame_transforms, normalization, rlds, traj_transforms
 
 log = logging.getLogger("lamp_jax.data")
 
@@ -106,28 +107,60 @@ STAGES = ("read", "parse", "shuffle", "decode", "augment", "batch")
 ACTION_KEYS = (specs.ACTION, specs.ACTION_PAD_MASK)
 
 
+def _code_attacher(opened, data_cfg, which: str):
+  """The cached codes' ``attach(frames, episode_key)`` (code_cache.attacher) when ``data.frame_codes`` is set, else
+  None. The cache holds the training episodes: it is loaded and verified here (a DataError names the file and the
+  field that does not match; ``code_cache_build`` writes it)."""
+  source = code_cache.source_of(data_cfg)
+  if source is None:
+    return None
+  if which != "train":
+    raise errors.DataError("data.frame_codes is set but the code cache holds the training episodes only: "
+                           "validation batches carry no cached codes", dataset=opened.name)
+  path, _ = code_cache.path_for(opened, data_cfg, source)
+  cache = code_cache.load_for(opened, data_cfg, source, path)
+  log.info("cached codes of dataset %s from %s (%d episodes, %d frames)", opened.name, path,
+           len(cache.episode_keys), int(cache.lengths.sum()))
+  return code_cache.attacher(cache, opened.name)
+
+
 def _frames(opened, stats, data_cfg, *, which, seed, process_index, process_count, threads, counter, train,
-            repeat, stop_after=""):
+            repeat, stop_after="", shuffle=True):
   files = rlds.file_instructions(opened, which, data_cfg.val_fraction)
   files, record_shard = rlds.shard_for_process(files, process_index, process_count)
-  ds = rlds.episode_dataset(opened, files, data_cfg=data_cfg, seed=seed, shuffle=True, repeat=repeat,
+  ds = rlds.episode_dataset(opened, files, data_cfg=data_cfg, seed=seed, shuffle=shuffle, repeat=repeat,
                             counter=counter, record_shard=record_shard)
   if stop_after == "read":
     return ds
+  # Frame identity (code_cache.episode_key): the file's basename (file_index indexes this process's file list
+  # only) and the record index in the file, with the step index of every frame.
+  basenames = tf.constant([os.path.basename(f.filename) for f in files], tf.string)
+  attach_codes = _code_attacher(opened, data_cfg, which)
+  frame_ids = bool(data_cfg.get("frame_ids", False))
 
   @_graph_fn
   def episode(file_index, episode_index, serialized):
-    del file_index, episode_index
     steps, metadata = rlds.decode_episode(opened, serialized)
-    return traj_transforms.standard_trajectory(opened, steps, metadata, data_cfg, stats)
+    key = tf.strings.join([tf.gather(basenames, file_index), tf.strings.as_string(episode_index)], ":")
+    return traj_transforms.standard_trajectory(opened, steps, metadata, data_cfg, stats), key
 
   ds = ds.map(episode, num_parallel_calls=threads[0])
   future_offsets = tuple(int(k) for k in data_cfg.get("future_offsets", ()))
   future_cameras = tuple(data_cfg.get("future_cameras", ()))
-  ds = ds.map(_graph_fn(lambda traj: traj_transforms.chunk(traj, int(data_cfg.window_size),
-                                                           int(data_cfg.action_horizon), future_offsets,
-                                                           future_cameras)),
-              num_parallel_calls=threads[1])
+
+  @_graph_fn
+  def chunk(traj, key):
+    frames = traj_transforms.chunk(traj, int(data_cfg.window_size), int(data_cfg.action_horizon), future_offsets,
+                                   future_cameras)
+    if attach_codes is not None:
+      frames = attach_codes(frames, key)
+    if frame_ids:
+      length = tf.shape(frames[specs.OBSERVATION][specs.TIMESTEP_PAD_MASK])[0]
+      frames[specs.EPISODE_KEY] = tf.fill([length], key)
+      frames[specs.STEP_INDEX] = tf.range(length, dtype=tf.int32)
+    return frames
+
+  ds = ds.map(chunk, num_parallel_calls=threads[1])
   if int(data_cfg.subsample_length) > 0 and train:  # after chunking: kept steps keep their true chunks
     ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=_derive_seed(seed, 1)).batch(2))
     ds = ds.map(_graph_fn(lambda frames, s: traj_transforms.subsample(frames, int(data_cfg.subsample_length), s)),
@@ -136,6 +169,27 @@ def _frames(opened, stats, data_cfg, *, which, seed, process_index, process_coun
     ds = ds.map(_graph_fn(lambda frames: {k: v for k, v in frames.items() if k not in ACTION_KEYS}),
                 num_parallel_calls=threads[1])
   return ds.unbatch()
+
+
+def training_frames_once(opened, stats, data_cfg, *, batch_size: int, counter) -> tf.data.Dataset:
+  """One pass over ``opened``'s training episodes (the statistics' selection), files in order, in batches of up to
+  ``batch_size`` frames decoded WITHOUT augmentation, each with its identity (``episode_key``, ``step_index``):
+  what a per-frame code cache is built from (``code_cache_build``). ``data_cfg`` gives the cameras, future frames
+  and image size; its ``frame_codes`` must be '' (the cache is being built)."""
+  if code_cache.source_of(data_cfg) is not None:
+    raise errors.DataError("training_frames_once reads frames to build a code cache from: data.frame_codes must be ''",
+                           dataset=opened.name)
+  cfg = data_cfg.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.frame_ids = True
+    cfg.subsample_length = 0
+  threads = (max(1, int(cfg.num_parallel_reads)), max(1, int(cfg.num_parallel_calls)))
+  ds = _frames(opened, stats, cfg, which="train", seed=0, process_index=0, process_count=1, threads=threads,
+               counter=counter, train=False, repeat=False, shuffle=False)
+  ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=0).batch(2))
+  ds = ds.map(_graph_fn(lambda frame, s: frame_transforms.decode_and_augment(frame, s, cfg, False)),
+              num_parallel_calls=threads[1])
+  return ds.batch(int(batch_size)).prefetch(2)
 
 
 def _batch(ds: tf.data.Dataset, batch_size: int, data_cfg) -> tf.data.Dataset:
