@@ -23,6 +23,9 @@ is the library's ``name``):
                                updates while training (e.g. a VQ codebook's usage statistics); () for none
   after_update(cfg, params, model_state, rng)   (optional) runs inside the jitted train step after the
                                optimizer update: returns (params, model_state, metrics); the identity by default
+  frame_codes(cfg, params)     (optional) a ``FrameCodes``: the frozen encoder whose per-frame codes the model
+                               reads from the batch; the trainer builds / verifies the datasets' code caches with
+                               it before the stage's iterator is made (None by default)
   inference_config(cfg)        (optional) the config of what ``sample_actions`` runs, without training-only
                                parts (e.g. an auxiliary head); export keeps only its parameters
   report(cfg, params, batches, out_dir)  (optional) figures of a trained model on held-out batches, written by
@@ -59,7 +62,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -76,6 +79,19 @@ class BenchVariant:
   cfg: ml_collections.ConfigDict
   sample_kwargs: tuple[tuple[str, Any], ...] = ()
   flop_mode: str = "sample_actions"
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameCodes:
+  """A frozen encoder whose per-frame codes a model reads from the batch (``frame_codes`` int32[B, L_z],
+  ``frame_codes_valid`` bool[B]) instead of running it in the train step: before the stage's data iterator is made,
+  the trainer builds (or reads and verifies) each dataset's code cache with it (lamp_jax/data/code_cache_build.py)
+  and has the pipeline attach the codes (``data.frame_codes``)."""
+
+  requirements: specs.DataRequirements  # the frames the encoder reads: cameras, image size, future frames
+  source: dict  # JSON-able named fields that change the codes (a hash of the parameters, config fields)
+  encode: Callable[[dict], tuple[np.ndarray, np.ndarray]]  # numpy batch -> (codes int32[B, L_z], valid bool[B])
+  batch_size: int = 64  # frames per ``encode`` call while the cache is built
 
 
 # Optional module methods a library may declare in ``methods`` (compute_loss is mandatory).
@@ -135,6 +151,13 @@ class ModelLibrary(abc.ABC):
     traceable; e.g. a VQ model restarts dead codes here. Default: unchanged, no metrics."""
     del cfg, rng
     return params, model_state, {}
+
+  def frame_codes(self, cfg: ml_collections.ConfigDict, params: Any) -> FrameCodes | None:
+    """The frozen encoder whose cached per-frame codes a stage of ``cfg`` reads from the batch (``FrameCodes``),
+    given the stage's initialised / loaded ``params``; the trainer calls it before each stage's data iterator is
+    made. None (default): the model reads no cached codes."""
+    del cfg, params
+    return None
 
   def inference_config(self, cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The config of the model ``sample_actions`` runs: ``cfg`` without training-only parts (an auxiliary head

@@ -173,8 +173,8 @@ class LaMP(nn.Module):
       velocity = velocity + 0.0 * lara.init_touch(self.config, self.lam, self.lara_predictor, batch, rng,
                                                   int(self.config.action.width))
     if latent_pretraining.enabled(self.config):
-      velocity = velocity + 0.0 * latent_pretraining.init_touch(self.latent_head, self.lam, batch, rng, features,
-                                                                mask)
+      velocity = velocity + 0.0 * latent_pretraining.init_touch(self.config, self.latent_head, self.lam, batch, rng,
+                                                                features, mask)
     return velocity
 
   def compute_loss(self, batch, rng, *, train: bool = True, gate_override=None):
@@ -263,8 +263,8 @@ class LaMP(nn.Module):
                                             weights)
       values.update(lara_values)
     if latent_pretraining.enabled(cfg):
-      latent_values, latent_metrics = latent_pretraining.loss_values(self.latent_head, self.lam, batch, rng,
-                                                                     features, mask, weights)
+      latent_values, latent_metrics = latent_pretraining.loss_values(cfg, self.latent_head, self.lam, batch,
+                                                                     rng, features, mask, weights)
       values.update(latent_values)
       extra.update(latent_metrics)
     total, metrics = losses.weighted_total(values, weights, terms)
@@ -438,6 +438,11 @@ class LaMPLibrary(interface.ModelLibrary):
     the VAE's are dropped), LARA's alignment (the LAM and the predictor) and latent-action pretraining (the LAM
     and the code head)."""
     return latent_pretraining.without(motion_image_lib.without(lara.without(cfg)))
+
+  def frame_codes(self, cfg: ml_collections.ConfigDict, params) -> interface.FrameCodes | None:
+    """With latent-action pretraining reading cached codes, in a stage that weighs 'latent_codes': the frozen LAM
+    as the encoder of the datasets' code caches (latent_pretraining.frame_codes); else None."""
+    return latent_pretraining.frame_codes(cfg, params)
 
   def dummy_batch(self, cfg: ml_collections.ConfigDict, batch_size: int = 2, seed: int = 0) -> dict:
     batch = lara.add_dummy_future(cfg, dummy_batch(cfg, batch_size, seed), seed)

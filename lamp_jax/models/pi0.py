@@ -130,8 +130,8 @@ class Pi0(nn.Module):
       velocity = velocity + 0.0 * lara.init_touch(self.config, self.lam, self.lara_predictor, batch, rng,
                                                   expert.width)
     if latent_pretraining.enabled(self.config):
-      velocity = velocity + 0.0 * latent_pretraining.init_touch(self.latent_head, self.lam, batch, rng,
-                                                                out["last_hidden"], prefix_mask)
+      velocity = velocity + 0.0 * latent_pretraining.init_touch(self.config, self.latent_head, self.lam, batch,
+                                                                rng, out["last_hidden"], prefix_mask)
     return velocity
 
   def compute_loss(self, batch, rng, *, train: bool = True):
@@ -169,8 +169,8 @@ class Pi0(nn.Module):
         lara_values, extra = lara.loss_values(cfg, self.lam, self.lara_predictor, batch, rng, None, weights)
         values.update(lara_values)
       if latent_pretraining.LOSS_TERM in weights:
-        latent_values, latent_metrics = latent_pretraining.loss_values(self.latent_head, self.lam, batch, rng,
-                                                                       features, feature_mask, weights)
+        latent_values, latent_metrics = latent_pretraining.loss_values(cfg, self.latent_head, self.lam, batch,
+                                                                       rng, features, feature_mask, weights)
         values.update(latent_values)
         extra.update(latent_metrics)
       total, metrics = losses.weighted_total(values, weights, terms)
@@ -219,7 +219,7 @@ class Pi0(nn.Module):
       values.update(lara_values)
     if latent_pretraining.enabled(cfg):  # the VLM pass of the action term, before tiling
       latent_values, latent_metrics = latent_pretraining.loss_values(
-          self.latent_head, self.lam, batch, rng, vlm_out["last_hidden"], vlm_out["prefix_mask"], weights)
+          cfg, self.latent_head, self.lam, batch, rng, vlm_out["last_hidden"], vlm_out["prefix_mask"], weights)
       values.update(latent_values)
       extra.update(latent_metrics)
     total, metrics = losses.weighted_total(values, weights, terms)
@@ -333,6 +333,11 @@ class Pi0Library(interface.ModelLibrary):
     the motion-image head (its sections and weight removed: the config of a plain π0; the head's and the VAE's
     parameters are dropped) and latent-action pretraining (the LAM and the code head)."""
     return latent_pretraining.without(motion_image_lib.without(lara.without(cfg), drop_sections=True))
+
+  def frame_codes(self, cfg: ml_collections.ConfigDict, params) -> interface.FrameCodes | None:
+    """With latent-action pretraining reading cached codes, in a stage that weighs 'latent_codes': the frozen LAM
+    as the encoder of the datasets' code caches (latent_pretraining.frame_codes); else None."""
+    return latent_pretraining.frame_codes(cfg, params)
 
   def dummy_batch(self, cfg: ml_collections.ConfigDict, batch_size: int = 2, seed: int = 0) -> dict:
     batch = motion_image_lib.add_dummy_flow(cfg, dummy_batch(cfg, batch_size, seed), batch_size, seed)

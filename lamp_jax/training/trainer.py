@@ -82,7 +82,9 @@ class SyntheticData:
     self.process_index = process_index
     self.norm_stats = None
 
-  def batches(self, stage_index: int, stage_name: str, offset: int) -> Iterator[dict]:
+  def batches(self, stage_index: int, stage_name: str, offset: int,
+              frame_codes: interface.FrameCodes | None = None) -> Iterator[dict]:
+    del frame_codes  # the library's dummy batch carries (random) cached codes where the model reads them
     model_cfg = defaults.stage_model_config(self.config, stage_name)
     step = offset
     while True:
@@ -118,14 +120,39 @@ class PipelineData:
       data_cfg.batch_size = int(self.config.data.global_batch_size)  # The pipeline splits it per process.
       defaults.apply_overrides(data_cfg, self.config.stages[stage_name].data_overrides,
                       f"stages.{stage_name}.data_overrides")
+      model_cfg = defaults.stage_model_config(self.config, stage_name)
+      if not registry.for_config(model_cfg).data_requirements(model_cfg).future_offsets:
+        data_cfg.future_offsets, data_cfg.future_cameras = (), ()  # not decoded for a model that reads none
     return data_cfg
 
-  def batches(self, stage_index: int, stage_name: str, offset: int) -> Iterator[dict]:
+  def batches(self, stage_index: int, stage_name: str, offset: int,
+              frame_codes: interface.FrameCodes | None = None) -> Iterator[dict]:
+    """The stage's training batches; with ``frame_codes`` (``ModelLibrary.frame_codes``) every frame carries the
+    encoder's cached codes, its datasets' caches built or verified first (``data.code_cache_build.ensure``)."""
+    data_cfg = self.stage_data_config(stage_name)
+    if frame_codes is not None:
+      data_cfg = self._with_frame_codes(data_cfg, frame_codes)
     it = self.pipeline_lib.make_train_iterator(
-        self.stage_data_config(stage_name), seed=int(self.config.seed) + 7919 * stage_index,
+        data_cfg, seed=int(self.config.seed) + 7919 * stage_index,
         process_index=self.process_index, process_count=self.process_count, start_batch=int(offset))
     self._norm_stats = it.statistics
     return it
+
+  def _with_frame_codes(self, data_cfg: ml_collections.ConfigDict,
+                        frame_codes: interface.FrameCodes) -> ml_collections.ConfigDict:
+    """Process 0 builds or verifies the code caches; the others wait for it and verify them when they load."""
+    from lamp_jax.data import code_cache_build
+
+    if self.process_index == 0:
+      data_cfg = code_cache_build.ensure(
+          data_cfg, requirements=frame_codes.requirements, source=frame_codes.source, encode=frame_codes.encode,
+          batch_size=int(frame_codes.batch_size), progress=bool(self.config.logging.progress_bar))
+    if self.process_count > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices("lamp_jax_code_cache")
+      data_cfg = code_cache_build.with_source(data_cfg, frame_codes.source)
+    return data_cfg
 
   @property
   def norm_stats(self):
@@ -539,7 +566,13 @@ class Trainer:
 
   def _run_stage(self, stage: Stage, state: state_lib.TrainState, step: int, until: int) -> state_lib.TrainState:
     cfg = self.config
-    batches = self.data.batches(stage.index, stage.name, step - stage.start)
+    # A model that reads cached codes of a frozen sub-model (loaded into ``state`` by now) names it here; the data
+    # source then builds / verifies the datasets' code caches before its iterator starts.
+    frame_codes = self.lib.frame_codes(stage.model_cfg, state.params)
+    if frame_codes is None:
+      batches = self.data.batches(stage.index, stage.name, step - stage.start)
+    else:
+      batches = self.data.batches(stage.index, stage.name, step - stage.start, frame_codes=frame_codes)
     prepare = HostBatchPreparer(cfg, stage.model_cfg)
     jitted = None
     flops = self.flops_per_step(stage)
