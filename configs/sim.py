@@ -107,7 +107,8 @@ set (the rest; read with ``data.hide_actions``: no action value in a batch or in
                   the exported policy)
 The latent action model comes from a trained LAM run as for ``lara_frozen`` (``--config.init.lam.path=<workdir
 of configs/lam.py:sim_single run with --config.model.future_offsets='(8,)'>``, required; the smoke variant leaves
-it random).
+it random). Its codes are computed on the fly in every step, or with ``--config.model.latent_pretraining.codes=cache``
+once per dataset on un-augmented frames and read from a verified cache (docs/latent_pretraining.md).
   small_labelled  its baseline at the same labelled budget: the w/o-motion policy's 'action' stage alone, the
                   same steps and optimizer, on the labelled episodes only
 Latent-pretraining variants: 'latent_pretraining' · 'small_labelled' · 'smoke_latent_pretraining' ·

@@ -12,6 +12,7 @@ The policy's VLM (prefix encoder) reads o_t and the instruction; a small head pr
                ─► logits float32[B, L_z, K]
   o_t, o_{t+k} of view ``model.lam.views[0]`` at ``model.lam.future_offsets[0]`` ─► frozen LAM
                ``encode_latent`` ─► codes int32[B, L_z] (nearest codebook entries), valid bool[B]
+               (``codes='cache'``: the batch's frame_codes int32[B, L_z], frame_codes_valid bool[B] instead)
   latent_codes = mean over valid examples and the L_z tokens of -log softmax(logits)[code]
 
 Loss term (named, losses.py; added to the policy's own terms when ``model.latent_pretraining`` is set):
@@ -25,9 +26,23 @@ assignments, so nothing is lost by not conditioning one token on the others' gro
 
 The LAM: parameters under params['lam'] (image_encoder?, idm, vq, fdm), loaded from a trained LAM run through
 ``config.init`` kind 'checkpoint' (``source='/'``) and frozen by the stages (``^lam/``). The codes are integers
-(argmin over the codebook), so no gradient reaches the LAM through them; they are also stop-gradiented. They are
-computed on the fly by the frozen LAM in every step: no per-dataset code cache is built. Inside the policy the LAM
-runs without its 'vq_state' collection (a pure function of its parameters).
+(argmin over the codebook), so no gradient reaches the LAM through them; they are also stop-gradiented. Inside the
+policy the LAM runs without its 'vq_state' collection (a pure function of its parameters).
+
+Where the codes come from (``model.latent_pretraining.codes``):
+  'on_the_fly' (default)  the frozen LAM's ``encode_latent`` in every train step, on the batch's (augmented) o_t
+                          and future frame o_{t+k}: the data decodes the future frames (``data_requirements``).
+  'cache'                 once per dataset: before a stage that weighs 'latent_codes' starts, the trainer asks the
+                          library for the encoder (``frame_codes``: the LAM with its loaded parameters, its
+                          fingerprint, the frames it reads) and builds or verifies every dataset's code cache
+                          (lamp_jax/data/code_cache.py, code_cache_build.py: one pass over the training
+                          episodes, frames NOT augmented); the pipeline attaches frame_codes int32[L_z] and
+                          frame_codes_valid to every frame and the loss reads them: no LAM pass and no future frame
+                          in the train step. The cache is keyed by dataset, info hash, episode selection and the
+                          LAM's fingerprint (``lam_fingerprint``: a sha256 of its parameters, its views, offsets,
+                          image size, codebook sizes, dtype and config); a cache that does not match is rebuilt at
+                          the default location, and an explicit ``codes_path`` raises naming the file and field.
+                          A stated difference: cached codes are those of the un-augmented frames.
 
 Data without action labels: with the 'action' term at weight 0 (the 'latent' stage) the policy's
 ``data_requirements`` ask for no action chunk (``action_horizon=0``, ``actions_optional=True``), so a stage may
@@ -37,7 +52,7 @@ read an action-free dataset (``data.hide_actions``: the pipeline drops the actio
 Training-only: ``sample_actions`` never reads 'lam' or 'latent_head'; ``without`` (used by the policy's
 ``inference_config``) drops them, so an export keeps exactly the policy's tensors.
 
-Config (``add``): model.latent_pretraining = {num_heads}; model.lam = a LAM model config (lam_config.py) at the
+Config (``add``): model.latent_pretraining = {num_heads, codes}; model.lam = a LAM model config (lam_config.py) at the
 policy's image size; model.loss.weights.latent_codes.
 """
 
