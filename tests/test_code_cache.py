@@ -107,6 +107,9 @@ def test_the_hook_and_the_requirements_of_the_two_modes(model):
   assert source.source["lam.params_sha256"] == lp.params_sha256(params["lam"])
   assert lib.data_requirements(fly).future_offsets == (2,)
   assert lib.data_requirements(cached).future_offsets == () and lib.data_requirements(cached).future_cameras == ()
+  # A data config written for on-the-fly codes (with future frames) still fits the model that reads cached ones.
+  assert data_config.check_requirements(data_config.from_requirements(lib.data_requirements(fly), 3),
+                                        lib.data_requirements(cached)) == []
   dummy = lib.dummy_batch(cached, 3, 0)
   assert dummy[specs.FRAME_CODES].shape == (3, 3) and dummy[specs.FRAME_CODES].dtype == np.int32
   assert specs.FUTURE not in dummy[specs.OBSERVATION]
