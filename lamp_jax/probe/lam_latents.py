@@ -11,13 +11,22 @@ to ``test_batches`` batches of its validation episodes (split 'test': ``data.val
 split, one pass, never the training episodes). A row is the pair (o_t, o_{t+k}) of one view, k =
 ``model.future_offsets[offset_index]``: the current frame and the future frame of the batch, as the model
 trains on them. Rows whose pair is not valid (``future_pad_mask`` False: t + k past the episode end, so a pair
-never crosses an episode end; or the camera missing, ``image_mask`` False) are dropped and counted. So are rows
-that repeat an earlier row of their split exactly (same latent and same action chunk): the training stream
-repeats its pairs once ``train_batches`` outruns one pass over the episodes, and the k-nearest-neighbour
-estimator reads a repeated row as a neighbour at distance 0. ``duplicates`` counts them per split. (Measured on
-a simulator LAM: 200 batches of 64 gave KSG 9.52 bits with the repeats and 7.86 without them, against 2.62 at
-32 batches; the rest of the rise is the number of rows per episode, see docs/probing.md: compare KSG figures
-only at equal rows and sampling.)
+never crosses an episode end; or the camera missing, ``image_mask`` False) are dropped and counted.
+
+Rows by episode: the probe's data config turns ``data.frame_ids`` on, so every row keeps its frame's identity
+(``episode_key`` '<TFRecord file>:<record>', ``step_index`` t). A row whose (episode_key, step_index) already
+occurred in its split (a split is encoded for one view and one offset: this names the pair) is a repeat and is left
+out, even when image augmentation gave it other pixels and so another latent: the training stream repeats its pairs
+once ``train_batches`` outruns one pass over the episodes, and the k-nearest-neighbour estimator reads a repeated
+row as a (near-)zero-distance neighbour. ``duplicates`` counts them per split, ``repeats_by`` says which check ran:
+'identity', or 'value' for batches without frame ids (``encode_batches`` on user batches: a row repeating an
+earlier row's latent and action chunk byte for byte, ``first_occurrences``; blind to repeats under augmentation).
+``max_rows_per_episode`` (> 0) then keeps at most that many rows per episode in each split, evenly spaced in time
+(``episodes.thin_per_episode``; no seed), and ``thinned`` counts the rest; ``rows_per_episode`` gives the distinct
+episodes and the mean / max rows per episode of each split, and the arrays 'episode' / 'step_index' each row's
+episode and step. (Measured on a simulator LAM before this change, with the exact-value check: 200 batches of 64
+gave KSG 9.52 bits with the repeats and 7.86 without them, against 2.62 at 32 batches; the rest of the rise is the
+number of rows per episode, see docs/probing.md: compare KSG figures only at equal rows and sampling.)
 
 Probing target (``probe.targets``, MVP-LAM): the batch's action chunk a_t .. a_{t+k-1} (the LAM configs keep
 ``data.action_horizon`` = the largest offset; inside the episode whenever the pair is valid) de-normalised with
@@ -25,8 +34,8 @@ the pipeline's statistics and mode (``data.action_normalization``: 'normal', 'bo
 deltas summed and the last gripper kept (``probe.net_action``), z-scored with the train rows' statistics;
 dimensions constant on the train rows (no information, no entropy) are left out and named.
 
-The pipeline gives no episode ids: the test rows are whole held-out episodes, the rows within a split are not
-grouped by episode. Single-dataset runs only (one dataset's statistics de-normalise the actions).
+The test rows are whole held-out episodes (no episode is in both splits). Single-dataset runs only (one dataset's
+statistics de-normalise the actions).
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ import ml_collections
 import numpy as np
 
 from lamp_jax import specs
+from lamp_jax.probe import episodes as episodes_lib
 from lamp_jax.probe import targets as targets_lib
 
 LAM_NAME = "lam"
@@ -237,21 +247,51 @@ def first_occurrences(*columns: np.ndarray) -> np.ndarray:
   return np.sort(first).astype(np.int64)
 
 
+def _frame_ids(batch: dict, i: int, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+  """The batch's (episode_key [n], step_index int64[n]), or None when it carries neither."""
+  has = [key in batch for key in (specs.EPISODE_KEY, specs.STEP_INDEX)]
+  if not any(has):
+    return None
+  if not all(has):
+    present, absent = (specs.EPISODE_KEY, specs.STEP_INDEX) if has[0] else (specs.STEP_INDEX, specs.EPISODE_KEY)
+    raise ValueError(f"batch {i} carries {present!r} but not {absent!r}: frame ids come as a pair "
+                     "(config field data.pipeline.frame_ids)")
+  keys = episodes_lib.as_keys(batch[specs.EPISODE_KEY], f"batch {i}'s {specs.EPISODE_KEY!r}")
+  steps = np.asarray(batch[specs.STEP_INDEX])
+  if keys.shape != (n,) or steps.shape != (n,):
+    raise ValueError(f"batch {i}: {specs.EPISODE_KEY!r} {keys.shape} and {specs.STEP_INDEX!r} {steps.shape} must "
+                     f"have shape [{n}] (one per example)")
+  return keys, steps.astype(np.int64)
+
+
 def encode_batches(lam: LoadedLAM, batches: Iterable[dict], *, view: str, offset_index: int, seed: int = 0,
-                   progress: bool = False, desc: str = "", drop_duplicates: bool = True) -> dict[str, np.ndarray]:
+                   progress: bool = False, desc: str = "", drop_duplicates: bool = True,
+                   max_rows_per_episode: int = 0) -> dict[str, Any]:
   """``encode_latent`` of every example of ``batches`` (numpy, specs layout).
+
+  Repeats: with frame ids in the batches (``episode_key`` and ``step_index``, ``data.frame_ids``) a row is a repeat
+  when its (episode_key, step_index) occurred in an earlier row (this call encodes one view and one offset: the
+  identity of the pair; ``episodes.first_identities``), whatever its pixels; without them, when its z and action
+  repeat an earlier row's byte for byte (``first_occurrences``; misses repeats under augmentation). Thinning
+  (``max_rows_per_episode`` > 0, needs frame ids) then keeps at most that many rows per episode, evenly spaced in
+  time (``episodes.thin_per_episode``).
 
   Returns the VALID rows only: 'z' float32[N, L * Dc] (pre-quantisation latent, flattened), 'codes' int32[N, L],
   'quantized' float32[N, L * Dc], 'action' float32[N, k, A] (the normalised chunk's first k steps, k the pair's
-  offset; absent when the batches carry no action), and 'dropped' (invalid pairs), 'examples' (all examples),
-  'duplicates' (valid rows left out because they repeat an earlier row's z and action exactly; always 0 with
-  ``drop_duplicates=False``).
+  offset; absent when the batches carry no action), with frame ids 'episode_key' str[N] and 'step_index' int32[N];
+  and 'dropped' (invalid pairs), 'examples' (all examples), 'duplicates' (valid rows left out as repeats; always 0
+  with ``drop_duplicates=False``), 'repeats_by' ('identity' | 'value' | 'none': which check ran), 'thinned' (rows
+  left out by the per-episode limit), 'rows_per_episode' ({'episodes', 'mean', 'max'} of the rows returned; None
+  without frame ids).
   """
+  if int(max_rows_per_episode) < 0:
+    raise ValueError(f"max_rows_per_episode={max_rows_per_episode}: expected >= 0 (0: no limit)")
   fn = encode_fn(lam, view, offset_index)
   k = int(lam.model_cfg.future_offsets[offset_index])
   rng = jax.random.key(seed)
-  z, codes, quantized, actions = [], [], [], []
+  z, codes, quantized, actions, keys, steps = [], [], [], [], [], []
   examples = dropped = 0
+  with_ids = None  # whether the batches carry frame ids (all or none)
   if progress:
     import tqdm
 
@@ -259,12 +299,21 @@ def encode_batches(lam: LoadedLAM, batches: Iterable[dict], *, view: str, offset
   for i, batch in enumerate(batches):
     out = jax.device_get(fn(lam.params, model_inputs(batch, view), jax.random.fold_in(rng, i)))
     valid = np.asarray(out["valid"], bool)
-    examples += valid.size
-    dropped += int((~valid).sum())
     n = valid.size
+    ids = _frame_ids(batch, i, n)
+    if with_ids is None:
+      with_ids = ids is not None
+    elif with_ids != (ids is not None):
+      raise ValueError(f"batch {i} {'carries' if ids is not None else 'lacks'} {specs.EPISODE_KEY!r} / "
+                       f"{specs.STEP_INDEX!r}, unlike batch 0: frame ids must be in every batch or in none")
+    examples += n
+    dropped += int((~valid).sum())
     z.append(np.asarray(out["latent"]).reshape(n, -1)[valid])
     codes.append(np.asarray(out["codes"]).reshape(n, -1)[valid])
     quantized.append(np.asarray(out["quantized"]).reshape(n, -1)[valid])
+    if ids is not None:
+      keys.append(ids[0][valid])
+      steps.append(ids[1][valid])
     if specs.ACTION in batch:
       action = np.asarray(batch[specs.ACTION])
       if action.shape[1] < k:
@@ -273,15 +322,32 @@ def encode_batches(lam: LoadedLAM, batches: Iterable[dict], *, view: str, offset
       actions.append(action[:, :k][valid])
   if not z:
     raise ValueError("no batch to encode (0 batches)")
+  if int(max_rows_per_episode) > 0 and not with_ids:
+    raise ValueError(f"max_rows_per_episode={max_rows_per_episode} needs the episode of every row: the batches carry "
+                     f"no {specs.EPISODE_KEY!r} / {specs.STEP_INDEX!r} (config field data.pipeline.frame_ids=True)")
   out = {"z": np.concatenate(z).astype(np.float32), "codes": np.concatenate(codes).astype(np.int32),
          "quantized": np.concatenate(quantized).astype(np.float32)}
   if actions:
     out["action"] = np.concatenate(actions).astype(np.float32)
+  if with_ids:
+    out["episode_key"] = np.concatenate(keys).astype(str)
+    out["step_index"] = np.concatenate(steps).astype(np.int32)
   valid_rows = out["z"].shape[0]
+  repeats_by = "none"
   if drop_duplicates:
-    keep = first_occurrences(out["z"], out["action"]) if actions else first_occurrences(out["z"])
+    if with_ids:
+      repeats_by, keep = "identity", episodes_lib.first_identities(out["episode_key"], out["step_index"])
+    else:
+      repeats_by = "value"
+      keep = first_occurrences(out["z"], out["action"]) if actions else first_occurrences(out["z"])
     out = {key: value[keep] for key, value in out.items()}
-  out.update(dropped=dropped, examples=examples, duplicates=valid_rows - out["z"].shape[0])
+  unique_rows = out["z"].shape[0]
+  if int(max_rows_per_episode) > 0:
+    keep = episodes_lib.thin_per_episode(out["episode_key"], out["step_index"], int(max_rows_per_episode))
+    out = {key: value[keep] for key, value in out.items()}
+  out.update(dropped=dropped, examples=examples, duplicates=valid_rows - unique_rows, repeats_by=repeats_by,
+             thinned=unique_rows - out["z"].shape[0],
+             rows_per_episode=episodes_lib.rows_per_episode(out["episode_key"]) if with_ids else None)
   return out
 
 
@@ -334,7 +400,8 @@ def _take(iterator, n: int):
 
 def data_config(lam: LoadedLAM, view: str | None = None) -> ml_collections.ConfigDict:
   """The checkpoint's pipeline config of ``lam.stage`` (global batch size, the stage's data overrides), checked
-  against what the LAM reads and against the probed ``view`` (default: the model's first)."""
+  against what the LAM reads and against the probed ``view`` (default: the model's first), with ``frame_ids`` on:
+  every batch carries its examples' ``episode_key`` and ``step_index`` (repeats by identity, rows by episode)."""
   from lamp_jax.data import config as data_config_lib
   from lamp_jax.training import defaults
 
@@ -348,6 +415,7 @@ def data_config(lam: LoadedLAM, view: str | None = None) -> ml_collections.Confi
   with d.unlocked():
     d.batch_size = int(config.data.global_batch_size)
     defaults.apply_overrides(d, config.stages[lam.stage].data_overrides, f"stages.{lam.stage}.data_overrides")
+    d.frame_ids = True  # after the overrides: the probe always reads its rows' identity
   if len(d.datasets) != 1:
     raise ValueError(f"probing reads single-dataset runs (rows are de-normalised with one dataset's statistics); "
                      f"config field data.pipeline.datasets has {len(d.datasets)} entries")
@@ -363,7 +431,8 @@ def data_config(lam: LoadedLAM, view: str | None = None) -> ml_collections.Confi
 
 def latents_from_checkpoint(checkpoint: str | LoadedLAM, *, step: int | None = None, overrides: Sequence[str] = (),
                             view: str | None = None, offset_index: int = 0, train_batches: int = 8,
-                            test_batches: int = 4, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+                            test_batches: int = 4, seed: int = 0, progress: bool = True,
+                            max_rows_per_episode: int = 0) -> dict[str, Any]:
   """Latents, codes and MVP-LAM action targets of a LAM checkpoint on its own data (module docstring).
 
   Args:
@@ -375,6 +444,8 @@ def latents_from_checkpoint(checkpoint: str | LoadedLAM, *, step: int | None = N
     test_batches: at most this many batches of the validation episodes (split 'test', one pass).
     seed: seed of the training stream's shuffle and of the quantiser's key.
     progress: tqdm bars.
+    max_rows_per_episode: at most this many rows per episode in each split, evenly spaced in time (0: no limit;
+      ``episodes.thin_per_episode``).
 
   Returns:
     dict: 'z' float32[N, L * Dc], 'codes' int32[N, L], 'quantized' float32[N, L * Dc], 'actions' float32[N, k, A]
@@ -382,7 +453,11 @@ def latents_from_checkpoint(checkpoint: str | LoadedLAM, *, step: int | None = N
     with the train rows' ``HorizonStatistics``; the D dimensions that vary on the train rows, named by
     'target_names'; 'constant_dims' names the others), 'split' str[N] ('train' | 'test'), 'horizon_stats', 'view',
     'stride' (k), 'codebook_size', 'code_length', 'code_dim', 'step', 'dropped' {split: invalid pairs},
-    'duplicates' {split: repeated rows left out}, 'examples' {split: examples read}, 'dataset'.
+    'duplicates' {split: repeated rows left out (same episode and step)}, 'examples' {split: examples read},
+    'dataset'; by episode: 'episode' int32[N] (index into 'episode_keys', a tuple of '<file>:<record>' keys in
+    order of first appearance, train episodes first), 'step_index' int32[N] (t of the row's pair),
+    'repeats_by' {split: 'identity'}, 'thinned' {split: rows left out by ``max_rows_per_episode``},
+    'rows_per_episode' {split: {'episodes', 'mean', 'max'}}, 'max_rows_per_episode'.
   """
   from lamp_jax.data import datasets as datasets_lib
   from lamp_jax.data import normalization
@@ -403,7 +478,8 @@ def latents_from_checkpoint(checkpoint: str | LoadedLAM, *, step: int | None = N
                                           process_count=1)
   try:
     parts[TRAIN] = encode_batches(lam, _take(train_it, int(train_batches)), view=view, offset_index=offset_index,
-                                  seed=seed, progress=progress, desc="train pairs")
+                                  seed=seed, progress=progress, desc="train pairs",
+                                  max_rows_per_episode=max_rows_per_episode)
     stats = train_it.statistics[entry.name]
   finally:
     train_it.close()
@@ -417,7 +493,7 @@ def latents_from_checkpoint(checkpoint: str | LoadedLAM, *, step: int | None = N
                      f"= held-out episodes: config field data.pipeline.val_fraction={d.val_fraction}, or the "
                      "dataset's 'val' split); probing needs held-out rows")
   parts[TEST] = encode_batches(lam, test_batches_read, view=view, offset_index=offset_index, seed=seed + 1,
-                               progress=progress, desc="test pairs")
+                               progress=progress, desc="test pairs", max_rows_per_episode=max_rows_per_episode)
   for name, part in parts.items():
     if part["z"].shape[0] == 0:
       raise ValueError(
@@ -427,6 +503,9 @@ def latents_from_checkpoint(checkpoint: str | LoadedLAM, *, step: int | None = N
           f"data.pipeline.cameras={tuple(d.cameras)})?")
     if "action" not in part:
       raise ValueError(f"the {name} batches carry no 'action': the probing target needs the action chunk")
+    if "episode_key" not in part:
+      raise ValueError(f"the {name} batches carry no {specs.EPISODE_KEY!r} although the probe's data config sets "
+                       "data.pipeline.frame_ids=True")
   standardization = datasets_lib.get(entry.standardize or entry.name)
   mask = tuple(entry.get("action_normalization_mask", ()) or standardization.action_normalization_mask) or None
   net = {}
@@ -440,6 +519,7 @@ def latents_from_checkpoint(checkpoint: str | LoadedLAM, *, step: int | None = N
   varying = horizon.varying_dims()  # the constant ones are left out of the targets and named
   order = (TRAIN, TEST)
   cat = lambda key: np.concatenate([parts[n][key] for n in order])  # noqa: E731
+  episode, episode_keys = episodes_lib.episode_index(cat("episode_key"))
   return {
       "z": cat("z"), "codes": cat("codes"), "quantized": cat("quantized"), "actions": cat("action"),
       "net_actions": np.concatenate([net[n] for n in order]),
@@ -453,5 +533,9 @@ def latents_from_checkpoint(checkpoint: str | LoadedLAM, *, step: int | None = N
       "dropped": {n: int(parts[n]["dropped"]) for n in order},
       "duplicates": {n: int(parts[n]["duplicates"]) for n in order},
       "examples": {n: int(parts[n]["examples"]) for n in order},
+      "episode": episode, "episode_keys": episode_keys, "step_index": cat("step_index"),
+      "repeats_by": {n: parts[n]["repeats_by"] for n in order}, "thinned": {n: int(parts[n]["thinned"]) for n in order},
+      "rows_per_episode": {n: parts[n]["rows_per_episode"] for n in order},
+      "max_rows_per_episode": int(max_rows_per_episode),
       "dataset": entry.name, "lam": lam,
   }
