@@ -86,7 +86,8 @@ def run(tmp_path_factory):
 def test_cli_prints_the_json_report_and_writes_the_plots(run, tmp_path):
   out = tmp_path / "probe_out"
   cmd = [sys.executable, "-m", "lamp_jax.probe", f"--checkpoint={run['workdir']}", "--batches=3",
-         "--test_batches=2", f"--out={out}", "--noprogress"] + [f"--probe.{o}" for o in SMALL_PROBE]
+         "--test_batches=2", f"--out={out}", "--noprogress", "--probe.max_rows_per_episode=3"] + [
+             f"--probe.{o}" for o in SMALL_PROBE]
   env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -105,8 +106,15 @@ def test_cli_prints_the_json_report_and_writes_the_plots(run, tmp_path):
   assert labelling["examples"] == 5 * BATCH and labelling["wall_s"] > 0 and labelling["cpu_s"] > 0
   np.testing.assert_allclose(labelling["examples_per_s"], 5 * BATCH / labelling["wall_s"])
   rows = report["rows"]
+  assert report["config"]["max_rows_per_episode"] == 3 and source["max_rows_per_episode"] == 3
+  assert source["repeats_by"] == {"train": "identity", "test": "identity"}
   for split, batches in (("train", 3), ("test", 2)):
-    assert rows[split] + source["dropped_pairs"][split] + source["duplicate_rows_dropped"][split] == batches * BATCH
+    assert rows[split] + source["dropped_pairs"][split] + source["duplicate_rows_dropped"][split] + source[
+        "thinned_rows"][split] == batches * BATCH
+    per_episode = source["rows_per_episode"][split]
+    assert 1 <= per_episode["max"] <= 3 and source["episodes"][split] >= 1
+    np.testing.assert_allclose(per_episode["mean"] * source["episodes"][split], rows[split])
+  assert sum(source["thinned_rows"].values()) > 0  # 35 examples of 8 episodes: some have more than 3 rows
   assert sorted(os.path.basename(p) for p in report["plots"]) == ["code_usage.png", "latent_pca.png", "mi.png"]
   assert all(os.path.getsize(p) > 1000 for p in report["plots"])
 
@@ -124,6 +132,8 @@ def test_loader_latents_equal_a_direct_encode_latent_of_the_trained_params(run):
   finally:
     it.close()
   batch[specs.OBSERVATION][specs.FUTURE_PAD_MASK][2] = False  # a pair past its episode end is not a row
+  assert batch[specs.EPISODE_KEY].shape == (BATCH,)  # the probe's data config turns data.frame_ids on
+  without_ids = {k: v for k, v in batch.items() if k not in (specs.EPISODE_KEY, specs.STEP_INDEX)}
   for view in (specs.IMAGE_PRIMARY, specs.IMAGE_SECONDARY):
     model = lam_model.LIBRARY.build(run["config"].model)
     direct = jax.device_get(model.apply({"params": run["params"]}, batch, jax.random.key(0), view=view,
@@ -136,12 +146,17 @@ def test_loader_latents_equal_a_direct_encode_latent_of_the_trained_params(run):
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(got["codes"], np.asarray(direct["codes"])[valid])
     np.testing.assert_array_equal(got["action"], batch[specs.ACTION][valid][:, :1])
-    assert got["duplicates"] == 0
+    assert got["duplicates"] == 0 and got["repeats_by"] == "identity"
+    np.testing.assert_array_equal(got["step_index"], batch[specs.STEP_INDEX][valid])
     # The same batch twice (a stream past one pass): each repeated row is left out once and counted.
     twice = lam_latents.encode_batches(lam, [batch, batch], view=view, offset_index=0)
     assert twice["duplicates"] == int(valid.sum()) and twice["dropped"] == 2 * int((~valid).sum())
     for key in ("z", "codes", "quantized", "action"):
       np.testing.assert_array_equal(twice[key], got[key])
+    # Without frame ids (user batches) the value check finds the same exact repeats.
+    by_value = lam_latents.encode_batches(lam, [without_ids, without_ids], view=view, offset_index=0)
+    assert by_value["repeats_by"] == "value" and by_value["duplicates"] == int(valid.sum())
+    np.testing.assert_array_equal(by_value["z"], got["z"])
     kept = lam_latents.encode_batches(lam, [batch, batch], view=view, offset_index=0, drop_duplicates=False)
     assert kept["duplicates"] == 0 and kept["z"].shape[0] == 2 * int(valid.sum())
 
@@ -162,6 +177,22 @@ def test_targets_are_net_actions_z_scored_with_the_train_rows(run):
   raw = normalization.unnormalize_actions(out["actions"][:, 0], statistics, "normal", [True] * 6 + [False])
   np.testing.assert_allclose(out["net_actions"], raw, rtol=1e-5, atol=1e-6)
   assert set(np.unique(out["net_actions"][:, 6]).tolist()) <= {0.0, 1.0}
+  # Rows by episode: every row's episode, no (episode, step) twice, train and test episodes apart.
+  assert out["episode"].shape == (n,) and out["step_index"].shape == (n,)
+  assert out["repeats_by"] == {"train": "identity", "test": "identity"}
+  identity = list(zip(out["episode"].tolist(), out["step_index"].tolist()))
+  assert len(set(identity)) == n
+  episodes = {name: set(out["episode"][split == name].tolist()) for name in ("train", "test")}
+  assert episodes["train"] and episodes["test"] and not episodes["train"] & episodes["test"]
+  assert all(":" in key for key in out["episode_keys"]) and len(out["episode_keys"]) == out["episode"].max() + 1
+  for name in ("train", "test"):
+    assert out["rows_per_episode"][name]["episodes"] == len(episodes[name]) and out["thinned"][name] == 0
+  thin = lam_latents.latents_from_checkpoint(out["lam"], train_batches=2, test_batches=2, progress=False,
+                                             max_rows_per_episode=1)
+  for name in ("train", "test"):
+    rows = thin["episode"][thin["split"] == name]
+    assert len(rows) == len(set(rows.tolist())) == thin["rows_per_episode"][name]["episodes"]  # one per episode
+    assert thin["thinned"][name] == int((split == name).sum()) - len(rows)  # the same stream, thinned
 
 
 @pytest.mark.slow

@@ -20,6 +20,8 @@ Overrides (parsed before the flags, typed like the field they set):
   --probe.<field>=<value>    the report's settings (``probe.default_config()``: methods, seeds, mismatch,
                              ksg.*, neural.*, linear.*). The neural defaults are the paper's accelerator
                              settings (hours on a CPU): see docs/probing.md for CPU settings.
+                             --probe.max_rows_per_episode=N keeps at most N rows per episode in each split,
+                             evenly spaced in time (0, the default: every row).
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ def probe_checkpoint(checkpoint: str, *, step: int | None = None, config_overrid
                      view: str | None = None, offset_index: int = 0, seed: int = 0, out: str | None = None,
                      use_ema: bool = True, progress: bool = True) -> dict[str, Any]:
   """The command without flags: the report (``run_probes``' dict plus 'source': checkpoint, step, view, k, rows,
-  dropped pairs and repeated rows left out per split); with ``out`` also report.json and the plots there."""
+  dropped pairs, repeated rows left out and rows thinned per split, episodes and rows per episode per split); with
+  ``out`` also report.json and the plots there."""
   from lamp_jax import probe
   from lamp_jax.probe import lam_latents
 
@@ -73,7 +76,8 @@ def probe_checkpoint(checkpoint: str, *, step: int | None = None, config_overrid
   probe_config = lam_latents.apply_overrides(probe.default_config(), list(probe_overrides))
   wall, cpu = time.perf_counter(), time.process_time()
   latents = lam_latents.latents_from_checkpoint(lam, view=view, offset_index=offset_index, train_batches=batches,
-                                                test_batches=test_batches, seed=seed, progress=progress)
+                                                test_batches=test_batches, seed=seed, progress=progress,
+                                                max_rows_per_episode=int(probe_config.max_rows_per_episode))
   wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
   examples = sum(latents["examples"].values())
   report = probe.run_probes(latents["z"], latents["targets"], latents["split"], codes=latents["codes"],
@@ -82,6 +86,10 @@ def probe_checkpoint(checkpoint: str, *, step: int | None = None, config_overrid
       "checkpoint": lam.directory, "step": lam.step, "params": lam.params_key, "view": latents["view"],
       "stride": latents["stride"], "dataset": latents["dataset"], "examples": latents["examples"],
       "dropped_pairs": latents["dropped"], "duplicate_rows_dropped": latents["duplicates"],
+      "repeats_by": latents["repeats_by"], "max_rows_per_episode": latents["max_rows_per_episode"],
+      "thinned_rows": latents["thinned"],
+      "episodes": {n: r["episodes"] for n, r in latents["rows_per_episode"].items()},
+      "rows_per_episode": {n: {"mean": r["mean"], "max": r["max"]} for n, r in latents["rows_per_episode"].items()},
       "latent": "pre-quantisation z, flattened [L * Dc]",
       "target": "net relative action over k (probe.targets), z-scored with the train rows' statistics",
       "target_dims": list(latents["target_names"]), "constant_dims_left_out": list(latents["constant_dims"]),

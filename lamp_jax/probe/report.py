@@ -43,6 +43,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.mi_splits = ("train", "test")
   config.inverse_probe = True
   config.probe_seed = 0
+  # Read by the checkpoint loader (python -m lamp_jax.probe), not by run_probes: at most this many rows per episode
+  # in each split, evenly spaced in time (lam_latents.encode_batches; 0: no limit). Recorded here with the report.
+  config.max_rows_per_episode = 0
   config.ksg = dataclasses.asdict(ksg.KSGConfig())
   config.neural = dataclasses.asdict(neural_mi.NeuralMIConfig())
   config.linear = dataclasses.asdict(linear_probe.LinearProbeConfig())
