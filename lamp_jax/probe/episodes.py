@@ -70,11 +70,12 @@ def thin_per_episode(episode_key: np.ndarray, step_index: np.ndarray, max_rows: 
   if int(max_rows) == 0:
     return np.arange(keys.shape[0], dtype=np.int64)
   n = int(max_rows)
+  _, episode = np.unique(keys, return_inverse=True)
+  order = np.lexsort((steps, episode))  # by episode, then by step (stable: equal steps keep their order)
+  starts = np.flatnonzero(np.r_[True, episode[order][1:] != episode[order][:-1]]) if order.size else order
   keep = []
-  for key in np.unique(keys):
-    rows = np.flatnonzero(keys == key)
-    rows = rows[np.argsort(steps[rows], kind="stable")]
-    m = rows.shape[0]
+  for start, end in zip(starts.tolist(), np.r_[starts[1:], order.size].tolist()):
+    rows, m = order[start:end], end - start
     if m <= n:
       keep.append(rows)
     else:  # the middle row of each of n equal parts; distinct because m / n > 1
