@@ -273,8 +273,8 @@ def test_the_notebook_runs_on_the_tiny_checkpoint(run, tmp_path, monkeypatch):
   import nbformat  # pylint: disable=g-import-not-at-top
 
   notebook = nbformat.read(REPO / "notebooks" / "probe_latent_actions.ipynb", as_version=4)
-  for key, value in dict(LAMP_PROBE_CHECKPOINT=run["workdir"], LAMP_PROBE_QUICK="1", LAMP_PROBE_SEEDS="0", LAMP_PROBE_TRAIN_BATCHES="3",
-                         LAMP_PROBE_TEST_BATCHES="2", PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
+  for key, value in dict(LAMP_PROBE_CHECKPOINT=run["workdir"], LAMP_PROBE_QUICK="1", LAMP_PROBE_SEEDS="0",
+                         LAMP_PROBE_TRAIN_BATCHES="3", LAMP_PROBE_TEST_BATCHES="2", PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
                          TF_CPP_MIN_LOG_LEVEL="3").items():
     monkeypatch.setenv(key, value)
   # No time limit per cell (timeout=None); the kernel is this interpreter's.

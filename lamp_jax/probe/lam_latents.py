@@ -380,7 +380,8 @@ def reconstruct_future(lam: LoadedLAM, batch: dict, *, view: str | None = None, 
     target = lam_model.patchify(future.reshape(b, size, size, 3), patch)
     predicted = module.fdm(context, lam_model.decoder_latent(cfg, z, quantised).reshape(b, *z.shape[2:]))
     mse = jax.numpy.mean(jax.numpy.square(predicted - target), axis=(1, 2))
-    as_uint8 = lambda x: jax.numpy.clip(jax.numpy.round((x + 1.0) * 127.5), 0, 255).astype(jax.numpy.uint8)  # noqa: E731
+    as_uint8 = lambda x: (  # noqa: E731
+        jax.numpy.clip(jax.numpy.round((x + 1.0) * 127.5), 0, 255).astype(jax.numpy.uint8))
     return {"current": as_uint8(current[0]), "future": as_uint8(future.reshape(b, size, size, 3)),
             "predicted": as_uint8(lam_model.unpatchify(predicted, patch, size)), "mse": mse,
             "valid": valid.reshape(b), "codes": quantised["codes"].reshape(b, -1)}

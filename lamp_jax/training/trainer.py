@@ -75,7 +75,8 @@ class SyntheticData:
 
   kind = "synthetic"
 
-  def __init__(self, lib: interface.ModelLibrary, config: ml_collections.ConfigDict, local_batch_size: int, process_index: int):
+  def __init__(self, lib: interface.ModelLibrary, config: ml_collections.ConfigDict, local_batch_size: int,
+               process_index: int):
     self.lib = lib
     self.config = config
     self.local_batch_size = local_batch_size
