@@ -23,9 +23,11 @@ import json
 import os
 from typing import Any
 
+import jax
 import ml_collections
 
 from lamp_jax.eval import checkpoint_policy
+from lamp_jax.models import film_cnn
 from lamp_jax.sim import grounding as grounding_data
 from lamp_jax.training import defaults
 from lamp_jax.training import grounding
@@ -51,9 +53,12 @@ def drift(config: ml_collections.ConfigDict, vlm_params: Any, stage0_path: str |
   model_cfg = defaults.stage_model_config(config, config.stage_order[0])
   data, encoder_cfg, heldout = grounding.heldout_scenes(config, model_cfg, _load_scenes, grounding_data.ROLES)
   out: dict[str, Any] = {"heldout_scenes": int(len(heldout)), "scenes": data["path"]}
-  out["checkpoint"] = grounding.evaluate_encoder(vlm_params, data, encoder_cfg, heldout)
+  # One compiled evaluation for both parameter sets.
+  apply_fn = jax.jit(grounding.role_logits_fn(film_cnn.FiLMCNNEncoder(encoder_cfg), len(data["roles"])))
+  out["checkpoint"] = grounding.evaluate(apply_fn, vlm_params, data, heldout, encoder_cfg.image_size)
   if stage0_path and os.path.exists(stage0_path):
-    out["stage0"] = grounding.evaluate_encoder(grounding.load_params(stage0_path), data, encoder_cfg, heldout)
+    out["stage0"] = grounding.evaluate(apply_fn, grounding.load_params(stage0_path), data, heldout,
+                                       encoder_cfg.image_size)
     out["rmse_change_px"] = {key: round(out["checkpoint"][key]["rmse_px"] - value["rmse_px"], 3)
                              for key, value in out["stage0"].items() if key in out["checkpoint"]}
   else:

@@ -166,8 +166,7 @@ def train_encoder(data: dict, encoder_cfg: film_cnn.FiLMCNNConfig, g: ml_collect
   optimizer = optax.adamw(schedule, weight_decay=float(g.weight_decay))
   opt_state = optimizer.init(params)
 
-  def logits_fn(p, images, image_mask, tokens, token_mask):
-    return role_logits(module.apply({"params": p}, images, image_mask, tokens, token_mask), len(data["roles"]))
+  logits_fn = role_logits_fn(module, len(data["roles"]))
 
   @jax.jit
   def train_step(p, opt_state, inputs, uv, valid):
@@ -209,13 +208,12 @@ def heldout_scenes(config: ml_collections.ConfigDict, model_cfg: ml_collections.
   return data, encoder_cfg, np.arange(n - int(g.heldout), n)
 
 
-def evaluate_encoder(params, data: dict, encoder_cfg: film_cnn.FiLMCNNConfig, indices: np.ndarray) -> dict:
-  """:func:`evaluate` of the encoder parameters ``params`` (a FiLM-CNN 'vlm' subtree: stage 0's file or a policy
-  checkpoint's) on the scenes ``indices`` of ``data`` (:func:`heldout_scenes`)."""
-  module = film_cnn.FiLMCNNEncoder(encoder_cfg)
-  num_roles = len(data["roles"])
-  apply_fn = jax.jit(lambda p, *inputs: role_logits(module.apply({"params": p}, *inputs), num_roles))
-  return evaluate(apply_fn, params, data, indices, encoder_cfg.image_size)
+def role_logits_fn(module: nn.Module, num_roles: int):
+  """``(params, images, image_mask, tokens, token_mask) -> float32[B, C, R, h * w]``: the encoder ``module``'s
+  logits of its first ``num_roles`` keypoints (:func:`role_logits`), what stage 0 trains and evaluates."""
+  def logits_fn(params, images, image_mask, tokens, token_mask):
+    return role_logits(module.apply({"params": params}, images, image_mask, tokens, token_mask), num_roles)
+  return logits_fn
 
 
 def load_params(path: str) -> dict:
