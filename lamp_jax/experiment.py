@@ -402,6 +402,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after_step: int | 
         json.dump(result, fh, indent=1)
       os.replace(results_path + ".tmp", results_path)
       print(format_table({os.path.basename(workdir): result}), flush=True)
+      if "episode_outcomes" in result:  # simulator results: how the episodes ended (eval/failure_modes.py)
+        from lamp_jax.eval import failure_modes
+
+        print("[eval] outcomes per task:\n" + failure_modes.format_outcomes(result), flush=True)
       summary.update(mean_success=result["mean_success"], ci95=result["ci95"])
     summary["plots"] = plots.write_run_plots(workdir)
   return {"summary": summary, "eval": result}

@@ -18,6 +18,9 @@ def test_expert_policy_succeeds():
   assert result["mean_success"] >= 0.95
   assert result["seeds"] == [tasks.EVAL_SEED_OFFSET, tasks.EVAL_SEED_OFFSET + 2]
   assert result["ci95"][0] > 0.7 and result["ci95"][1] == pytest.approx(1.0)
+  for r in result["per_task"].values():  # every episode gets one outcome label; successes are labelled so
+    assert sum(r["outcomes"].values()) == 3 and r["outcomes"].get("success", 0) == r["successes"]
+  assert len(result["episode_outcomes"]) == 3 * len(result["per_task"])
   json.dumps(result)
 
 
@@ -27,6 +30,7 @@ def test_random_policy_fails():
   assert result["mean_success"] <= 0.25
   for family, r in result["per_task"].items():
     assert r["mean_steps"] == tasks.FAMILIES[family].max_steps or r["successes"] > 0
+    assert sum(r["outcomes"].values()) == 1 and r["outcomes"].get("success", 0) == r["successes"]
 
 
 class _ChunkedExpert:

@@ -28,6 +28,8 @@ def main(argv=None) -> None:
   p.add_argument("--videos-per-task", type=int, default=1)
   p.add_argument("--video-format", default="mp4", choices=["mp4", "gif"])
   p.add_argument("--no-progress", action="store_true")
+  p.add_argument("--out", default=None, help="also write the full result, with each episode's outcome label "
+                 "(failure_modes), to this JSON file; stdout leaves the per-episode list out")
   args = p.parse_args(argv)
   policy = policies.make_policy(args.policy)
   result = sim_eval.evaluate(policy, suite=args.suite, episodes_per_task=args.episodes_per_task,
@@ -37,7 +39,10 @@ def main(argv=None) -> None:
                              demonstration_seeds=args.demonstration_seeds, video_dir=args.video_dir,
                              videos_per_task=args.videos_per_task, video_format=args.video_format,
                              progress=not args.no_progress)
-  print(json.dumps(result, indent=1))
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(result, f, indent=1)
+  print(json.dumps({k: v for k, v in result.items() if k != "episode_outcomes"}, indent=1))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ executed before it is queried again. An episode succeeds when the task's success
 step limit (``tasks.FAMILIES[f].max_steps``).
 
 Returns (and ``python -m lamp_jax.eval`` prints as JSON) per-task successes with Wilson 95 % intervals, the mean
-success over tasks and the interval over all episodes.
+success over tasks and the interval over all episodes; per task, the count of each outcome (``failure_modes``:
+success, the wrong object, a failed grasp, misplaced, ...) and, per episode, its outcome label.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from lamp_jax.eval import failure_modes
 from lamp_jax.eval import policies as policies_lib
 from lamp_jax.eval import stats
 from lamp_jax.eval import video as video_lib
@@ -28,8 +30,14 @@ from lamp_jax.sim import tasks as tasks_lib
 
 def run_episode(env: env_lib.TabletopEnv, policy, task: tasks_lib.TaskInstance, execute_steps: int | None = None,
                 record_video: bool = False) -> dict[str, Any]:
-  """One closed-loop episode. Returns dict(success, steps, frames (list of uint8 images if record_video))."""
+  """One closed-loop episode.
+
+  Returns dict(success, steps, frames (list of uint8 images if record_video), outcome (``failure_modes``: the
+  outcome label and the figures it came from)).
+  """
   obs = env.reset(task)
+  tracker = failure_modes.EpisodeTracker(task)
+  tracker.update(env)
   if hasattr(policy, "attach_env"):
     policy.attach_env(env)
   policy.reset(task.instruction)
@@ -49,13 +57,15 @@ def run_episode(env: env_lib.TabletopEnv, policy, task: tasks_lib.TaskInstance, 
           frame = video_lib._upscale(frame, 4)  # pylint: disable=protected-access
         frames.append(frame)
       obs, _, done, info = env.step(chunk[i])
+      tracker.update(env)
       steps += 1
       success = info["success"]
       if done:
         break
   if record_video:
     frames.append(video_lib._upscale(obs["image_0"], 4))  # pylint: disable=protected-access
-  return {"success": bool(success), "steps": steps, "frames": frames}
+  return {"success": bool(success), "steps": steps, "frames": frames,
+          "outcome": tracker.outcome(bool(success), env)}
 
 
 def evaluate(policy, suite: str = "tabletop4", episodes_per_task: int = 10, execute_steps: int | None = None,
@@ -81,10 +91,10 @@ def evaluate(policy, suite: str = "tabletop4", episodes_per_task: int = 10, exec
   needs_images = bool(getattr(policy, "needs_images", True))
   env = env_lib.TabletopEnv(image_size=size, render=needs_images)
   start = time.time()
-  per_task, total_success, total = {}, 0, 0
+  per_task, total_success, total, episode_outcomes = {}, 0, 0, []
   try:
     for family in families:
-      successes, steps = 0, []
+      successes, steps, outcomes = 0, [], []
       iterator = range(episodes_per_task)
       if progress:
         from tqdm import tqdm  # pylint: disable=g-import-not-at-top
@@ -97,13 +107,15 @@ def evaluate(policy, suite: str = "tabletop4", episodes_per_task: int = 10, exec
         result = run_episode(env, policy, task, execute_steps, record_video=record)
         successes += int(result["success"])
         steps.append(result["steps"])
+        outcomes.append(result["outcome"]["outcome"])
+        episode_outcomes.append({"family": family, "seed": seed, **result["outcome"]})
         if record:
           name = f"{family}_{seed}_{'success' if result['success'] else 'failure'}.{video_format}"
           video_lib.write_video(result["frames"], os.path.join(video_dir, name))
       low, high = stats.wilson_interval(successes, episodes_per_task)
       per_task[family] = {"success_rate": successes / episodes_per_task, "successes": successes,
                           "episodes": episodes_per_task, "ci95": [round(low, 4), round(high, 4)],
-                          "mean_steps": float(np.mean(steps))}
+                          "mean_steps": float(np.mean(steps)), "outcomes": failure_modes.count_outcomes(outcomes)}
       total_success += successes
       total += episodes_per_task
   finally:
@@ -123,4 +135,5 @@ def evaluate(policy, suite: str = "tabletop4", episodes_per_task: int = 10, exec
       "ci95": [round(low, 4), round(high, 4)],
       "episodes": total,
       "seconds": round(time.time() - start, 1),
+      "episode_outcomes": episode_outcomes,
   }
