@@ -4,7 +4,8 @@ r"""Side-by-side closed-loop success of several runs (e.g. LaMP vs the w/o-motio
       [--out=/tmp/compare.png] [--json]
 
 Reads each workdir's ``eval_results.json`` (written by ``python -m lamp_jax.train`` after training), prints
-the per-task table with 95 % CIs, and writes a grouped bar plot.
+the per-task table with 95 % CIs and how each run's episodes ended (``eval/failure_modes.py``), and writes a
+grouped bar plot of success and a stacked bar plot of the outcomes (``compare_outcomes.png`` beside it).
 """
 
 from __future__ import annotations
@@ -40,19 +41,25 @@ def main(argv=None) -> int:
   workdirs = [w for w in args.workdirs.split(",") if w]
   names = [n for n in args.names.split(",") if n] or None
   from lamp_jax import experiment
+  from lamp_jax.eval import failure_modes
   from lamp_jax.eval import plots
 
   results = load_results(workdirs, names)
   out = args.out or os.path.join(workdirs[0], "plots", "compare_success.png")
   plots.success_per_task(results, out, title="closed-loop success: " + " vs ".join(results))
+  outcomes_png = plots.outcomes_per_task(results, os.path.join(os.path.dirname(out), "compare_outcomes.png"))
   if args.json:
     print(json.dumps({n: {"mean_success": r["mean_success"], "ci95": r["ci95"],
-                          "per_task": {t: {"success_rate": v["success_rate"], "ci95": v["ci95"]}
+                          "per_task": {t: {"success_rate": v["success_rate"], "ci95": v["ci95"],
+                                           **({"outcomes": v["outcomes"]} if "outcomes" in v else {})}
                                        for t, v in r["per_task"].items()}} for n, r in results.items()},
                      indent=1))
   else:
     print(experiment.format_table(results))
-    print(f"plot: {out}")
+    for name, r in results.items():
+      if any("outcomes" in v for v in r["per_task"].values()):
+        print(f"\nhow the episodes of {name} ended:\n" + failure_modes.format_outcomes(r))
+    print(f"plot: {out}" + (f", {outcomes_png}" if outcomes_png else ""))
   return 0
 
 

@@ -274,6 +274,8 @@ def periodic_eval(trainer: trainer_lib.Trainer, state, step: int) -> dict:
     return {}
   scalars = {"mean_success": result["mean_success"]}
   scalars.update({f"success/{task}": r["success_rate"] for task, r in result["per_task"].items()})
+  scalars.update({f"outcome/{task}/{label}": n / r["episodes"]  # how the episodes ended (eval/failure_modes.py)
+                  for task, r in result["per_task"].items() for label, n in r.get("outcomes", {}).items()})
   print(f"[eval] step {step}: mean success {result['mean_success']:.3f}", flush=True)
   return scalars
 

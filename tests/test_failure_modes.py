@@ -123,3 +123,17 @@ def test_count_outcomes_keeps_the_label_order_and_rejects_unknown_labels():
       ("success", 1), ("misplaced", 2)]
   with pytest.raises(ValueError, match="unknown outcome labels"):
     failure_modes.count_outcomes(["success", "lost"])
+
+
+def test_periodic_evaluation_logs_outcome_shares(monkeypatch):
+  from types import SimpleNamespace
+
+  from lamp_jax import experiment
+
+  result = {"mean_success": 0.25, "per_task": {"stack": {"success_rate": 0.25, "episodes": 4,
+                                                         "outcomes": {"success": 1, "misplaced": 3}}}}
+  monkeypatch.setattr(experiment, "evaluate_state", lambda trainer, state, episodes_per_task: result)
+  trainer = SimpleNamespace(config=SimpleNamespace(eval=SimpleNamespace(periodic_episodes_per_task=4)))
+  scalars = experiment.periodic_eval(trainer, state=None, step=10)
+  assert scalars["outcome/stack/misplaced"] == 0.75 and scalars["outcome/stack/success"] == 0.25
+  assert scalars["success/stack"] == 0.25

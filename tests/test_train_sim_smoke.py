@@ -41,8 +41,10 @@ def test_main_command_smoke_end_to_end(tmp_path):
   assert set(result["per_task"]) == {"put_on_plate", "stack", "push", "drawer"}
   assert all(t["episodes"] == 1 for t in result["per_task"].values())
   assert 0.0 <= result["mean_success"] <= 1.0 and result["step"] == 6
-  for name in ("loss_curves.png", "success_per_task.png"):
+  for name in ("loss_curves.png", "success_per_task.png", "outcomes_per_task.png"):
     assert os.path.getsize(workdir / "plots" / name) > 1000
+  assert all(sum(t["outcomes"].values()) == 1 for t in result["per_task"].values())
+  assert "[eval] outcomes per task:" in proc.stdout
 
   # Side-by-side table of two runs (here the same run twice).
   cmp = subprocess.run([sys.executable, "-m", "lamp_jax.compare", f"--workdirs={workdir},{workdir}",
@@ -50,6 +52,7 @@ def test_main_command_smoke_end_to_end(tmp_path):
                        capture_output=True, text=True)
   assert cmp.returncode == 0, cmp.stderr[-2000:]
   assert "LaMP" in cmp.stdout and "copy" in cmp.stdout and os.path.exists(tmp_path / "cmp.png")
+  assert "how the episodes of copy ended" in cmp.stdout and os.path.exists(tmp_path / "compare_outcomes.png")
 
   # The checkpoint behind the evaluator's policy interface: un-normalised float32[H, 7] actions.
   sys.path.insert(0, REPO)

@@ -1,6 +1,6 @@
-"""PNG plots of a run (matplotlib, Agg): loss curves from ``metrics.jsonl``, success per task from
-``eval_results.json``; the side-by-side success plot of several runs (``python -m lamp_jax.compare``); rows of
-images (flow images: true, reconstructed, predicted) with ``image_rows``."""
+"""PNG plots of a run (matplotlib, Agg): loss curves from ``metrics.jsonl``, success per task and how the episodes
+ended (``failure_modes`` outcome labels) from ``eval_results.json``; the side-by-side plots of several runs
+(``python -m lamp_jax.compare``); rows of images (flow images: true, reconstructed, predicted) with ``image_rows``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 
+from lamp_jax.eval import failure_modes
 from lamp_jax.eval import stats
 from lamp_jax.training import metrics as metrics_lib
 
@@ -100,6 +101,41 @@ def success_per_task(results: dict[str, dict], out_path: str, title: str = "clos
   return out_path
 
 
+def outcomes_per_task(results: dict[str, dict], out_path: str, title: str = "how the episodes ended") -> str | None:
+  """One stacked horizontal bar per (task, run): the fraction of its episodes with each outcome label
+  (``failure_modes.OUTCOMES``, one colour per label). None when no result carries outcome counts."""
+  rows = [(task, name, results[name]["per_task"][task].get("outcomes"), results[name]["per_task"][task]["episodes"])
+          for task in stats.tasks_of(results) for name in results if task in results[name]["per_task"]]
+  rows = [r for r in rows if r[2]]
+  if not rows:
+    return None
+  plt = _pyplot()
+  colours = dict(zip(failure_modes.OUTCOMES, ("#2ca02c", "#d62728", "#ff7f0e", "#bcbd22", "#9467bd", "#8c564b",
+                                               "#e377c2", "#17becf", "#1f77b4", "#7f7f7f")))  # success green
+  fig, ax = plt.subplots(figsize=(9, 0.35 * len(rows) + 1.5))
+  y = np.arange(len(rows))[::-1]
+  drawn = set()
+  for yi, (task, name, counts, episodes) in zip(y, rows):
+    left = 0.0
+    for label in failure_modes.OUTCOMES:
+      share = 100.0 * counts.get(label, 0) / episodes
+      if share > 0:
+        ax.barh(yi, share, left=left, color=colours[label], label=None if label in drawn else label)
+        drawn.add(label)
+        left += share
+  ax.set_yticks(y)
+  ax.set_yticklabels([f"{task} · {name}" if len(results) > 1 else task for task, name, _, _ in rows], fontsize=8)
+  ax.set_xlim(0, 100)
+  ax.set_xlabel("% of episodes")
+  ax.set_title(title)
+  ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+  fig.savefig(out_path, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  return out_path
+
+
 def image_rows(rows: dict[str, np.ndarray], out_path: str, title: str = "") -> str:
   """One labelled row per entry of ``rows`` (label -> uint8[N, H, W, 3]; rows may differ in N), columns aligned
   (column j of every row shows example j). Returns ``out_path``."""
@@ -132,7 +168,8 @@ def image_rows(rows: dict[str, np.ndarray], out_path: str, title: str = "") -> s
 
 
 def write_run_plots(workdir: str) -> list[str]:
-  """plots/loss_curves.png and (after an evaluation) plots/success_per_task.png; returns the paths written."""
+  """plots/loss_curves.png and (after an evaluation) plots/success_per_task.png and plots/outcomes_per_task.png;
+  returns the paths written."""
   out = []
   path = loss_curves(workdir, os.path.join(workdir, "plots", "loss_curves.png"))
   if path:
@@ -141,6 +178,9 @@ def write_run_plots(workdir: str) -> list[str]:
   if os.path.exists(results_path):
     with open(results_path) as fh:
       result = json.load(fh)
-    out.append(success_per_task({os.path.basename(os.path.abspath(workdir)): result},
-                                os.path.join(workdir, "plots", "success_per_task.png")))
+    named = {os.path.basename(os.path.abspath(workdir)): result}
+    out.append(success_per_task(named, os.path.join(workdir, "plots", "success_per_task.png")))
+    path = outcomes_per_task(named, os.path.join(workdir, "plots", "outcomes_per_task.png"))
+    if path:
+      out.append(path)
   return out
