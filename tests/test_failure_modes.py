@@ -13,6 +13,7 @@ class _FakeEnv:
   def __init__(self, task):
     self.pos = {n: np.array([p[0], p[1], 0.02]) for n, p in task.object_poses.items()}
     self.gripper, self.touching, self.hand = 1.0, set(), np.array([-0.12, 0.0, 0.22])
+    self.hand_yaw, self.yaw = 0.0, {}
 
   def body_pos(self, name):
     return self.pos[name].copy()
@@ -21,7 +22,10 @@ class _FakeEnv:
     return name in self.touching
 
   def measured_tcp(self):
-    return self.hand.copy(), np.zeros(3)
+    return self.hand.copy(), np.array([0.0, 0.0, self.hand_yaw])
+
+  def body_yaw(self, name):
+    return self.yaw.get(name, 0.0)
 
 
 def _start(family, seed=7):
@@ -67,12 +71,18 @@ def test_pick_and_place_labels():
   assert out["outcome"] == "other_object" and out["closed_nearest"] == "other"
 
   _, env, tracker = _start("put_on_plate")
+  env.yaw[target], env.hand_yaw = 0.1, 0.1 + np.pi / 2 + np.radians(20.0)  # 20 degrees off two parallel faces
   _close_over(env, tracker, target, offset=(0.03, 0.0))
   env.touching.add(target)
   tracker.update(env)
   out = tracker.outcome(False, env)
   assert out["outcome"] == "not_lifted" and out["closed_nearest"] == "target"
   assert out["close_xy_to_target_m"] == pytest.approx(0.03, abs=1e-4)
+  assert out["close_z_above_target_m"] == pytest.approx(0.0, abs=1e-4)
+  if tasks.shape_of(target) == "cube":
+    assert out["close_yaw_error_deg"] == pytest.approx(20.0, abs=0.1)
+  else:
+    assert "close_yaw_error_deg" not in out
 
   _, env, tracker = _start("put_on_plate")
   _lift(env, tracker, target)

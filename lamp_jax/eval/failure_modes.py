@@ -26,7 +26,9 @@ Labels (``OUTCOMES``; thresholds in metres, one place, here):
   any other family:   failed.
 
 Where the gripper first closed (pick-and-place) says more about 'no_contact' and 'not_lifted': the xy distance from
-the hand to the named object at that moment (``close_xy_to_target_m``) and which object was nearest the hand then
+the hand (TCP) to the named object at that moment (``close_xy_to_target_m``), the TCP's height above the object's
+centre then (``close_z_above_target_m``), for cubes the hand's yaw error modulo 90 degrees
+(``close_yaw_error_deg``), and which object was nearest the hand then
 (``closed_nearest``: 'target', 'receptacle' or 'other'; absent when the gripper never closed). For 'misplaced',
 ``ended_nearest`` says whether the object ends nearest the named receptacle or another object (the other plate: a
 receptacle-grounding failure).
@@ -76,13 +78,18 @@ class EpisodeTracker:
     if not self.touched_target:
       self.touched_target = bool(env.gripper_touches(target))
     if self.first_close is None and float(env.gripper) < GRIPPER_CLOSED:
-      hand_xy = np.asarray(env.measured_tcp()[0], np.float64)[:2]
+      hand = np.asarray(env.measured_tcp()[0], np.float64)
+      hand_xy = hand[:2]
       receptacle = self.task.params.get("receptacle")
       names = list(self.start) + ([receptacle] if receptacle and receptacle not in self.start else [])
       distances = {n: float(np.hypot(*(np.asarray(env.body_pos(n), np.float64)[:2] - hand_xy))) for n in names}
       nearest = min(distances, key=distances.get)
       role = "target" if nearest == target else "receptacle" if nearest == receptacle else "other"
-      self.first_close = {"close_xy_to_target_m": round(distances[target], 4), "closed_nearest": role}
+      self.first_close = {"close_xy_to_target_m": round(distances[target], 4), "closed_nearest": role,
+                          "close_z_above_target_m": round(float(hand[2] - env.body_pos(target)[2]), 4)}
+      if tasks_lib.shape_of(target) == "cube":  # fingers need two parallel faces: yaw matters modulo 90 degrees
+        error = (float(env.measured_tcp()[1][2]) - float(env.body_yaw(target)) + np.pi / 4) % (np.pi / 2) - np.pi / 4
+        self.first_close["close_yaw_error_deg"] = round(float(np.degrees(error)), 1)
 
   def outcome(self, success: bool, env=None) -> dict[str, Any]:
     """``{"outcome": label, ...}`` plus the figures the label came from (JSON-able).
@@ -91,7 +98,7 @@ class EpisodeTracker:
     position is used (receptacles rarely move).
     """
     if success:
-      return {"outcome": "success"}
+      return {"outcome": "success", **(self.first_close or {})}
     family, params = self.task.family, self.task.params
     target = params.get("object")
     if target is None or target not in self.start:
