@@ -13,7 +13,8 @@ step budget and evaluation. A requested method the suite does not declare (not b
 Prints, per method: success per task family and the mean with 95 % Wilson intervals over every (seed, episode)
 trial, the mean and spread of the per-seed means, training wall time, final loss terms; and for each method the
 difference of its mean success to the first method's with a 95 % interval (Newcombe's score interval for two
-independent proportions). Writes ``<workdir>/ablation.json`` and ``<workdir>/ablation_success.png``.
+independent proportions); how each method's episodes ended (``eval/failure_modes.py``, summed over seeds). Writes
+``<workdir>/ablation.json``, ``<workdir>/ablation_success.png`` and ``<workdir>/ablation_outcomes.png``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 
 import numpy as np
 
+from lamp_jax.eval import failure_modes
 from lamp_jax.eval import plots
 from lamp_jax.eval import stats
 from lamp_jax.training import metrics as metrics_lib
@@ -97,10 +99,17 @@ def pooled(results: list[dict]) -> dict:
   per_task: dict[str, dict] = {}
   for result in results:
     for task, r in result["per_task"].items():
-      p = per_task.setdefault(task, {"successes": 0, "episodes": 0})
+      p = per_task.setdefault(task, {"successes": 0, "episodes": 0, "outcomes": {}})
       p["successes"] += int(r["successes"])
       p["episodes"] += int(r["episodes"])
-  for p in per_task.values():
+      for label, n in r.get("outcomes", {}).items():  # how the episodes ended (eval/failure_modes.py)
+        p["outcomes"][label] = p["outcomes"].get(label, 0) + int(n)
+  for task, p in per_task.items():
+    counted = sum(p["outcomes"].values())
+    if counted != p["episodes"]:  # results written before outcomes were recorded: leave the counts out
+      p.pop("outcomes")
+    else:
+      p["outcomes"] = {label: p["outcomes"][label] for label in failure_modes.OUTCOMES if label in p["outcomes"]}
     p["success_rate"] = p["successes"] / p["episodes"]
     p["ci95"] = [round(v, 4) for v in stats.wilson_interval(p["successes"], p["episodes"])]
   successes = sum(p["successes"] for p in per_task.values())
@@ -147,6 +156,8 @@ def format_table(summary: dict) -> str:
                  f"{p['episodes']} episodes, train wall {r['wall_minutes']:.1f} min (mean per seed) {diff_text}")
     if r["final_losses"]:
       lines.append("    final " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(r["final_losses"].items())))
+    if all("outcomes" in t for t in p["per_task"].values()):
+      lines.append("    ended: " + failure_modes.format_outcomes(p).replace("\n", "; "))
   for m, r in summary["methods"].items():
     if r["status"] != "done":
       lines.append(f"{m}: {r['status']}")
@@ -199,6 +210,10 @@ def ablate(methods: list[str], seeds: int, workdir: str, suite_config: str, budg
     summary["plot"] = plots.success_per_task({m: summary["methods"][m]["pooled"] for m in done},
                                              os.path.join(workdir, "ablation_success.png"),
                                              title=f"{len(done)} methods, {seeds} seeds")
+    outcomes_png = plots.outcomes_per_task({m: summary["methods"][m]["pooled"] for m in done},
+                                           os.path.join(workdir, "ablation_outcomes.png"))
+    if outcomes_png:
+      summary["outcomes_plot"] = outcomes_png
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "ablation.json"), "w") as fh:
     json.dump(summary, fh, indent=1)

@@ -22,10 +22,13 @@ def test_difference_interval_matches_newcombe():
   assert low == pytest.approx(-high) and low < 0 < high
 
 
-def _fake_run(directory, successes: dict, episodes: int, losses: dict):
+def _fake_run(directory, successes: dict, episodes: int, losses: dict, outcomes: bool = False):
   os.makedirs(directory, exist_ok=True)
   per_task = {t: {"success_rate": s / episodes, "successes": s, "episodes": episodes,
                   "ci95": list(stats.wilson_interval(s, episodes))} for t, s in successes.items()}
+  if outcomes:  # results written since failure_modes: every episode's outcome counted
+    for t, s in successes.items():
+      per_task[t]["outcomes"] = {"success": s, "misplaced": episodes - s}
   result = {"per_task": per_task, "episodes_per_task": episodes,
             "mean_success": sum(s / episodes for s in successes.values()) / len(successes)}
   with open(os.path.join(directory, "eval_results.json"), "w") as fh:
@@ -39,8 +42,8 @@ def test_collects_finished_runs_into_one_table(tmp_path):
   suite.write_text("ABLATION_METHODS = {'lamp': ('', 'smoke'), 'no_motion': ('no_motion', 'smoke_no_motion'),"
                    " 'pi0': ('pi0', 'smoke_pi0')}\n")
   work = tmp_path / "runs"
-  _fake_run(ablate.run_dir(str(work), "lamp", 0), {"drawer": 9, "push": 3}, 10, {"loss": 0.5})
-  _fake_run(ablate.run_dir(str(work), "lamp", 1), {"drawer": 10, "push": 5}, 10, {"loss": 0.3})
+  _fake_run(ablate.run_dir(str(work), "lamp", 0), {"drawer": 9, "push": 3}, 10, {"loss": 0.5}, outcomes=True)
+  _fake_run(ablate.run_dir(str(work), "lamp", 1), {"drawer": 10, "push": 5}, 10, {"loss": 0.3}, outcomes=True)
   _fake_run(ablate.run_dir(str(work), "no_motion", 0), {"drawer": 8, "push": 1}, 10, {"loss": 0.7})
   _fake_run(ablate.run_dir(str(work), "no_motion", 1), {"drawer": 7, "push": 2}, 10, {"loss": 0.9})
   _fake_run(ablate.run_dir(str(work), "pi0", 0), {"drawer": 7, "push": 2}, 10, {"loss": 0.9})
@@ -58,6 +61,11 @@ def test_collects_finished_runs_into_one_table(tmp_path):
   table = ablate.format_table(summary)
   assert "lamp" in table and "lara: missing" in table and "vs lamp" in table
   assert (work / "ablation.json").exists() and (work / "ablation_success.png").stat().st_size > 1000
+  # Outcome counts are summed over seeds where every run recorded them, and left out where one did not.
+  assert lamp["pooled"]["per_task"]["drawer"]["outcomes"] == {"success": 19, "misplaced": 1}
+  assert "outcomes" not in no_motion["pooled"]["per_task"]["drawer"]
+  assert "ended: drawer: success 19, misplaced 1 (of 20)" in table
+  assert (work / "ablation_outcomes.png").stat().st_size > 1000
 
 
 def test_every_declared_variant_of_the_builtin_suite_exists():
