@@ -76,6 +76,11 @@ lamp_jax/training/grounding.py); the policy stages then keep that encoder frozen
 'film_cnn_long' / 'film_cnn_no_motion_long': the same with ``LONG_EXTRA_ACTION_STEPS`` more 'action' steps (equal
 budgets for both arms; the learning-rate schedule spans the longer stage). Seed 0 of 'film_cnn' trained this long:
 53.8 % against 35.0 % at the default budget.
+'film_cnn_trunk' / 'film_cnn_trunk_no_motion' (+ '_long', 'smoke_film_cnn_trunk'): the same, freezing only the
+encoder's keypoint trunk (what stage 0 trains, ``film_cnn.keypoint_trunk_pattern``); its last conv stage and token
+projections, which stage 0 never trains, learn with the policy. LARA and LAFP on the grounded policy:
+'film_cnn_lara' · 'film_cnn_lara_frozen' · 'film_cnn_lafp' · 'film_cnn_lafp_bc' (+ 'smoke_' / '_long';
+``GROUNDED_VARIANTS``), compared by ``python -m lamp_jax.ablate --suite_config=configs/sim_film_cnn.py``.
 
 LARA (``lara``, ``lara_frozen``; lara.py, docs/lara.md): LaMP with latent action representation alignment, on
 LaMP's data, steps, stages and optimizers. A single-view latent action model (lam_config 'sim': 64^2 pixel patches
@@ -130,6 +135,7 @@ import ml_collections
 from configs import common
 from lamp_jax.data import config as data_config
 from lamp_jax import specs
+from lamp_jax.models import film_cnn
 from lamp_jax.models import lafp_config
 from lamp_jax.models import lam_config
 from lamp_jax.models import lamp_config
@@ -180,8 +186,23 @@ FILM_KEYPOINTS = 4
 # 10200: equal budgets). Seed 0 of ':film_cnn' trained this long reached 53.8 % [42.9, 64.2] against 35.0 % at the
 # default budget (docs/results.md); about an hour on an idle 2-core box, resumable.
 LONG_EXTRA_ACTION_STEPS = 7200
+# The ':film_cnn_trunk' variants freeze only the encoder's keypoint trunk, the parameters stage 0 trains
+# (film_cnn.keypoint_trunk_pattern: instruction embedding and MLP, the conv / GroupNorm / FiLM stages up to the one
+# the keypoints read, keypoint logits): the keypoints stay exactly where stage 0 put them, while what stage 0 never
+# trains (the last conv stage, the grid / keypoint / text projections, position and camera embeddings, output norm)
+# learns with the policy. ':film_cnn' freezes all of '^vlm/'.
+# The other methods on the grounded FiLM-CNN encoder, for the comparisons of configs/sim_film_cnn.py: 'film_cnn_' +
+# a method ('lara', 'lara_frozen', 'lafp', 'lafp_bc') builds that method on the ':film_cnn' policy
+# ('film_cnn_no_motion' for LAFP) with its stage 0 and the encoder frozen in every stage; each has a smoke variant
+# ('smoke_' +) and a long one (+ '_long': LONG_EXTRA_ACTION_STEPS more steps in the last stage). Not built: π0
+# (its action expert reads PaliGemma's per-layer keys / values), motion image (its head acts on the policy only
+# through the shared encoder, frozen here) and latent pretraining (it pretrains the encoder).
+GROUNDED_METHODS = ("lara", "lara_frozen", "lafp", "lafp_bc")
+GROUNDED_VARIANTS = tuple(f"{prefix}film_cnn_{method}{suffix}" for method in GROUNDED_METHODS
+                          for prefix, suffix in (("", ""), ("smoke_", ""), ("", "_long")))
 VARIANTS = ("", "no_motion", "pi0", "motion_image", "pi0_motion_image", "vae", "film_cnn", "film_cnn_no_motion",
-            "film_cnn_long", "film_cnn_no_motion_long", "lara",
+            "film_cnn_long", "film_cnn_no_motion_long", "film_cnn_trunk", "film_cnn_trunk_no_motion",
+            "smoke_film_cnn_trunk", "film_cnn_trunk_long", "film_cnn_trunk_no_motion_long", *GROUNDED_VARIANTS, "lara",
             "lara_frozen", "smoke", "smoke_no_motion", "smoke_pi0", "smoke_motion_image", "smoke_pi0_motion_image",
             "smoke_vae", "smoke_film_cnn", "smoke_film_cnn_no_motion", "smoke_lara", "smoke_lara_frozen", "lafp",
             "lafp_bc", "smoke_lafp", "smoke_lafp_bc", "latent_pretraining", "small_labelled",
@@ -350,17 +371,37 @@ def _with_latent_pretraining(c: ml_collections.ConfigDict, smoke: bool, pretrain
   return c
 
 
+def _freeze_encoder(c: ml_collections.ConfigDict, trunk_only: bool = False) -> None:
+  """The FiLM-CNN variants keep the stage-0 encoder frozen in every policy stage (``trunk_only``: its keypoint
+  trunk, ``film_cnn.keypoint_trunk_pattern``). Trained on, its keypoints left the named object (held-out
+  front/object 2.2 px after stage 0 -> 42 px after the policy stages) and the policy ignored the front camera
+  (input_reliance ratio 1.000; 25 % success, seed 0); frozen, it reads the front camera (1.40 / 1.09, seeds 0 / 1)
+  at 35.0 % / 27.5 % success (docs/results.md: every CI overlaps)."""
+  pattern = "^vlm/"
+  if trunk_only:
+    pattern = film_cnn.keypoint_trunk_pattern(
+        film_cnn.config_from_dict(c.model.vlm, int(c.model.max_token_len), len(c.model.image_keys)))
+  for name in c.stage_order:
+    if pattern not in tuple(c.stages[name].frozen):
+      c.stages[name].frozen = tuple(c.stages[name].frozen) + (pattern,)
+
+
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if arg not in VARIANTS:
     raise ValueError(f"unknown variant {arg!r} of configs/sim.py (variants: {VARIANTS})")
-  if arg.endswith("_long"):
+  if arg.endswith("_long"):  # the last stage ('action'; 'joint' for motion_image) trains longer
     c = get_config(arg[:-len("_long")])
-    c.stages.action.steps = int(c.stages.action.steps) + LONG_EXTRA_ACTION_STEPS
+    last = c.stages[c.stage_order[-1]]
+    last.steps = int(last.steps) + LONG_EXTRA_ACTION_STEPS
     return c
+  grounded = "film_cnn" in arg
+  # The w/o-motion policy the lafp / latent-pretraining / motion-image variants build on.
+  no_motion = ("smoke_" if arg.startswith("smoke") else "") + ("film_cnn_no_motion" if grounded else "no_motion")
   if "lafp" in arg:
-    smoke = arg.startswith("smoke")
-    return _lafp(get_config("smoke_no_motion" if smoke else "no_motion"), smoke,
-                 "bc" if arg.endswith("_bc") else "flow")
+    c = _lafp(get_config(no_motion), arg.startswith("smoke"), "bc" if arg.endswith("_bc") else "flow")
+    if grounded:
+      _freeze_encoder(c)
+    return c
   if arg.endswith(("latent_pretraining", "small_labelled")):
     smoke = arg.startswith("smoke")
     base = ("smoke_" if smoke else "") + ("pi0" if "pi0" in arg else "no_motion")
@@ -420,12 +461,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.stage_order, c.stages = common.lamp_stages(use_motion, motion_steps, action_steps, stage1_opt, stage2_opt,
                                                  motion_repeats=motion_repeats, action_repeats=action_repeats)
   if encoder == "film_cnn":
-    # The policy stages keep the stage-0 encoder frozen. Trained on, its keypoints left the named object (held-out
-    # front/object 2.2 px after stage 0 -> 42 px after the policy stages) and the policy ignored the front camera
-    # (input_reliance ratio 1.000; 25 % success, seed 0); frozen, it reads the front camera (1.40 / 1.09, seeds 0 / 1)
-    # at 35.0 % / 27.5 % success (docs/results.md: every CI overlaps).
-    for name in c.stage_order:
-      c.stages[name].frozen = tuple(c.stages[name].frozen) + ("^vlm/",)
+    _freeze_encoder(c, trunk_only="film_cnn_trunk" in arg)
   if is_lara:
     _lara_stages(c, joint)
     if not joint:  # the trained latent action model (the whole run's parameters) into params['lam']

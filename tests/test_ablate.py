@@ -68,14 +68,34 @@ def test_collects_finished_runs_into_one_table(tmp_path):
   assert (work / "ablation_outcomes.png").stat().st_size > 1000
 
 
-def test_every_declared_variant_of_the_builtin_suite_exists():
-  declared, _ = ablate.load_suite(str(REPO / "configs" / "sim.py"))
+@pytest.mark.parametrize("suite", ["sim.py", "sim_film_cnn.py"])
+def test_every_declared_variant_of_the_builtin_suites_exists(suite):
+  declared, _ = ablate.load_suite(str(REPO / "configs" / suite))
   assert set(declared) <= set(ablate.FAMILY)
   from configs import sim
 
   for method, variants in declared.items():
     for variant in variants:
       assert sim.get_config(variant).stage_order, (method, variant)
+
+
+def test_the_grounded_suite_compares_every_method_on_one_frozen_encoder_at_one_budget():
+  """configs/sim_film_cnn.py: every method on the FiLM-CNN prefix encoder with stage 0, the encoder frozen in every
+  stage, the same total steps, data and evaluation as the ':film_cnn_long' LaMP policy."""
+  from configs import sim
+
+  declared, _ = ablate.load_suite(str(REPO / "configs" / "sim_film_cnn.py"))
+  reference = sim.get_config(declared["lamp"][0])
+  budget = sum(int(reference.stages[s].steps) for s in reference.stage_order)
+  assert budget == 600 + 2400 + sim.LONG_EXTRA_ACTION_STEPS
+  for method, (variant, smoke) in declared.items():
+    c = sim.get_config(variant)
+    assert c.model.vlm.kind == "film_cnn" and c.grounding.enabled, method
+    assert all("^vlm/" in c.stages[s].frozen for s in c.stage_order), method
+    assert sum(int(c.stages[s].steps) for s in c.stage_order) == budget, method
+    assert c.data.pipeline.datasets[0].name == reference.data.pipeline.datasets[0].name
+    assert c.eval.to_dict() == reference.eval.to_dict() and c.grounding.to_dict() == reference.grounding.to_dict()
+    assert sim.get_config(smoke).model.vlm.kind == "film_cnn", method
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ and the 'params_npz' init entry that hands the encoder to the policy run."""
 import json
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -160,3 +161,44 @@ def test_grounding_drift_compares_a_policy_encoder_with_stage_0(tmp_path, monkey
     assert json.load(fh) == written
   assert written["step"] == 7 and written["params"] == "ema_params"
   assert written["checkpoint"] == drifted["checkpoint"] and written["stage0"] == same["stage0"]
+
+
+@pytest.mark.parametrize("variant", ["film_cnn_trunk"])
+def test_the_frozen_trunk_is_exactly_what_stage_0_trains(variant):
+  """film_cnn.keypoint_trunk_pattern (frozen by the ':film_cnn_trunk' variants) must cover every encoder parameter
+  that the stage-0 loss reaches, and nothing else: then the keypoints stay where stage 0 put them, and every
+  parameter stage 0 never trains (the last conv stage, the token projections) learns with the policy. Gradients of
+  stage 0's role logits with respect to random (nowhere-zero) encoder parameters tell which is which. (A first
+  pattern that froze every conv stage failed here: the keypoints read the stage before the last.)"""
+  import re
+
+  from configs import sim
+  from lamp_jax.training import defaults
+
+  config = sim.get_config(variant)
+  model_cfg = defaults.stage_model_config(config, config.stage_order[-1])
+  encoder_cfg = film_cnn.config_from_dict(model_cfg.vlm, int(model_cfg.max_token_len), len(model_cfg.image_keys))
+  module = film_cnn.FiLMCNNEncoder(encoder_cfg)
+  pattern = film_cnn.keypoint_trunk_pattern(encoder_cfg)
+  rng = np.random.default_rng(0)
+  size = int(model_cfg.image_size)
+  images = jnp.asarray(rng.uniform(-1, 1, (2, len(model_cfg.image_keys), size, size, 3)), jnp.float32)
+  image_mask = jnp.ones(images.shape[:2], bool)
+  tokens = jnp.asarray(rng.integers(1, 20, (2, int(model_cfg.max_token_len))), jnp.int32)
+  token_mask = jnp.ones(tokens.shape, bool)
+  params = jax.tree.map(lambda x: jnp.asarray(rng.normal(0.0, 0.2, x.shape), x.dtype),
+                        nn.unbox(module.init(jax.random.key(0), images, image_mask, tokens, token_mask))["params"])
+  logits_fn = grounding.role_logits_fn(module, len(grounding_data.ROLES))
+  weights = jnp.asarray(rng.normal(size=logits_fn(params, images, image_mask, tokens, token_mask).shape))
+  grads = jax.grad(lambda p: jnp.sum(weights * logits_fn(p, images, image_mask, tokens, token_mask)))(params)
+  reached, frozen = set(), set()
+  for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+    name = "vlm/" + "/".join(str(getattr(k, "key", k)) for k in path)
+    if float(jnp.max(jnp.abs(g))) > 0:
+      reached.add(name)
+    if re.search(pattern, name):
+      frozen.add(name)
+  assert reached == frozen, (sorted(reached - frozen), sorted(frozen - reached))
+  assert "vlm/grid_proj/dense/kernel" not in frozen and "vlm/conv_0/kernel" in frozen
+  for name in config.stage_order:  # the variant freezes the trunk, not the whole encoder, in every policy stage
+    assert pattern in config.stages[name].frozen and "^vlm/" not in config.stages[name].frozen

@@ -134,6 +134,16 @@ class FiLMCNNConfig:
     return self.image_size // int(np.prod(self.strides[:stage + 1]))
 
 
+def keypoint_trunk_pattern(cfg: FiLMCNNConfig, prefix: str = "^vlm/") -> str:
+  """A regular expression (for a stage's ``frozen`` list) matching exactly the parameters the keypoints depend on:
+  the word and position embeddings, the instruction MLP, conv / GroupNorm / FiLM stages 0 .. ``keypoint_stage`` and
+  the keypoint logits. These are what the grounding stage 0 trains (training/grounding.py); the later conv stages
+  and every token projection are not."""
+  stages = "|".join(str(i) for i in range(cfg.keypoint_stage + 1))
+  return (rf"{prefix}(word_embedding|text_position|instruction_\d+|(conv|norm|film)_({stages})|keypoint_logits)"
+          r"(/|$)")
+
+
 def default_config_dict() -> ml_collections.ConfigDict:
   """The ``vlm.film_cnn`` section of a LaMP model config (fields of :class:`FiLMCNNConfig` that are not shared
   with the VLM section: image_size, vocab_size and dtype come from ``vlm``, max_text_len from max_token_len and
