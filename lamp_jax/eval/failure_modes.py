@@ -78,7 +78,7 @@ class EpisodeTracker:
     if not self.touched_target:
       self.touched_target = bool(env.gripper_touches(target))
     if self.first_close is None and float(env.gripper) < GRIPPER_CLOSED:
-      hand = np.asarray(env.measured_tcp()[0], np.float64)
+      hand, hand_rpy = (np.asarray(v, np.float64) for v in env.measured_tcp())
       hand_xy = hand[:2]
       receptacle = self.task.params.get("receptacle")
       names = list(self.start) + ([receptacle] if receptacle and receptacle not in self.start else [])
@@ -88,7 +88,7 @@ class EpisodeTracker:
       self.first_close = {"close_xy_to_target_m": round(distances[target], 4), "closed_nearest": role,
                           "close_z_above_target_m": round(float(hand[2] - env.body_pos(target)[2]), 4)}
       if tasks_lib.shape_of(target) == "cube":  # fingers need two parallel faces: yaw matters modulo 90 degrees
-        error = (float(env.measured_tcp()[1][2]) - float(env.body_yaw(target)) + np.pi / 4) % (np.pi / 2) - np.pi / 4
+        error = (float(hand_rpy[2]) - float(env.body_yaw(target)) + np.pi / 4) % (np.pi / 2) - np.pi / 4
         self.first_close["close_yaw_error_deg"] = round(float(np.degrees(error)), 1)
 
   def outcome(self, success: bool, env=None) -> dict[str, Any]:
