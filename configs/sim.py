@@ -395,7 +395,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     last.steps = int(last.steps) + LONG_EXTRA_ACTION_STEPS
     return c
   grounded = "film_cnn" in arg
-  # The w/o-motion policy the lafp / latent-pretraining / motion-image variants build on.
+  # The w/o-motion policy LAFP builds on (the FiLM-CNN one for the grounded variants).
   no_motion = ("smoke_" if arg.startswith("smoke") else "") + ("film_cnn_no_motion" if grounded else "no_motion")
   if "lafp" in arg:
     c = _lafp(get_config(no_motion), arg.startswith("smoke"), "bc" if arg.endswith("_bc") else "flow")
