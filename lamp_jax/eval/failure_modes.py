@@ -46,7 +46,7 @@ LIFT_M = 0.03  # an object counts as lifted when its centre rose this much above
 OFF_TABLE_DROP_M = 0.1  # an object ended off the table when its centre is this far below its start
 GRIPPER_CLOSED = 0.5  # gripper commands below this close the fingers (1 = open, sim.env.TabletopEnv.step)
 MOVED_M = 0.02  # an object counts as moved when its centre travelled this far (xy) from its start
-PLACE_TOLERANCE_M = {"put_on_plate": 0.04, "stack": 0.02}  # the success predicates' xy tolerances (tasks.py)
+PLACE_TOLERANCE_M = tasks_lib.PLACE_XY_TOLERANCE  # the success predicates' xy tolerances, owned by tasks.py
 OUTCOMES = ("success", "other_object", "no_contact", "not_lifted", "off_table", "misplaced", "not_released",
             "wrong_direction", "too_short", "failed")
 _MOVABLE = tasks_lib.CUBES + tasks_lib.CYLINDERS

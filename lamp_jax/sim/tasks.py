@@ -42,6 +42,8 @@ SPAWN_HIGH = np.array([0.17, 0.1])
 PUSH_DISTANCE = 0.08
 DRAWER_OPEN_SUCCESS = 0.08
 DRAWER_CLOSED_SUCCESS = 0.01
+# xy distance (m) within which the placed object must rest on its receptacle (success predicates below).
+PLACE_XY_TOLERANCE = {"put_on_plate": 0.04, "stack": 0.02}
 
 
 def shape_of(name: str) -> str:
@@ -118,7 +120,7 @@ def _on_top(env, top: str, bottom: str, xy_tol: float) -> bool:
 
 
 def _success_put_on_plate(env, task):
-  return _on_top(env, task.params["object"], task.params["receptacle"], 0.04)
+  return _on_top(env, task.params["object"], task.params["receptacle"], PLACE_XY_TOLERANCE["put_on_plate"])
 
 
 # ------------------------------------------------------------------------------------------------- stack
@@ -134,7 +136,7 @@ def _sample_stack(rng):
 
 
 def _success_stack(env, task):
-  return _on_top(env, task.params["object"], task.params["receptacle"], 0.02)
+  return _on_top(env, task.params["object"], task.params["receptacle"], PLACE_XY_TOLERANCE["stack"])
 
 
 # -------------------------------------------------------------------------------------------------- push
