@@ -21,6 +21,7 @@ from lamp_jax.models.weights import strict
 from lamp_jax.training import defaults
 from lamp_jax.training import pretrained
 from lamp_jax.training import trainer as trainer_lib
+from tests import tree_stats
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POLICIES = ("lamp", "pi0")
@@ -114,9 +115,9 @@ def test_loss_terms_metrics_and_weights(policy):
   np.testing.assert_allclose(float(metrics["loss/align"]), 1.0 - float(metrics["lara/cosine"]), rtol=1e-5)
   # The 'lam' term is the latent action model's own loss on the same pairs.
   lam_lib = registry.get("lam")
-  lam_loss, _ = lam_lib.build(cfg.lam).apply({"params": params["lam"]}, batch,
-                                             jax.random.fold_in(jax.random.key(1), lara._LAM_STREAM),
-                                             method="compute_loss")
+  lam_loss, _ = jax.jit(lambda p, b: lam_lib.build(cfg.lam).apply(  # jitted: op by op it compiled ~200 programs
+      {"params": p}, b, jax.random.fold_in(jax.random.key(1), lara._LAM_STREAM), method="compute_loss"))(
+          params["lam"], batch)
   np.testing.assert_allclose(float(metrics["loss/lam"]), float(lam_loss), rtol=1e-5)
 
 
@@ -142,10 +143,15 @@ def _perturb_layer(params, path, index, scanned):
   node = params
   for part in path[:-1]:
     node = node[part]
+  def shifted(x, rows):  # numpy: no small XLA program compiled per leaf shape
+    x = np.array(x)
+    x[rows] += 0.5
+    return x
+
   if scanned:
-    node[path[-1]] = jax.tree.map(lambda x: x.at[index].add(0.5), node[path[-1]])
+    node[path[-1]] = jax.tree.map(lambda x: shifted(x, index), node[path[-1]])
   else:
-    node[f"{path[-1]}_{index}"] = jax.tree.map(lambda x: x + 0.5, node[f"{path[-1]}_{index}"])
+    node[f"{path[-1]}_{index}"] = jax.tree.map(lambda x: shifted(x, Ellipsis), node[f"{path[-1]}_{index}"])
   return params
 
 
@@ -198,7 +204,7 @@ def _align_grads(cfg, params_cfg):
 
 
 def _norm(tree):
-  return float(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+  return tree_stats.sum_of_squares(tree)
 
 
 @pytest.mark.parametrize("policy", POLICIES)

@@ -29,6 +29,7 @@ from lamp_jax.training import defaults
 from lamp_jax.training import preflight
 from lamp_jax.training import pretrained
 from lamp_jax.training import trainer as trainer_lib
+from tests import tree_stats
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ACTION_KEYS = (specs.ACTION, specs.ACTION_PAD_MASK)
@@ -80,7 +81,7 @@ def latent():
 
 
 def _norm(tree) -> float:
-  return float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(tree)))
+  return tree_stats.sum_abs(tree)
 
 
 # ------------------------------------------------------------------------------------------ the loss
@@ -373,10 +374,10 @@ def test_both_stages_train_through_the_trainer(tmp_path):
   _, final = _run_stage(config, tmp_path / "both")
   jax.tree.map(np.testing.assert_array_equal, after_latent.params["lam"], initial.params["lam"])
   jax.tree.map(np.testing.assert_array_equal, after_latent.params["action_expert"], initial.params["action_expert"])
-  assert _norm(jax.tree.map(lambda a, b: a - b, after_latent.params["latent_head"], initial.params["latent_head"])) > 0
-  assert _norm(jax.tree.map(lambda a, b: a - b, after_latent.params["vlm"], initial.params["vlm"])) > 0
+  assert tree_stats.sum_abs_difference(after_latent.params["latent_head"], initial.params["latent_head"]) > 0
+  assert tree_stats.sum_abs_difference(after_latent.params["vlm"], initial.params["vlm"]) > 0
   # Stage 'action': the Action Expert learns; the LAM and the code head stay as the latent stage left them.
   jax.tree.map(np.testing.assert_array_equal, final.params["lam"], initial.params["lam"])
   jax.tree.map(np.testing.assert_array_equal, final.params["latent_head"], after_latent.params["latent_head"])
-  assert _norm(jax.tree.map(lambda a, b: a - b, final.params["action_expert"], initial.params["action_expert"])) > 0
+  assert tree_stats.sum_abs_difference(final.params["action_expert"], initial.params["action_expert"]) > 0
   assert int(final.step) == 4

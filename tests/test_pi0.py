@@ -35,6 +35,7 @@ from lamp_jax.serving import client as client_lib
 from lamp_jax.serving import server as server_lib
 from lamp_jax.training import defaults
 from lamp_jax.training import trainer as trainer_lib
+from tests import tree_stats
 
 pi0 = registry.get("pi0")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,7 +76,7 @@ def _jit(fn):
 
 
 def _global_norm(tree):
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+  return tree_stats.global_norm(tree)
 
 
 # ------------------------------------------------------------------------- a joint pass from the parameters

@@ -33,6 +33,7 @@ from lamp_jax.sim import optical_flow
 from lamp_jax.sim import tasks
 from lamp_jax.training import defaults
 from lamp_jax.training import trainer as trainer_lib
+from tests import tree_stats
 
 pi0 = registry.get("pi0")
 B = 3
@@ -175,7 +176,7 @@ def test_loss_reference_streams_gradients_and_reconstruction(setup):
   assert set(plain) == {"loss", "loss/action"}
   np.testing.assert_allclose(warmup["loss/motion_image"], metrics["loss/motion_image"], rtol=1e-6)
   assert float(warmup["loss/action"]) == 0.0 and float(warmup_total) == float(warmup["loss/motion_image"])
-  norm = lambda tree: float(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree)))  # noqa: E731
+  norm = tree_stats.sum_of_squares
   assert norm(grads["vae"]) == 0.0 and norm(grads["action_expert"]) == 0.0
   assert norm(grads["motion_image"]) > 0.0 and norm(grads["vlm"]["llm"]) > 0.0 and norm(grads["vlm"]["img"]) > 0.0
   assert images.shape == (B, CFG.image_size, CFG.image_size, 3)

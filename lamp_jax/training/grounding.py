@@ -118,6 +118,9 @@ def _cameras(model_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(SIM_CAMERA[k] for k in model_cfg.image_keys)
 
 
+_expected_uv_jit = jax.jit(expected_uv)  # evaluate() calls it on host logits; op by op it compiled each op
+
+
 def evaluate(apply_fn, params, data: dict, indices: np.ndarray, image_size: int, batch_size: int = 100) -> dict:
   """Held-out accuracy: per '<camera>/<role>' the RMSE in pixels of the expected keypoint position and the
   fraction of labels whose most likely cell is within one cell of the labelled cell."""
@@ -127,7 +130,7 @@ def evaluate(apply_fn, params, data: dict, indices: np.ndarray, image_size: int,
     logits = np.asarray(apply_fn(params, *_inputs(data, idx)))
     side = int(round(logits.shape[-1] ** 0.5))
     uv = data["uv"][idx]
-    errors.append(np.asarray(expected_uv(jnp.asarray(logits))) - uv)
+    errors.append(np.asarray(_expected_uv_jit(logits)) - uv)
     best = logits.argmax(-1)
     cell = np.clip((uv * side).astype(int), 0, side - 1)
     hits.append((np.abs(best % side - cell[..., 0]) <= 1) & (np.abs(best // side - cell[..., 1]) <= 1))
@@ -160,11 +163,12 @@ def train_encoder(data: dict, encoder_cfg: film_cnn.FiLMCNNConfig, g: ml_collect
     raise ValueError(f"config fields grounding.scenes={n} / heldout={g.heldout} leave {num_train} training scenes "
                      f"for batch_size={g.batch_size}")
   module = film_cnn.FiLMCNNEncoder(encoder_cfg)
-  params = nn.unbox(module.init(jax.random.key(seed), *_inputs(data, np.arange(2))))["params"]
+  # jitted: op by op, the init (and the optimizer's) compiled one small XLA program per operation and shape
+  params = nn.unbox(jax.jit(module.init)(jax.random.key(seed), *_inputs(data, np.arange(2))))["params"]
   steps = int(g.steps)
   schedule = optax.warmup_cosine_decay_schedule(0.0, float(g.lr), max(1, steps // 10), steps, float(g.lr) * 0.01)
   optimizer = optax.adamw(schedule, weight_decay=float(g.weight_decay))
-  opt_state = optimizer.init(params)
+  opt_state = jax.jit(optimizer.init)(params)
 
   logits_fn = role_logits_fn(module, len(data["roles"]))
 
