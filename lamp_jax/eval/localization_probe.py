@@ -214,9 +214,9 @@ def pretrain_tower(data: dict, vlm_config, *, steps: int, num_heldout: int, batc
   labels = dense_labels(data["objects"], grid)
   num_train = len(images) - num_heldout
   model = TokenClassifier(vlm_config)
-  params = nn.unbox(model.init(jax.random.key(seed), images[:2]))
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(seed), images[:2]))  # jitted: op by op compiles each op
   optimizer = _adamw(lr, steps)
-  opt_state = optimizer.init(params)
+  opt_state = jax.jit(optimizer.init)(params)
 
   def loss_fn(p, x, y):
     ce = optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x), y)
@@ -272,7 +272,7 @@ def run_probe(data: dict, *, encoder: str = "siglip", readout: str = "attention"
   else:
     vlm_config = _vlm_config(stem, posemb, dict(vision_overrides or {}, image_size=size))
   model = LocalisationProbe(encoder, readout, vlm_config, vocab_size=len(tasks.INSTRUCTION_WORDS) + 8)
-  params = nn.unbox(model.init(jax.random.key(seed), images[:2], tokens[:2], token_mask[:2]))
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(seed), images[:2], tokens[:2], token_mask[:2]))
   pretraining = None
   if pretrain_steps:
     if encoder in ("cnn", "film_cnn"):
@@ -284,7 +284,7 @@ def run_probe(data: dict, *, encoder: str = "siglip", readout: str = "attention"
     else:
       params["params"]["vlm"]["img"] = tower
   optimizer = _adamw(lr, steps)
-  opt_state = optimizer.init(params)
+  opt_state = jax.jit(optimizer.init)(params)
 
   def loss_fn(p, x, t, m, y):
     if readout not in ("keypoint", "heatmap"):

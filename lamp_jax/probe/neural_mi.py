@@ -285,7 +285,7 @@ def _train_with_early_stopping(program: Program, params: Any, data: dict[str, tu
   z_train, a_train = data["train"]
   n_train = z_train.shape[0]
   batch_size = min(config.batch_size, n_train)
-  opt_state = program.optimizer.init(params)
+  opt_state = jax.jit(program.optimizer.init)(params)
   best = {"params": params, "val_bits": -math.inf, "step": 0}
   history, step, stale = [], 0, 0
   while step < config.max_steps:
