@@ -9,6 +9,9 @@ when interrupted, or collected when it has already finished (its ``eval_results.
 The suite config (``--suite_config``, default ``configs/sim.py``, the built-in ``tabletop4`` benchmark) declares its
 methods in ``ABLATION_METHODS = {method: (variant, smoke variant)}``; the variants of one suite share data,
 step budget and evaluation. A requested method the suite does not declare (not built yet) is listed as missing.
+Extra ``--config.<field>=<value>`` overrides go to every method whose config has the field (e.g.
+``--config.init.lam.path=<LAM run>`` reaches only the methods that load a latent action model); the others are
+named in the log, and an override no requested method has is an error.
 
 Prints, per method: success per task family and the mean with 95 % Wilson intervals over every (seed, episode)
 trial, the mean and spread of the per-seed means, training wall time, final loss terms; and for each method the
@@ -42,6 +45,12 @@ FAMILY = ("lamp", "no_motion", "pi0", "motion_image", "pi0_motion_image", "lam",
 
 def load_suite(path: str) -> tuple[dict, str]:
   """(``ABLATION_METHODS`` of the suite config file, its path)."""
+  methods, _ = _suite_module(path)
+  return methods, path
+
+
+def _suite_module(path: str):
+  """(``ABLATION_METHODS``, the imported suite config module)."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"--suite_config {path} does not exist")
   spec = importlib.util.spec_from_file_location("_lamp_ablate_suite", path)
@@ -50,7 +59,45 @@ def load_suite(path: str) -> tuple[dict, str]:
   methods = vars(module).get("ABLATION_METHODS")
   if not isinstance(methods, dict):
     raise ValueError(f"{path} declares no ABLATION_METHODS = {{method: (variant, smoke variant)}}")
-  return methods, path
+  return methods, module
+
+
+def _has_field(config, dotted: str) -> bool:
+  node = config
+  for part in dotted.split("."):
+    try:
+      node = node[part]
+    except (KeyError, TypeError, IndexError):
+      return False
+  return True
+
+
+def overrides_per_method(suite_config: str, variants: dict[str, str], extra: list[str]) -> dict[str, list[str]]:
+  """The ``--config.<field>=<value>`` overrides each method's run gets: those whose field its variant's config has.
+
+  One command trains methods whose configs differ (only the LAM-based ones have ``init.lam.path``): an override is
+  passed to every method that has the field and named, per method, where it is not passed. An override that no
+  requested method has is an error (a typo would otherwise change nothing), raised before anything trains.
+  ``variants``: {method: variant of the suite config}."""
+  if not extra:
+    return {m: [] for m in variants}
+  _, module = _suite_module(suite_config)
+  get_config = getattr(module, "get_config", None)
+  if get_config is None:
+    raise ValueError(f"{suite_config} has no get_config(variant): cannot check the overrides {extra}")
+  fields = {}
+  for arg in extra:
+    field = arg[len("--config."):].split("=", 1)[0]
+    if not field:
+      raise ValueError(f"override {arg!r} names no config field")
+    fields[arg] = field
+  configs = {m: get_config(v) for m, v in variants.items()}
+  routed = {m: [a for a in extra if _has_field(c, fields[a])] for m, c in configs.items()}
+  unused = [a for a in extra if not any(a in r for r in routed.values())]
+  if unused:
+    raise ValueError(f"no requested method's config has the field of {unused} (methods: {sorted(variants)}; "
+                     f"suite {suite_config})")
+  return routed
 
 
 def run_dir(workdir: str, method: str, seed: int) -> str:
@@ -170,18 +217,23 @@ def ablate(methods: list[str], seeds: int, workdir: str, suite_config: str, budg
   declared, suite_config = load_suite(suite_config)
   workdir = os.path.abspath(workdir)
   summary = {"suite_config": suite_config, "budget": budget, "seeds": seeds, "methods": {}}
+  variants = {m: declared[m][1 if budget == "smoke" else 0] for m in methods if m in declared}
+  routed = overrides_per_method(suite_config, variants, [] if collect_only else extra)
   for method in methods:
     if method not in declared:
       summary["methods"][method] = {"status": f"missing: {suite_config} declares no variant for it (not built "
                                               f"yet; declared: {sorted(declared)})"}
       continue
-    variant = declared[method][1 if budget == "smoke" else 0]
+    variant = variants[method]
+    skipped = [a for a in extra if a not in routed[method]] if not collect_only else []
+    if skipped:
+      print(f"[ablate] {method}: not passed (its config has no such field): {' '.join(skipped)}", flush=True)
     results, walls, losses = [], [], {}
     for seed in range(seeds):
       directory = run_dir(workdir, method, seed)
       result = _finished(directory)
       if result is None and not collect_only:
-        train_and_evaluate(suite_config, variant, seed, directory, extra)
+        train_and_evaluate(suite_config, variant, seed, directory, routed[method])
         result = _finished(directory)
       if result is None:
         break
@@ -194,7 +246,7 @@ def ablate(methods: list[str], seeds: int, workdir: str, suite_config: str, budg
       summary["methods"][method] = {"status": f"incomplete: {len(results)} of {seeds} seeds evaluated"}
       continue
     summary["methods"][method] = {
-        "status": "done", "variant": variant, "pooled": pooled(results),
+        "status": "done", "variant": variant, "overrides": routed[method], "pooled": pooled(results),
         "wall_minutes": float(np.nanmean(walls)) / 60 if not np.all(np.isnan(walls)) else float("nan"),
         "final_losses": {k: float(np.mean(v)) for k, v in losses.items()},
     }

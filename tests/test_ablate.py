@@ -98,6 +98,23 @@ def test_the_grounded_suite_compares_every_method_on_one_frozen_encoder_at_one_b
     assert sim.get_config(smoke).model.vlm.kind == "film_cnn", method
 
 
+def test_overrides_reach_the_methods_whose_config_has_the_field():
+  """One ablate command for the whole family: an override goes where the field exists (the LAM path only to the
+  methods that load a LAM), and one that no method has is an error before anything trains."""
+  suite = str(REPO / "configs" / "sim_film_cnn.py")
+  declared, _ = ablate.load_suite(suite)
+  variants = {m: v for m, (v, _) in declared.items()}
+  lam_path, episodes = "--config.init.lam.path=/runs/lam", "--config.eval.episodes_per_task=3"
+  routed = ablate.overrides_per_method(suite, variants, [lam_path, episodes])
+  assert {m for m, r in routed.items() if lam_path in r} == {"lara_frozen_lam", "lafp", "lafp_bc"}
+  assert all(r[-1] == episodes for r in routed.values())
+  assert ablate.overrides_per_method(suite, variants, []) == {m: [] for m in variants}
+  with pytest.raises(ValueError, match=r"init\.lam\.path"):
+    ablate.overrides_per_method(suite, {"lamp": variants["lamp"]}, [lam_path])
+  with pytest.raises(ValueError, match="eval.episodes_per_taks"):
+    ablate.overrides_per_method(suite, variants, ["--config.eval.episodes_per_taks=3"])
+
+
 @pytest.mark.slow
 def test_smoke_budget_trains_evaluates_and_tabulates(tmp_path):
   out = subprocess.run([sys.executable, "-m", "lamp_jax.ablate", "--methods=lamp,no_motion", "--seeds=1",
