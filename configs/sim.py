@@ -190,19 +190,25 @@ LONG_EXTRA_ACTION_STEPS = 7200
 # (film_cnn.keypoint_trunk_pattern: instruction embedding and MLP, the conv / GroupNorm / FiLM stages up to the one
 # the keypoints read, keypoint logits): the keypoints stay exactly where stage 0 put them, while what stage 0 never
 # trains (the last conv stage, the grid / keypoint / text projections, position and camera embeddings, output norm)
-# learns with the policy. ':film_cnn' freezes all of '^vlm/'.
+# learns with the policy. ':film_cnn' freezes all of '^vlm/'. ':film_cnn_trunk_motion_image' (+ '_long', 'smoke_')
+# adds joint motion-image learning to ':film_cnn_trunk_no_motion' (its warm-up + joint stages, the same total steps):
+# the head can shape the policy only through encoder parameters that learn, so this pair (configs/sim_film_cnn_trunk.py)
+# is the grounded comparison for it.
 # The other methods on the grounded FiLM-CNN encoder, for the comparisons of configs/sim_film_cnn.py: 'film_cnn_' +
 # a method ('lara', 'lara_frozen', 'lafp', 'lafp_bc') builds that method on the ':film_cnn' policy
 # ('film_cnn_no_motion' for LAFP) with its stage 0 and the encoder frozen in every stage; each has a smoke variant
 # ('smoke_' +) and a long one (+ '_long': LONG_EXTRA_ACTION_STEPS more steps in the last stage). Not built: π0
 # (its action expert reads PaliGemma's per-layer keys / values), motion image (its head acts on the policy only
-# through the shared encoder, frozen here) and latent pretraining (it pretrains the encoder).
+# through the shared encoder, frozen here; see ':film_cnn_trunk_motion_image') and latent pretraining (it pretrains
+# the encoder).
 GROUNDED_METHODS = ("lara", "lara_frozen", "lafp", "lafp_bc")
 GROUNDED_VARIANTS = tuple(f"{prefix}film_cnn_{method}{suffix}" for method in GROUNDED_METHODS
                           for prefix, suffix in (("", ""), ("smoke_", ""), ("", "_long")))
 VARIANTS = ("", "no_motion", "pi0", "motion_image", "pi0_motion_image", "vae", "film_cnn", "film_cnn_no_motion",
             "film_cnn_long", "film_cnn_no_motion_long", "film_cnn_trunk", "film_cnn_trunk_no_motion",
-            "smoke_film_cnn_trunk", "film_cnn_trunk_long", "film_cnn_trunk_no_motion_long", *GROUNDED_VARIANTS, "lara",
+            "smoke_film_cnn_trunk", "smoke_film_cnn_trunk_no_motion", "film_cnn_trunk_long",
+            "film_cnn_trunk_no_motion_long", "film_cnn_trunk_motion_image", "smoke_film_cnn_trunk_motion_image",
+            "film_cnn_trunk_motion_image_long", *GROUNDED_VARIANTS, "lara",
             "lara_frozen", "smoke", "smoke_no_motion", "smoke_pi0", "smoke_motion_image", "smoke_pi0_motion_image",
             "smoke_vae", "smoke_film_cnn", "smoke_film_cnn_no_motion", "smoke_lara", "smoke_lara_frozen", "lafp",
             "lafp_bc", "smoke_lafp", "smoke_lafp_bc", "latent_pretraining", "small_labelled",
@@ -409,8 +415,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if arg in ("vae", "smoke_vae"):  # the motion-image variant's VAE run alone
     return get_config("smoke_motion_image" if arg == "smoke_vae" else "motion_image").prerequisites.vae.config
   if arg.endswith("motion_image"):
-    base = ("smoke_" if arg.startswith("smoke") else "") + ("pi0" if "pi0" in arg else "no_motion")
-    return _with_motion_image(get_config(base), arg.startswith("smoke"))
+    trunk = "film_cnn_trunk" in arg  # on the grounded policy whose encoder past the keypoint trunk learns
+    base = ("smoke_" if arg.startswith("smoke") else "") + (
+        "pi0" if "pi0" in arg else "film_cnn_trunk_no_motion" if trunk else "no_motion")
+    c = _with_motion_image(get_config(base), arg.startswith("smoke"))
+    if trunk:  # the head's stages replace the base's: freeze the trunk in them too
+      _freeze_encoder(c, trunk_only=True)
+    return c
   smoke = arg.startswith("smoke")
   is_pi0 = arg.endswith("pi0")
   is_lara = "lara" in arg

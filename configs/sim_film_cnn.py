@@ -19,8 +19,8 @@ the methods whose config has the field), as in configs/sim.py.
 
 Joint motion-image learning is not declared either: its head shapes the policy only through the features it
 shares with the action head, and this encoder is frozen (token projections included), so the head could change
-nothing but the optimizer's noise. A fair version needs both arms on the ':film_cnn_trunk' freezing (the encoder's
-last conv stage and projections learn); not built yet.
+nothing but the optimizer's noise. The fair version, both arms on the ':film_cnn_trunk' freezing (the encoder's
+last conv stage and projections learn), is configs/sim_film_cnn_trunk.py.
 """
 
 from configs import sim

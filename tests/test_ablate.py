@@ -68,7 +68,7 @@ def test_collects_finished_runs_into_one_table(tmp_path):
   assert (work / "ablation_outcomes.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("suite", ["sim.py", "sim_film_cnn.py"])
+@pytest.mark.parametrize("suite", ["sim.py", "sim_film_cnn.py", "sim_film_cnn_trunk.py"])
 def test_every_declared_variant_of_the_builtin_suites_exists(suite):
   declared, _ = ablate.load_suite(str(REPO / "configs" / suite))
   assert set(declared) <= set(ablate.FAMILY)
@@ -96,6 +96,32 @@ def test_the_grounded_suite_compares_every_method_on_one_frozen_encoder_at_one_b
     assert c.data.pipeline.datasets[0].name == reference.data.pipeline.datasets[0].name
     assert c.eval.to_dict() == reference.eval.to_dict() and c.grounding.to_dict() == reference.grounding.to_dict()
     assert sim.get_config(smoke).model.vlm.kind == "film_cnn", method
+
+
+def test_the_trunk_suite_lets_the_encoder_past_the_keypoint_trunk_learn_in_every_arm():
+  """configs/sim_film_cnn_trunk.py: the motion-image head acts on the policy only through shared parameters that
+  learn, so every arm freezes only stage 0's keypoint trunk (the whole encoder only in the head's warm-up, where
+  only the head trains), at one step budget, with the same data and evaluation."""
+  from configs import sim
+  from lamp_jax.models import film_cnn
+
+  declared, _ = ablate.load_suite(str(REPO / "configs" / "sim_film_cnn_trunk.py"))
+  assert set(declared) == {"lamp", "no_motion", "motion_image"}
+  configs = {m: sim.get_config(v) for m, (v, _) in declared.items()}
+  budget = sum(int(configs["lamp"].stages[s].steps) for s in configs["lamp"].stage_order)
+  assert budget == 600 + 2400 + sim.LONG_EXTRA_ACTION_STEPS
+  for method, c in configs.items():
+    trunk = film_cnn.keypoint_trunk_pattern(
+        film_cnn.config_from_dict(c.model.vlm, int(c.model.max_token_len), len(c.model.image_keys)))
+    assert c.model.vlm.kind == "film_cnn" and c.grounding.enabled, method
+    for name in c.stage_order:
+      assert trunk in c.stages[name].frozen, (method, name)
+      assert ("^vlm/" in c.stages[name].frozen) == (name == "warmup"), (method, name)
+    assert sum(int(c.stages[s].steps) for s in c.stage_order) == budget, method
+    assert c.eval.to_dict() == configs["lamp"].eval.to_dict(), method
+    assert c.grounding.to_dict() == configs["lamp"].grounding.to_dict(), method
+  assert configs["motion_image"].stage_order == ("warmup", "joint")
+  assert configs["motion_image"].model.motion_image.enabled and not configs["no_motion"].model.use_motion
 
 
 def test_overrides_reach_the_methods_whose_config_has_the_field():
