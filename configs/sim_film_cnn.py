@@ -23,7 +23,9 @@ nothing but the optimizer's noise. The fair version, both arms on the ':film_cnn
 last conv stage and projections learn), is configs/sim_film_cnn_trunk.py.
 """
 
-from configs import sim
+from configs.sim import VARIANTS, get_config  # the variants and their configs are configs/sim.py's
+
+__all__ = ["ABLATION_METHODS", "VARIANTS", "get_config"]
 
 ABLATION_METHODS = {
     "lamp": ("film_cnn_long", "smoke_film_cnn"),
@@ -33,8 +35,3 @@ ABLATION_METHODS = {
     "lafp": ("film_cnn_lafp_long", "smoke_film_cnn_lafp"),
     "lafp_bc": ("film_cnn_lafp_bc_long", "smoke_film_cnn_lafp_bc"),
 }
-VARIANTS = sim.VARIANTS
-
-
-def get_config(arg: str = ""):
-  return sim.get_config(arg)

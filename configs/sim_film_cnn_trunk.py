@@ -10,15 +10,12 @@ the encoder's last conv stage, token projections and embeddings learn with the p
 of configs/sim.py). Same demonstrations, stage 0, step budget (10,200 steps) and evaluation in every arm.
 """
 
-from configs import sim
+from configs.sim import VARIANTS, get_config  # the variants and their configs are configs/sim.py's
+
+__all__ = ["ABLATION_METHODS", "VARIANTS", "get_config"]
 
 ABLATION_METHODS = {
     "no_motion": ("film_cnn_trunk_no_motion_long", "smoke_film_cnn_trunk_no_motion"),
     "motion_image": ("film_cnn_trunk_motion_image_long", "smoke_film_cnn_trunk_motion_image"),
     "lamp": ("film_cnn_trunk_long", "smoke_film_cnn_trunk"),
 }
-VARIANTS = sim.VARIANTS
-
-
-def get_config(arg: str = ""):
-  return sim.get_config(arg)
