@@ -183,8 +183,8 @@ VAE_STEPS, VAE_BATCH = 1200, 16
 # (lamp_jax/training/grounding.py). The other variants keep the from-scratch PaliGemma ('paligemma').
 FILM_KEYPOINTS = 4
 # The ':film_cnn_long' variants: this many more 'action' steps than their base (LaMP 2400 -> 9600, w/o motion 3000 ->
-# 10200: equal budgets). Seed 0 of ':film_cnn' trained this long reached 53.8 % [42.9, 64.2] against 35.0 % at the
-# default budget (docs/results.md); about an hour on an idle 2-core box, resumable.
+# 10200: equal budgets). ':film_cnn' trained this long reached 47.5 % [41.3, 53.8] over seeds 0-2 against 32.1 % at
+# the default budget (docs/results.md); about an hour per run on an idle 2-core box, resumable.
 LONG_EXTRA_ACTION_STEPS = 7200
 # The ':film_cnn_trunk' variants freeze only the encoder's keypoint trunk, the parameters stage 0 trains
 # (film_cnn.keypoint_trunk_pattern: instruction embedding and MLP, the conv / GroupNorm / FiLM stages up to the one

@@ -7,7 +7,7 @@ r"""The built-in benchmark's method comparison on the grounded FiLM-CNN encoder,
 Why a second suite: with the from-scratch PaliGemma of ``configs/sim.py`` no policy finds the named object within
 the CPU budget (every method scores 25-30 %, put-on-plate and stack 0 %), so no method can show a difference
 there. The ':film_cnn' policies (stage 0 grounds the encoder, which then stays frozen) read the cameras and reach
-53.8 % at the long budget (seed 0; docs/results.md). Every method here is built on that policy with the same
+47.5 % at the long budget (seeds 0-2 pooled; docs/results.md). Every method here is built on that policy with the same
 demonstrations, stage 0, frozen encoder, total step budget (10,200 steps: LaMP's 600 + 9,600, the others' 10,200)
 and evaluation; the variants are configs/sim.py's (``GROUNDED_VARIANTS``), this file only declares the table.
 
