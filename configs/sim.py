@@ -74,8 +74,9 @@ lamp_jax/training/grounding.py); the policy stages then keep that encoder frozen
   python -m lamp_jax.train --config=configs/sim.py:film_cnn --workdir=/tmp/lamp_sim_film_cnn
 
 'film_cnn_long' / 'film_cnn_no_motion_long': the same with ``LONG_EXTRA_ACTION_STEPS`` more 'action' steps (equal
-budgets for both arms; the learning-rate schedule spans the longer stage). Seed 0 of 'film_cnn' trained this long:
-53.8 % against 35.0 % at the default budget.
+budgets for both arms; the learning-rate schedule spans the longer stage): 47.5 % over seeds 0-2 against 32.1 % at
+the default budget. 'film_cnn_medium' / 'film_cnn_no_motion_medium': ``MEDIUM_EXTRA_ACTION_STEPS`` more, the most
+that fits the README's 45 minutes.
 'film_cnn_trunk' / 'film_cnn_trunk_no_motion' (+ '_long', 'smoke_film_cnn_trunk'): the same, freezing only the
 encoder's keypoint trunk (what stage 0 trains, ``film_cnn.keypoint_trunk_pattern``); its last conv stage and token
 projections, which stage 0 never trains, learn with the policy. LARA and LAFP on the grounded policy:
@@ -186,6 +187,10 @@ FILM_KEYPOINTS = 4
 # 10200: equal budgets). ':film_cnn' trained this long reached 47.5 % [41.3, 53.8] over seeds 0-2 against 32.1 % at
 # the default budget (docs/results.md); about an hour per run on an idle 2-core box, resumable.
 LONG_EXTRA_ACTION_STEPS = 7200
+# The ':film_cnn_medium' variants: this many more 'action' steps (LaMP 2400 -> 4800, w/o motion 3000 -> 5400), the
+# most that keeps data generation + stage 0 + both stages + evaluation within the README's 45 minutes on an idle
+# 2-core box (stage 2 runs at ~3 steps/s there).
+MEDIUM_EXTRA_ACTION_STEPS = 2400
 # The ':film_cnn_trunk' variants freeze only the encoder's keypoint trunk, the parameters stage 0 trains
 # (film_cnn.keypoint_trunk_pattern: instruction embedding and MLP, the conv / GroupNorm / FiLM stages up to the one
 # the keypoints read, keypoint logits): the keypoints stay exactly where stage 0 put them, while what stage 0 never
@@ -205,10 +210,10 @@ GROUNDED_METHODS = ("lara", "lara_frozen", "lafp", "lafp_bc")
 GROUNDED_VARIANTS = tuple(f"{prefix}film_cnn_{method}{suffix}" for method in GROUNDED_METHODS
                           for prefix, suffix in (("", ""), ("smoke_", ""), ("", "_long")))
 VARIANTS = ("", "no_motion", "pi0", "motion_image", "pi0_motion_image", "vae", "film_cnn", "film_cnn_no_motion",
-            "film_cnn_long", "film_cnn_no_motion_long", "film_cnn_trunk", "film_cnn_trunk_no_motion",
-            "smoke_film_cnn_trunk", "smoke_film_cnn_trunk_no_motion", "film_cnn_trunk_long",
-            "film_cnn_trunk_no_motion_long", "film_cnn_trunk_motion_image", "smoke_film_cnn_trunk_motion_image",
-            "film_cnn_trunk_motion_image_long", *GROUNDED_VARIANTS, "lara",
+            "film_cnn_long", "film_cnn_no_motion_long", "film_cnn_medium", "film_cnn_no_motion_medium",
+            "film_cnn_trunk", "film_cnn_trunk_no_motion", "smoke_film_cnn_trunk", "smoke_film_cnn_trunk_no_motion",
+            "film_cnn_trunk_long", "film_cnn_trunk_no_motion_long", "film_cnn_trunk_motion_image",
+            "smoke_film_cnn_trunk_motion_image", "film_cnn_trunk_motion_image_long", *GROUNDED_VARIANTS, "lara",
             "lara_frozen", "smoke", "smoke_no_motion", "smoke_pi0", "smoke_motion_image", "smoke_pi0_motion_image",
             "smoke_vae", "smoke_film_cnn", "smoke_film_cnn_no_motion", "smoke_lara", "smoke_lara_frozen", "lafp",
             "lafp_bc", "smoke_lafp", "smoke_lafp_bc", "latent_pretraining", "small_labelled",
@@ -395,11 +400,12 @@ def _freeze_encoder(c: ml_collections.ConfigDict, trunk_only: bool = False) -> N
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if arg not in VARIANTS:
     raise ValueError(f"unknown variant {arg!r} of configs/sim.py (variants: {VARIANTS})")
-  if arg.endswith("_long"):  # the last stage ('action'; 'joint' for motion_image) trains longer
-    c = get_config(arg[:-len("_long")])
-    last = c.stages[c.stage_order[-1]]
-    last.steps = int(last.steps) + LONG_EXTRA_ACTION_STEPS
-    return c
+  for suffix, extra in (("_long", LONG_EXTRA_ACTION_STEPS), ("_medium", MEDIUM_EXTRA_ACTION_STEPS)):
+    if arg.endswith(suffix):  # the last stage ('action'; 'joint' for motion_image) trains longer
+      c = get_config(arg[:-len(suffix)])
+      last = c.stages[c.stage_order[-1]]
+      last.steps = int(last.steps) + extra
+      return c
   grounded = "film_cnn" in arg
   # The w/o-motion policy LAFP builds on (the FiLM-CNN one for the grounded variants).
   no_motion = ("smoke_" if arg.startswith("smoke") else "") + ("film_cnn_no_motion" if grounded else "no_motion")

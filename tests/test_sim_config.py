@@ -171,19 +171,21 @@ def test_film_cnn_is_opt_in_and_its_variants_differ_only_in_the_encoder():
     assert c.to_dict() == ref.to_dict(), variant
 
 
-def test_long_film_cnn_variants_only_train_longer_at_equal_budgets():
-  """':film_cnn_long' / ':film_cnn_no_motion_long' are their base variants with LONG_EXTRA_ACTION_STEPS more 'action'
-  steps, nothing else; LaMP and its ablation keep equal total budgets."""
+def test_longer_film_cnn_variants_only_train_longer_at_equal_budgets():
+  """':film_cnn_long' / ':film_cnn_no_motion_long' (and '_medium') are their base variants with
+  LONG_EXTRA_ACTION_STEPS (MEDIUM_EXTRA_ACTION_STEPS) more 'action' steps, nothing else; LaMP and its ablation keep
+  equal total budgets."""
   from configs import sim  # pylint: disable=g-import-not-at-top
 
-  totals = []
-  for base in ("film_cnn", "film_cnn_no_motion"):
-    c, ref = _sim_config(base + "_long"), _sim_config(base)
-    assert c.stages.action.steps == ref.stages.action.steps + sim.LONG_EXTRA_ACTION_STEPS > 0
-    c.stages.action.steps = ref.stages.action.steps
-    assert c.to_dict() == ref.to_dict(), base
-    totals.append(sum(int(_sim_config(base + "_long").stages[s].steps) for s in c.stage_order))
-  assert totals[0] == totals[1]
+  for suffix, extra in (("_long", sim.LONG_EXTRA_ACTION_STEPS), ("_medium", sim.MEDIUM_EXTRA_ACTION_STEPS)):
+    totals = []
+    for base in ("film_cnn", "film_cnn_no_motion"):
+      c, ref = _sim_config(base + suffix), _sim_config(base)
+      assert c.stages.action.steps == ref.stages.action.steps + extra > ref.stages.action.steps, (base, suffix)
+      totals.append(sum(int(c.stages[s].steps) for s in c.stage_order))
+      c.stages.action.steps = ref.stages.action.steps
+      assert c.to_dict() == ref.to_dict(), (base, suffix)
+    assert totals[0] == totals[1], suffix
 
 
 def test_preflight_accepts_what_the_vae_prerequisite_fills_in(tmp_path):
