@@ -269,10 +269,7 @@ def _inference_only(params: Any, model_cfg: ml_collections.ConfigDict) -> tuple[
   """(params without the top-level subtrees inference never reads, the library's ``inference_config``)."""
   lib = _library(model_cfg.get("name", None))
   inference_cfg = lib.inference_config(model_cfg)
-  if inference_cfg.to_dict() == model_cfg.to_dict():
-    return params, model_cfg
-  dropped = set(lib.abstract_params(model_cfg)) - set(layout(inference_cfg)[1])
-  return {k: v for k, v in params.items() if k not in dropped}, inference_cfg
+  return lib.inference_params(model_cfg, params, abstract=layout(inference_cfg)[1])
 
 
 def export_checkpoint(checkpoint: str, out_dir: str, *, step: int | None = None, ema: bool | None = None,

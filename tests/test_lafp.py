@@ -283,7 +283,9 @@ def test_a_checkpoint_serves_and_its_torch_export_gives_the_same_actions(tmp_pat
   _, model_cfg, _, _ = export_helpers.sim_checkpoint(tmp_path / "run", "smoke_lafp")
   run = str(tmp_path / "run")
   policy = CheckpointPolicy(run, seed=7)
-  assert type(policy.model).__name__ == "LatentActionFlowPolicy" and "lam" in policy.params
+  # The frozen LAM is training-only: the deployed policy neither holds nor passes it (ModelLibrary.inference_params).
+  assert type(policy.model).__name__ == "LatentActionFlowPolicy" and "lam" not in policy.params
+  assert "lam" in CheckpointPolicy(run, training_parts=True).params
   instruction = "put the red cube on the blue plate"
   observation = export_helpers.raw_observation(np.random.default_rng(1))
   key = policy._rng  # pylint: disable=protected-access  (the noise key the served call will use)

@@ -106,6 +106,28 @@ def test_sample_actions_is_the_policy_without_the_head(setup):
   assert lamp.bench_variants(CFG).keys() == {"with_motion_image_head", "without_motion_image_head"}
 
 
+def test_deployed_sample_actions_takes_only_the_policys_parameters(setup):
+  """``inference_params`` (what evaluation, the server and export run) drops the head and the VAE: the jitted
+  ``sample_actions`` of the policy with the head then lowers to the very program of the policy without it, with
+  the same arguments (bug guarded: the head's and the VAE's arrays were arguments of every deployed call, ~3 %
+  more CPU time per call at sim size); parameters without a part that sample_actions reads are refused, named."""
+  _, params, batch = setup
+  obs = {k: batch[k] for k in (specs.OBSERVATION, specs.TASK)}
+  deployed, deployed_cfg = lamp.inference_params(CFG, params)
+  assert set(deployed) == set(without_head(params)) and not set(deployed) & set(motion_image.TOP_LEVEL)
+  assert deployed_cfg.to_dict() == plain_config().to_dict()
+
+  def lowered(cfg, p):
+    model = lamp.build(cfg)
+    return jax.jit(lambda p, b, r: model.apply({"params": p}, b, r, method="sample_actions")).lower(
+        p, obs, jax.random.key(0)).as_text()
+
+  assert lowered(deployed_cfg, deployed) == lowered(plain_config(), without_head(params))
+  assert lamp.inference_params(plain_config(), params)[0] is params  # nothing training-only: unchanged
+  with pytest.raises(ValueError, match=r"lack the top-level entries \['action_expert'\]"):
+    lamp.inference_params(CFG, {k: v for k, v in params.items() if k != "action_expert"})
+
+
 def reference_loss(params, batch, rng):
   """The 'motion_image' term written from the parameters: VLM features -> frozen VAE posterior mean ->
   scaled latents -> flow matching of the head (modules applied on their own subtrees)."""

@@ -297,7 +297,8 @@ def test_warmup_trains_the_head_alone_then_joint_trains_the_vlm_never_the_vae(tr
   assert [r["step"] for r in train] == [1, 2, 3, 4]
   assert all(r["loss/action"] == 0 and r["loss/motion_image"] > 0 for r in train[:2])  # warm-up
   assert all(r["loss/action"] > 0 and r["loss/motion_image"] > 0 for r in train[2:])  # joint
-  params = {step: jax.device_get(CheckpointPolicy(str(trained), step=step).params) for step in (1, 2, 3)}
+  params = {step: jax.device_get(CheckpointPolicy(str(trained), step=step, training_parts=True).params)
+            for step in (1, 2, 3)}
 
   def same(a, b, part):
     return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(params[a][part]), jax.tree.leaves(params[b][part])))

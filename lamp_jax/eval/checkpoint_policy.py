@@ -49,10 +49,12 @@ class CheckpointPolicy:
     use_ema: use the EMA parameters when the checkpoint has them (default True).
     seed: seed of the sampling noise (the noise key advances at every call).
     stage: which stage's model config to use (default: the run's last stage).
+    training_parts: keep the parameters and config of the model's training-only parts (``ModelLibrary.
+      inference_params`` drops them by default; e.g. ``motion_image_report`` decodes with the motion-image head).
   """
 
   def __init__(self, checkpoint_dir: str, step: int | None = None, use_ema: bool = True, seed: int = 0,
-               stage: str | None = None):
+               stage: str | None = None, training_parts: bool = False):
     directory = os.path.abspath(checkpoint_dir)
     if not os.path.isdir(directory):
       raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
@@ -80,7 +82,7 @@ class CheckpointPolicy:
         raise ckpt_lib.NoIntactCheckpointError(f"no intact checkpoint in {directory}: " + " | ".join(corrupted))
     finally:
       checkpointer.close()
-    self._setup(config, model_cfg, lib, params, norm_json, seed)
+    self._setup(config, model_cfg, lib, params, norm_json, seed, training_parts)
     self.step = step
     self.params_key = key
     self.checkpoint_dir = directory
@@ -88,11 +90,11 @@ class CheckpointPolicy:
 
   @classmethod
   def from_params(cls, config: ml_collections.ConfigDict, params: Any, norm_stats_json: dict, seed: int = 0,
-                  stage: str | None = None) -> "CheckpointPolicy":
+                  stage: str | None = None, training_parts: bool = False) -> "CheckpointPolicy":
     """A policy over in-memory parameters (the trainer's periodic evaluation)."""
     self = cls.__new__(cls)
     model_cfg, lib = cls._model_config(config, stage)
-    self._setup(config, model_cfg, lib, params, norm_stats_json, seed)
+    self._setup(config, model_cfg, lib, params, norm_stats_json, seed, training_parts)
     self.step = None
     self.params_key = "params"
     self.checkpoint_dir = None
@@ -130,8 +132,11 @@ class CheckpointPolicy:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                         lib.abstract_params(model_cfg))
 
-  def _setup(self, config, model_cfg, lib, params, norm_json, seed):
+  def _setup(self, config, model_cfg, lib, params, norm_json, seed, training_parts=False):
     self.config = config
+    if not training_parts:  # only what sample_actions reads: training-only parts (an auxiliary head, a latent
+      # action model) are neither arguments of the jitted call nor kept on the device
+      params, model_cfg = lib.inference_params(model_cfg, params)
     self.model_cfg = model_cfg
     self.lib = lib
     self.model = lib.build(model_cfg)

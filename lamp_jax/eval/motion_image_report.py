@@ -179,7 +179,7 @@ def main(argv=None) -> None:
   p.add_argument("--seed", type=int, default=0, help="seed of the head's noise")
   p.add_argument("--seed-offset", type=int, default=tasks.EVAL_SEED_OFFSET, help="first task seed")
   args = p.parse_args(argv)
-  policy = CheckpointPolicy(args.checkpoint, step=args.step)
+  policy = CheckpointPolicy(args.checkpoint, step=args.step, training_parts=True)  # the head decodes
   result = report(policy, args.out, suite=args.suite, num_frames=args.frames, seed=args.seed,
                   num_steps=args.num_steps, seed_offset=args.seed_offset)
   print(json.dumps({k: result[k] for k in ("step", "mean", "png", "npz")}, indent=1))

@@ -27,13 +27,14 @@ is the library's ``name``):
                                reads from the batch; the trainer builds / verifies the datasets' code caches with
                                it before the stage's iterator is made (None by default)
   inference_config(cfg)        (optional) the config of what ``sample_actions`` runs, without training-only
-                               parts (e.g. an auxiliary head); export keeps only its parameters
+                               parts (e.g. an auxiliary head); evaluation, serving and export keep only its
+                               parameters (``inference_params``)
   report(cfg, params, batches, out_dir)  (optional) figures of a trained model on held-out batches, written by
                                ``python -m lamp_jax.train`` after the last stage (``report.json``; e.g. a VAE's
                                reconstruction error and latent statistics, with a PNG); None = nothing to report
 Derived (not overridden): ``init_variables`` (boxed, logical axis names), ``init_params``, ``init_model_state``,
 ``abstract_variables``, ``abstract_params``, ``logical_axes`` (``jax.eval_shape``: nothing allocated),
-``loss_weights``.
+``loss_weights``, ``inference_params``.
 
 Model state (``state_collections``): the trainer keeps those collections in ``TrainState.model_state``
 ({collection: tree}; None for models without state), applies ``compute_loss`` with them mutable, stores what the
@@ -221,6 +222,23 @@ class ModelLibrary(abc.ABC):
   def abstract_params(self, cfg: ml_collections.ConfigDict) -> dict:
     """Parameter tree of jax.ShapeDtypeStruct via jax.eval_shape (no allocation)."""
     return nn.unbox(self.abstract_variables(cfg))["params"]
+
+  def inference_params(self, cfg: ml_collections.ConfigDict, params: dict, *,
+                       abstract: dict | None = None) -> tuple[dict, ml_collections.ConfigDict]:
+    """(``params`` restricted to what ``sample_actions`` reads, ``inference_config(cfg)``): the top-level
+    subtrees of training-only parts (e.g. the motion-image head and its VAE, LARA's latent action model) are
+    dropped, so that a jitted ``sample_actions`` neither takes them as arguments nor keeps them alive. Every
+    deployment path uses it (closed-loop evaluation, the policy server, export). ``abstract``: the inference
+    config's ``abstract_params`` when the caller has them (else traced here, when the config changes)."""
+    inference_cfg = self.inference_config(cfg)
+    if inference_cfg.to_dict() == cfg.to_dict():
+      return params, cfg
+    keep = set(self.abstract_params(inference_cfg) if abstract is None else abstract)
+    missing = sorted(keep - set(params))
+    if missing:
+      raise ValueError(f"model {self.name!r}: the parameters lack the top-level entries {missing} that "
+                       f"sample_actions reads (have {sorted(params)})")
+    return {k: v for k, v in params.items() if k in keep}, inference_cfg
 
   def logical_axes(self, cfg: ml_collections.ConfigDict) -> dict:
     """Parameter tree of PartitionSpec holding each parameter's logical axis names."""

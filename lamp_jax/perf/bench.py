@@ -6,10 +6,11 @@
 
 inference: median latency (ms) of the jitted ``sample_actions`` at --batch_size (default 1) after compilation, for
   every inference variant the model's library declares (``ModelLibrary.bench_variants``; LaMP: with motion,
-  without motion, with the full motion reconstruction), with compile times, analytic FLOPs and the library's
-  named ratios (``bench_ratios``). Calls are interleaved round-robin so that load on a shared host affects all
-  variants alike; ratios are from the same run. ``analytic_ratios`` are the FLOP ratios, the floor of the
-  latency ratios at equal efficiency.
+  without motion, with the full motion reconstruction), called as deployed policies call it (the parameters of
+  ``ModelLibrary.inference_params``: no training-only head or latent action model among the arguments), with
+  compile times, analytic FLOPs and the library's named ratios (``bench_ratios``). Calls are interleaved
+  round-robin so that load on a shared host affects all variants alike; ratios are from the same run.
+  ``analytic_ratios`` are the FLOP ratios, the floor of the latency ratios at equal efficiency.
 train_step: median time of a jitted AdamW step (parameters and optimizer state donated) on ``compute_loss``.
   ``--op_breakdown`` adds where the step's time goes (lamp_jax.perf.op_profile): the share of XLA op time in
   matmul kernels, layout copies, loop bookkeeping and other ops, the top ops, and
@@ -155,8 +156,9 @@ def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int, with_re
     if key not in params_by_cfg:  # variants that differ only in their call share one parameter set
       params_by_cfg[key] = variant_lib.init_params(variant.cfg, jax.random.key(seed),
                                                    variant_lib.dummy_batch(variant.cfg, 1, seed))
-    params = params_by_cfg[key]
-    model = variant_lib.build(variant.cfg)
+    # What a deployed policy runs (evaluation, the server, export): without training-only parts.
+    params, inference_cfg = variant_lib.inference_params(variant.cfg, params_by_cfg[key])
+    model = variant_lib.build(inference_cfg)
     kwargs = dict(variant.sample_kwargs)
     batch = jax.device_put(timing.inference_batch(variant_lib, variant.cfg, batch_size, seed))
 
