@@ -24,6 +24,19 @@ def _run(*args):
   return json.loads(out.stdout[out.stdout.index("{"):])
 
 
+def test_bench_programs_shows_a_training_only_head_leaves_the_deployed_program_unchanged():
+  """--what=programs (abstract shapes, no timing): the tiny LaMP policy with the motion-image head lowers, as
+  deployed, to the very program of the policy without it, with the same argument bytes (bug guarded: the head's
+  and the VAE's parameters were arguments of the deployed call)."""
+  result = _run("lamp_jax.bench", "--config=configs/lamp.py:tiny", "--config.model.use_motion=False",
+                "--config.model.motion_image.enabled=True", "--config.model.loss.weights.motion_image=1.0",
+                "--what=programs")
+  names = ["with_motion_image_head", "without_motion_image_head"]
+  assert result["what"] == "programs" and sorted(result["programs"]) == names
+  assert result["same_program"] == [names] and result["programs"][names[0]]["chars"] > 1000
+  assert len(set(result["argument_gb"].values())) == 1 and len(set(result["analytic_gflops"].values())) == 1
+
+
 @pytest.mark.slow  # a bench CLI subprocess (~35 s on a quiet 2-core box)
 def test_motion_bench_tiny_cli():
   result = _run("lamp_jax.perf.motion_bench", "--config=configs/lamp.py:tiny", "--repeats=2")

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from configs import common
+from configs import pi0 as pi0_configs
 from lamp_jax import export
 from lamp_jax import flow_image
 from lamp_jax import specs
@@ -342,3 +343,13 @@ def test_report_of_predicted_and_true_flow_images(trained, tmp_path):
     env.close()
   assert arrays["predicted_flow_image"].shape == (2, size, size, 3)
   assert arrays["predicted_flow_image"].dtype == np.uint8
+
+
+def test_pi0_model_configs_with_the_head():
+  """configs/pi0.py:<size>_motion_image is the size's π0 with the head (pi0_config.with_motion_image); anything
+  else is refused, naming the variants."""
+  plain, with_head = pi0_configs.get_config("tiny"), pi0_configs.get_config("tiny_motion_image")
+  assert "motion_image" not in plain.model and bool(with_head.model.motion_image.enabled)
+  assert with_head.model.to_dict() == pi0_config.with_motion_image(pi0_config.model_config("tiny")).to_dict()
+  with pytest.raises(ValueError, match="variants: .*'paper'.*_motion_image"):
+    pi0_configs.get_config("huge_motion_image")

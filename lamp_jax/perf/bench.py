@@ -20,6 +20,11 @@ inference, ``--baseline=CONFIG``: also times the variants of another config's mo
   method, e.g. ``--config=configs/sim.py:lafp --baseline=configs/sim.py:no_motion``) in the same round robin, as
   'baseline/<variant>', and reports 'ratios_to_baseline' (every variant over every baseline variant: latency, CPU
   time, analytic FLOPs), the cost of a method against its base policy measured under one load.
+programs: no timing and nothing allocated, any size: the deployed ``sample_actions`` program of every inference
+  variant (as ``inference`` calls it), lowered from abstract shapes: a digest of its StableHLO text, the variants
+  that lower to one program ('same_program': equal programs with equal arguments run in equal time, the claim of a
+  training-only head at a size that cannot be timed here), argument bytes and analytic FLOPs.
+    python -m lamp_jax.bench --config=configs/pi0.py:paper --config.model.motion_image.enabled=True --what=programs
 Both: ``--with_reference`` also times, in the same round robin, the model with its exact rewrites switched off
   (``ModelLibrary.reference_config``): a before / after under identical load ('rewrite_speedup'). Beside every
   wall time the process CPU time per call ('cpu_ms' / 'cpu_step_s', all threads) and the host's load average:
@@ -46,6 +51,7 @@ Model options are config values, e.g. ``--config.model.motion.scan_unroll=2 --co
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -63,7 +69,7 @@ from lamp_jax.training import optim
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with a `model` section (configs/lamp.py), or "
                                           "a training config with --stage (configs/bridge.py).")
-_WHAT = flags.DEFINE_enum("what", "inference", ["inference", "train_step"], "What to benchmark.")
+_WHAT = flags.DEFINE_enum("what", "inference", ["inference", "train_step", "programs"], "What to benchmark.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Batch size (default: 1 for inference, 8 for train_step).")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per variant.")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
@@ -216,6 +222,33 @@ def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int, with_re
   return result
 
 
+def inference_programs(model_cfg, batch_size: int, seed: int) -> dict:
+  """The deployed ``sample_actions`` program of every inference variant, lowered from abstract parameters (nothing
+  allocated; see the module doc): {'programs': {variant: {'sha256', 'chars'}}, 'same_program': [[variants], ...],
+  'argument_gb', 'analytic_gflops'}."""
+  lib = _sampling_library(model_cfg, "--config")
+  rng = jax.random.key(seed + 1)
+  programs, arguments, flops = {}, {}, {}
+  for name, variant in lib.bench_variants(model_cfg).items():
+    params, inference_cfg = lib.inference_params(variant.cfg, lib.abstract_params(variant.cfg))
+    model, kwargs = lib.build(inference_cfg), dict(variant.sample_kwargs)
+    batch = timing.inference_batch(lib, variant.cfg, batch_size, seed)
+
+    def sample(p, b, r, model=model, kwargs=kwargs):
+      return model.apply({"params": p}, b, r, method="sample_actions", **kwargs)
+
+    text = jax.jit(sample).lower(params, batch, rng).as_text()
+    programs[name] = {"sha256": hashlib.sha256(text.encode()).hexdigest(), "chars": len(text)}
+    arguments[name] = round(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((params, batch))) / 1e9, 6)
+    flops[name] = round(lib.analytic_flops(variant.cfg, batch_size, variant.flop_mode) / 1e9, 4)
+  groups: dict[str, list[str]] = {}
+  for name, program in programs.items():
+    groups.setdefault(program["sha256"], []).append(name)
+  return {"what": "programs", "model": lib.name, "variant": model_cfg.get("variant", ""), "batch_size": batch_size,
+          "programs": programs, "same_program": [names for names in groups.values() if len(names) > 1],
+          "argument_gb": arguments, "analytic_gflops": flops}
+
+
 def _optimizer(frozen: tuple[str, ...]) -> optax.GradientTransformation:
   """AdamW (0.9 / 0.95, weight decay 1e-4); with ``frozen`` patterns the frozen parameters get no update and no
   optimizer state, as in the trainer (``optim.make_optimizer``)."""
@@ -364,7 +397,11 @@ def main(argv):
                            f"{sorted(config.stages.keys()) if 'stages' in config else 'none'})")
     model_cfg = defaults.stage_model_config(config, _STAGE.value)
     frozen = tuple(config.stages[_STAGE.value].frozen)
-  if _WHAT.value == "inference":
+  if _WHAT.value == "programs":
+    if _BASELINE.value is not None or _WITH_REFERENCE.value:
+      raise app.UsageError("--what=programs lowers the config's own variants: no --baseline or --with_reference")
+    result = inference_programs(model_cfg, _BATCH.value or 1, _SEED.value)
+  elif _WHAT.value == "inference":
     baseline_cfg = None
     if _BASELINE.value is not None:
       baseline = _BASELINE.value
