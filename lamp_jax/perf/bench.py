@@ -24,7 +24,7 @@ programs: no timing and nothing allocated, any size: the deployed ``sample_actio
   variant (as ``inference`` calls it), lowered from abstract shapes: a digest of its StableHLO text, the variants
   that lower to one program ('same_program': equal programs with equal arguments run in equal time, the claim of a
   training-only head at a size that cannot be timed here), argument bytes and analytic FLOPs.
-    python -m lamp_jax.bench --config=configs/pi0.py:paper --config.model.motion_image.enabled=True --what=programs
+    python -m lamp_jax.bench --config=configs/pi0.py:paper_motion_image --what=programs
 Both: ``--with_reference`` also times, in the same round robin, the model with its exact rewrites switched off
   (``ModelLibrary.reference_config``): a before / after under identical load ('rewrite_speedup'). Beside every
   wall time the process CPU time per call ('cpu_ms' / 'cpu_step_s', all threads) and the host's load average:
@@ -138,6 +138,19 @@ def _sampling_library(model_cfg, what: str):
   return lib
 
 
+def _deployed_sample(lib, variant, params):
+  """(``sample(params, batch, rng)``: the variant's ``sample_actions`` as a deployed policy calls it, its
+  parameters): ``ModelLibrary.inference_params`` applied, as in evaluation, the server and export, so no
+  training-only part is among the arguments."""
+  params, inference_cfg = lib.inference_params(variant.cfg, params)
+  model, kwargs = lib.build(inference_cfg), dict(variant.sample_kwargs)
+
+  def sample(p, b, r):
+    return model.apply({"params": p}, b, r, method="sample_actions", **kwargs)
+
+  return sample, params
+
+
 def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int, with_reference: bool = False,
                     timing_lock: str | None = None, baseline_cfg=None) -> dict:
   """Median ``sample_actions`` latency of every variant (see the module doc); ``baseline_cfg``: another model config
@@ -162,15 +175,8 @@ def bench_inference(model_cfg, batch_size: int, repeats: int, seed: int, with_re
     if key not in params_by_cfg:  # variants that differ only in their call share one parameter set
       params_by_cfg[key] = variant_lib.init_params(variant.cfg, jax.random.key(seed),
                                                    variant_lib.dummy_batch(variant.cfg, 1, seed))
-    # What a deployed policy runs (evaluation, the server, export): without training-only parts.
-    params, inference_cfg = variant_lib.inference_params(variant.cfg, params_by_cfg[key])
-    model = variant_lib.build(inference_cfg)
-    kwargs = dict(variant.sample_kwargs)
+    sample, params = _deployed_sample(variant_lib, variant, params_by_cfg[key])
     batch = jax.device_put(timing.inference_batch(variant_lib, variant.cfg, batch_size, seed))
-
-    def sample(p, b, r, model=model, kwargs=kwargs):
-      return model.apply({"params": p}, b, r, method="sample_actions", **kwargs)
-
     exe, seconds = timing.compile_call(sample, params, batch, rng)
     calls[name] = (lambda e=exe, p=params, b=batch: e(p, b, rng))
     compile_s[name] = round(seconds, 3)
@@ -230,13 +236,8 @@ def inference_programs(model_cfg, batch_size: int, seed: int) -> dict:
   rng = jax.random.key(seed + 1)
   programs, arguments, flops = {}, {}, {}
   for name, variant in lib.bench_variants(model_cfg).items():
-    params, inference_cfg = lib.inference_params(variant.cfg, lib.abstract_params(variant.cfg))
-    model, kwargs = lib.build(inference_cfg), dict(variant.sample_kwargs)
+    sample, params = _deployed_sample(lib, variant, lib.abstract_params(variant.cfg))
     batch = timing.inference_batch(lib, variant.cfg, batch_size, seed)
-
-    def sample(p, b, r, model=model, kwargs=kwargs):
-      return model.apply({"params": p}, b, r, method="sample_actions", **kwargs)
-
     text = jax.jit(sample).lower(params, batch, rng).as_text()
     programs[name] = {"sha256": hashlib.sha256(text.encode()).hexdigest(), "chars": len(text)}
     arguments[name] = round(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((params, batch))) / 1e9, 6)
