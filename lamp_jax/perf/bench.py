@@ -20,6 +20,12 @@ inference, ``--baseline=CONFIG``: also times the variants of another config's mo
   method, e.g. ``--config=configs/sim.py:lafp --baseline=configs/sim.py:no_motion``) in the same round robin, as
   'baseline/<variant>', and reports 'ratios_to_baseline' (every variant over every baseline variant: latency, CPU
   time, analytic FLOPs), the cost of a method against its base policy measured under one load.
+train_step, ``--baseline=CONFIG``: the same for training: the baseline's train step ('baseline/train_step', its own
+  parameters, optimizer state and dummy batch; ``--baseline_stage``, default the --stage of that name, picks its
+  stage model and frozen parameters) steps in the same round robin; 'ratios_to_baseline' as above, e.g. the
+  training cost of the motion-image head on π0 (joint stage) against π0 alone:
+    python -m lamp_jax.bench --config=configs/sim.py:pi0_motion_image --stage=joint --baseline=configs/sim.py:pi0 \\
+        --baseline_stage=action --what=train_step --batch_size=8
 programs: no timing and nothing allocated, any size: the deployed ``sample_actions`` program of every inference
   variant (as ``inference`` calls it), lowered from abstract shapes: a digest of its StableHLO text, the variants
   that lower to one program ('same_program': equal programs with equal arguments run in equal time, the claim of a
@@ -83,8 +89,12 @@ _STAGE = flags.DEFINE_string("stage", None, "Name of a stage of a training confi
                              "overrides and compute dtype apply; train_step freezes its `frozen` parameters as the "
                              "trainer does.")
 _BASELINE = config_flags.DEFINE_config_file(
-    "baseline", None, "inference: another config (its `model` section, or the --stage model when it has that stage) "
-    "whose sample_actions variants are timed in the same round robin: the method's cost against its base policy.")
+    "baseline", None, "inference / train_step: another config (its `model` section, or its --baseline_stage model) "
+    "whose sample_actions variants (train_step: whose train step) are timed in the same round robin: the method's "
+    "cost against its base policy.")
+_BASELINE_STAGE = flags.DEFINE_string(
+    "baseline_stage", None, "A stage of the --baseline training config: its model overrides apply and, for "
+    "train_step, its frozen parameters are held (default: --stage when the baseline has a stage of that name).")
 _WITH_REFERENCE = flags.DEFINE_bool("with_reference", False, "Also time the model with its exact rewrites switched "
                                     "off (ModelLibrary.reference_config): before / after in one run.")
 
@@ -290,35 +300,44 @@ def _train_step_fn(lib, model_cfg, optimizer, frozen: tuple[str, ...] = ()):
 
 def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int, op_breakdown: bool = False,
                      with_reference: bool = False, frozen: tuple[str, ...] = (),
-                     timing_lock: str | None = None) -> dict:
+                     timing_lock: str | None = None, baseline_cfg=None,
+                     baseline_frozen: tuple[str, ...] = ()) -> dict:
   """Median AdamW step on ``compute_loss`` (see the module doc). With ``with_reference`` the model with its exact
   rewrites off (``reference_config``) steps in the same round robin (its own parameters and optimizer state).
-  ``frozen``: regular expressions of parameters held fixed, as a training stage's ``frozen``."""
+  ``frozen``: regular expressions of parameters held fixed, as a training stage's ``frozen``. ``baseline_cfg``
+  (with its own ``baseline_frozen``): another model config, any library, stepped in the same round robin as
+  'baseline/train_step' on its own dummy batch: 'ratios_to_baseline' is the method's training cost against its
+  base policy under one load."""
   lib = registry.for_config(model_cfg)
   load_before = timing.host_load()
-  configs = {"train_step": model_cfg}
+  # name -> (library, model config, frozen patterns)
+  entries = {"train_step": (lib, model_cfg, tuple(frozen))}
   if with_reference:
     reference = lib.reference_config(model_cfg)
     if reference is None:
       raise ValueError(f"--with_reference: model {lib.name!r} has no exact rewrites to switch off")
-    configs["reference/train_step"] = reference
-  batch = jax.device_put(lib.dummy_batch(model_cfg, batch_size, seed))
-  optimizer = _optimizer(tuple(frozen))
-  states, compiled, compile_s, memory, rss_gb, metrics = {}, {}, {}, {}, {}, {}
-  for name, cfg in configs.items():
-    params = lib.init_params(cfg, jax.random.key(seed), batch)
-    if frozen:
-      optim.check_frozen_patterns(params, frozen, "--stage frozen")
+    entries["reference/train_step"] = (lib, reference, tuple(frozen))
+  if baseline_cfg is not None:
+    entries[BASELINE_PREFIX + "train_step"] = (registry.for_config(baseline_cfg), baseline_cfg,
+                                               tuple(baseline_frozen))
+  batches, states, compiled, compile_s, memory, rss_gb, metrics = {}, {}, {}, {}, {}, {}, {}
+  for name, (entry_lib, cfg, entry_frozen) in entries.items():
+    batches[name] = jax.device_put(entry_lib.dummy_batch(cfg, batch_size, seed))
+    optimizer = _optimizer(entry_frozen)
+    params = entry_lib.init_params(cfg, jax.random.key(seed), batches[name])
+    if entry_frozen:
+      optim.check_frozen_patterns(params, entry_frozen, "--baseline_stage frozen" if name.startswith(
+          BASELINE_PREFIX) else "--stage frozen")
     if name == "train_step":
       labels = jax.tree.leaves(optim.freeze_labels(params, frozen))
       sizes = [int(x.size) for x in jax.tree.leaves(params)]
       parameter_counts = {"parameters": sum(sizes),
                           "trainable_parameters": sum(n for n, lab in zip(sizes, labels) if lab == optim.TRAINABLE)}
-    model_state = lib.init_model_state(cfg, jax.random.key(seed), batch) or {}
+    model_state = entry_lib.init_model_state(cfg, jax.random.key(seed), batches[name]) or {}
     states[name] = [params, optimizer.init(params), model_state]
     start = time.perf_counter()
-    compiled[name] = jax.jit(_train_step_fn(lib, cfg, optimizer, tuple(frozen)), donate_argnums=(0, 1, 2)).lower(
-        *states[name], batch, jax.random.key(0)).compile()
+    compiled[name] = jax.jit(_train_step_fn(entry_lib, cfg, optimizer, entry_frozen),
+                             donate_argnums=(0, 1, 2)).lower(*states[name], batches[name], jax.random.key(0)).compile()
     compile_s[name] = round(time.perf_counter() - start, 3)
     memory[name] = timing.executable_memory(compiled[name])
     rss_gb[f"after_compile/{name}"] = round(timing.current_rss_gb(), 3)
@@ -329,12 +348,13 @@ def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int, op_bre
     def run():
       counter["step"] += 1
       state = states[name]
-      state[0], state[1], state[2], metrics[name] = compiled[name](*state, batch, jax.random.key(counter["step"]))
+      state[0], state[1], state[2], metrics[name] = compiled[name](*state, batches[name],
+                                                                   jax.random.key(counter["step"]))
       return state[0], metrics[name]
 
     return run
 
-  calls = {name: call(name) for name in configs}
+  calls = {name: call(name) for name in entries}
   dtype = model_cfg.get("dtype", "float32")
   breakdown = None
   with timing.exclusive(timing_lock):
@@ -348,7 +368,8 @@ def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int, op_bre
     if op_breakdown:
       breakdown = op_profile.op_time_breakdown(calls["train_step"], repeats=min(repeats, 5))
       rss_gb["after_op_breakdown"] = round(timing.current_rss_gb(), 3)
-  flops = {name: lib.analytic_flops(cfg, batch_size, "train_step") for name, cfg in configs.items()}
+  flops = {name: entry_lib.analytic_flops(cfg, batch_size, "train_step")
+           for name, (entry_lib, cfg, _) in entries.items()}
   main = times["train_step"]
   chip = _chip(dtype)
   efficiency = _efficiency(flops, times, roof, chip)
@@ -375,6 +396,17 @@ def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int, op_bre
                            **efficiency["reference/train_step"]}
     result["rewrite_speedup"] = ref.median_s / main.median_s
     result["rewrite_speedup_of_cpu_time"] = ref.cpu_median_s / main.cpu_median_s
+  if baseline_cfg is not None:
+    name = BASELINE_PREFIX + "train_step"
+    base = times[name]
+    result["baseline"] = {"model": entries[name][0].name, "variant": baseline_cfg.get("variant", ""),
+                          "frozen": list(baseline_frozen), "median_step_s": round(base.median_s, 4),
+                          "min_step_s": round(base.min_s, 4), "cpu_step_s": round(base.cpu_median_s, 4),
+                          "compile_s": compile_s[name], "analytic_gflops_per_step": round(flops[name] / 1e9, 3),
+                          "final_loss": float(metrics[name]["loss"]), **efficiency[name]}
+    result["ratios_to_baseline"] = {"latency": main.median_s / base.median_s, "min_latency": main.min_s / base.min_s,
+                                    "cpu_time": main.cpu_median_s / base.cpu_median_s,
+                                    "analytic_flops": flops["train_step"] / flops[name]}
   if breakdown is not None:
     result["op_breakdown"] = breakdown
     if breakdown["share"]["matmul"] > 0:
@@ -383,6 +415,26 @@ def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int, op_bre
   result["device_memory_gb"] = timing.device_memory_gb()
   result["load"] = {"before": load_before, "after": timing.host_load()}
   return result
+
+
+def _baseline_model():
+  """(model config, frozen patterns) of --baseline, or (None, ()): the model of its stage --baseline_stage (default:
+  --stage when the baseline has a stage of that name), else its ``model`` section with nothing frozen."""
+  baseline = _BASELINE.value
+  if baseline is None:
+    if _BASELINE_STAGE.value is not None:
+      raise app.UsageError("--baseline_stage needs --baseline")
+    return None, ()
+  stages = baseline.stages if "stages" in baseline else {}
+  stage = _BASELINE_STAGE.value
+  if stage is None and _STAGE.value in stages:
+    stage = _STAGE.value
+  if stage is None:
+    return baseline.model, ()
+  if stage not in stages:
+    raise app.UsageError(f"--baseline_stage={stage}: the baseline config has no such stage (stages: "
+                         f"{sorted(stages.keys()) if stages else 'none'})")
+  return defaults.stage_model_config(baseline, stage), tuple(stages[stage].frozen)
 
 
 def main(argv):
@@ -403,18 +455,13 @@ def main(argv):
       raise app.UsageError("--what=programs lowers the config's own variants: no --baseline or --with_reference")
     result = inference_programs(model_cfg, _BATCH.value or 1, _SEED.value)
   elif _WHAT.value == "inference":
-    baseline_cfg = None
-    if _BASELINE.value is not None:
-      baseline = _BASELINE.value
-      has_stage = _STAGE.value is not None and "stages" in baseline and _STAGE.value in baseline.stages
-      baseline_cfg = defaults.stage_model_config(baseline, _STAGE.value) if has_stage else baseline.model
+    baseline_cfg, _ = _baseline_model()
     result = bench_inference(model_cfg, _BATCH.value or 1, _REPEATS.value, _SEED.value, _WITH_REFERENCE.value,
                              _TIMING_LOCK.value, baseline_cfg)
   else:
-    if _BASELINE.value is not None:
-      raise app.UsageError("--baseline times sample_actions: use it with --what=inference")
+    baseline_cfg, baseline_frozen = _baseline_model()
     result = bench_train_step(model_cfg, _BATCH.value or 8, _REPEATS.value, _SEED.value, _OP_BREAKDOWN.value,
-                              _WITH_REFERENCE.value, frozen, _TIMING_LOCK.value)
+                              _WITH_REFERENCE.value, frozen, _TIMING_LOCK.value, baseline_cfg, baseline_frozen)
   if _STAGE.value is not None:
     result["stage"] = _STAGE.value
   print(json.dumps(result, indent=2))
