@@ -127,7 +127,8 @@ def project_kv(attn_params: dict, context: jax.Array, *, num_heads: int, head_di
 
 
 def stack(block: type[nn.Module], num_layers: int, *, scan: bool, remat: bool, num_broadcast_args: int,
-          name: str, unroll: int | bool = 1, last_layer_kwargs: dict | None = None,
+          name: str, remat_policy: str = "nothing_saveable", unroll: int | bool = 1,
+          last_layer_kwargs: dict | None = None,
           per_layer_args: tuple[int, ...] = (), **block_kwargs) -> Callable:
   """Returns ``f(carry, *args) -> carry`` applying ``num_layers`` copies of ``block``.
 
@@ -136,7 +137,7 @@ def stack(block: type[nn.Module], num_layers: int, *, scan: bool, remat: bool, n
   on a leading axis (pytrees of float[num_layers, ...], e.g. per-layer key / value caches); layer i gets
   entry i. With ``scan=True`` the layers are one ``nn.scan`` (parameters stacked on a leading 'layers' axis,
   compiled once); otherwise a Python loop of separately named layers (``{name}_{i}``). ``remat`` wraps the
-  block in ``nn.remat``.
+  block in ``nn.remat`` keeping what ``remat_policy`` names (``layers.REMAT_POLICIES``).
   ``unroll`` (scan only): layers per scan iteration, ``True`` = all (the parameter layout stays stacked; the
   computation is the same, XLA just sees straight-line code instead of a while loop).
   ``last_layer_kwargs``: extra attributes of the LAST layer only (e.g. ``motion_only=True``); they must not
@@ -146,7 +147,7 @@ def stack(block: type[nn.Module], num_layers: int, *, scan: bool, remat: bool, n
   [num_layers] axis (e.g. each layer's output, for representation alignment; not with ``last_layer_kwargs``).
   Unused outputs cost nothing under jit (jax removes them from the scan).
   """
-  cls = nn.remat(block, prevent_cse=not scan) if remat else block
+  cls = layers.maybe_remat(block, remat, remat_policy, prevent_cse=not scan)
   last_kwargs = {**block_kwargs, **(last_layer_kwargs or {})}
   per_layer = frozenset(per_layer_args)
 

@@ -51,6 +51,7 @@ class GemmaConfig:
     rope_max_wavelength: RoPE base.
     dtype: activation dtype name, 'float32' or 'bfloat16'.
     remat: rematerialise each layer in the backward pass.
+    remat_policy: what a rematerialised layer keeps for the backward pass (``layers.REMAT_POLICIES``).
     attention: attention implementation (``layers.ATTENTION_IMPLEMENTATIONS``; all compute the same function).
   """
 
@@ -65,10 +66,12 @@ class GemmaConfig:
   rope_max_wavelength: float = 10_000.0
   dtype: str = "float32"
   remat: bool = False
+  remat_policy: str = "nothing_saveable"
   attention: str = "heads_major"
 
   def __post_init__(self):
     layers.check_attention_implementation(self.attention, "GemmaConfig.attention")
+    layers.check_remat_policy(self.remat_policy, "GemmaConfig.remat_policy")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"GemmaConfig.num_heads={self.num_heads} is not a multiple of "
                        f"num_kv_heads={self.num_kv_heads}")
@@ -246,9 +249,7 @@ class Gemma(nn.Module):
 
   def setup(self):
     cfg = self.config
-    block = Block
-    if cfg.remat:
-      block = nn.remat(block, prevent_cse=False)
+    block = layers.maybe_remat(Block, cfg.remat, cfg.remat_policy)
     self.embedder = Embedder(cfg)
     self.layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                           in_axes=(nn.broadcast, nn.broadcast, 0), length=cfg.depth,

@@ -7,7 +7,8 @@
   image_encoder (``siglip.default_config_dict``: the frozen image tower, used when idm_input or target is
   'features'; its image_size follows ``image_size``) · freeze_encoder (stop gradients into it; the configs also
   freeze ``^image_encoder/`` in the optimizer) · pixel_patch_size · width · num_heads · mlp_dim · idm_depth ·
-  fdm_depth · remat · fdm_residual (False, the paper's plain decoder; True: o_t's tokens plus a zero-initialised
+  fdm_depth · remat · remat_policy (``layers.REMAT_POLICIES``) · fdm_residual (False, the paper's plain decoder;
+  True: o_t's tokens plus a zero-initialised
   change, starting at the copy-the-present baseline: an option, see docs/lam.md 'Codebook collapse') ·
   vq (``vq.default_config``) · loss.weights {reconstruction, codebook, commitment, cross_view}.
 
@@ -91,6 +92,7 @@ def model_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   cfg.width, cfg.num_heads, cfg.mlp_dim = row["width"], row["num_heads"], row["mlp_dim"]
   cfg.idm_depth, cfg.fdm_depth = row["idm_depth"], row["fdm_depth"]
   cfg.remat = False
+  cfg.remat_policy = "nothing_saveable"
   # False: the paper's plain forward model. True predicts o_t+k as o_t plus a learned change (zero-initialised):
   # it kept the sim LAM's codes spread but stalled learning on the colour-shift toy (docs/lam.md).
   cfg.fdm_residual = False

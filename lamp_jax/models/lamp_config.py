@@ -39,7 +39,7 @@ def motion_config(**overrides) -> ml_collections.ConfigDict:
       num_keypoints=400, num_steps=32, patch_size=2, frames_per_token=2, width=1024, depth=12, num_heads=16,
       mlp_ratio=4, cond_len=256, use_rope=False, delta_scale=(0.05, 0.05, 0.04), time_frequency_dim=256,
       # Training time distribution of the motion flow loss: 'uniform' (TraceGen-style stage 1) or 'pi0_beta'.
-      time_dist="uniform", scan_layers=True, remat=False,
+      time_dist="uniform", scan_layers=True, remat=False, remat_policy="nothing_saveable",
       # Exact rewrites (same math): unroll the layer scan; last block on motion queries only (its condition
       # stream is never read).
       scan_unroll=1, prune_last_condition=True,
@@ -57,7 +57,7 @@ def action_config(**overrides) -> ml_collections.ConfigDict:
   """The Action Expert section; defaults = the released DiT (24 layers, width 1024, 16 heads)."""
   cfg = ml_collections.ConfigDict(dict(
       kind="dit", width=1024, depth=24, num_heads=16, mlp_ratio=4, time_frequency_dim=256,
-      time_dist="pi0_beta", scan_layers=True, remat=False,
+      time_dist="pi0_beta", scan_layers=True, remat=False, remat_policy="nothing_saveable",
       # Exact rewrites (same math): unroll the layer scan; when sampling, project the cross-attention keys /
       # values of the (fixed) guided features once instead of at every Euler step.
       scan_unroll=1, cache_context_kv=True))

@@ -191,6 +191,33 @@ def resolve_attention_implementation(implementation: str, dtype, head_dim: int) 
   return "jax_cudnn" if cudnn_runs_it else "heads_major"
 
 
+# What a rematerialised block keeps from its forward pass for the backward pass (``jax.checkpoint_policies``);
+# every policy computes the same function and gradients, they trade memory against recomputation:
+#   'nothing_saveable'                 keep only the block's inputs, recompute everything (flax's plain nn.remat;
+#                                      the default, and openpi's choice for every block)
+#   'dots_with_no_batch_dims_saveable' also keep the outputs of matmuls against weights (projections, MLP): the
+#                                      backward recomputes only the elementwise ops and the attention's
+#                                      batched matmuls
+#   'dots_saveable'                    keep every matmul's output, attention's included
+REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_saveable")
+
+
+def check_remat_policy(name: str, field: str) -> None:
+  """Raises naming the config ``field`` when ``name`` is not one of ``REMAT_POLICIES``."""
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"{field}={name!r} is not a rematerialisation policy; choose one of {REMAT_POLICIES}")
+
+
+def maybe_remat(block: type[nn.Module], remat: bool, policy: str = "nothing_saveable", *,
+                prevent_cse: bool = False) -> type[nn.Module]:
+  """``block`` unchanged, or (``remat``) wrapped in ``nn.remat`` saving what ``policy`` names (``REMAT_POLICIES``)
+  for the backward pass. ``prevent_cse=False`` is right inside ``nn.scan`` (jax's advice for checkpoint in scan)."""
+  check_remat_policy(policy, "remat_policy")
+  if not remat:
+    return block
+  return nn.remat(block, prevent_cse=prevent_cse, policy=getattr(jax.checkpoint_policies, policy))
+
+
 def check_attention_implementation(name: str, field: str) -> None:
   """Raises naming the config ``field`` when ``name`` is not one of ``ATTENTION_IMPLEMENTATIONS``."""
   if name not in ATTENTION_IMPLEMENTATIONS:

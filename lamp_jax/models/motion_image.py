@@ -41,6 +41,7 @@ config whose head is enabled and whose VAE ``scaling_factor`` is unset (0) is an
 
 Config section (``motion_image_config``): enabled · width · depth · num_heads · mlp_ratio · patch_size ·
 time_frequency_dim · time_dist ('pi0_beta' as the action head, or 'uniform') · qk_norm · scan_layers · remat ·
+remat_policy ·
 scan_unroll · reconstruction_steps. The VAE is the policy's ``vae`` section (``models/vae.py`` model config), its
 parameters the policy's top-level ``vae`` subtree (loaded from a trained VAE run with a ``config.init`` entry of
 kind 'checkpoint', or from a diffusers AutoencoderKL with kind 'diffusers_vae'; frozen by a stage regex ``^vae/``).
@@ -84,7 +85,8 @@ def motion_image_config(**overrides) -> ml_collections.ConfigDict:
       enabled=False, width=1536, depth=6, num_heads=16, mlp_ratio=4, patch_size=2, time_frequency_dim=256,
       # Training time distribution of the head's flow loss (the paper draws tau from a Beta distribution for both
       # heads, as pi0 does).
-      time_dist="pi0_beta", qk_norm=True, scan_layers=True, remat=False, scan_unroll=1,
+      time_dist="pi0_beta", qk_norm=True, scan_layers=True, remat=False, remat_policy="nothing_saveable",
+      scan_unroll=1,
       # Euler steps of ``reconstruct`` (visualisation only: the head never runs when sampling actions).
       reconstruction_steps=10))
   cfg.update(overrides)
@@ -191,6 +193,7 @@ class MotionImageDiT(nn.Module):
     temb = dit.TimestepEmbedder(width, int(cfg.time_frequency_dim), self.dtype, name="time_embed")(
         jnp.broadcast_to(jnp.asarray(tau, jnp.float32), (b,)))
     blocks = dit.stack(MotionImageBlock, int(cfg.depth), scan=bool(cfg.scan_layers), remat=bool(cfg.remat),
+                       remat_policy=str(cfg.get("remat_policy", "nothing_saveable")),
                        unroll=cfg.get("scan_unroll", 1), num_broadcast_args=3, name="blocks",
                        num_heads=int(cfg.num_heads), head_dim=width // int(cfg.num_heads),
                        mlp_dim=int(cfg.mlp_ratio) * width, qk_norm=bool(cfg.qk_norm), dtype=self.dtype)

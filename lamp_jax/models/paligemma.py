@@ -69,7 +69,8 @@ def default_config_dict(variant: str = "tiny") -> ml_collections.ConfigDict:
   """The model section of a config for a named PaliGemma variant ('tiny' or 'paligemma_3b').
 
   Fields: name ('paligemma'), vision_variant, llm_variant, image_size, dtype ('float32' | 'bfloat16'),
-  vocab_size (None = the LLM variant's), remat, attention (both towers' attention implementation,
+  vocab_size (None = the LLM variant's), remat, remat_policy (``layers.REMAT_POLICIES``), attention (both towers'
+  attention implementation,
   ``layers.ATTENTION_IMPLEMENTATIONS``), vision_overrides / llm_overrides (dicts of dataclass fields),
   camera_embeddings (0 = none, as PaliGemma; see :class:`PaliGemmaConfig`).
   """
@@ -85,6 +86,7 @@ def default_config_dict(variant: str = "tiny") -> ml_collections.ConfigDict:
   cfg.dtype = "float32"
   cfg.vocab_size = ml_collections.config_dict.placeholder(int)
   cfg.remat = False
+  cfg.remat_policy = "nothing_saveable"
   cfg.attention = "heads_major"
   cfg.camera_embeddings = 0
   cfg.vision_overrides = ml_collections.ConfigDict()
@@ -101,13 +103,16 @@ def config_from_dict(cfg: ml_collections.ConfigDict | PaliGemmaConfig) -> PaliGe
       raise ValueError(f"PaliGemma model config is missing the field {field!r}")
   dtype = cfg.get("dtype", "float32")
   remat = bool(cfg.get("remat", False))
+  remat_policy = str(cfg.get("remat_policy", "nothing_saveable"))
   attention = str(cfg.get("attention", "heads_major"))
   llm_over = dict(cfg.get("llm_overrides", None) or {})
   vision_over = dict(cfg.get("vision_overrides", None) or {})
   if cfg.get("vocab_size", None) is not None:
     llm_over["vocab_size"] = int(cfg.vocab_size)
-  llm = gemma_lib.get_config(cfg.llm_variant, dtype=dtype, remat=remat, attention=attention, **llm_over)
-  vision_kwargs = dict(dtype=dtype, remat=remat, attention=attention, head_width=llm.width)
+  llm = gemma_lib.get_config(cfg.llm_variant, dtype=dtype, remat=remat, remat_policy=remat_policy,
+                             attention=attention, **llm_over)
+  vision_kwargs = dict(dtype=dtype, remat=remat, remat_policy=remat_policy, attention=attention,
+                       head_width=llm.width)
   if cfg.get("image_size", None) is not None:
     vision_kwargs["image_size"] = int(cfg.image_size)
   vision_kwargs.update(vision_over)

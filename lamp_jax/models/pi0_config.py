@@ -6,7 +6,8 @@
   follow it)
   vlm (``paligemma.config_from_dict``) · image_keys · image_size (follows vlm.image_size) · max_token_len
   action (kind 'pi0', variant + overrides of ``gemma.get_config`` for the expert, time_dist, time_min_period,
-  time_max_period, remat; ``pi0_expert.py``) · use_proprio · proprio_dropout · loss (weights {action}, action_repeats)
+  time_max_period, remat,
+  remat_policy; ``pi0_expert.py``) · use_proprio · proprio_dropout · loss (weights {action}, action_repeats)
   num_inference_steps · action_horizon · action_dim · proprio_dim; with ``with_motion_image`` also motion_image
   and vae (the joint motion-image diffusion head, ``models/motion_image.py``) and loss.weights.motion_image.
 
@@ -38,8 +39,9 @@ def action_config(variant: str = "gemma_300m", **overrides) -> ml_collections.Co
       time_dist="pi0_beta",
       # Sin-cos embedding of openpi's time t = 1 - tau (pi0_expert.flow_time_embedding).
       time_min_period=4e-3, time_max_period=4.0,
-      # Rematerialise each expert layer in the backward pass (the VLM has its own vlm.remat).
-      remat=False))
+      # Rematerialise each expert layer in the backward pass (the VLM has its own vlm.remat), keeping what
+      # remat_policy names (layers.REMAT_POLICIES).
+      remat=False, remat_policy="nothing_saveable"))
 
 
 # The VLM of the built-in tabletop benchmark: LaMP's 'sim' VLM (64x64 images, two 2-layer towers of width 128;

@@ -59,11 +59,12 @@ def gemma_config(action_cfg: ml_collections.ConfigDict, dtype: str) -> gemma_lib
     raise ValueError(f"config field model.action.kind={action_cfg.get('kind', None)!r}: the π0 expert is kind "
                      f"{KIND!r}")
   overrides = dict(action_cfg.get("overrides", None) or {})
-  for field in ("dtype", "remat", "attention"):
+  for field in ("dtype", "remat", "remat_policy", "attention"):
     if field in overrides:
       raise ValueError(f"config field model.action.overrides.{field}: set model.dtype / model.action.remat / "
-                       f"model.attention instead")
+                       f"model.action.remat_policy / model.attention instead")
   return gemma_lib.get_config(action_cfg.variant, dtype=dtype, remat=bool(action_cfg.get("remat", False)),
+                              remat_policy=str(action_cfg.get("remat_policy", "nothing_saveable")),
                               attention=str(action_cfg.get("attention", "heads_major")), **overrides)
 
 

@@ -53,6 +53,7 @@ class SigLIPConfig:
     norm_eps: LayerNorm epsilon.
     dtype: activation dtype name, 'float32' or 'bfloat16'.
     remat: rematerialise each block in the backward pass (saves activation memory).
+    remat_policy: what a rematerialised block keeps for the backward pass (``layers.REMAT_POLICIES``).
     attention: attention implementation (``layers.ATTENTION_IMPLEMENTATIONS``; all compute the same function).
   """
 
@@ -69,10 +70,12 @@ class SigLIPConfig:
   norm_eps: float = 1e-6
   dtype: str = "float32"
   remat: bool = False
+  remat_policy: str = "nothing_saveable"
   attention: str = "heads_major"
 
   def __post_init__(self):
     layers.check_attention_implementation(self.attention, "SigLIPConfig.attention")
+    layers.check_remat_policy(self.remat_policy, "SigLIPConfig.remat_policy")
     if self.width % self.num_heads:
       raise ValueError(f"SigLIPConfig.width={self.width} is not divisible by num_heads={self.num_heads}")
     if self.image_size % self.patch_size:
@@ -215,9 +218,7 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg = self.config
-    block = EncoderBlock
-    if cfg.remat:
-      block = nn.remat(block, prevent_cse=False)
+    block = layers.maybe_remat(EncoderBlock, cfg.remat, cfg.remat_policy)
     stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True}, length=cfg.depth,
                     metadata_params={nn.PARTITION_NAME: layers.LAYERS_AXIS})
     x, _ = stack(cfg, name="encoderblock")(x, None)
