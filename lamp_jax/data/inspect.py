@@ -17,7 +17,6 @@ on the primary camera.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys

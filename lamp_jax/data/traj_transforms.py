@@ -69,7 +69,7 @@ def standard_trajectory(opened, steps, metadata, data_cfg, stats) -> dict:
   out["action_dim_mask"] = tf.tile(tf.range(int(data_cfg.max_action_dim))[None] < action_dim, [length, 1])
   out["proprio"] = _pad_last(tf.cast(proprio, tf.float32), int(data_cfg.max_proprio_dim), "proprio")
   out["language_instruction"] = traj["language_instruction"]
-  k, t = int(data_cfg.scene_flow_num_points), int(data_cfg.scene_flow_horizon)
+  t = int(data_cfg.scene_flow_horizon)
   for camera in data_cfg.get("future_cameras", ()):
     if f"image/{camera}" not in out:
       raise ValueError(f"data.future_cameras has '{camera}', which is not in data.cameras {tuple(data_cfg.cameras)}: "

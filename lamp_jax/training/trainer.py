@@ -37,7 +37,6 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lamp_jax import specs
 from lamp_jax.models import interface
 from lamp_jax.models import registry
 from lamp_jax.training import checkpoint_compat
