@@ -118,7 +118,7 @@ class DiTActionExpert(nn.Module):
     temb = dit.TimestepEmbedder(width, cfg.time_frequency_dim, self.dtype, name="time_embed")(
         jnp.broadcast_to(jnp.asarray(tau, jnp.float32), (b,)))
     blocks = dit.stack(CrossSelfPair, cfg.depth // 2, scan=cfg.scan_layers, remat=cfg.remat,
-                       remat_policy=cfg.get("remat_policy", "nothing_saveable"),
+                       remat_policy=cfg.get("remat_policy", layers.DEFAULT_REMAT_POLICY),
                        unroll=cfg.get("scan_unroll", 1), num_broadcast_args=3,
                        per_layer_args=() if context_kv is None else (1,),
                        name="blocks", num_heads=cfg.num_heads, head_dim=width // cfg.num_heads,

@@ -127,7 +127,7 @@ def project_kv(attn_params: dict, context: jax.Array, *, num_heads: int, head_di
 
 
 def stack(block: type[nn.Module], num_layers: int, *, scan: bool, remat: bool, num_broadcast_args: int,
-          name: str, remat_policy: str = "nothing_saveable", unroll: int | bool = 1,
+          name: str, remat_policy: str = layers.DEFAULT_REMAT_POLICY, unroll: int | bool = 1,
           last_layer_kwargs: dict | None = None,
           per_layer_args: tuple[int, ...] = (), **block_kwargs) -> Callable:
   """Returns ``f(carry, *args) -> carry`` applying ``num_layers`` copies of ``block``.

@@ -66,7 +66,7 @@ class GemmaConfig:
   rope_max_wavelength: float = 10_000.0
   dtype: str = "float32"
   remat: bool = False
-  remat_policy: str = "nothing_saveable"
+  remat_policy: str = layers.DEFAULT_REMAT_POLICY
   attention: str = "heads_major"
 
   def __post_init__(self):

@@ -76,7 +76,7 @@ def _block_stack_config(cfg: ml_collections.ConfigDict, depth: int) -> siglip.Si
   return siglip.SigLIPConfig(width=int(cfg.width), depth=int(depth), mlp_dim=int(cfg.mlp_dim),
                              num_heads=int(cfg.num_heads), patch_size=1, image_size=1, dtype=str(cfg.dtype),
                              remat=bool(cfg.get("remat", False)),
-                             remat_policy=str(cfg.get("remat_policy", "nothing_saveable")))
+                             remat_policy=str(cfg.get("remat_policy", layers.DEFAULT_REMAT_POLICY)))
 
 
 def _positions(tokens: int, width: int) -> jax.Array:

@@ -8,8 +8,8 @@
   'features'; its image_size follows ``image_size``) · freeze_encoder (stop gradients into it; the configs also
   freeze ``^image_encoder/`` in the optimizer) · pixel_patch_size · width · num_heads · mlp_dim · idm_depth ·
   fdm_depth · remat · remat_policy (``layers.REMAT_POLICIES``) · fdm_residual (False, the paper's plain decoder;
-  True: o_t's tokens plus a zero-initialised
-  change, starting at the copy-the-present baseline: an option, see docs/lam.md 'Codebook collapse') ·
+  True: o_t's tokens plus a zero-initialised change, starting at the copy-the-present baseline: an option, see
+  docs/lam.md 'Codebook collapse') ·
   vq (``vq.default_config``) · loss.weights {reconstruction, codebook, commitment, cross_view}.
 
 Variants (published sizes; the image encoder is our SigLIP tower, any [B, N, D] patch features fit):

@@ -200,6 +200,7 @@ def resolve_attention_implementation(implementation: str, dtype, head_dim: int) 
 #                                      batched matmuls
 #   'dots_saveable'                    keep every matmul's output, attention's included
 REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_saveable")
+DEFAULT_REMAT_POLICY = "nothing_saveable"
 
 
 def check_remat_policy(name: str, field: str) -> None:
@@ -208,7 +209,7 @@ def check_remat_policy(name: str, field: str) -> None:
     raise ValueError(f"{field}={name!r} is not a rematerialisation policy; choose one of {REMAT_POLICIES}")
 
 
-def maybe_remat(block: type[nn.Module], remat: bool, policy: str = "nothing_saveable", *,
+def maybe_remat(block: type[nn.Module], remat: bool, policy: str = DEFAULT_REMAT_POLICY, *,
                 prevent_cse: bool = False) -> type[nn.Module]:
   """``block`` unchanged, or (``remat``) wrapped in ``nn.remat`` saving what ``policy`` names (``REMAT_POLICIES``)
   for the backward pass. ``prevent_cse=False`` is right inside ``nn.scan`` (jax's advice for checkpoint in scan)."""

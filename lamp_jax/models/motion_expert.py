@@ -268,7 +268,7 @@ class MotionExpert(nn.Module):
     # The last block's condition-stream output is never read: that block runs on the motion queries only.
     last = {"motion_only": True} if cfg.get("prune_last_condition", True) else None
     blocks = dit.stack(CogVideoXBlock, cfg.depth, scan=cfg.scan_layers, remat=cfg.remat,
-                       remat_policy=cfg.get("remat_policy", "nothing_saveable"),
+                       remat_policy=cfg.get("remat_policy", layers.DEFAULT_REMAT_POLICY),
                        unroll=cfg.get("scan_unroll", 1), last_layer_kwargs=last, num_broadcast_args=2,
                        name="blocks", num_heads=cfg.num_heads, head_dim=width // cfg.num_heads,
                        mlp_dim=cfg.mlp_ratio * width, use_rope=cfg.use_rope, dtype=self.dtype,

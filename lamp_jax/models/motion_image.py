@@ -41,10 +41,10 @@ config whose head is enabled and whose VAE ``scaling_factor`` is unset (0) is an
 
 Config section (``motion_image_config``): enabled · width · depth · num_heads · mlp_ratio · patch_size ·
 time_frequency_dim · time_dist ('pi0_beta' as the action head, or 'uniform') · qk_norm · scan_layers · remat ·
-remat_policy ·
-scan_unroll · reconstruction_steps. The VAE is the policy's ``vae`` section (``models/vae.py`` model config), its
-parameters the policy's top-level ``vae`` subtree (loaded from a trained VAE run with a ``config.init`` entry of
-kind 'checkpoint', or from a diffusers AutoencoderKL with kind 'diffusers_vae'; frozen by a stage regex ``^vae/``).
+remat_policy · scan_unroll · reconstruction_steps. The VAE is the policy's ``vae`` section (``models/vae.py`` model
+config), its parameters the policy's top-level ``vae`` subtree (loaded from a trained VAE run with a ``config.init``
+entry of kind 'checkpoint', or from a diffusers AutoencoderKL with kind 'diffusers_vae'; frozen by a stage regex
+``^vae/``).
 Parameters of the head: top-level ``motion_image``.
 
 Policy-side helpers (one copy for every policy that carries the head; the policy passes its VLM prefix features):
@@ -193,7 +193,7 @@ class MotionImageDiT(nn.Module):
     temb = dit.TimestepEmbedder(width, int(cfg.time_frequency_dim), self.dtype, name="time_embed")(
         jnp.broadcast_to(jnp.asarray(tau, jnp.float32), (b,)))
     blocks = dit.stack(MotionImageBlock, int(cfg.depth), scan=bool(cfg.scan_layers), remat=bool(cfg.remat),
-                       remat_policy=str(cfg.get("remat_policy", "nothing_saveable")),
+                       remat_policy=str(cfg.get("remat_policy", layers.DEFAULT_REMAT_POLICY)),
                        unroll=cfg.get("scan_unroll", 1), num_broadcast_args=3, name="blocks",
                        num_heads=int(cfg.num_heads), head_dim=width // int(cfg.num_heads),
                        mlp_dim=int(cfg.mlp_ratio) * width, qk_norm=bool(cfg.qk_norm), dtype=self.dtype)

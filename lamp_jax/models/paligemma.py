@@ -103,7 +103,7 @@ def config_from_dict(cfg: ml_collections.ConfigDict | PaliGemmaConfig) -> PaliGe
       raise ValueError(f"PaliGemma model config is missing the field {field!r}")
   dtype = cfg.get("dtype", "float32")
   remat = bool(cfg.get("remat", False))
-  remat_policy = str(cfg.get("remat_policy", "nothing_saveable"))
+  remat_policy = str(cfg.get("remat_policy", layers.DEFAULT_REMAT_POLICY))
   attention = str(cfg.get("attention", "heads_major"))
   llm_over = dict(cfg.get("llm_overrides", None) or {})
   vision_over = dict(cfg.get("vision_overrides", None) or {})

@@ -6,8 +6,8 @@
   follow it)
   vlm (``paligemma.config_from_dict``) · image_keys · image_size (follows vlm.image_size) · max_token_len
   action (kind 'pi0', variant + overrides of ``gemma.get_config`` for the expert, time_dist, time_min_period,
-  time_max_period, remat,
-  remat_policy; ``pi0_expert.py``) · use_proprio · proprio_dropout · loss (weights {action}, action_repeats)
+  time_max_period, remat, remat_policy; ``pi0_expert.py``) · use_proprio · proprio_dropout · loss (weights
+  {action}, action_repeats)
   num_inference_steps · action_horizon · action_dim · proprio_dim; with ``with_motion_image`` also motion_image
   and vae (the joint motion-image diffusion head, ``models/motion_image.py``) and loss.weights.motion_image.
 

@@ -64,7 +64,7 @@ def gemma_config(action_cfg: ml_collections.ConfigDict, dtype: str) -> gemma_lib
       raise ValueError(f"config field model.action.overrides.{field}: set model.dtype / model.action.remat / "
                        f"model.action.remat_policy / model.attention instead")
   return gemma_lib.get_config(action_cfg.variant, dtype=dtype, remat=bool(action_cfg.get("remat", False)),
-                              remat_policy=str(action_cfg.get("remat_policy", "nothing_saveable")),
+                              remat_policy=str(action_cfg.get("remat_policy", layers.DEFAULT_REMAT_POLICY)),
                               attention=str(action_cfg.get("attention", "heads_major")), **overrides)
 
 

@@ -70,7 +70,7 @@ class SigLIPConfig:
   norm_eps: float = 1e-6
   dtype: str = "float32"
   remat: bool = False
-  remat_policy: str = "nothing_saveable"
+  remat_policy: str = layers.DEFAULT_REMAT_POLICY
   attention: str = "heads_major"
 
   def __post_init__(self):

@@ -417,39 +417,37 @@ def bench_train_step(model_cfg, batch_size: int, repeats: int, seed: int, op_bre
   return result
 
 
+def _stage_model(config, stage: str | None, flag: str):
+  """(model config, frozen patterns): the model of ``config``'s stage ``stage`` (its overrides applied, as the
+  trainer does) and that stage's frozen parameters, or the ``model`` section with nothing frozen (``stage`` None)."""
+  if stage is None:
+    return config.model, ()
+  stages = config.stages if "stages" in config else {}
+  if stage not in stages:
+    raise app.UsageError(f"{flag}={stage}: the config has no such stage (stages: "
+                         f"{sorted(stages.keys()) if stages else 'none'})")
+  return defaults.stage_model_config(config, stage), tuple(stages[stage].frozen)
+
+
 def _baseline_model():
-  """(model config, frozen patterns) of --baseline, or (None, ()): the model of its stage --baseline_stage (default:
-  --stage when the baseline has a stage of that name), else its ``model`` section with nothing frozen."""
+  """(model config, frozen patterns) of --baseline, or (None, ()): its stage --baseline_stage (default: --stage when
+  the baseline has a stage of that name), else its ``model`` section."""
   baseline = _BASELINE.value
   if baseline is None:
     if _BASELINE_STAGE.value is not None:
       raise app.UsageError("--baseline_stage needs --baseline")
     return None, ()
-  stages = baseline.stages if "stages" in baseline else {}
   stage = _BASELINE_STAGE.value
-  if stage is None and _STAGE.value in stages:
+  if stage is None and "stages" in baseline and _STAGE.value in baseline.stages:
     stage = _STAGE.value
-  if stage is None:
-    return baseline.model, ()
-  if stage not in stages:
-    raise app.UsageError(f"--baseline_stage={stage}: the baseline config has no such stage (stages: "
-                         f"{sorted(stages.keys()) if stages else 'none'})")
-  return defaults.stage_model_config(baseline, stage), tuple(stages[stage].frozen)
+  return _stage_model(baseline, stage, "--baseline_stage")
 
 
 def main(argv):
   del argv
   if _CONFIG.value is None:
     raise app.UsageError("--config is required, e.g. --config=configs/lamp.py:sim")
-  config, frozen = _CONFIG.value, ()
-  if _STAGE.value is None:
-    model_cfg = config.model
-  else:
-    if "stages" not in config or _STAGE.value not in config.stages:
-      raise app.UsageError(f"--stage={_STAGE.value}: the config has no such stage (stages: "
-                           f"{sorted(config.stages.keys()) if 'stages' in config else 'none'})")
-    model_cfg = defaults.stage_model_config(config, _STAGE.value)
-    frozen = tuple(config.stages[_STAGE.value].frozen)
+  model_cfg, frozen = _stage_model(_CONFIG.value, _STAGE.value, "--stage")
   if _WHAT.value == "programs":
     if _BASELINE.value is not None or _WITH_REFERENCE.value:
       raise app.UsageError("--what=programs lowers the config's own variants: no --baseline or --with_reference")
