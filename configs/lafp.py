@@ -3,7 +3,7 @@ batches. Schema: ``lamp_jax/training/defaults.py``; the method: ``lamp_jax/model
 
   python -m lamp_jax.train --config=configs/lafp.py:smoke --workdir=/tmp/lafp_smoke          # a minute, synthetic
   python -m lamp_jax.train --config=configs/sim.py:lafp --workdir=/tmp/lafp_sim \
-      --config.init.lam.path=<workdir of a configs/lam.py:sim_single run with --config.model.future_offsets='(8,)'>
+      --config.init.lam.path=<workdir of a configs/lam.py:sim_single_h8 run>
 
 Variants (``:variant``):
   sim, sim_bc        the benchmark sizes of configs/sim.py:lafp / lafp_bc on synthetic batches (bench, summary)

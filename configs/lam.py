@@ -13,6 +13,9 @@ Variants (``:variant``):
     sim_mvp3           MVP-LAM on front + side + top (image_tertiary)
     sim_mvp_no_cross   the same two views, cross-view term off (the ablation: multi-view data alone)
     sim_single         single-view LAM on the front camera
+    sim_single_h8      the same with pairs (o_t, o_t+8): the LAM that configs/sim.py's 'lara_frozen', 'lafp' and
+                       latent-pretraining variants load (``--config.init.lam.path=<its workdir>``; 8 = their action
+                       horizon, ``POLICY_LAM_OFFSET``)
     <any of these>_explore   the same on exploration ("play") data: the random explorer's 24-step episodes
                        (``sim.generate --policy=explore``), whose actions are random given the frame
   Bridge V2 (``--config.data.pipeline.datasets`` points at bridge_dataset; 224^2, SigLIP So400m/14 features frozen,
@@ -53,8 +56,11 @@ BRIDGE_VIEWS = {"bridge_univla": (specs.IMAGE_PRIMARY,),
                 "bridge_mvp_no_cross": (specs.IMAGE_PRIMARY, specs.IMAGE_SECONDARY)}
 MODEL_SIZES = lam_config.VARIANTS
 EXPLORE_SUFFIX = "_explore"
-VARIANTS = (tuple(SIM_VIEWS) + tuple(v + EXPLORE_SUFFIX for v in SIM_VIEWS) + tuple(BRIDGE_VIEWS) + MODEL_SIZES
-            + ("smoke",))
+# The LAM of configs/sim.py's latent-action policies: their pairs are (o_t, o_{t+H}) at the policy's action horizon
+# H = 8 (lafp_config.single_view_lam, lara); the model's and the pipeline's offsets must both say so.
+POLICY_LAM_VARIANT, POLICY_LAM_OFFSET = "sim_single_h8", 8
+VARIANTS = (tuple(SIM_VIEWS) + tuple(v + EXPLORE_SUFFIX for v in SIM_VIEWS) + (POLICY_LAM_VARIANT,)
+            + tuple(BRIDGE_VIEWS) + MODEL_SIZES + ("smoke",))
 # Generation flags of the multi-view simulator data (every sim variant reads the same cached dataset).
 SIM_FLAGS = ("--workers=2", "--randomize-cameras", "--cameras=front,side,top")
 SIM_STEPS = 1500
@@ -88,6 +94,12 @@ def get_config(arg: str = "sim_mvp") -> ml_collections.ConfigDict:
   arg = arg or "sim_mvp"
   if arg not in VARIANTS:
     raise ValueError(f"unknown variant {arg!r} of configs/lam.py (variants: {VARIANTS})")
+  if arg == POLICY_LAM_VARIANT:
+    c = get_config("sim_single")
+    c.model.future_offsets = (POLICY_LAM_OFFSET,)
+    c.data.pipeline.future_offsets = (POLICY_LAM_OFFSET,)
+    c.data.pipeline.action_horizon = POLICY_LAM_OFFSET
+    return c
   c = defaults.base_config()
   c.seed = 0
   c.logging.measure_roof = False

@@ -14,7 +14,7 @@ and evaluation; the variants are configs/sim.py's (``GROUNDED_VARIANTS``), this 
 Not here: π0 and π0 + motion image (π0's action expert reads PaliGemma's per-layer keys / values, which the
 FiLM-CNN does not have) and latent-action pretraining (it pretrains the encoder, which these variants freeze).
 'lara_frozen_lam', 'lafp' and 'lafp_bc' load a trained latent action model: add ``--config.init.lam.path=<a
-configs/lam.py:sim_single run with --config.model.future_offsets='(8,)'>`` to the ablate command (it reaches only
+configs/lam.py:sim_single_h8 run>`` to the ablate command (it reaches only
 the methods whose config has the field), as in configs/sim.py.
 
 Joint motion-image learning is not declared either: its head shapes the policy only through the features it

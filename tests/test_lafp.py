@@ -393,3 +393,32 @@ def test_smoke_trains_the_policy_and_leaves_the_lam_unchanged(variant, tmp_path)
   jax.tree.map(np.testing.assert_array_equal, final.params["lam"], initial.params["lam"])
   for name in ("vlm", "latent_policy", "action_decoder"):
     assert _norm(jax.tree.map(lambda a, b: a - b, final.params[name], initial.params[name])) > 0, name
+
+
+def test_the_lam_run_the_sim_variants_load_validates_and_fits_each_of_them():
+  """``configs/lam.py:sim_single_h8`` (the run every LAM-loading variant of configs/sim.py names in its docs) passes
+  the trainer's checks, and its parameters have the shapes of each such policy's params['lam'], pairs at the
+  policy's horizon. Its docs once named ``sim_single --config.model.future_offsets='(8,)'``, which the trainer
+  refuses (the pipeline's offsets stay (5,))."""
+  lam_module, lam_run = _config_file("lam", "sim_single_h8")
+  defaults.validate(lam_run)
+  with pytest.raises(ValueError, match="future_offsets"):
+    bad = lam_module.get_config("sim_single")
+    bad.model.future_offsets = (8,)
+    defaults.validate(bad)
+  run_shapes = jax.tree.map(lambda x: x.shape, registry.for_config(lam_run.model).abstract_params(lam_run.model))
+  sim_module, _ = _config_file("sim", "")
+  loaders = [v for v in sim_module.VARIANTS if not v.startswith("smoke")
+             and "lam" in sim_module.get_config(v).get("init", {})]
+  assert {"lafp", "lafp_bc", "lara_frozen", "film_cnn_lafp", "film_cnn_lara_frozen"} <= set(loaders)
+  built = set()
+  for variant in loaders:
+    policy = sim_module.get_config(variant).model
+    assert tuple(policy.lam.future_offsets) == tuple(lam_run.model.future_offsets) == (policy.action_horizon,)
+    assert tuple(policy.lam.views) == tuple(lam_run.model.views), variant
+    kind = (policy.name, policy.get("vlm", {}).get("kind"), str(policy.lam))  # one trace per kind of policy
+    if kind in built:
+      continue
+    built.add(kind)
+    wanted = registry.for_config(policy).abstract_params(policy)["lam"]
+    assert jax.tree.map(lambda x: x.shape, wanted) == run_shapes, variant
