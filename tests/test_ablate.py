@@ -68,7 +68,7 @@ def test_collects_finished_runs_into_one_table(tmp_path):
   assert (work / "ablation_outcomes.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("suite", ["sim.py", "sim_film_cnn.py", "sim_film_cnn_trunk.py"])
+@pytest.mark.parametrize("suite", ["sim.py", "sim_film_cnn.py", "sim_film_cnn_short.py", "sim_film_cnn_trunk.py"])
 def test_every_declared_variant_of_the_builtin_suites_exists(suite):
   declared, _ = ablate.load_suite(str(REPO / "configs" / suite))
   assert set(declared) <= set(ablate.FAMILY)
@@ -79,15 +79,17 @@ def test_every_declared_variant_of_the_builtin_suites_exists(suite):
       assert sim.get_config(variant).stage_order, (method, variant)
 
 
-def test_the_grounded_suite_compares_every_method_on_one_frozen_encoder_at_one_budget():
+@pytest.mark.parametrize("suite,long", [("sim_film_cnn.py", True), ("sim_film_cnn_short.py", False)])
+def test_the_grounded_suite_compares_every_method_on_one_frozen_encoder_at_one_budget(suite, long):
   """configs/sim_film_cnn.py: every method on the FiLM-CNN prefix encoder with stage 0, the encoder frozen in every
-  stage, the same total steps, data and evaluation as the ':film_cnn_long' LaMP policy."""
+  stage, the same total steps, data and evaluation as the ':film_cnn_long' LaMP policy; configs/sim_film_cnn_short.py
+  the same at the ':film_cnn' budget."""
   from configs import sim
 
-  declared, _ = ablate.load_suite(str(REPO / "configs" / "sim_film_cnn.py"))
+  declared, _ = ablate.load_suite(str(REPO / "configs" / suite))
   reference = sim.get_config(declared["lamp"][0])
   budget = sum(int(reference.stages[s].steps) for s in reference.stage_order)
-  assert budget == 600 + 2400 + sim.LONG_EXTRA_ACTION_STEPS
+  assert budget == 600 + 2400 + (sim.LONG_EXTRA_ACTION_STEPS if long else 0)
   for method, (variant, smoke) in declared.items():
     c = sim.get_config(variant)
     assert c.model.vlm.kind == "film_cnn" and c.grounding.enabled, method
