@@ -15,7 +15,10 @@ Variants (``:variant``):
     sim_single         single-view LAM on the front camera
     sim_single_h8      the same with pairs (o_t, o_t+8): the LAM that configs/sim.py's 'lara_frozen', 'lafp' and
                        latent-pretraining variants load (``--config.init.lam.path=<its workdir>``; 8 = their action
-                       horizon, ``POLICY_LAM_OFFSET``)
+                       horizon, ``POLICY_LAM_OFFSET``). On the demonstrations its latent carries little of the
+                       action (KSG 0.6 bits, linear NMSE 1.02); 'sim_single_h8_explore' with
+                       ``--config.model.loss.weights.commitment=0.05 --config.stages.main.steps=3000`` is the one
+                       the LAFP figures of docs/results.md load
     <any of these>_explore   the same on exploration ("play") data: the random explorer's 24-step episodes
                        (``sim.generate --policy=explore``), whose actions are random given the frame
   Bridge V2 (``--config.data.pipeline.datasets`` points at bridge_dataset; 224^2, SigLIP So400m/14 features frozen,
@@ -59,7 +62,8 @@ EXPLORE_SUFFIX = "_explore"
 # The LAM of configs/sim.py's latent-action policies: their pairs are (o_t, o_{t+H}) at the policy's action horizon
 # H = 8 (lafp_config.single_view_lam, lara); the model's and the pipeline's offsets must both say so.
 POLICY_LAM_VARIANT, POLICY_LAM_OFFSET = "sim_single_h8", 8
-VARIANTS = (tuple(SIM_VIEWS) + tuple(v + EXPLORE_SUFFIX for v in SIM_VIEWS) + (POLICY_LAM_VARIANT,)
+VARIANTS = (tuple(SIM_VIEWS) + tuple(v + EXPLORE_SUFFIX for v in SIM_VIEWS)
+            + (POLICY_LAM_VARIANT, POLICY_LAM_VARIANT + EXPLORE_SUFFIX)
             + tuple(BRIDGE_VIEWS) + MODEL_SIZES + ("smoke",))
 # Generation flags of the multi-view simulator data (every sim variant reads the same cached dataset).
 SIM_FLAGS = ("--workers=2", "--randomize-cameras", "--cameras=front,side,top")
@@ -94,8 +98,8 @@ def get_config(arg: str = "sim_mvp") -> ml_collections.ConfigDict:
   arg = arg or "sim_mvp"
   if arg not in VARIANTS:
     raise ValueError(f"unknown variant {arg!r} of configs/lam.py (variants: {VARIANTS})")
-  if arg == POLICY_LAM_VARIANT:
-    c = get_config("sim_single")
+  if arg.removesuffix(EXPLORE_SUFFIX) == POLICY_LAM_VARIANT:
+    c = get_config("sim_single" + arg[len(POLICY_LAM_VARIANT):])
     c.model.future_offsets = (POLICY_LAM_OFFSET,)
     c.data.pipeline.future_offsets = (POLICY_LAM_OFFSET,)
     c.data.pipeline.action_horizon = POLICY_LAM_OFFSET

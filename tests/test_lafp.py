@@ -396,12 +396,16 @@ def test_smoke_trains_the_policy_and_leaves_the_lam_unchanged(variant, tmp_path)
 
 
 def test_the_lam_run_the_sim_variants_load_validates_and_fits_each_of_them():
-  """``configs/lam.py:sim_single_h8`` (the run every LAM-loading variant of configs/sim.py names in its docs) passes
-  the trainer's checks, and its parameters have the shapes of each such policy's params['lam'], pairs at the
-  policy's horizon. Its docs once named ``sim_single --config.model.future_offsets='(8,)'``, which the trainer
-  refuses (the pipeline's offsets stay (5,))."""
+  """``configs/lam.py:sim_single_h8`` (the run every LAM-loading variant of configs/sim.py names in its docs) and its
+  '_explore' twin pass the trainer's checks, and their parameters have the shapes of each such policy's
+  params['lam'], pairs at the policy's horizon. The docs once named ``sim_single
+  --config.model.future_offsets='(8,)'``, which the trainer refuses (the pipeline's offsets stay (5,))."""
   lam_module, lam_run = _config_file("lam", "sim_single_h8")
   defaults.validate(lam_run)
+  explore = lam_module.get_config("sim_single_h8_explore")  # the same model on exploration data
+  defaults.validate(explore)
+  assert explore.model.to_dict() == lam_run.model.to_dict()
+  assert "--policy=explore" in explore.sim_data.extra_flags and "--policy=explore" not in lam_run.sim_data.extra_flags
   with pytest.raises(ValueError, match="future_offsets"):
     bad = lam_module.get_config("sim_single")
     bad.model.future_offsets = (8,)
