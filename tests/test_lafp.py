@@ -250,6 +250,27 @@ def test_pairs_past_the_episode_end_do_not_count(setup):
     np.testing.assert_allclose(m_other[f"loss/{term}"], m_pad[f"loss/{term}"], rtol=1e-5)
 
 
+def test_pairs_past_the_end_count_as_the_last_frame_pair_when_configured(setup):
+  """``model.pairs_past_end='last_frame'``: an example flagged past the episode end (whose future frame the pipeline
+  clamps to the episode's last frame) enters every term as if its pair were inside the episode."""
+  cfg, lib, _, batch, params, loss_fn = setup
+  last = copy.deepcopy(cfg)
+  last.pairs_past_end = "last_frame"
+  model = lib.build(last)
+  last_fn = jax.jit(lambda p, b, r: model.apply({"params": p}, b, r, method="compute_loss", mutable=["intermediates"]))
+  pad = copy.deepcopy(batch)
+  pad[specs.OBSERVATION][specs.FUTURE_PAD_MASK][0] = False
+  (_, m_last), _ = last_fn(params, pad, jax.random.key(2))
+  (_, m_all), _ = loss_fn(params, batch, jax.random.key(2))  # every pair inside the episode, the default
+  np.testing.assert_allclose(m_last["lafp/valid_pairs"], 1.0)
+  for term in lafp.LOSS_TERMS:
+    np.testing.assert_allclose(m_last[f"loss/{term}"], m_all[f"loss/{term}"], rtol=1e-5, atol=1e-7)
+  bad = copy.deepcopy(cfg)
+  bad.pairs_past_end = "mask"
+  with pytest.raises(ValueError, match="model.pairs_past_end"):
+    lafp_config.check(bad, needs_lam=True)
+
+
 # ------------------------------------------------------------------------------------------ inference
 def test_sample_actions_does_not_read_the_lam_and_the_inference_config_leaves_it_out(setup):
   cfg, lib, model, batch, params, _ = setup

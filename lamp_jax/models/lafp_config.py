@@ -16,6 +16,9 @@ prefix encoder and DiT sizes plus a frozen latent action model (lam_config.py).
                   use_proprio · interpolation (tau_i of the interpolated training latent
                   (1 - tau_i) * z_0 + tau_i * z_t; z_0 the policy's sample, z_t the LAM's latent)
   num_inference_steps (the latent sampler's Euler steps; 3, the paper's) · lam (the frozen LAM, training only)
+  pairs_past_end  an example whose pair (o_t, o_{t+k}) lies past the episode end: 'drop' (no latent: it enters no
+                  term, the default) or 'last_frame' (its pair is (o_t, the episode's last frame), as the data
+                  pipeline gives it); with 'drop' the last k steps of every episode never train the decoder
   loss.weights {latent_flow, latent_bc, decoder}
 
 Variants: 'tiny' (tests: odd sizes, the 'tiny' LAM single-view) and 'sim' (the built-in benchmark: the 'sim' LaMP's
@@ -34,6 +37,7 @@ NAME = "lafp"
 VARIANTS = ("tiny", "sim")
 OBJECTIVES = ("flow", "bc")
 LOSS_SPACES = ("v", "x")
+PAIRS_PAST_END = ("drop", "last_frame")
 # The policy fields a LAFP config copies from a LaMP / w/o-motion config (same prefix, same data).
 _POLICY_FIELDS = ("dtype", "attention", "vlm", "image_keys", "image_size", "max_token_len", "action_horizon",
                   "action_dim", "proprio_dim", "use_proprio", "proprio_dropout")
@@ -79,6 +83,7 @@ def from_policy(policy_cfg: ml_collections.ConfigDict, lam_cfg: ml_collections.C
   cfg.decoder = ml_collections.ConfigDict(dict(width=width, depth=2, mlp_ratio=2, use_proprio=True,
                                                interpolation=DEFAULT_INTERPOLATION))
   cfg.num_inference_steps = 3
+  cfg.pairs_past_end = "drop"
   flow = objective == "flow"
   cfg.loss = ml_collections.ConfigDict(dict(weights=ml_collections.ConfigDict(dict(
       latent_flow=1.0 if flow else 0.0, latent_bc=0.0 if flow else 1.0, decoder=1.0))))
@@ -108,6 +113,8 @@ def check(cfg: ml_collections.ConfigDict, *, needs_lam: bool) -> None:
                      "the predicted latent")
   if int(cfg.num_inference_steps) < 1:
     raise ValueError(f"config field model.num_inference_steps={cfg.num_inference_steps} must be >= 1")
+  if cfg.get("pairs_past_end", "drop") not in PAIRS_PAST_END:
+    raise ValueError(f"config field model.pairs_past_end={cfg.pairs_past_end!r}: one of {PAIRS_PAST_END}")
   tau_i = float(cfg.decoder.interpolation)
   if not 0.0 <= tau_i <= 1.0:
     raise ValueError(f"config field model.decoder.interpolation={tau_i} (tau_i) must lie in [0, 1]")

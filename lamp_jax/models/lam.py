@@ -178,8 +178,11 @@ class LatentActionModel(nn.Module):
     self.fdm = ForwardDynamics(cfg, out_dim=lam_config.input_tokens(cfg, cfg.target)[1])
 
   # ---------------------------------------------------------------------------------------- inputs
-  def _frames(self, batch, views):
-    """(current float32[V, B, S, S, 3], future float32[V, B, F, S, S, 3] in [-1, 1], valid bool[V, B, F])."""
+  def _frames(self, batch, views, past_end_valid: bool = False):
+    """(current float32[V, B, S, S, 3], future float32[V, B, F, S, S, 3] in [-1, 1], valid bool[V, B, F]).
+
+    ``past_end_valid``: a pair whose t + k lies past the episode end counts too, as the pair (o_t, last frame)
+    (the data pipeline clamps the future index to the episode's last frame: traj_transforms.future_indices)."""
     cfg = self.config
     obs = batch[specs.OBSERVATION]
     size, offsets = int(cfg.image_size), tuple(cfg.future_offsets)
@@ -214,7 +217,7 @@ class LatentActionModel(nn.Module):
       futures.append(nxt.astype(jnp.float32) / 127.5 - 1.0)
       mask = obs.get(specs.IMAGE_MASK, {}).get(view)
       present = jnp.ones((now.shape[0],), bool) if mask is None else mask[:, -1].astype(bool)
-      valids.append(pad & present[:, None])
+      valids.append((jnp.ones_like(pad) if past_end_valid else pad) & present[:, None])
     return jnp.stack(currents), jnp.stack(futures), jnp.stack(valids)
 
   def _tokens(self, images, kind):
@@ -351,12 +354,14 @@ class LatentActionModel(nn.Module):
                                                                             pair_valid.reshape(-1)))
     return total, metrics, z.reshape(v, b, f, *z.shape[2:]), valid
 
-  def encode_latent(self, batch, rng, *, view: str | None = None, offset_index: int = 0):
+  def encode_latent(self, batch, rng, *, view: str | None = None, offset_index: int = 0,
+                    past_end_valid: bool = False):
     """The latent action of one view's pair (o_t, o_{t+k}), k = future_offsets[offset_index].
 
     Returns {'latent': pre-quantisation z float32[B, L, Dc], 'codes': int32[B, L], 'quantized': the codes'
     codebook rows float32[B, L, Dc], 'valid': bool[B] (the pair counts: future inside the episode, camera
     present)}. The same computation as ``compute_loss`` (same encoder, inverse model and quantiser).
+    ``past_end_valid``: pairs past the episode end count too, as (o_t, the episode's last frame) (``_frames``).
     """
     cfg = self.config
     view = cfg.views[0] if view is None else view
@@ -365,7 +370,7 @@ class LatentActionModel(nn.Module):
     if not 0 <= offset_index < len(cfg.future_offsets):
       raise ValueError(f"encode_latent(offset_index={offset_index}): model.future_offsets has "
                        f"{len(cfg.future_offsets)} entries")
-    current, future, valid = self._frames(batch, (view,))
+    current, future, valid = self._frames(batch, (view,), past_end_valid)
     pick = slice(offset_index, offset_index + 1)
     future, valid = future[:, :, pick], valid[:, :, pick]
     z, quantised, _, _ = self._latents(current, future, valid, rng)
