@@ -94,8 +94,8 @@ predicts that model's pre-quantisation latent (term 'align', 0.01) and the model
 0.01). Stage 'motion' is LaMP's (both terms 0, 'lam' and 'lara_predictor' frozen).
   lara           joint: the latent action model starts random and trains with the policy
   lara_frozen    the paper's frozen-LAM ablation: the latent action model comes from a trained LAM run
-                 (``--config.init.lam.path=<workdir of a
-                 configs/lam.py:sim_single_h8 run>``, required), frozen (^lam/), no 'lam' term
+                 (``--config.init.lam.path=<workdir of a configs/lam.py:sim_single_h8 run>``, required),
+                 frozen (^lam/), no 'lam' term
 The smoke variants (``smoke_lara``, ``smoke_lara_frozen``) use the 'tiny' latent action model at the smoke image
 size; ``smoke_lara_frozen`` leaves the LAM at its random initialisation (no checkpoint; frozen all the same).
 
@@ -120,9 +120,9 @@ set (the rest; read with ``data.hide_actions``: no action value in a batch or in
                   on the labelled episodes; the code head is frozen and its term 0 (training-only: dropped from
                   the exported policy)
 The latent action model comes from a trained LAM run as for ``lara_frozen`` (``--config.init.lam.path=<workdir
-of a configs/lam.py:sim_single_h8 run>``, required; the smoke variant leaves
-it random). Its codes are computed on the fly in every step, or with ``--config.model.latent_pretraining.codes=cache``
-once per dataset on un-augmented frames and read from a verified cache (docs/latent_pretraining.md).
+of a configs/lam.py:sim_single_h8 run>``, required; the smoke variant leaves it random). Its codes are computed on
+the fly in every step, or with ``--config.model.latent_pretraining.codes=cache`` once per dataset on un-augmented
+frames and read from a verified cache (docs/latent_pretraining.md).
   small_labelled  its baseline at the same labelled budget: the w/o-motion policy's 'action' stage alone, the
                   same steps and optimizer, on the labelled episodes only
 Latent-pretraining variants: 'latent_pretraining' · 'small_labelled' · 'smoke_latent_pretraining' ·
