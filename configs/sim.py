@@ -132,6 +132,9 @@ head reads the VLM's last hidden states over the prefix, the pass whose keys / v
 'latent' freezes ^lam/ and ^action_expert/) and its baseline ``pi0_small_labelled`` (π0's 'action' stage alone on
 the labelled episodes), on π0's data, steps and optimizer: 'pi0_latent_pretraining' · 'pi0_small_labelled' ·
 'smoke_pi0_latent_pretraining' · 'smoke_pi0_small_labelled'.
+On the grounded FiLM-CNN policy (configs/sim_film_cnn_latent.py): ``film_cnn_trunk_latent_pretraining`` and its
+baseline ``film_cnn_trunk_small_labelled`` (+ 'smoke_'), the same stages and split on ':film_cnn_trunk_no_motion'
+(stage 0, the keypoint trunk frozen in every stage), so that the 'latent' stage pretrains the encoder past the trunk.
 """
 
 import ml_collections
@@ -208,10 +211,15 @@ MEDIUM_EXTRA_ACTION_STEPS = 2400
 # ('smoke_' +) and a long one (+ '_long': LONG_EXTRA_ACTION_STEPS more steps in the last stage). Not built: π0
 # (its action expert reads PaliGemma's per-layer keys / values), motion image (its head acts on the policy only
 # through the shared encoder, frozen here; see ':film_cnn_trunk_motion_image') and latent pretraining (it pretrains
-# the encoder).
+# the encoder; see ':film_cnn_trunk_latent_pretraining' below).
 GROUNDED_METHODS = ("lara", "lara_frozen", "lafp", "lafp_bc")
 GROUNDED_VARIANTS = tuple(f"{prefix}film_cnn_{method}{suffix}" for method in GROUNDED_METHODS
                           for prefix, suffix in (("", ""), ("smoke_", ""), ("", "_long")))
+# Latent-action pretraining on the grounded policy: the ':film_cnn_trunk' freezing, so that the 'latent' stage can
+# pretrain the encoder's last conv stage and token projections (':film_cnn' freezes all of it: there the code head
+# alone would learn, and it is unused at inference). configs/sim_film_cnn_latent.py compares the pair.
+TRUNK_LATENT_VARIANTS = tuple(f"{prefix}film_cnn_trunk_{method}" for method in ("latent_pretraining", "small_labelled")
+                              for prefix in ("", "smoke_"))
 VARIANTS = ("", "no_motion", "pi0", "motion_image", "pi0_motion_image", "vae", "film_cnn", "film_cnn_no_motion",
             "film_cnn_long", "film_cnn_no_motion_long", "film_cnn_medium", "film_cnn_no_motion_medium",
             "film_cnn_trunk", "film_cnn_trunk_no_motion", "smoke_film_cnn_trunk", "smoke_film_cnn_trunk_no_motion",
@@ -221,7 +229,7 @@ VARIANTS = ("", "no_motion", "pi0", "motion_image", "pi0_motion_image", "vae", "
             "smoke_vae", "smoke_film_cnn", "smoke_film_cnn_no_motion", "smoke_lara", "smoke_lara_frozen", "lafp",
             "lafp_bc", "smoke_lafp", "smoke_lafp_bc", "latent_pretraining", "small_labelled",
             "smoke_latent_pretraining", "smoke_small_labelled", "pi0_latent_pretraining", "pi0_small_labelled",
-            "smoke_pi0_latent_pretraining", "smoke_pi0_small_labelled")
+            "smoke_pi0_latent_pretraining", "smoke_pi0_small_labelled", *TRUNK_LATENT_VARIANTS)
 
 
 def _model(smoke: bool, use_motion: bool, encoder: str = "paligemma") -> ml_collections.ConfigDict:
@@ -419,8 +427,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     return c
   if arg.endswith(("latent_pretraining", "small_labelled")):
     smoke = arg.startswith("smoke")
-    base = ("smoke_" if smoke else "") + ("pi0" if "pi0" in arg else "no_motion")
-    return _with_latent_pretraining(get_config(base), smoke, pretrain=arg.endswith("latent_pretraining"))
+    trunk = "film_cnn_trunk" in arg  # on the grounded policy whose encoder past the keypoint trunk learns
+    policy = "pi0" if "pi0" in arg else "film_cnn_trunk_no_motion" if trunk else "no_motion"
+    base = ("smoke_" if smoke else "") + policy
+    c = _with_latent_pretraining(get_config(base), smoke, pretrain=arg.endswith("latent_pretraining"))
+    if trunk:  # the 'latent' stage is new: freeze the trunk in it too
+      _freeze_encoder(c, trunk_only=True)
+    return c
   if arg in ("vae", "smoke_vae"):  # the motion-image variant's VAE run alone
     return get_config("smoke_motion_image" if arg == "smoke_vae" else "motion_image").prerequisites.vae.config
   if arg.endswith("motion_image"):

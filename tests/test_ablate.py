@@ -68,7 +68,8 @@ def test_collects_finished_runs_into_one_table(tmp_path):
   assert (work / "ablation_outcomes.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("suite", ["sim.py", "sim_film_cnn.py", "sim_film_cnn_short.py", "sim_film_cnn_trunk.py"])
+@pytest.mark.parametrize("suite", ["sim.py", "sim_film_cnn.py", "sim_film_cnn_short.py", "sim_film_cnn_trunk.py",
+                                   "sim_film_cnn_latent.py"])
 def test_every_declared_variant_of_the_builtin_suites_exists(suite):
   declared, _ = ablate.load_suite(str(REPO / "configs" / suite))
   assert set(declared) <= set(ablate.FAMILY)

@@ -324,6 +324,51 @@ def test_sim_variants_split_the_episodes_and_share_the_labelled_budget():
     assert data_config.check_requirements(data, registry.for_config(staged).data_requirements(staged)) == []
 
 
+def test_the_grounded_pair_pretrains_the_encoder_past_its_trunk_at_the_same_labelled_budget():
+  """configs/sim_film_cnn_latent.py: on the FiLM-CNN policy latent pretraining can only help through the encoder, so
+  both arms freeze only stage 0's keypoint trunk (in the new 'latent' stage too), the 'latent' stage trains encoder
+  parameters that the 'action' stage then trains as well, and the pair shares stage 0, the labelled episodes, the
+  'action' stage and the evaluation (its total the ':film_cnn_trunk_no_motion' budget)."""
+  import re
+
+  import flax.linen as nn
+
+  from lamp_jax.models import film_cnn
+
+  module, pre = _config_file("sim", "film_cnn_trunk_latent_pretraining")
+  _, base = _config_file("sim", "film_cnn_trunk_small_labelled")
+  _, policy = _config_file("sim", "film_cnn_trunk_no_motion")
+  suite, _ = _config_file("sim_film_cnn_latent", "film_cnn_trunk_small_labelled")
+  assert suite.ABLATION_METHODS == {
+      "latent_pretraining": ("film_cnn_trunk_latent_pretraining", "smoke_film_cnn_trunk_latent_pretraining"),
+      "small_labelled": ("film_cnn_trunk_small_labelled", "smoke_film_cnn_trunk_small_labelled")}
+  assert pre.stage_order == ("latent", "action") and base.stage_order == ("action",)
+  assert pre.stages.latent.steps + pre.stages.action.steps == policy.stages.action.steps
+  assert pre.stages.action.steps == base.stages.action.steps
+  assert pre.stages.action.optimizer.to_dict() == base.stages.action.optimizer.to_dict()
+  assert pre.data.pipeline.datasets[0].to_dict() == base.data.pipeline.datasets[0].to_dict()
+  assert pre.data.pipeline.datasets[0].train_split == "train[:60]"
+  for c in (pre, base):
+    assert c.model.vlm.kind == "film_cnn" and c.grounding.to_dict() == policy.grounding.to_dict()
+    assert c.eval.to_dict() == policy.eval.to_dict()
+  encoder_cfg = film_cnn.config_from_dict(pre.model.vlm, int(pre.model.max_token_len), len(pre.model.image_keys))
+  trunk = film_cnn.keypoint_trunk_pattern(encoder_cfg)
+  for c in (pre, base):
+    assert all(trunk in c.stages[s].frozen and "^vlm/" not in c.stages[s].frozen for s in c.stage_order)
+  size, cameras, words = int(pre.model.image_size), len(pre.model.image_keys), int(pre.model.max_token_len)
+  shapes = nn.unbox(jax.eval_shape(film_cnn.FiLMCNNEncoder(encoder_cfg).init, jax.random.key(0),
+                                   jnp.zeros((1, cameras, size, size, 3)), jnp.ones((1, cameras), bool),
+                                   jnp.ones((1, words), jnp.int32), jnp.ones((1, words), bool)))["params"]
+  names = ["vlm/" + "/".join(str(getattr(k, "key", k)) for k in path)
+           for path, _ in jax.tree_util.tree_flatten_with_path(shapes)[0]]
+
+  def trained(stage):
+    return {n for n in names if not any(re.search(p, n) for p in pre.stages[stage].frozen)}
+
+  assert trained("latent") and trained("latent") == trained("action"), (trained("latent"), trained("action"))
+  assert all(re.search(trunk, n) for n in set(names) - trained("latent"))
+
+
 def test_a_latent_stage_that_reads_actions_is_rejected_naming_hide_actions():
   _, c = _config_file("sim", "smoke_latent_pretraining")
   preflight.check_run_config(c)
