@@ -234,8 +234,12 @@ def test_a_latent_size_other_than_the_lams_is_an_error_naming_the_field():
     registry.for_config(cfg).build(cfg)
 
 
-def test_pairs_past_the_episode_end_do_not_count(setup):
-  cfg, _, _, batch, params, loss_fn = setup
+def test_pairs_past_the_episode_end_do_not_count_when_configured_to_drop(setup):
+  cfg, lib, _, batch, params, _ = setup
+  dropping = copy.deepcopy(cfg)
+  dropping.pairs_past_end = "drop"
+  model = lib.build(dropping)
+  loss_fn = jax.jit(lambda p, b, r: model.apply({"params": p}, b, r, method="compute_loss", mutable=["intermediates"]))
   pad = copy.deepcopy(batch)
   pad[specs.OBSERVATION][specs.FUTURE_PAD_MASK][0] = False
   (_, m_pad), _ = loss_fn(params, pad, jax.random.key(2))
@@ -250,18 +254,24 @@ def test_pairs_past_the_episode_end_do_not_count(setup):
     np.testing.assert_allclose(m_other[f"loss/{term}"], m_pad[f"loss/{term}"], rtol=1e-5)
 
 
-def test_pairs_past_the_end_count_as_the_last_frame_pair_when_configured(setup):
-  """``model.pairs_past_end='last_frame'``: an example flagged past the episode end (whose future frame the pipeline
-  clamps to the episode's last frame) enters every term as if its pair were inside the episode."""
+def test_pairs_past_the_end_count_as_the_last_frame_pair_by_default(setup):
+  """``model.pairs_past_end='last_frame'`` (the default): an example flagged past the episode end (whose future frame
+  the pipeline clamps to the episode's last frame) enters every term as if its pair were inside the episode. A config
+  written before the field existed keeps 'drop', the behaviour it was trained with."""
   cfg, lib, _, batch, params, loss_fn = setup
-  last = copy.deepcopy(cfg)
-  last.pairs_past_end = "last_frame"
-  model = lib.build(last)
-  last_fn = jax.jit(lambda p, b, r: model.apply({"params": p}, b, r, method="compute_loss", mutable=["intermediates"]))
+  assert cfg.pairs_past_end == lafp_config.DEFAULT_PAIRS_PAST_END == "last_frame"
+  assert lafp_config.model_config("sim").pairs_past_end == "last_frame"
   pad = copy.deepcopy(batch)
   pad[specs.OBSERVATION][specs.FUTURE_PAD_MASK][0] = False
-  (_, m_last), _ = last_fn(params, pad, jax.random.key(2))
-  (_, m_all), _ = loss_fn(params, batch, jax.random.key(2))  # every pair inside the episode, the default
+  (_, m_last), _ = loss_fn(params, pad, jax.random.key(2))
+  (_, m_all), _ = loss_fn(params, batch, jax.random.key(2))  # every pair inside the episode
+  legacy = copy.deepcopy(cfg)
+  del legacy["pairs_past_end"]
+  legacy_model = lib.build(legacy)
+  (_, m_legacy), _ = jax.jit(lambda p, b, r: legacy_model.apply({"params": p}, b, r, method="compute_loss",
+                                                                mutable=["intermediates"]))(params, pad,
+                                                                                            jax.random.key(2))
+  np.testing.assert_allclose(m_legacy["lafp/valid_pairs"], 2 / 3, rtol=1e-6)
   np.testing.assert_allclose(m_last["lafp/valid_pairs"], 1.0)
   for term in lafp.LOSS_TERMS:
     np.testing.assert_allclose(m_last[f"loss/{term}"], m_all[f"loss/{term}"], rtol=1e-5, atol=1e-7)

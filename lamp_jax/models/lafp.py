@@ -39,8 +39,8 @@ At inference the decoder reads z_0 alone: training it on latents between the pol
 latents aligns it with what the stochastic policy produces. tau_i = 1 trains on the LAM latents only.
 
 Valid pairs: a pair (o_t, o_{t+k}) with the LAM camera missing, or with t + k past the episode end
-(``future_pad_mask`` False) under ``model.pairs_past_end='drop'`` (the default), has no latent: the example enters
-neither latent term nor the decoder term. ``'last_frame'`` keeps the pairs past the end as (o_t, the episode's last
+(``future_pad_mask`` False) under ``model.pairs_past_end='drop'``, has no latent: the example enters neither latent
+term nor the decoder term. ``'last_frame'`` (the default) keeps the pairs past the end as (o_t, the episode's last
 frame), so the last k steps of each episode train the decoder too.
 
 Gradients: z_t is a stop-gradient target and the configs freeze ``^lam/`` (gradients never reach the LAM; the
@@ -225,8 +225,9 @@ class LatentActionFlowPolicy(nn.Module):
     if not has_lam(cfg):
       raise ValueError("config field model.lam is not set: LAFP's losses read the latent action model's latents "
                        "(an inference config has none; train with the full config)")
+    pairs_past_end = cfg.get("pairs_past_end", lafp_config.LEGACY_PAIRS_PAST_END)
     out = self.lam.encode_latent(batch, jax.random.fold_in(rng, _LAM_STREAM),
-                                 past_end_valid=cfg.get("pairs_past_end", "drop") == "last_frame")
+                                 past_end_valid=pairs_past_end == "last_frame")
     z = out["latent"]
     expected = latent_shape(cfg, z.shape[0])
     if tuple(z.shape) != expected:
