@@ -335,7 +335,7 @@ def test_the_grounded_pair_pretrains_the_encoder_past_its_trunk_at_the_same_labe
 
   from lamp_jax.models import film_cnn
 
-  module, pre = _config_file("sim", "film_cnn_trunk_latent_pretraining")
+  _, pre = _config_file("sim", "film_cnn_trunk_latent_pretraining")
   _, base = _config_file("sim", "film_cnn_trunk_small_labelled")
   _, policy = _config_file("sim", "film_cnn_trunk_no_motion")
   suite, _ = _config_file("sim_film_cnn_latent", "film_cnn_trunk_small_labelled")
