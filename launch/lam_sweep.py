@@ -78,7 +78,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from scipy import stats as scipy_stats
 
 if __package__ in (None, ""):  # run as a file: the repository root (configs/, lamp_jax/) on the path
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -88,6 +87,7 @@ if __package__ in (None, ""):  # run as a file: the repository root (configs/, l
 from configs import lam as lam_configs  # noqa: E402
 from lamp_jax import specs  # noqa: E402
 from lamp_jax.probe import codes as codes_lib  # noqa: E402
+from lamp_jax.probe.compare import t_interval, welch_interval  # noqa: E402
 from lamp_jax.probe import ksg as ksg_lib  # noqa: E402
 from lamp_jax.probe import lam_latents  # noqa: E402
 from lamp_jax.probe import mutual_information  # noqa: E402
@@ -935,25 +935,6 @@ def summary_table(records: list[dict]) -> str:
     cells = [r["run"], str(r["steps"])] + [_fmt(value(r), spec) for _, value, spec in COLUMNS]
     lines.append("| " + " | ".join(cells + [_fmt(r["timing"]["ms_per_step"], ".3g")]) + " |")
   return "\n".join(lines)
-
-
-def t_interval(values: Sequence[float]) -> tuple[float, float]:
-  """(mean, half-width of the 95 % t-interval) of ``values`` (half-width nan for fewer than 2)."""
-  values = np.asarray([v for v in values if v is not None and math.isfinite(v)], np.float64)
-  if values.size == 0:
-    return float("nan"), float("nan")
-  if values.size < 2:
-    return float(values.mean()), float("nan")
-  half = scipy_stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size)
-  return float(values.mean()), float(half)
-
-
-def welch_interval(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-  """(mean(a) - mean(b), half-width of its 95 % Welch t-interval): two groups of seeds, unequal variances."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  var_a, var_b = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-  dof = (var_a + var_b) ** 2 / (var_a ** 2 / (a.size - 1) + var_b ** 2 / (b.size - 1))
-  return float(a.mean() - b.mean()), float(scipy_stats.t.ppf(0.975, dof) * math.sqrt(var_a + var_b))
 
 
 def mvp_difference_lines(records: list[dict]) -> list[str]:

@@ -7,6 +7,8 @@
   net_relative_action_targets, transition_pairs   MVP-LAM's action target over a horizon, (t, t+k) pairs
   run_probes + write_plots                        all of it as one JSON-able report, and its PNGs
   gaussian_tasks                                  tasks with closed-form MI to calibrate the estimators
+  compare (python -m lamp_jax.probe.compare)      reports of several training seeds per variant -> mean and
+                                                  95 % t-interval per variant, Welch intervals of differences
 
 No model code: every function takes numpy arrays. See docs/probing.md.
 """
