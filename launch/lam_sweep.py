@@ -87,12 +87,12 @@ if __package__ in (None, ""):  # run as a file: the repository root (configs/, l
 from configs import lam as lam_configs  # noqa: E402
 from lamp_jax import specs  # noqa: E402
 from lamp_jax.probe import codes as codes_lib  # noqa: E402
-from lamp_jax.probe.compare import t_interval, welch_interval  # noqa: E402
 from lamp_jax.probe import ksg as ksg_lib  # noqa: E402
 from lamp_jax.probe import lam_latents  # noqa: E402
 from lamp_jax.probe import mutual_information  # noqa: E402
 from lamp_jax.probe import report  # noqa: E402
 from lamp_jax.probe import targets as targets_lib  # noqa: E402
+from lamp_jax.probe.compare import t_interval, welch_interval  # noqa: E402
 from lamp_jax.training import defaults  # noqa: E402
 from lamp_jax.training import host_batch  # noqa: E402
 from lamp_jax.training import optim  # noqa: E402
