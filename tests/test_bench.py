@@ -39,7 +39,7 @@ def test_bench_programs_shows_a_training_only_head_leaves_the_deployed_program_u
 
 @pytest.mark.slow  # a bench CLI subprocess (~35 s on a quiet 2-core box)
 def test_motion_bench_tiny_cli():
-  result = _run("lamp_jax.perf.motion_bench", "--config=configs/lamp.py:tiny", "--repeats=2")
+  result = _run("lamp_jax.perf.motion_bench", "--config=configs/lamp.py:tiny", "--repeats=2", "--decompose")
   lamp = registry.get("lamp")
   cfg = lamp.model_config("tiny")
   assert result["what"] == "motion" and result["prefix_tokens"] == lamp_config.prefix_length(cfg)
@@ -51,6 +51,19 @@ def test_motion_bench_tiny_cli():
   assert all(v > 0 for v in result["latency_ms"].values())
   assert math.isclose(result["one_step_over_full_motion"],
                       result["latency_ms"]["motion_partial"] / result["latency_ms"]["motion_full"], rel_tol=1e-2)
+  # --decompose: each family timed at several call counts (the main calls among them), a line fitted to each.
+  parts = result["decomposition"]
+  partial_calls = sorted(int(c) for c in parts["partial"]["calls_ms"])
+  full_calls = sorted(int(c) for c in parts["full"]["calls_ms"])
+  assert cfg.partial_steps + 1 in partial_calls and len(partial_calls) >= 3
+  assert cfg.motion_reconstruction_steps in full_calls and len(full_calls) >= 3
+  assert parts["partial"]["calls_ms"][str(cfg.partial_steps + 1)] == pytest.approx(
+      result["latency_ms"]["motion_partial"])
+  assert parts["full"]["calls_ms"][str(cfg.motion_reconstruction_steps)] == pytest.approx(
+      result["latency_ms"]["motion_full"])
+  assert parts["one_step_over_full_per_call"] == pytest.approx(
+      (result["latency_ms"]["motion_partial"] - parts["partial"]["fixed_ms"])
+      / (result["latency_ms"]["motion_full"] - parts["full"]["fixed_ms"]), rel=1e-2)
 
 
 @pytest.mark.slow  # compiles several models in a subprocess: minutes on a 2-core host

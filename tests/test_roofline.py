@@ -1,4 +1,5 @@
-"""lamp_jax.perf.roofline (published peaks, the roof's size) and lamp_jax.perf.timing's helpers for accelerators."""
+"""lamp_jax.perf.roofline (published peaks, the roof's size) and lamp_jax.perf.timing's helpers (accelerator memory, the
+timing lock, the fixed / per-call split)."""
 
 import fcntl
 import types
@@ -57,3 +58,20 @@ def test_timing_lock_lets_one_timed_section_run_at_a_time(tmp_path):
   assert try_lock()
   with timing.exclusive(None):  # no lock: a no-op
     assert try_lock()
+
+
+def test_fixed_and_per_call_split_recovers_a_line_and_refuses_one_call_count():
+  # 0.7 ms per execution + 1.3 ms per call, exactly: the least-squares line returns both.
+  fixed, per_call = timing.fit_fixed_and_per_call([2, 3, 5, 10], [0.7e-3 + 1.3e-3 * c for c in (2, 3, 5, 10)])
+  assert fixed == pytest.approx(0.7e-3, abs=1e-12) and per_call == pytest.approx(1.3e-3, rel=1e-9)
+  # Noisy points: the same as numpy's least squares, by its normal equations.
+  calls, seconds = [1, 2, 5, 10], [2.1e-3, 3.2e-3, 7.0e-3, 13.9e-3]
+  fixed, per_call = timing.fit_fixed_and_per_call(calls, seconds)
+  n, sx, sy = len(calls), sum(calls), sum(seconds)
+  sxx, sxy = sum(c * c for c in calls), sum(c * s for c, s in zip(calls, seconds))
+  assert per_call == pytest.approx((n * sxy - sx * sy) / (n * sxx - sx * sx))
+  assert fixed == pytest.approx((sy - per_call * sx) / n)
+  with pytest.raises(ValueError, match="distinct call counts"):
+    timing.fit_fixed_and_per_call([3, 3], [1e-3, 2e-3])
+  with pytest.raises(ValueError, match="distinct call counts"):
+    timing.fit_fixed_and_per_call([1, 2, 3], [1e-3, 2e-3])

@@ -14,6 +14,7 @@ import statistics
 import time
 
 import jax
+import numpy as np
 import tqdm
 
 from lamp_jax import specs
@@ -40,6 +41,19 @@ def compile_call(fn, *args):
   start = time.perf_counter()
   compiled = jax.jit(fn).lower(*args).compile()
   return compiled, time.perf_counter() - start
+
+
+def fit_fixed_and_per_call(calls, seconds) -> tuple[float, float]:
+  """Least-squares line seconds = fixed + per_call * calls: (fixed, per_call). Needs >= 2 distinct call counts.
+
+  Splits the latency of a family of executables that repeat one call a different number of times (e.g. Euler
+  steps) into a fixed cost per execution and a cost per call."""
+  calls, seconds = np.asarray(calls, np.float64), np.asarray(seconds, np.float64)
+  if calls.shape != seconds.shape or len(set(calls.tolist())) < 2:
+    raise ValueError(f"need >= 2 distinct call counts with one time each, got calls={calls.tolist()}, "
+                     f"seconds={seconds.tolist()}")
+  per_call, fixed = np.polyfit(calls, seconds, 1)
+  return float(fixed), float(per_call)
 
 
 def time_round_robin(calls: dict, repeats: int) -> dict[str, CallTimes]:
