@@ -77,14 +77,14 @@ lamp_jax/training/grounding.py); the policy stages then keep that encoder frozen
   python -m lamp_jax.train --config=configs/sim.py:film_cnn --workdir=/tmp/lamp_sim_film_cnn
 
 'film_cnn_long' / 'film_cnn_no_motion_long': the same with ``LONG_EXTRA_ACTION_STEPS`` more 'action' steps (equal
-budgets for both arms; the learning-rate schedule spans the longer stage): 47.5 % over seeds 0-2 against 32.1 % at
-the default budget. 'film_cnn_medium' / 'film_cnn_no_motion_medium': ``MEDIUM_EXTRA_ACTION_STEPS`` more, the most
-that fits the README's 45 minutes.
+budgets for both arms; the learning-rate schedule spans the longer stage): LaMP 47.5 % over seeds 0-2 against 32.1 %
+at the default budget; w/o motion 45.4 % (LaMP - w/o motion +2.1 points, Newcombe [-6.8, +10.9]). 'film_cnn_medium' /
+'film_cnn_no_motion_medium': ``MEDIUM_EXTRA_ACTION_STEPS`` more, the most that fits the README's 45 minutes.
 'film_cnn_trunk' / 'film_cnn_trunk_no_motion' (+ '_long', 'smoke_film_cnn_trunk'): the same, freezing only the
 encoder's keypoint trunk (what stage 0 trains, ``film_cnn.keypoint_trunk_pattern``); its last conv stage and token
-projections, which stage 0 never trains, learn with the policy. LARA and LAFP on the grounded policy:
-'film_cnn_lara' · 'film_cnn_lara_frozen' · 'film_cnn_lafp' · 'film_cnn_lafp_bc' (+ 'smoke_' / '_long';
-``GROUNDED_VARIANTS``), compared by ``python -m lamp_jax.ablate --suite_config=configs/sim_film_cnn.py``.
+projections, which stage 0 never trains, learn with the policy. LARA and LAFP on the grounded policy: 'film_cnn_lara'
+· 'film_cnn_lara_frozen' · 'film_cnn_lafp' · 'film_cnn_lafp_bc' (+ 'smoke_' / '_long'; ``GROUNDED_VARIANTS``),
+compared by ``python -m lamp_jax.ablate --suite_config=configs/sim_film_cnn.py``.
 
 LARA (``lara``, ``lara_frozen``; lara.py, docs/lara.md): LaMP with latent action representation alignment, on
 LaMP's data, steps, stages and optimizers. A single-view latent action model (lam_config 'sim': 64^2 pixel patches
