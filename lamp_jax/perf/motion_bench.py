@@ -56,36 +56,37 @@ def _full_fn(model, full_steps: int):
 
 
 def _timed_fns(lib, model_cfg, decompose: bool) -> dict:
-  """name -> (function, expert calls): 'motion_partial' and 'motion_full', with ``decompose`` also the partial
-  denoising at ``DECOMPOSE_PARTIAL_STEPS`` ('partial_s<s>') and the reconstruction at ``DECOMPOSE_FULL_STEPS``
-  ('full_n<n>'), each step count that the two main calls do not already time."""
+  """name -> (function, family 'partial' | 'full', expert calls): 'motion_partial' and 'motion_full', with
+  ``decompose`` also the partial denoising at ``DECOMPOSE_PARTIAL_STEPS`` ('partial_s<s>') and the reconstruction
+  at ``DECOMPOSE_FULL_STEPS`` ('full_n<n>'), each step count that the two main calls do not already time."""
   full_steps = model_cfg.motion_reconstruction_steps
   model = lib.build(model_cfg)
-  fns = {"motion_partial": (_partial_fn(model), model_cfg.partial_steps + 1),
-         "motion_full": (_full_fn(model, full_steps), full_steps)}
+  fns = {"motion_partial": (_partial_fn(model), "partial", model_cfg.partial_steps + 1),
+         "motion_full": (_full_fn(model, full_steps), "full", full_steps)}
   if decompose:
     for steps in DECOMPOSE_PARTIAL_STEPS:
       if steps != model_cfg.partial_steps:
         varied = copy.deepcopy(model_cfg)
         varied.partial_steps = steps
-        fns[f"partial_s{steps}"] = (_partial_fn(lib.build(varied)), steps + 1)
+        fns[f"partial_s{steps}"] = (_partial_fn(lib.build(varied)), "partial", steps + 1)
     for steps in DECOMPOSE_FULL_STEPS:
       if steps != full_steps:
-        fns[f"full_n{steps}"] = (_full_fn(model, steps), steps)
+        fns[f"full_n{steps}"] = (_full_fn(model, steps), "full", steps)
   return fns
 
 
-def _decomposition(latency: dict, calls: dict) -> dict:
-  """Per family the fitted fixed and per-call milliseconds, and the one-step / full ratio without fixed costs."""
-  out = {}
-  for family, main in (("partial", "motion_partial"), ("full", "motion_full")):
-    names = [n for n in latency if n == main or n.startswith(family + "_")]
-    fixed, per_call = timing.fit_fixed_and_per_call([calls[n] for n in names], [latency[n] for n in names])
-    out[family] = {"fixed_ms": round(fixed * 1e3, 3), "per_call_ms": round(per_call * 1e3, 3),
-                   "calls_ms": {str(calls[n]): round(latency[n] * 1e3, 3) for n in names}}
-  out["one_step_over_full_per_call"] = (
-      (latency["motion_partial"] - out["partial"]["fixed_ms"] / 1e3)
-      / (latency["motion_full"] - out["full"]["fixed_ms"] / 1e3))
+def _decomposition(latency: dict, fns: dict) -> dict:
+  """Per family the fitted fixed and per-call milliseconds, and the one-step / full ratio without fixed costs.
+  latency: name -> median seconds; fns: ``_timed_fns``'s name -> (function, family, calls)."""
+  out, fixed_s = {}, {}
+  for family in ("partial", "full"):
+    names = [n for n, (_, fam, _) in fns.items() if fam == family]
+    calls = [fns[n][2] for n in names]
+    fixed_s[family], per_call = timing.fit_fixed_and_per_call(calls, [latency[n] for n in names])
+    out[family] = {"fixed_ms": round(fixed_s[family] * 1e3, 3), "per_call_ms": round(per_call * 1e3, 3),
+                   "calls_ms": {str(c): round(latency[n] * 1e3, 3) for n, c in zip(names, calls)}}
+  out["one_step_over_full_per_call"] = ((latency["motion_partial"] - fixed_s["partial"])
+                                        / (latency["motion_full"] - fixed_s["full"]))
   return out
 
 
@@ -113,7 +114,7 @@ def bench_motion(model_cfg, batch_size: int, repeats: int, seed: int, decompose:
   full_steps = model_cfg.motion_reconstruction_steps
   fns = _timed_fns(lib, model_cfg, decompose)
   compiled, compile_s = {}, {}
-  for name, (fn, _) in fns.items():
+  for name, (fn, _, _) in fns.items():
     compiled[name], seconds = timing.compile_call(fn, params, features, mask, rng)
     compile_s[name] = round(seconds, 3)
   load_before = timing.host_load()
@@ -124,7 +125,7 @@ def bench_motion(model_cfg, batch_size: int, repeats: int, seed: int, decompose:
   latency = {k: all_latency[k] for k in main}
   fastest = {k: times[k].min_s for k in main}
   cpu = {k: times[k].cpu_median_s for k in main}
-  flops = {k: lib.analytic_flops(model_cfg, batch_size, k) for k in ("motion_partial", "motion_full")}
+  flops = {k: lib.analytic_flops(model_cfg, batch_size, k) for k in main}
   result = {
       "what": "motion", "variant": model_cfg.variant, "dtype": str(model_cfg.dtype), "batch_size": batch_size,
       "repeats": repeats, "prefix_tokens": prefix, "partial_steps": model_cfg.partial_steps,
@@ -142,7 +143,7 @@ def bench_motion(model_cfg, batch_size: int, repeats: int, seed: int, decompose:
       "load": {"before": load_before, "after": timing.host_load()},
   }
   if decompose:
-    result["decomposition"] = _decomposition(all_latency, {k: calls for k, (_, calls) in fns.items()})
+    result["decomposition"] = _decomposition(all_latency, fns)
   return result
 
 
